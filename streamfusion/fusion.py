@@ -1,0 +1,230 @@
+"""The chain of stages: ``z(x) = sum_k margin_k(x)``, ``p(x) = sigmoid(z(x))``.
+
+Every model streamfusion runs is a ``Chain``: trees alone, a residual learner alone, ResFusion
+(trees then DeepFM), NNres+GBDT (DeepFM then trees fitted through ``init_score``) and the
+paper's Table 3 iterations (trees, +DeepFM, +trees, +DeepFM). Each stage learns the residual of
+the stages before it: a residual stage minimises ``logloss(y, sigmoid(z_prev + m))`` and a tree
+stage after the first is fitted with ``init_score = z_prev``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from streamfusion.features import Batch
+from streamfusion.stages.base import TreeStage
+from streamfusion.stages.residual import ResidualLearner
+
+MODELS = ("resfusion", "gbdt", "fm", "deepfm", "lr", "nnres-gbdt")
+RESIDUAL_KINDS = ("fm", "deepfm", "lr")
+
+
+@dataclass
+class ModelConfig:
+    """Every knob of a chain, with the defaults of ``streamfusion replay``.
+
+    Parameters
+    ----------
+    model : str
+        One of ``MODELS``. ``resfusion`` = trees then a ``residual`` learner.
+    iterations : int or None
+        Table 3's K: K + 1 alternating stages starting with trees (overrides ``model``).
+    residual : str
+        The residual learner inside ``resfusion`` / ``nnres-gbdt`` / iterations.
+    """
+
+    model: str = "resfusion"
+    iterations: int | None = None
+    residual: str = "deepfm"
+    # trees
+    n_trees: int = 100
+    num_leaves: int = 63
+    tree_learning_rate: float = 0.1
+    refit_every: int = 200_000
+    window: int = 200_000
+    drift: bool = True
+    tree_threads: int = 1
+    # residual learner
+    bits: int = 20
+    k: int = 8
+    hidden: tuple[int, ...] = (128, 128)
+    lr: float = 1e-3
+    l2: float = 1e-6
+    threads: int = 1
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.residual not in RESIDUAL_KINDS:
+            raise ValueError(f"unknown residual learner {self.residual!r}")
+        if self.iterations is not None and not 0 <= self.iterations <= 8:
+            raise ValueError(f"--iterations must be in 0..8, got {self.iterations}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+    def stage_kinds(self) -> list[str]:
+        """The chain as a list of stage kinds: ``"trees"`` or a residual learner's name."""
+        if self.iterations is not None:
+            return ["trees" if i % 2 == 0 else self.residual for i in range(self.iterations + 1)]
+        return {
+            "resfusion": ["trees", self.residual],
+            "gbdt": ["trees"],
+            "fm": ["fm"],
+            "deepfm": ["deepfm"],
+            "lr": ["lr"],
+            "nnres-gbdt": [self.residual, "trees"],
+        }[self.model]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
+    """Create one stage; stage seeds are derived from the one ``seed``."""
+    seed = (cfg.seed * 1_000_003 + position) % (2**31)
+    if kind == "trees":
+        return TreeStage(
+            n_trees=cfg.n_trees,
+            num_leaves=cfg.num_leaves,
+            learning_rate=cfg.tree_learning_rate,
+            refit_every=cfg.refit_every,
+            window=cfg.window,
+            drift=cfg.drift,
+            seed=seed,
+            threads=cfg.tree_threads,
+            use_init_score=position > 0,
+        )
+    return ResidualLearner(
+        model=kind,
+        n_fields=n_fields,
+        bits=cfg.bits,
+        k=cfg.k,
+        hidden=cfg.hidden,
+        lr=cfg.lr,
+        l2=cfg.l2,
+        seed=seed,
+        threads=cfg.threads,
+    )
+
+
+class Chain:
+    """A sequence of stages whose margins add up.
+
+    Parameters
+    ----------
+    stages : list
+        ``TreeStage`` and ``ResidualLearner`` objects, in fitting order.
+    kinds : list of str
+        The kind of each stage (``"trees"``, ``"fm"``, ``"deepfm"``, ``"lr"``).
+
+    Examples
+    --------
+    >>> chain = Chain.from_config(ModelConfig(model="fm", bits=10), n_fields=3)  # doctest: +SKIP
+    >>> z = chain.margin(batch)  # doctest: +SKIP
+    """
+
+    def __init__(self, stages: list, kinds: list[str]) -> None:
+        if len(stages) != len(kinds) or not stages:
+            raise ValueError("a chain needs one kind per stage and at least one stage")
+        self.stages = stages
+        self.kinds = kinds
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
+        kinds = cfg.stage_kinds()
+        return cls([build_stage(kind, i, cfg, n_fields) for i, kind in enumerate(kinds)], kinds)
+
+    def margins(self, batch: Batch) -> np.ndarray:
+        """Each stage's margin, float32 [n_stages, n]. Pure: changes no state."""
+        out = np.empty((len(self.stages), len(batch)), dtype=np.float32)
+        for s, stage in enumerate(self.stages):
+            out[s] = stage.margin(batch)
+        return out
+
+    @staticmethod
+    def fuse(margins: np.ndarray) -> np.ndarray:
+        """The fused margin: the stage margins added in chain order, float32."""
+        z = margins[0].copy()
+        for m in margins[1:]:
+            z += m
+        return z
+
+    def margin(self, batch: Batch) -> np.ndarray:
+        """The fused margin ``z(x)``, float32 [n]. Pure."""
+        return self.fuse(self.margins(batch))
+
+    def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+        """Learn from the rows of ``batch`` selected by ``mask`` (labelled, not held out).
+
+        ``margins`` are the stage margins computed *before* learning (test-then-train), so
+        each stage sees the residual of the stages before it as they scored these rows.
+        """
+        stats = {"loss": 0.0, "n": 0, "skipped": 0}
+        if not mask.any():
+            for stage, kind in zip(self.stages, self.kinds):
+                if kind == "trees":
+                    stage.observe(batch, np.zeros(len(batch), np.float32), mask)
+            return stats
+        sub = batch if mask.all() else batch.take(mask)
+        z_prev = np.zeros(len(batch), dtype=np.float32)
+        for stage, kind, m in zip(self.stages, self.kinds, margins):
+            if kind == "trees":
+                stage.observe(batch, z_prev, mask)
+            else:
+                res = stage.partial_fit(sub, z_prev[mask], sub.y)
+                stats = {"loss": float(res["loss"]), "n": int(res["n"]),
+                         "skipped": stats["skipped"] + int(res["skipped"])}
+            z_prev += m
+        return stats
+
+    def poll(self) -> bool:
+        """Swap in finished tree refits (between mini-batches). True when any stage changed."""
+        changed = False
+        for stage, kind in zip(self.stages, self.kinds):
+            if kind == "trees":
+                changed |= bool(stage.poll())
+        return changed
+
+    @property
+    def version(self) -> int:
+        """Sum of the tree stages' versions: changes whenever any booster is swapped."""
+        return sum(s.version for s, k in zip(self.stages, self.kinds) if k == "trees")
+
+    @property
+    def refits(self) -> int:
+        return sum(s.refits for s, k in zip(self.stages, self.kinds) if k == "trees")
+
+    def close(self) -> None:
+        for stage, kind in zip(self.stages, self.kinds):
+            if kind == "trees":
+                stage.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kinds": list(self.kinds),
+                "stages": {str(i): s.state_dict() for i, s in enumerate(self.stages)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state.get("kinds", [])) != list(self.kinds):
+            raise ValueError(
+                f"checkpoint holds a chain of {state.get('kinds')}, this model is {self.kinds}")
+        # Callers load into a freshly built chain (OnlineModel.from_state) so a stage that
+        # refuses its state never leaves a half-loaded model in service.
+        missing = [str(i) for i in range(len(self.stages)) if str(i) not in state["stages"]]
+        if missing:
+            raise ValueError(f"checkpoint lacks stage states {missing}")
+        for i, stage in enumerate(self.stages):
+            stage.load_state_dict(state["stages"][str(i)])
