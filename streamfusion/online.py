@@ -1,0 +1,160 @@
+"""The one online step shared by file replay and the Kafka daemon: score, then learn.
+
+``OnlineModel.step`` swaps in finished tree refits (between mini-batches only), scores every
+event with the whole chain, then lets the chain learn from the labelled events it is allowed
+to learn from. Both drivers call it; they differ only in their source and sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamfusion.evaluate import sigmoid
+from streamfusion.features import Batch
+from streamfusion.fusion import MODELS, RESIDUAL_KINDS, Chain, ModelConfig
+
+
+@dataclass
+class Scores:
+    """The chain's output for one batch: fused margin, its two parts and the probability."""
+
+    margin: np.ndarray
+    base_margin: np.ndarray
+    residual_margin: np.ndarray
+    p: np.ndarray
+    stage_margins: np.ndarray
+
+
+class OnlineModel:
+    """A chain of stages run test-then-train over a stream.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The chain and every stage's settings (one ``seed`` included).
+    n_fields : int
+        Number of learner fields of the stream's schema.
+
+    Examples
+    --------
+    >>> model = OnlineModel(ModelConfig(model="fm", bits=12), n_fields=23)  # doctest: +SKIP
+    >>> scores = model.step(batch)  # scores every row, then learns the labelled ones
+    """
+
+    def __init__(self, config: ModelConfig, n_fields: int) -> None:
+        self.config = config
+        self.n_fields = int(n_fields)
+        self.chain = Chain.from_config(config, self.n_fields)
+        self.is_tree = np.array([k == "trees" for k in self.chain.kinds])
+        self.events_learned = 0
+        self.skipped_updates = 0
+
+    def score(self, batch: Batch) -> Scores:
+        """Score ``batch`` with the whole chain. Pure: changes no state."""
+        margins = self.chain.margins(batch)
+        z = Chain.fuse(margins)
+        zeros = np.zeros(len(batch), dtype=np.float32)
+        base = margins[self.is_tree].sum(axis=0, dtype=np.float32) if self.is_tree.any() else zeros
+        resid = (margins[~self.is_tree].sum(axis=0, dtype=np.float32)
+                 if (~self.is_tree).any() else zeros)
+        return Scores(z, base, resid, sigmoid(z), margins)
+
+    def poll(self) -> bool:
+        """Swap in finished tree refits; call between mini-batches. True when one went live."""
+        return self.chain.poll()
+
+    def step(self, batch: Batch, learn_mask: np.ndarray | None = None) -> Scores:
+        """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``."""
+        scores = self.score(batch)
+        mask = ~np.isnan(batch.y)
+        if learn_mask is not None:
+            mask &= learn_mask
+        stats = self.chain.learn(batch, scores.stage_margins, mask)
+        self.events_learned += int(mask.sum())
+        self.skipped_updates += int(stats["skipped"])
+        return scores
+
+    @property
+    def version(self) -> int:
+        return self.chain.version
+
+    @property
+    def refits(self) -> int:
+        return self.chain.refits
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``model`` entry."""
+        return {
+            "stages": list(self.chain.kinds),
+            "refits": self.refits,
+            "version": self.version,
+            "events_learned": self.events_learned,
+            "skipped_updates": self.skipped_updates,
+            "config": self.config.to_dict(),
+        }
+
+    def close(self) -> None:
+        self.chain.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "n_fields": self.n_fields,
+            "events_learned": self.events_learned,
+            "skipped_updates": self.skipped_updates,
+            "chain": self.chain.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> OnlineModel:
+        """Build a model from a checkpointed state; the state is validated before use."""
+        try:
+            config = ModelConfig.from_dict(dict(state["config"]))
+            model = cls(config, int(state["n_fields"]))
+            model.chain.load_state_dict(state["chain"])
+            model.events_learned = int(state["events_learned"])
+            model.skipped_updates = int(state["skipped_updates"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"model state is incomplete or malformed: {exc!r}") from None
+        return model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags shared by ``replay`` and ``serve``."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default="resfusion",
+                   help="the chain: resfusion = trees then the residual learner (default)")
+    g.add_argument("--residual", choices=RESIDUAL_KINDS, default="deepfm",
+                   help="residual learner inside resfusion / nnres-gbdt / --iterations")
+    g.add_argument("--iterations", type=int, default=None, metavar="K",
+                   help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
+    g.add_argument("--trees", type=int, default=100, help="trees per refit")
+    g.add_argument("--leaves", type=int, default=63, help="leaves per tree")
+    g.add_argument("--refit-every", type=int, default=200_000, metavar="N",
+                   help="refit the trees every N learned events (earlier on drift)")
+    g.add_argument("--window", type=int, default=200_000, metavar="W",
+                   help="the trees are refit on the last W learned events")
+    g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
+    g.add_argument("--bits", type=int, default=20, help="hashed table size 2**bits")
+    g.add_argument("--k", type=int, default=8, help="embedding size")
+    g.add_argument("--hidden", default="128,128", help="DeepFM MLP sizes, comma separated")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the residual")
+    g.add_argument("--l2", type=float, default=1e-6, help="L2 on touched rows")
+    g.add_argument("--threads", type=int, default=1,
+                   help="threads for the residual learner and tree refits (1 = bit-for-bit)")
+    g.add_argument("--seed", type=int, default=0, help="the one seed")
+
+
+def config_from_args(args: argparse.Namespace) -> ModelConfig:
+    """Turn the model flags into a ``ModelConfig``."""
+    hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
+    return ModelConfig(
+        model=args.model, residual=args.residual, iterations=args.iterations,
+        n_trees=args.trees, num_leaves=args.leaves, refit_every=args.refit_every,
+        window=args.window, drift=not args.no_drift, bits=args.bits, k=args.k, hidden=hidden,
+        lr=args.lr, l2=args.l2, threads=args.threads, tree_threads=args.threads, seed=args.seed,
+    )
