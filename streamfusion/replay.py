@@ -1,0 +1,379 @@
+"""``streamfusion replay``: progressive evaluation of a click log plus a held-out 9:1 test.
+
+Reads the log in mini-batches, holds out a seeded 10% (or the last 10%), scores every event
+with the chain before learning from it (``online.OnlineModel.step``), records the progressive
+metrics, checkpoints atomically every N events, and at the end scores the held-out events
+with the final model and writes the report of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamfusion import checkpoint
+from streamfusion.data import ParseError, open_source
+from streamfusion.evaluate import Progressive, holdout_mask, summarize
+from streamfusion.features import Batch
+from streamfusion.online import OnlineModel, add_model_arguments, config_from_args
+
+DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
+HOLDOUT_FILE = "holdout.npy-stream"
+LIVE_AUC_EVENTS = 50_000  # events behind the progress bar's live AUC
+ARRAYS = ("indices", "values", "dense", "y", "line", "time")
+
+
+class HoldoutStore:
+    """Held-out events spilled to disk, so memory stays flat in the stream's length.
+
+    Each appended batch is a run of ``.npy`` records; a running CRC and byte count let a
+    checkpoint pin the prefix that belongs to it.
+    """
+
+    def __init__(self, path: Path, nbytes: int = 0, crc: int = 0, rows: int = 0) -> None:
+        self.path = Path(path)
+        self.crc, self.nbytes, self.rows = crc, nbytes, rows
+        mode = "r+b" if self.path.exists() else "w+b"
+        self._f = open(self.path, mode)  # noqa: SIM115 - closed in close()
+        self._f.truncate(nbytes)
+        self._f.seek(nbytes)
+
+    @classmethod
+    def resume(cls, path: Path, state: dict[str, int]) -> HoldoutStore:
+        """Reopen the spill file of a checkpoint, refusing it unless its prefix matches."""
+        nbytes, crc = int(state["bytes"]), int(state["crc"])
+        if not path.exists() or path.stat().st_size < nbytes:
+            raise checkpoint.CheckpointError(f"held-out events file {path} is missing or short")
+        with open(path, "rb") as f:
+            if zlib.crc32(f.read(nbytes)) != crc:
+                raise checkpoint.CheckpointError(f"held-out events file {path} is corrupt")
+        return cls(path, nbytes, crc, int(state["rows"]))
+
+    def append(self, batch: Batch) -> None:
+        start = self._f.tell()
+        for name in ARRAYS:
+            np.save(self._f, getattr(batch, name), allow_pickle=False)
+        end = self._f.tell()
+        self._f.seek(start)
+        self.crc = zlib.crc32(self._f.read(end - start), self.crc)
+        self.nbytes, self.rows = end, self.rows + len(batch)
+
+    def batches(self) -> Iterator[Batch]:
+        self._f.flush()
+        self._f.seek(0)
+        while self._f.tell() < self.nbytes:
+            yield Batch(*(np.load(self._f, allow_pickle=False) for _ in ARRAYS))
+
+    def state_dict(self) -> dict[str, int]:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        return {"bytes": self.nbytes, "crc": self.crc, "rows": self.rows}
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def exact_batches(source: Any, size: int, limit: int | None, done: int) -> Iterator[Batch]:
+    """Batches of exactly ``size`` events (the last may be short), stopping after ``limit``.
+
+    Fixed batch boundaries make a resumed run take the same Adam steps as an uninterrupted one.
+    """
+    pending: list[Batch] = []
+    have = 0
+    while limit is None or done < limit:
+        want = size if limit is None else min(size, limit - done)
+        while have < want:
+            b = source.next_batch(want - have)
+            if b is None or len(b) == 0:
+                break
+            pending.append(b)
+            have += len(b)
+        if have == 0:
+            return
+        batch = pending[0] if len(pending) == 1 else Batch.concat(pending)
+        out, rest = (batch, None) if len(batch) <= want else (
+            batch.take(slice(0, want)), batch.take(slice(want, None)))
+        pending, have = ([rest], len(rest)) if rest is not None else ([], 0)
+        done += len(out)
+        yield out
+        if len(out) < want:
+            return
+
+
+def count_events(path: Path) -> int:
+    """Number of data lines in a (possibly gzipped) file: the chrono holdout needs the end."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    n, last = 0, b"\n"
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def default_stream(rows: int, seed: int) -> Path:
+    """The embedded default: a generated Avazu-format stream, cached by size and seed."""
+    from streamfusion.data.generate import generate
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamfusion"
+    path = cache / f"generated-avazu-{rows}-seed{seed}.csv"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        print(f"generating the default stream ({rows:,} Avazu-format rows) -> {path}",
+              file=sys.stderr)
+        generate(tmp, format="avazu", rows=rows, seed=seed)
+        os.replace(tmp, path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("input")
+    g.add_argument("--file", type=Path, help="click log to replay (default: a generated stream)")
+    g.add_argument("--format", default="auto",
+                   choices=["auto", "avazu", "criteo", "csv", "libsvm", "libfm"])
+    g.add_argument("--label", help="label column of a generic CSV")
+    g.add_argument("--rows", type=int, help="stop after N events (sizes the default stream)")
+    g.add_argument("--batch-size", type=int, default=1024, help="mini-batch size")
+    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="malformed rows: stop with file/line/reason, or skip and count them")
+    e = parser.add_argument_group("evaluation")
+    e.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (paper: 9:1)")
+    e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random")
+    e.add_argument("--window-rows", type=int, default=100_000,
+                   help="window length in events when the log has no days")
+    e.add_argument("--report", type=Path, help="write the JSON report here")
+    e.add_argument("--plot", type=Path, help="draw progressive AUC and logloss to this PNG")
+    e.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    c = parser.add_argument_group("checkpoints")
+    c.add_argument("--checkpoint", type=Path, metavar="DIR", help="checkpoint directory")
+    c.add_argument("--checkpoint-every", type=int, default=500_000, metavar="N",
+                   help="checkpoint every N events")
+    c.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+    add_model_arguments(parser)
+
+
+class Replay:
+    """One replay run: source, model, metrics, holdout and checkpoints."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.resume and not args.checkpoint:
+            raise SystemExit("streamfusion replay: --resume needs --checkpoint DIR")
+        self.path = args.file or default_stream(args.rows or DEFAULT_ROWS, args.seed)
+        self.state = checkpoint.load(args.checkpoint) if args.resume else None
+        config = config_from_args(args)
+        self.source = open_source(self.path, format=args.format, label=args.label,
+                                  bits=config.bits, seed=config.seed, on_error=args.on_error)
+        n_fields = len(self.source.schema.field_names)
+        if self.state is None:
+            self.model = OnlineModel(config, n_fields)
+            self.progressive = Progressive(args.window_rows)
+            self.rows_done, self.seconds_before = 0, 0.0
+        else:
+            self._restore(self.state)
+        spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-holdout-"))
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        holdout_path = spill_dir / HOLDOUT_FILE
+        self.holdout = (HoldoutStore.resume(holdout_path, self.state["holdout"])
+                        if self.state else HoldoutStore(holdout_path))
+        self.chrono_start = None
+        if args.holdout_mode == "chrono":
+            total = count_events(self.path) - int(self.source.schema.has_header)
+            if args.rows:
+                total = min(total, args.rows)
+            self.chrono_start = int(round(total * (1.0 - args.holdout)))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "replay":
+            raise checkpoint.CheckpointError("checkpoint was not written by streamfusion replay")
+        if Path(state["file"]).resolve() != Path(self.path).resolve():
+            raise checkpoint.CheckpointError(
+                f"checkpoint belongs to {state['file']}, not {self.path}")
+        self.model = OnlineModel.from_state(state["model"])
+        self.progressive = Progressive()
+        self.progressive.load_state_dict(state["progressive"])
+        self.source.encoder.load_state_dict(state["encoder"])
+        self.source.seek(state["position"])
+        self.rows_done = int(state["rows_done"])
+        self.seconds_before = float(state["seconds"])
+
+    def _held_out(self, batch: Batch, first_event: int) -> np.ndarray:
+        if self.args.holdout <= 0:
+            return np.zeros(len(batch), dtype=bool)
+        if self.chrono_start is not None:
+            return first_event + np.arange(len(batch)) >= self.chrono_start
+        return holdout_mask(batch.line, self.args.holdout, self.args.seed)
+
+    def _day(self, batch: Batch) -> np.ndarray | None:
+        """Avazu-like logs window by day (YYMMDD); others by ``--window-rows`` events."""
+        if len(batch) and batch.time[0] >= 0:
+            return (batch.time // 100).astype(np.int32)
+        return None
+
+    def save_checkpoint(self, elapsed: float) -> None:
+        checkpoint.save(self.args.checkpoint, {
+            "kind": "replay",
+            "file": str(Path(self.path).resolve()),
+            "rows_done": self.rows_done,
+            "seconds": self.seconds_before + elapsed,
+            "position": self.source.position(),
+            "encoder": self.source.encoder.state_dict(),
+            "model": self.model.state_dict(),
+            "progressive": self.progressive.state_dict(),
+            "holdout": self.holdout.state_dict(),
+        })
+
+    def run(self, progress: Any = None) -> dict[str, Any]:
+        args = self.args
+        t0 = time.perf_counter()
+        next_ckpt = (self.rows_done // args.checkpoint_every + 1) * args.checkpoint_every
+        for batch in exact_batches(self.source, args.batch_size, args.rows, self.rows_done):
+            if self.model.poll():
+                self.progressive.mark_swap(self.model.version)
+            held = self._held_out(batch, self.rows_done)
+            if held.any():
+                self.holdout.append(batch.take(held))
+            live = batch.take(~held) if held.any() else batch
+            if len(live):
+                scores = self.model.step(live)
+                labelled = ~np.isnan(live.y)
+                day = self._day(live)
+                self.progressive.add(scores.margin[labelled], live.y[labelled],
+                                     None if day is None else day[labelled])
+            self.rows_done += len(batch)
+            if progress is not None:
+                progress(self)
+            if args.checkpoint and self.rows_done >= next_ckpt:
+                self.save_checkpoint(time.perf_counter() - t0)
+                next_ckpt += args.checkpoint_every
+        self.model.chain.poll()
+        seconds = self.seconds_before + time.perf_counter() - t0
+        report = self.report(seconds)
+        self.model.close()
+        self.holdout.close()
+        self.source.close()
+        return report
+
+    def holdout_metrics(self) -> dict[str, Any]:
+        zs, ys = [], []
+        for b in self.holdout.batches():
+            keep = ~np.isnan(b.y)
+            zs.append(self.model.score(b).margin[keep])
+            ys.append(b.y[keep])
+        z = np.concatenate(zs) if zs else np.empty(0, np.float32)
+        y = np.concatenate(ys) if ys else np.empty(0, np.float32)
+        return {**summarize(z, y), "mode": self.args.holdout_mode}
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        pos = self.source.position()
+        return {
+            "file": str(self.path),
+            "format": self.source.schema.name,
+            "rows": self.rows_done,
+            "seconds": seconds,
+            "events_per_second": self.rows_done / seconds if seconds > 0 else float("nan"),
+            "model": self.model.describe(),
+            "progressive": self.progressive.overall(),
+            "holdout": self.holdout_metrics(),
+            "windows": self.progressive.windows(),
+            "refit_windows": self.progressive.around_swaps(),
+            "skipped_rows": int(pos.get("skipped_rows", 0)),
+            "out_of_order": int(pos.get("out_of_order", 0)),
+        }
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Progressive AUC and logloss per window over the stream, tree swaps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = report["windows"]
+    x = [e["end_row"] for e in w]
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    ax1.plot(x, [e["auc"] for e in w], marker="o")
+    ax1.set_ylabel("progressive AUC")
+    ax2.plot(x, [e["logloss"] for e in w], marker="o", color="tab:red")
+    ax2.set_ylabel("progressive logloss")
+    ax2.set_xlabel("events (progressive, held-out excluded)")
+    for swap in report["refit_windows"]:
+        for ax in (ax1, ax2):
+            ax.axvline(swap["row"], color="grey", lw=0.6, ls=":")
+    fig.suptitle(f"streamfusion replay: {Path(report['file']).name}, "
+                 f"{'+'.join(report['model']['stages'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"streamfusion replay: {'+'.join(report['model']['stages'])}")
+    for col in ("", "AUC", "logloss", "events"):
+        t.add_column(col, justify="right")
+    for name in ("progressive", "holdout"):
+        m = report[name]
+        t.add_row(name, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['rows']:,}")
+    t.caption = (f"{report['rows']:,} events in {report['seconds']:.1f} s = "
+                 f"{report['events_per_second']:,.0f} events/s; tree refits: "
+                 f"{report['model']['refits']}; skipped rows: {report['skipped_rows']}")
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    try:
+        replay = Replay(args)
+    except (ParseError, checkpoint.CheckpointError, ValueError) as exc:
+        console.print(f"[red]streamfusion replay: {exc}")
+        return 1
+    total = args.rows
+    columns = [TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed:,} events"),
+               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[auc]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=args.quiet, transient=True) as bar:
+        task = bar.add_task("replay", total=total, rate="", auc="")
+        last = [time.perf_counter(), replay.rows_done]
+
+        def progress(r: Replay) -> None:
+            now = time.perf_counter()
+            if now - last[0] < 0.5:
+                return
+            rate = (r.rows_done - last[1]) / (now - last[0])
+            live = r.progressive.recent(LIVE_AUC_EVENTS)
+            bar.update(task, completed=r.rows_done, rate=f"{rate:,.0f} ev/s",
+                       auc=f"AUC {live['auc']:.4f}")
+            last[:] = [now, r.rows_done]
+
+        try:
+            report = replay.run(progress)
+        except ParseError as exc:
+            console.print(f"[red]streamfusion replay: {exc}")
+            return 1
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, args.plot)
+    if not args.quiet:
+        console.print(summary_table(report))
+    return 0
