@@ -12,8 +12,8 @@ import sys
 
 COMMANDS = {
     "replay": ("streamfusion.replay", "replay a click log: progressive + holdout evaluation"),
-    "reproduce": ("streamfusion.reproduce", "offline batch reproduction of the paper's Tables 2-3"),
-    "generate": ("streamfusion.data.generate", "write a synthetic click log with planted structure"),
+    "reproduce": ("streamfusion.reproduce", "offline reproduction of the paper's Tables 2-3"),
+    "generate": ("streamfusion.data.generate", "write a synthetic click log, planted structure"),
     "serve": ("streamfusion.kafka.serve", "Kafka daemon: score live events, learn from labels"),
     "produce": ("streamfusion.kafka.produce", "replay a click log into a Kafka topic as JSON"),
 }
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every sub-command attached."""
     parser = argparse.ArgumentParser(
         prog="streamfusion",
-        description="Online ResFusion CTR prediction (LightGBM trees + compiled FM/DeepFM residual).",
+        description="Online ResFusion CTR prediction: LightGBM trees + a compiled FM/DeepFM "
+        "residual learner.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, summary) in COMMANDS.items():

@@ -128,7 +128,7 @@ class Progressive:
         if key.size == 0:
             return []
         cuts = np.flatnonzero(np.diff(key)) + 1
-        bounds = zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [key.size])))
+        bounds = zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [key.size])), strict=True)
         out = []
         for a, b in bounds:
             entry = {"end_row": int(b), "key": int(key[a])}
@@ -142,11 +142,13 @@ class Progressive:
         out = []
         for swap in self.swaps:
             r = swap["row"]
+            before = slice(max(0, r - span), r)
+            after = slice(r, r + span)
             out.append({
                 "row": r,
                 "version": swap["version"],
-                "logloss_before": logloss_from_margin(z[max(0, r - span) : r], y[max(0, r - span) : r]),
-                "logloss_after": logloss_from_margin(z[r : r + span], y[r : r + span]),
+                "logloss_before": logloss_from_margin(z[before], y[before]),
+                "logloss_after": logloss_from_margin(z[after], y[after]),
             })
         return out
 

@@ -142,6 +142,7 @@ class Chain:
             raise ValueError("a chain needs one kind per stage and at least one stage")
         self.stages = stages
         self.kinds = kinds
+        self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
@@ -174,44 +175,34 @@ class Chain:
         each stage sees the residual of the stages before it as they scored these rows.
         """
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
-        if not mask.any():
-            for stage, kind in zip(self.stages, self.kinds):
-                if kind == "trees":
-                    stage.observe(batch, np.zeros(len(batch), np.float32), mask)
-            return stats
         sub = batch if mask.all() else batch.take(mask)
         z_prev = np.zeros(len(batch), dtype=np.float32)
-        for stage, kind, m in zip(self.stages, self.kinds, margins):
+        for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
             if kind == "trees":
                 stage.observe(batch, z_prev, mask)
-            else:
+            elif len(sub):
                 res = stage.partial_fit(sub, z_prev[mask], sub.y)
-                stats = {"loss": float(res["loss"]), "n": int(res["n"]),
-                         "skipped": stats["skipped"] + int(res["skipped"])}
+                stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
+                stats["skipped"] += int(res["skipped"])
             z_prev += m
         return stats
 
     def poll(self) -> bool:
         """Swap in finished tree refits (between mini-batches). True when any stage changed."""
-        changed = False
-        for stage, kind in zip(self.stages, self.kinds):
-            if kind == "trees":
-                changed |= bool(stage.poll())
-        return changed
+        return any([bool(stage.poll()) for stage in self.tree_stages])
 
     @property
     def version(self) -> int:
         """Sum of the tree stages' versions: changes whenever any booster is swapped."""
-        return sum(s.version for s, k in zip(self.stages, self.kinds) if k == "trees")
+        return sum(s.version for s in self.tree_stages)
 
     @property
     def refits(self) -> int:
-        return sum(s.refits for s, k in zip(self.stages, self.kinds) if k == "trees")
+        return sum(s.refits for s in self.tree_stages)
 
     def close(self) -> None:
-        for stage, kind in zip(self.stages, self.kinds):
-            if kind == "trees":
-                stage.close()
+        for stage in self.tree_stages:
+            stage.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {"kinds": list(self.kinds),
