@@ -1,0 +1,117 @@
+"""The chain's invariants (DESIGN.md): fused margin = sum of stage margins, pure scoring,
+batch-size independence, bit-exact checkpoint round trips, base swap changes only the base."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamfusion import checkpoint
+from streamfusion.features import Batch
+from streamfusion.fusion import Chain, ModelConfig
+from streamfusion.online import OnlineModel
+
+N_FIELDS, N_DENSE, BITS = 6, 4, 12
+
+
+def make_batch(rng, n):
+    dense = rng.normal(size=(n, N_DENSE)).astype(np.float32)
+    indices = rng.integers(0, 2**BITS, size=(n, N_FIELDS)).astype(np.int32)
+    values = np.ones((n, N_FIELDS), np.float32)
+    z = 1.5 * (dense[:, 0] > 0) + np.sin(indices[:, 1] % 7) - 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.float32)
+    return Batch(indices, values, dense, y, np.arange(n, dtype=np.int64),
+                 np.full(n, -1, np.int64))
+
+
+def trained_model(model="resfusion", iterations=None, seed=0, rows=6000):
+    rng = np.random.default_rng(seed)
+    cfg = ModelConfig(model=model, iterations=iterations, bits=BITS, n_trees=10, num_leaves=7,
+                      refit_every=2000, window=3000, hidden=(16, 16), seed=seed, drift=False)
+    m = OnlineModel(cfg, N_FIELDS)
+    for _ in range(rows // 500):
+        m.poll()
+        m.step(make_batch(rng, 500))
+    for stage in m.chain.tree_stages:
+        stage.wait()
+    m.poll()
+    return m
+
+
+@pytest.fixture(scope="module")
+def resfusion():
+    return trained_model()
+
+
+def test_trees_were_refit_and_swapped_in(resfusion):
+    assert resfusion.refits >= 2 and resfusion.version >= 2
+
+
+def test_fused_margin_is_the_sum_of_stage_margins(resfusion, rng):
+    b = make_batch(rng, 300)
+    s = resfusion.score(b)
+    assert np.array_equal(s.margin, s.stage_margins[0] + s.stage_margins[1])
+    assert np.array_equal(s.margin, s.base_margin + s.residual_margin)
+    assert np.all((s.p > 0) & (s.p < 1))
+
+
+@given(st.integers(1, 400), st.integers(0, 2**31 - 1))
+def test_scoring_is_pure_and_batch_size_free(resfusion, size, seed):
+    b = make_batch(np.random.default_rng(seed), 400)
+    whole = resfusion.score(b).margin
+    parts = np.concatenate([resfusion.score(b.take(slice(i, i + size))).margin
+                            for i in range(0, 400, size)])
+    assert np.array_equal(whole, parts)
+    assert np.array_equal(whole, resfusion.score(b).margin)
+
+
+def test_checkpoint_round_trip_gives_identical_margins_and_updates(resfusion, tmp_path, rng):
+    b = make_batch(rng, 500)
+    checkpoint.save(tmp_path, resfusion.state_dict())
+    twin = OnlineModel.from_state(checkpoint.load(tmp_path))
+    assert np.array_equal(twin.score(b).margin, resfusion.score(b).margin)
+    copy = OnlineModel.from_state(checkpoint.load(tmp_path))
+    copy.step(b)
+    twin.step(b)
+    b2 = make_batch(rng, 200)
+    assert np.array_equal(twin.score(b2).margin, copy.score(b2).margin)
+
+
+def test_replacing_the_base_model_changes_only_the_base_term(rng):
+    m = trained_model(seed=1, rows=3000)
+    b = make_batch(rng, 200)
+    before = m.score(b)
+    other = trained_model(seed=2, rows=5000)
+    m.chain.stages[0].load_state_dict(other.chain.stages[0].state_dict())
+    after = m.score(b)
+    assert not np.array_equal(before.base_margin, after.base_margin)
+    assert np.array_equal(before.residual_margin, after.residual_margin)
+
+
+def test_same_seed_replays_bit_for_bit():
+    a, b = trained_model(seed=5, rows=4000), trained_model(seed=5, rows=4000)
+    batch = make_batch(np.random.default_rng(0), 300)
+    assert np.array_equal(a.score(batch).margin, b.score(batch).margin)
+
+
+@pytest.mark.parametrize("model,iterations,kinds", [
+    ("gbdt", None, ["trees"]), ("fm", None, ["fm"]), ("lr", None, ["lr"]),
+    ("nnres-gbdt", None, ["deepfm", "trees"]),
+    ("resfusion", 2, ["trees", "deepfm", "trees"]),
+    ("resfusion", 3, ["trees", "deepfm", "trees", "deepfm"]),
+])
+def test_every_chain_learns(model, iterations, kinds, rng):
+    m = trained_model(model, iterations, rows=4000)
+    assert m.chain.kinds == kinds
+    b = make_batch(rng, 2000)
+    s = m.score(b)
+    assert np.array_equal(s.margin, Chain.fuse(s.stage_margins))
+    from streamfusion.evaluate import auc
+    assert auc(s.margin, b.y) > 0.6
+
+
+def test_a_refused_stage_state_leaves_no_half_loaded_model(resfusion):
+    state = resfusion.state_dict()
+    state["chain"]["stages"]["1"] = {"garbage": 1}
+    with pytest.raises(ValueError):
+        OnlineModel.from_state(state)
