@@ -1,0 +1,33 @@
+"""Click-log sources: schemas, the C tokenizer + hasher, streaming file readers.
+
+    >>> from streamfusion.data import open_source          # doctest: +SKIP
+    >>> src = open_source("train.csv.gz", bits=20, seed=0)  # Avazu detected from the header
+    >>> batch = src.next_batch(4096)
+"""
+
+from streamfusion.data.encoder import Encoder
+from streamfusion.data.readers import FileSource, ParseError, open_source, read_all
+from streamfusion.data.schema import (
+    Column,
+    Schema,
+    avazu_schema,
+    criteo_schema,
+    detect_schema,
+    infer_csv_schema,
+    libsvm_schema,
+)
+
+__all__ = [
+    "Column",
+    "Encoder",
+    "FileSource",
+    "ParseError",
+    "Schema",
+    "avazu_schema",
+    "criteo_schema",
+    "detect_schema",
+    "infer_csv_schema",
+    "libsvm_schema",
+    "open_source",
+    "read_all",
+]

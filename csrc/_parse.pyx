@@ -1,0 +1,190 @@
+# cython: language_level=3
+"""Tokenize + hash click-log lines in one nogil pass (the C is in parse_core.h).
+
+Python (streamfusion/data/encoder.py) owns every array: the outputs of a Batch, the count
+table, the compiled schema and a small int64 state array through which the pass reports
+where it stopped, the line number, out-of-order counts and the first malformed row.
+Each inline C helper has a Python-visible twin for tests: ``hash_value``, ``field_salt``,
+``parse_number``, ``utf8_valid``, ``parse_hour``.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+import numpy as np
+
+
+cdef extern from "parse_core.h" nogil:
+    int SF_ST_SIZE
+    ctypedef struct sf_spec:
+        int ncols
+        unsigned char delim
+        int F
+        int T
+        int bits
+        int count_bits
+        int label_missing_ok
+        const int32_t *kind
+        const int32_t *field
+        const int32_t *dslot
+        const int32_t *dmode
+        const uint64_t *salt
+        const int32_t *num_row
+        int32_t *counts
+
+    uint64_t sf_murmur64(const unsigned char *p, int64_t n, uint64_t seed)
+    uint64_t sf_salt(uint64_t seed, int64_t field)
+    int32_t sf_row(uint64_t h, int bits)
+    int sf_parse_num(const unsigned char *p, const unsigned char *e, double *out)
+    int sf_utf8_valid(const unsigned char *p, const unsigned char *e)
+    int sf_parse_hour(const unsigned char *p, const unsigned char *e, int64_t *t, int *hod,
+                      int *wd)
+    int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_t start,
+                           int64_t end, int64_t max_rows, int32_t *ind, float *val,
+                           float *dense, float *y, int64_t *line_out, int64_t *time_out,
+                           const unsigned char **fs, const unsigned char **fe, double *num,
+                           int64_t *st)
+    int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end,
+                         int64_t max_rows, int F, int T, int bits, uint64_t seed, int libfm,
+                         int32_t pad_row, int32_t *ind, float *val, float *dense, float *y,
+                         int64_t *line_out, int64_t *time_out, int64_t *st)
+
+from libc.stdlib cimport free, malloc
+
+STATE_SIZE = SF_ST_SIZE
+
+cdef const unsigned char EMPTY[1]
+
+
+cdef inline const unsigned char *_ptr(const unsigned char[::1] b) noexcept:
+    return &b[0] if b.shape[0] > 0 else EMPTY
+
+
+# --------------------------------------------------------------------------- twins
+def field_salt(int64_t field_index, uint64_t seed) -> int:
+    """The 64-bit salt of learner field ``field_index`` under ``seed``."""
+    return sf_salt(seed, field_index)
+
+
+def hash64(const unsigned char[::1] value, uint64_t salt) -> int:
+    """MurmurHash64A of ``value`` seeded with ``salt`` (the C function itself)."""
+    return sf_murmur64(_ptr(value), value.shape[0], salt)
+
+
+def hash_value(int64_t field_index, const unsigned char[::1] value, int bits,
+               uint64_t seed) -> int:
+    """Learner row of ``(field_index, value)`` in a table of ``2**bits`` rows."""
+    if not 1 <= bits <= 31:
+        raise ValueError(f"bits must be in [1, 31], got {bits}")
+    return sf_row(sf_murmur64(_ptr(value), value.shape[0], sf_salt(seed, field_index)), bits)
+
+
+def parse_number(const unsigned char[::1] text):
+    """The C number parser: a float, or None when ``text`` is not a number it accepts."""
+    cdef double out = 0
+    cdef const unsigned char *p = _ptr(text)
+    if sf_parse_num(p, p + text.shape[0], &out):
+        return out
+    return None
+
+
+def utf8_valid(const unsigned char[::1] text) -> bool:
+    """True when ``text`` is valid UTF-8 (the C validator)."""
+    cdef const unsigned char *p = _ptr(text)
+    return bool(sf_utf8_valid(p, p + text.shape[0]))
+
+
+def parse_hour(const unsigned char[::1] text):
+    """``(time, hour_of_day, weekday)`` of an Avazu YYMMDDHH value, or None when invalid."""
+    cdef int64_t t = 0
+    cdef int hod = 0, wd = 0
+    cdef const unsigned char *p = _ptr(text)
+    if sf_parse_hour(p, p + text.shape[0], &t, &hod, &wd):
+        return t, hod, wd
+    return None
+
+
+# --------------------------------------------------------------------------- kernels
+def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t[::1] dslot,
+                const int32_t[::1] dmode, const uint64_t[::1] salt, const int32_t[::1] num_row,
+                int32_t[::1] counts, int delim, int bits, int count_bits, bint label_missing_ok,
+                const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
+                int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
+                float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:
+    """Parse delimited lines of ``buf[start:end]`` into the output rows; see parse_core.h.
+
+    Returns the number of rows written. ``state`` (int64 [STATE_SIZE]) carries the line
+    number and time bookkeeping in and out, and the first malformed row if any.
+    """
+    cdef sf_spec s
+    cdef int64_t rows, n = max_rows
+    cdef int ncols = kind.shape[0]
+    if (field.shape[0] != ncols or dslot.shape[0] != ncols or dmode.shape[0] != ncols
+            or salt.shape[0] != indices.shape[1] or num_row.shape[0] != indices.shape[1]):
+        raise ValueError("inconsistent compiled schema arrays")
+    if counts.shape[0] != (1 << count_bits) or state.shape[0] != SF_ST_SIZE:
+        raise ValueError("count table or state array of the wrong size")
+    if not (0 <= start <= end <= buf.shape[0]):
+        raise ValueError("start/end outside the buffer")
+    n = min(n, indices.shape[0], values.shape[0], dense.shape[0], y.shape[0], line.shape[0],
+            time.shape[0])
+    if values.shape[1] != indices.shape[1]:
+        raise ValueError("indices and values differ in width")
+    s.ncols = ncols
+    s.delim = <unsigned char>delim
+    s.F = indices.shape[1]
+    s.T = dense.shape[1]
+    s.bits = bits
+    s.count_bits = count_bits
+    s.label_missing_ok = label_missing_ok
+    s.kind = &kind[0]
+    s.field = &field[0]
+    s.dslot = &dslot[0]
+    s.dmode = &dmode[0]
+    s.salt = &salt[0] if salt.shape[0] else NULL
+    s.num_row = &num_row[0] if num_row.shape[0] else NULL
+    s.counts = &counts[0]
+    cdef const unsigned char **fs = <const unsigned char **>malloc(ncols * sizeof(void *))
+    cdef const unsigned char **fe = <const unsigned char **>malloc(ncols * sizeof(void *))
+    cdef double *num = <double *>malloc(ncols * sizeof(double))
+    cdef float dummy_f = 0
+    cdef float *dptr = &dense[0, 0] if dense.shape[0] and dense.shape[1] else &dummy_f
+    if fs == NULL or fe == NULL or num == NULL:
+        free(fs); free(fe); free(num)
+        raise MemoryError()
+    if n <= 0 or start == end:
+        free(fs); free(fe); free(num)
+        state[0] = start
+        state[2] = 0
+        return 0
+    with nogil:
+        rows = sf_parse_delim(&s, &buf[0], start, end, n, &indices[0, 0], &values[0, 0],
+                              dptr, &y[0], &line[0], &time[0], fs, fe, num, &state[0])
+    free(fs); free(fe); free(num)
+    return rows
+
+
+def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
+              int bits, uint64_t seed, bint libfm, int32_t pad_row,
+              int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
+              float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:
+    """Parse libsvm / libfm lines of ``buf[start:end]``; see parse_core.h."""
+    cdef int64_t rows, n = max_rows
+    cdef float dummy_f = 0
+    cdef float *dptr = &dense[0, 0] if dense.shape[0] and dense.shape[1] else &dummy_f
+    if state.shape[0] != SF_ST_SIZE:
+        raise ValueError("state array of the wrong size")
+    if not (0 <= start <= end <= buf.shape[0]):
+        raise ValueError("start/end outside the buffer")
+    if indices.shape[1] < 1 or values.shape[1] != indices.shape[1]:
+        raise ValueError("need at least one feature slot")
+    n = min(n, indices.shape[0], values.shape[0], dense.shape[0], y.shape[0], line.shape[0],
+            time.shape[0])
+    if n <= 0 or start == end:
+        state[0] = start
+        state[2] = 0
+        return 0
+    with nogil:
+        rows = sf_parse_svm(&buf[0], start, end, n, <int>indices.shape[1], <int>dense.shape[1],
+                            bits, seed, libfm, pad_row, &indices[0, 0], &values[0, 0], dptr,
+                            &y[0], &line[0], &time[0], &state[0])
+    return rows

@@ -1,0 +1,288 @@
+"""The Encoder: a schema compiled for the C pass, the hashing config and the count table.
+
+File readers and the Kafka path both end in :meth:`Encoder.parse_into` over lines of the same
+format, so a record encodes identically whichever way it arrives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from streamfusion import _parse
+from streamfusion.data.schema import DENSE_MODES, KINDS, Schema
+from streamfusion.features import Batch
+
+# error codes of parse_core.h -> reason texts
+REASONS = {
+    1: "wrong column count",
+    2: "non-numeric value in a numeric column",
+    3: "bad label (must be 0 or 1)",
+    4: "bad hour (want YYMMDDHH)",
+    5: "non-UTF-8 bytes",
+    6: "too many features for max_features",
+    7: "bad feature token (want idx:val or field:idx:val)",
+}
+# slots of the int64 state array (parse_core.h SF_ST_*)
+ST_POS, ST_LINE, ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_MAX_TIME, ST_OOO, ST_ERR_COL = range(8)
+# padding slots of libsvm rows hash this reserved field index (never a real field)
+PAD_FIELD = 1 << 30
+DEFAULT_COUNT_BITS = 20  # 4 MiB of int32 counts: fixed whatever the number of categories
+ENCODER_VERSION = 1
+_MISSING = object()
+
+
+def new_state() -> np.ndarray:
+    """A fresh parse state: line 0, no time seen yet."""
+    st = np.zeros(_parse.STATE_SIZE, dtype=np.int64)
+    st[ST_MAX_TIME] = -1
+    return st
+
+
+class Encoder:
+    """Schema + hashing config + count table: turns lines or records into Batches.
+
+    Parameters
+    ----------
+    schema : Schema
+        What each column becomes (see :mod:`streamfusion.data.schema`).
+    bits : int
+        The learner's shared table has ``2**bits`` rows.
+    seed : int
+        Derives every per-field salt.
+    count_bits : int
+        The tree features' frequency table has ``2**count_bits`` int32 slots.
+
+    Examples
+    --------
+    >>> from streamfusion.data.schema import avazu_schema
+    >>> enc = Encoder(avazu_schema(), bits=18)
+    >>> batch, errors = enc.encode_records([{"hour": 14102100, "C1": 1005}])
+    >>> errors[0][0], len(batch)
+    (0, 0)
+    """
+
+    def __init__(self, schema: Schema, bits: int = 20, seed: int = 0,
+                 count_bits: int = DEFAULT_COUNT_BITS) -> None:
+        if not 1 <= bits <= 31:
+            raise ValueError(f"bits must be in [1, 31], got {bits}")
+        if not 1 <= count_bits <= 30:
+            raise ValueError(f"count_bits must be in [1, 30], got {count_bits}")
+        if not 0 <= seed < 2**64:
+            raise ValueError("seed must be in [0, 2**64)")
+        self.schema = schema
+        self.bits = int(bits)
+        self.seed = int(seed)
+        self.count_bits = int(count_bits)
+        self.counts = np.zeros(1 << count_bits, dtype=np.int32)
+        self.F = len(schema.field_names)
+        self.T = len(schema.dense_names)
+        self._compile()
+
+    def _compile(self) -> None:
+        s = self.schema
+        kind, field, dslot, dmode = [], [], [], []
+        f = d = 0
+        for c in s.columns:
+            k = KINDS[c.kind]
+            kind.append(k)
+            dmode.append(DENSE_MODES[c.dense])
+            if c.kind in ("num", "cat", "hour"):
+                field.append(f)
+                has_dense = c.kind != "cat" or c.dense != "none"
+                dslot.append(d if has_dense else -1)
+                width = 2 if c.kind == "hour" else 1
+                f += width
+                d += width if has_dense else 0
+            else:
+                field.append(-1)
+                dslot.append(-1)
+        assert s.is_svm or (f == self.F and d == self.T)
+        self._kind = np.array(kind, dtype=np.int32)
+        self._field = np.array(field, dtype=np.int32)
+        self._dslot = np.array(dslot, dtype=np.int32)
+        self._dmode = np.array(dmode, dtype=np.int32)
+        self._salt = np.array([_parse.field_salt(i, self.seed) for i in range(self.F)],
+                              dtype=np.uint64)
+        self._num_row = np.array([_parse.hash_value(i, b"", self.bits, self.seed)
+                                  for i in range(self.F)], dtype=np.int32)
+        self._delim = ord(s.delimiter)
+        self.pad_row = _parse.hash_value(PAD_FIELD, b"", self.bits, self.seed)
+
+    # ------------------------------------------------------------------ arrays and parsing
+    def new_arrays(self, n: int) -> dict[str, np.ndarray]:
+        """Uninitialised output arrays for ``n`` rows."""
+        return {
+            "indices": np.empty((n, self.F), dtype=np.int32),
+            "values": np.empty((n, self.F), dtype=np.float32),
+            "dense": np.empty((n, self.T), dtype=np.float32),
+            "y": np.empty(n, dtype=np.float32),
+            "line": np.empty(n, dtype=np.int64),
+            "time": np.empty(n, dtype=np.int64),
+        }
+
+    def parse_into(self, buf: bytes, start: int, end: int, max_rows: int,
+                   out: Mapping[str, np.ndarray], offset: int, state: np.ndarray,
+                   label_missing_ok: bool = False) -> int:
+        """Encode whole lines of ``buf[start:end]`` into rows ``offset..`` of ``out``.
+
+        Stops at the first malformed row (``state[ST_ERR] != 0``), after ``max_rows`` rows or
+        at ``end``; ``state[ST_POS]`` is where it stopped. Returns the rows written.
+        """
+        o = {k: v[offset:] for k, v in out.items()}
+        if self.schema.is_svm:
+            return _parse.parse_svm(buf, start, end, max_rows, self.bits, self.seed,
+                                    self.schema.name == "libfm", self.pad_row, o["indices"],
+                                    o["values"], o["dense"], o["y"], o["line"], o["time"],
+                                    state)
+        return _parse.parse_delim(
+            self._kind, self._field, self._dslot, self._dmode, self._salt, self._num_row,
+            self.counts, self._delim, self.bits, self.count_bits, label_missing_ok, buf, start,
+            end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"], o["time"],
+            state)
+
+    def reason(self, state: np.ndarray) -> str:
+        """The message of the error recorded in ``state``."""
+        code = int(state[ST_ERR])
+        text = REASONS.get(code, f"error {code}")
+        col = int(state[ST_ERR_COL])
+        cols = self.schema.columns
+        if code == 1:
+            text += f" (got {col}, want {len(cols)})"
+        elif code in (2, 3, 4) and 0 <= col < len(cols):
+            text += f" in column {cols[col].name!r}"
+        return text
+
+    # ------------------------------------------------------------------ Kafka records
+    def encode_records(self, records: Sequence[Mapping]) -> tuple[Batch, list[tuple[int, str]]]:
+        """Encode dicts of raw fields (the dataset's own column names) like file lines.
+
+        The label column is optional (absent or None -> y NaN); skipped columns (ids) are
+        ignored; every other column must be present (None = missing value). A record with a
+        missing field, a value of the wrong type or one containing the delimiter or a
+        newline is returned in ``errors`` as ``(position, reason)`` and left out. Batch rows
+        carry ``line`` = position in ``records`` and ``ids`` = each record's ``"id"``.
+        """
+        if self.schema.is_svm:
+            raise NotImplementedError("encode_records needs a delimited schema, not libsvm")
+        errors: list[tuple[int, str]] = []
+        lines: list[bytes] = []
+        kept: list[int] = []
+        for pos, rec in enumerate(records):
+            try:
+                lines.append(self._record_line(rec))
+                kept.append(pos)
+            except ValueError as exc:
+                errors.append((pos, str(exc)))
+        n = len(lines)
+        out = self.new_arrays(n)
+        buf = b"\n".join(lines) + b"\n" if lines else b""
+        state = new_state()
+        rows, start = 0, 0
+        good: list[int] = []
+        while start < len(buf):
+            got = self.parse_into(buf, start, len(buf), n - rows, out, rows, state,
+                                  label_missing_ok=True)
+            good.extend(kept[int(i) - 1] for i in out["line"][rows:rows + got])
+            rows += got
+            if state[ST_ERR]:
+                errors.append((kept[int(state[ST_ERR_LINE]) - 1], self.reason(state)))
+                start = int(state[ST_ERR_NEXT])
+                state[ST_LINE] = state[ST_ERR_LINE]
+            else:
+                start = int(state[ST_POS])
+        errors.sort()
+        out["line"][:rows] = good
+        batch = Batch(**{k: v[:rows] for k, v in out.items()},
+                      ids=[records[p].get("id") for p in good])
+        return batch, errors
+
+    def _record_line(self, rec: Mapping) -> bytes:
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"record is a {type(rec).__name__}, not a dict")
+        delim = self.schema.delimiter
+        cells = []
+        for c in self.schema.columns:
+            v = rec.get(c.name, _MISSING)
+            if c.kind == "skip":
+                cells.append("")
+                continue
+            if v is _MISSING:
+                if c.kind == "label":
+                    v = None
+                else:
+                    raise ValueError(f"missing field {c.name!r}")
+            cells.append(_cell(c.name, c.kind, v, delim))
+        try:
+            return delim.join(cells).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("value is not encodable as UTF-8") from None
+
+    # ------------------------------------------------------------------ state protocol
+    def state_dict(self) -> dict:
+        """Hashing config, schema and count table (see the contracts' state protocol)."""
+        return {
+            "version": ENCODER_VERSION,
+            "schema": self.schema.to_dict(),
+            "bits": self.bits,
+            "seed": self.seed,
+            "count_bits": self.count_bits,
+            "counts": self.counts.copy(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the count table; the config must match this encoder's (else ValueError)."""
+        self._validate(state)
+        self.counts[:] = state["counts"]
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping) -> Encoder:
+        """A new encoder with the config and counts of ``state``."""
+        if not isinstance(state, Mapping) or state.get("version") != ENCODER_VERSION:
+            raise ValueError(f"encoder state: version {getattr(state, 'get', dict)('version')!r}"
+                             f", expected {ENCODER_VERSION}")
+        enc = cls(Schema.from_dict(state["schema"]), int(state["bits"]), int(state["seed"]),
+                  int(state["count_bits"]))
+        enc.load_state_dict(state)
+        return enc
+
+    def _validate(self, state: Mapping) -> None:
+        if not isinstance(state, Mapping):
+            raise ValueError("encoder state must be a dict")
+        if state.get("version") != ENCODER_VERSION:
+            raise ValueError(f"encoder state: version {state.get('version')!r}, expected "
+                             f"{ENCODER_VERSION}")
+        for key in ("bits", "seed", "count_bits"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"encoder state: {key}={state.get(key)!r}, this encoder has "
+                                 f"{getattr(self, key)!r}")
+        if Schema.from_dict(state["schema"]) != self.schema:
+            raise ValueError("encoder state: schema differs from this encoder's")
+        counts = state.get("counts")
+        if (not isinstance(counts, np.ndarray) or counts.dtype != np.int32
+                or counts.shape != self.counts.shape):
+            raise ValueError(f"encoder state: counts must be int32 {self.counts.shape}")
+
+
+def _cell(name: str, kind: str, v: object, delim: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        raise ValueError(f"wrong type for field {name!r}: bool")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"non-finite value for field {name!r}")
+        if kind == "num":
+            return repr(v)
+        if v.is_integer():  # 1005.0 for a code column means the code 1005
+            return str(int(v))
+        raise ValueError(f"wrong type for field {name!r}: non-integer float for a {kind} column")
+    if isinstance(v, str):
+        if delim in v or "\n" in v or "\r" in v:
+            raise ValueError(f"value of field {name!r} contains the delimiter or a newline")
+        return v
+    raise ValueError(f"wrong type for field {name!r}: {type(v).__name__}")

@@ -1,0 +1,398 @@
+"""Streaming file sources: chunks cut at the last newline, gzip read transparently.
+
+Memory is bounded by the chunk size (plus one line) and the encoder's fixed tables; nothing
+grows with the file or with the number of distinct categories.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from streamfusion.data.encoder import (
+    DEFAULT_COUNT_BITS,
+    ST_ERR,
+    ST_ERR_LINE,
+    ST_ERR_NEXT,
+    ST_LINE,
+    ST_MAX_TIME,
+    ST_OOO,
+    ST_POS,
+    Encoder,
+    new_state,
+)
+from streamfusion.data.schema import (
+    DEFAULT_MAX_FEATURES,
+    DEFAULT_SAMPLE_ROWS,
+    Schema,
+    detect_schema,
+)
+from streamfusion.features import Batch
+
+DEFAULT_CHUNK_BYTES = 4 << 20  # big enough to amortise the Python per-chunk work
+HEAD_BYTES = 1 << 20  # first decompressed bytes read for format detection / type inference
+MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is a binary file or a missing newline
+GZIP_MAGIC = b"\x1f\x8b"
+POSITION_VERSION = 1
+
+
+class ParseError(ValueError):
+    """A malformed input: ``str()`` names the file, the line (when known) and the reason."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _ByteStream:
+    """Decompressed bytes of a file in chunks; gzip recognised by its magic bytes."""
+
+    def __init__(self, path: Path, chunk_bytes: int) -> None:
+        self.path = path
+        self.chunk = chunk_bytes
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.gzip = self._f.read(2) == GZIP_MAGIC
+        self._f.seek(0)
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzip else None
+        self._pending = b""  # compressed input not yet fed (tail of a member or next member)
+        self._in_member = False
+
+    def read(self) -> bytes:
+        """Next chunk of decompressed data; b"" at the end; _Truncated on a cut gzip."""
+        if not self.gzip:
+            return self._f.read(self.chunk)
+        while True:
+            data = self._pending or self._f.read(self.chunk)
+            if not data:
+                if self._in_member:
+                    raise _Truncated
+                return b""
+            self._pending = b""
+            if not self._in_member and not data.strip(b"\0"):
+                continue  # zero padding after the last member (as gzip(1) tolerates)
+            self._in_member = True
+            try:
+                out = self._d.decompress(data, self.chunk)
+            except zlib.error as exc:
+                raise ParseError(self.path, None, f"corrupt gzip stream ({exc})") from None
+            self._pending = self._d.unconsumed_tail
+            if self._d.eof:  # a member ended: concatenated members continue the stream
+                self._pending = self._d.unused_data + self._pending
+                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._in_member = False
+            if out:
+                return out
+
+    def skip(self, n: int) -> bytes:
+        """Discard the first ``n`` decompressed bytes; return what was read beyond them."""
+        if not self.gzip:
+            self._f.seek(n)
+            return b""
+        while n > 0:
+            chunk = self.read()
+            if not chunk:
+                raise ValueError(f"{self.path}: position beyond the end of the stream")
+            if len(chunk) > n:
+                return chunk[n:]
+            n -= len(chunk)
+        return b""
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _read_head(path: Path, limit: int) -> tuple[bytes, bool]:
+    """First ``limit`` decompressed bytes and whether that is the whole stream."""
+    stream = _ByteStream(path, min(limit, DEFAULT_CHUNK_BYTES))
+    parts, size, complete = [], 0, False
+    try:
+        while size < limit:
+            chunk = stream.read()
+            if not chunk:
+                complete = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except _Truncated:
+        if not parts:
+            raise ParseError(path, 1, "truncated gzip stream") from None
+    finally:
+        stream.close()
+    return b"".join(parts), complete
+
+
+class FileSource:
+    """A click-log file as a stream of encoded :class:`~streamfusion.features.Batch`.
+
+    Built by :func:`open_source`. ``position()`` is the offset of the next unread line in the
+    decompressed stream plus the counters; ``seek(position)`` re-opens the file and skips to
+    it. The encoder's count table is not part of the position: a resume restores it with
+    ``source.encoder.load_state_dict`` from the checkpoint.
+
+    Examples
+    --------
+    >>> with open_source("train.csv.gz") as src:          # doctest: +SKIP
+    ...     while (batch := src.next_batch(4096)) is not None:
+    ...         print(len(batch), batch.indices.shape, src.position()["line"])
+    """
+
+    def __init__(self, path: str | os.PathLike, encoder: Encoder, on_error: str = "fail",
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be positive")
+        self.path = Path(path)
+        self.encoder = encoder
+        self.schema: Schema = encoder.schema
+        self.on_error = on_error
+        self.chunk_bytes = int(chunk_bytes)
+        self.skipped_rows = 0
+        self.rows = 0
+        self.truncated = False
+        self._stream: _ByteStream | None = None
+        self._open(0, b"")
+        if self.schema.header:
+            self._skip_header()
+
+    # ------------------------------------------------------------------ buffering
+    def _open(self, skip: int, rest: bytes) -> None:
+        self.close()
+        self._stream = _ByteStream(self.path, self.chunk_bytes)
+        rest = self._stream.skip(skip) if skip else rest
+        self._buf = rest
+        self._base = skip  # stream offset of self._buf[0]
+        self._off = 0
+        self._end = 0  # self._buf[:self._end] holds whole lines only
+        self._eof = False
+        self._tail_reported = False
+        self._state = new_state()
+
+    def _fill(self) -> None:
+        """Drop consumed bytes and read until the buffer holds at least one whole line."""
+        buf = self._buf[self._off:]
+        self._base += self._off
+        self._off = 0
+        parts = [buf]
+        size = len(buf)
+        while True:
+            try:
+                chunk = self._stream.read()
+            except _Truncated:
+                self.truncated = True
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                self._buf = b"".join(parts)
+                # a last line without newline is a row, unless the gzip stream was cut in it
+                self._end = self._buf.rfind(b"\n") + 1 if self.truncated else len(self._buf)
+                return
+            parts.append(chunk)
+            size += len(chunk)
+            if b"\n" in chunk:
+                self._buf = b"".join(parts)
+                self._end = self._buf.rfind(b"\n") + 1
+                return
+            if size > MAX_LINE_BYTES:
+                raise ParseError(self.path, int(self._state[ST_LINE]) + 1,
+                                 f"line longer than {MAX_LINE_BYTES} bytes")
+
+    def _skip_header(self) -> None:
+        if self._off >= self._end:
+            self._fill()
+        nl = self._buf.find(b"\n", self._off, self._end)
+        self._off = self._end if nl < 0 else nl + 1
+        self._state[ST_LINE] = 1
+
+    # ------------------------------------------------------------------ the source protocol
+    def next_batch(self, max_rows: int) -> Batch | None:
+        """Up to ``max_rows`` encoded rows; None at the end of the file.
+
+        With ``on_error="fail"`` the first malformed row raises :class:`ParseError` (rows
+        before it are returned first); with ``"skip"`` it is counted in ``skipped_rows``.
+        """
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        if self._stream is None:
+            raise ValueError(f"{self.path}: source is closed")
+        enc, st = self.encoder, self._state
+        out = enc.new_arrays(max_rows)
+        n = 0
+        while n < max_rows:
+            if self._off >= self._end:
+                if not self._eof:
+                    self._fill()
+                    continue
+                if self.truncated and not self._tail_reported:
+                    if self.on_error == "fail":
+                        if n:
+                            break
+                        raise ParseError(self.path, int(st[ST_LINE]) + 1,
+                                         "truncated gzip stream")
+                    self._tail_reported = True
+                    if self._buf[self._end:].strip():
+                        self.skipped_rows += 1
+                    warnings.warn(f"{self.path}: truncated gzip stream; stopped at line "
+                                  f"{int(st[ST_LINE])}", stacklevel=2)
+                break
+            got = enc.parse_into(self._buf, self._off, self._end, max_rows - n, out, n, st)
+            n += got
+            self._off = int(st[ST_POS])
+            if st[ST_ERR]:
+                if self.on_error == "fail":
+                    if n:
+                        break  # hand back the good rows; the next call raises
+                    raise ParseError(self.path, int(st[ST_ERR_LINE]), enc.reason(st))
+                self.skipped_rows += 1
+                self._off = int(st[ST_ERR_NEXT])
+                st[ST_LINE] = st[ST_ERR_LINE]
+                st[ST_ERR] = 0
+        if n == 0:
+            return None
+        self.rows += n
+        return Batch(**{k: v[:n] for k, v in out.items()})
+
+    def __iter__(self):
+        while (batch := self.next_batch(8192)) is not None:
+            yield batch
+
+    @property
+    def out_of_order(self) -> int:
+        """Rows whose time was below the largest time seen before them (never fatal)."""
+        return int(self._state[ST_OOO])
+
+    def position(self) -> dict:
+        """Where the next unread line starts, plus the counters (JSON-serialisable)."""
+        st = self._state
+        return {
+            "version": POSITION_VERSION,
+            "path": str(self.path),
+            "format": self.schema.name,
+            "bytes": self._base + self._off,
+            "line": int(st[ST_LINE]),
+            "rows": self.rows,
+            "skipped_rows": self.skipped_rows,
+            "out_of_order": int(st[ST_OOO]),
+            "max_time": int(st[ST_MAX_TIME]),
+        }
+
+    def seek(self, position: Mapping) -> None:
+        """Re-open the file and continue at ``position`` (from :meth:`position`)."""
+        try:
+            if position["version"] != POSITION_VERSION:
+                raise ValueError(f"position version {position['version']!r}")
+            if position["format"] != self.schema.name:
+                raise ValueError(f"position is for format {position['format']!r}, this "
+                                 f"source is {self.schema.name!r}")
+            nbytes, line = int(position["bytes"]), int(position["line"])
+            counters = (int(position["rows"]), int(position["skipped_rows"]),
+                        int(position["out_of_order"]), int(position["max_time"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a source position: {exc}") from None
+        if nbytes < 0 or line < 0:
+            raise ValueError("negative position")
+        self._open(nbytes, b"")
+        self.rows, self.skipped_rows = counters[0], counters[1]
+        self._state[ST_LINE] = line
+        self._state[ST_OOO] = counters[2]
+        self._state[ST_MAX_TIME] = counters[3]
+        self.truncated = False
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FileSource({str(self.path)!r}, format={self.schema.name!r}, "
+                f"F={self.encoder.F}, T={self.encoder.T})")
+
+
+def open_source(path: str | os.PathLike, format: str = "auto", label: str | None = None,
+                types: Mapping[str, str] | None = None, bits: int = 20, seed: int = 0,
+                on_error: str = "fail", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                count_bits: int = DEFAULT_COUNT_BITS, delimiter: str = ",",
+                max_features: int = DEFAULT_MAX_FEATURES, dense_features: int = 0,
+                sample_rows: int = DEFAULT_SAMPLE_ROWS,
+                encoder: Encoder | None = None) -> FileSource:
+    """Open a click log as a :class:`FileSource`.
+
+    Parameters
+    ----------
+    path : path-like
+        Plain or gzip-compressed (recognised by its magic bytes) text file.
+    format : str
+        ``"auto"`` (Avazu, Criteo or libsvm/libfm from the first lines), ``"avazu"``,
+        ``"criteo"``, ``"csv"`` (needs ``label``), ``"libsvm"`` or ``"libfm"``.
+    label, types, delimiter, sample_rows
+        CSV: the label column, kind overrides ``{"col": "num" | "cat" | "skip"}``, the
+        separator and how many rows the type inference reads. ``types`` also applies to the
+        Avazu / Criteo schemas.
+    bits, seed, count_bits
+        Hashing config of a new :class:`Encoder` (ignored when ``encoder`` is given).
+    on_error : str
+        ``"fail"``: the first malformed row raises ParseError; ``"skip"``: count and go on.
+    chunk_bytes : int
+        Read size; memory is bounded by it.
+    max_features, dense_features
+        libsvm / libfm: learner slots per row (F) and dense width (T).
+    encoder : Encoder, optional
+        Reuse an encoder (its schema, config and counts), e.g. one restored from a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    head, complete = _read_head(path, HEAD_BYTES)
+    if not head.strip():
+        raise ParseError(path, None, "empty file")
+    if encoder is None:
+        try:
+            schema = detect_schema(head, complete, format, label, types, delimiter,
+                                   max_features, dense_features, sample_rows)
+        except ValueError as exc:
+            raise ParseError(path, 1, str(exc)) from None
+        encoder = Encoder(schema, bits=bits, seed=seed, count_bits=count_bits)
+    if encoder.schema.header:
+        _check_header(path, head, encoder.schema)
+    return FileSource(path, encoder, on_error, chunk_bytes)
+
+
+def _check_header(path: Path, head: bytes, schema: Schema) -> None:
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        names = first.decode("utf-8").split(schema.delimiter)
+    except UnicodeDecodeError:
+        raise ParseError(path, 1, "non-UTF-8 bytes in the header") from None
+    want = [c.name for c in schema.columns]
+    if names != want:
+        raise ParseError(path, 1, f"header does not match the {schema.name} schema: got "
+                         f"{len(names)} columns {names[:4]}..., want {want[:4]}...")
+
+
+def read_all(path: str | os.PathLike, batch_rows: int = 65536, **kwargs) -> Batch:
+    """Read a whole (small) file into one Batch: tests, notebooks, offline reproduce."""
+    with open_source(path, **kwargs) as src:
+        batches = list(iter(lambda: src.next_batch(batch_rows), None))
+        if not batches:
+            return Batch(**{k: v[:0] for k, v in src.encoder.new_arrays(0).items()})
+        return Batch.concat(batches)
+
+
+__all__ = ["FileSource", "ParseError", "open_source", "read_all"]
