@@ -1,0 +1,342 @@
+"""The C tokenizer + hasher against pure-Python references, on small hand-written inputs."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamfusion import _parse
+from streamfusion.data import (
+    Encoder,
+    ParseError,
+    avazu_schema,
+    criteo_schema,
+    libsvm_schema,
+    open_source,
+    read_all,
+)
+from streamfusion.data.encoder import PAD_FIELD
+from streamfusion.data.schema import AVAZU_COLUMNS, AVAZU_INT_COLUMNS
+
+M64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------- pure-Python references
+def murmur64(data: bytes, seed: int) -> int:
+    m, r = 0xC6A4A7935BD1E995, 47
+    h = (seed ^ (len(data) * m)) & M64
+    n8 = len(data) // 8 * 8
+    for i in range(0, n8, 8):
+        k = int.from_bytes(data[i:i + 8], "little")
+        k = (k * m) & M64
+        k ^= k >> r
+        k = (k * m) & M64
+        h ^= k
+        h = (h * m) & M64
+    tail = data[n8:]
+    if tail:
+        h ^= int.from_bytes(tail, "little")
+        h = (h * m) & M64
+    h ^= h >> r
+    h = (h * m) & M64
+    h ^= h >> r
+    return h
+
+
+def mix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def salt(seed: int, field: int) -> int:
+    return mix64(mix64(seed) ^ ((field + 1) & M64))
+
+
+def row(field: int, value: bytes, bits: int, seed: int) -> int:
+    return murmur64(value, salt(seed, field)) >> (64 - bits)
+
+
+def slog(x: float) -> float:
+    return math.log1p(x) if x >= 0 else -math.log1p(-x)
+
+
+# ----------------------------------------------------------------- twins
+@given(st.binary(max_size=40), st.integers(0, 2**30), st.integers(1, 31),
+       st.integers(0, 2**64 - 1))
+def test_hash_twin_matches_reference(value, field, bits, seed):
+    assert _parse.field_salt(field, seed) == salt(seed, field)
+    assert _parse.hash64(value, 12345) == murmur64(value, 12345)
+    assert _parse.hash_value(field, value, bits, seed) == row(field, value, bits, seed)
+
+
+def test_hash_depends_on_field_seed_and_value():
+    base = _parse.hash_value(3, b"a99f214a", 20, 0)
+    assert base != _parse.hash_value(4, b"a99f214a", 20, 0)
+    assert base != _parse.hash_value(3, b"a99f214a", 20, 1)
+    assert base != _parse.hash_value(3, b"a99f214b", 20, 0)
+    assert 0 <= base < 2**20
+    with pytest.raises(ValueError):
+        _parse.hash_value(0, b"x", 32, 0)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_parse_number_round_trips_floats(x):
+    for text in (repr(x), f"{x:.6e}", f"{x:f}"):
+        got = _parse.parse_number(text.encode())
+        assert got is not None
+        assert got == pytest.approx(float(text), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("text", [b"", b"-", b"+", b".", b"1e", b"1.2.3", b"12a", b" 1",
+                                  b"nan", b"inf", b"0x10", b"1,5", b"1e999"])
+def test_parse_number_rejects(text):
+    assert _parse.parse_number(text) is None
+
+
+@pytest.mark.parametrize("text,value", [(b"260.0", 260.0), (b"-1", -1.0), (b"+3", 3.0),
+                                        (b".5", 0.5), (b"5.", 5.0), (b"1E3", 1000.0),
+                                        (b"-2.5e-3", -0.0025), (b"007", 7.0)])
+def test_parse_number_accepts(text, value):
+    assert _parse.parse_number(text) == value
+
+
+@given(st.dates(datetime.date(2000, 1, 1), datetime.date(2099, 12, 31)), st.integers(0, 23))
+def test_parse_hour_matches_datetime(day, hour):
+    text = f"{day:%y%m%d}{hour:02d}".encode()
+    assert _parse.parse_hour(text) == (int(text), hour, day.weekday())
+
+
+@pytest.mark.parametrize("text", [b"1410210", b"141021000", b"14132100", b"14100000",
+                                  b"14103224", b"14022900", b"1410210a", b"14113100"])
+def test_parse_hour_rejects(text):
+    assert _parse.parse_hour(text) is None
+
+
+@given(st.binary(max_size=12))
+def test_utf8_twin_matches_python(data):
+    try:
+        data.decode("utf-8")
+        ok = True
+    except UnicodeDecodeError:
+        ok = False
+    assert _parse.utf8_valid(data) == ok
+
+
+# ----------------------------------------------------------------- hand-written files
+AVAZU_ROWS = [
+    # id, click, hour, C1, banner_pos, site_id ... (24 columns)
+    "1,0,14102100,1005,0,1fbe01fe,f3845767,28905ebd,ecad2386,7801e8d9,07d7df22,a99f214a,"
+    "ddd2926e,44956a24,1,2,15706,320,50,1722,0,35,-1,79",
+    "2,1,14102513,1002,1,1fbe01fe,f3845767,,ecad2386,7801e8d9,07d7df22,a99f214a,"
+    "96809ac8,711ee120,1,0,15704,320,50,1722,0,35,100084,79",
+]
+
+
+def write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def avazu_expected(rows, bits=20, seed=0):
+    """Indices / values / dense of Avazu rows computed in Python from the documented rules."""
+    schema = avazu_schema()
+    counts: dict[tuple[int, str], int] = {}
+    ind, val, dense, ys, times = [], [], [], [], []
+    for line in rows:
+        cells = dict(zip(AVAZU_COLUMNS, line.split(","), strict=True))
+        hour = cells["hour"]
+        d = datetime.date(2000 + int(hour[:2]), int(hour[2:4]), int(hour[4:6]))
+        r_i, r_d = [], []
+        for f, name in enumerate(schema.field_names):
+            if name == "hour_of_day":
+                v, x = hour[6:], float(int(hour[6:]))
+            elif name == "weekday":
+                v, x = str(d.weekday()), float(d.weekday())
+            else:
+                v = cells[name]
+                if name in AVAZU_INT_COLUMNS:
+                    x = float(v) if v else 0.0
+                else:
+                    counts[(f, v)] = counts.get((f, v), 0) + 1
+                    x = float(counts[(f, v)])
+            r_i.append(row(f, v.encode(), bits, seed))
+            r_d.append(x)
+        ind.append(r_i)
+        val.append([1.0] * len(r_i))
+        dense.append(r_d)
+        ys.append(float(cells["click"]))
+        times.append(int(hour))
+    return np.array(ind), np.array(val), np.array(dense), np.array(ys), np.array(times)
+
+
+def test_avazu_rows_match_python_reference(tmp_path):
+    rows = AVAZU_ROWS + [AVAZU_ROWS[0].replace("1,0,14102100", "3,0,14102101")]
+    p = write(tmp_path, "train.csv", ",".join(AVAZU_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    b = read_all(p, bits=18, seed=7)
+    ind, val, dense, ys, times = avazu_expected(rows, bits=18, seed=7)
+    np.testing.assert_array_equal(b.indices, ind)
+    np.testing.assert_array_equal(b.values, val)
+    np.testing.assert_array_equal(b.dense, dense.astype(np.float32))
+    np.testing.assert_array_equal(b.y, ys)
+    np.testing.assert_array_equal(b.time, times)
+    np.testing.assert_array_equal(b.line, [2, 3, 4])
+    names = avazu_schema().dense_names
+    assert b.dense[1, names.index("hour_of_day")] == 13
+    assert b.dense[1, names.index("weekday")] == 5  # 2014-10-25 was a Saturday
+    assert b.dense[2, names.index("site_id")] == 3  # third sighting of 1fbe01fe
+    assert b.dense[1, names.index("device_ip")] == 1
+
+
+def test_avazu_missing_categorical_is_its_own_token(tmp_path):
+    p = write(tmp_path, "a.csv", "\n".join(AVAZU_ROWS) + "\n")  # headerless variant
+    b = read_all(p)
+    f = avazu_schema().field_names.index("site_category")
+    assert b.indices[1, f] == _parse.hash_value(f, b"", 20, 0)
+    assert b.values[1, f] == 1.0
+    assert b.indices[0, f] != b.indices[1, f]
+
+
+CRITEO_ROW = "1\t1\t\t-3\t0.5\t1382" + "\t" * 8 + "\t68fd1e64" + "\t" + "\t".join(
+    f"{i:08x}" for i in range(25))
+
+
+def test_criteo_tsv_row_matches_rules(tmp_path):
+    line = CRITEO_ROW
+    assert line.count("\t") == 39
+    p = write(tmp_path, "train.txt", line + "\n" + line + "\n")
+    b = read_all(p, seed=3)
+    assert b.indices.shape == (2, 39) and b.dense.shape == (2, 39)
+    cells = line.split("\t")
+    for j in range(13):
+        raw = cells[1 + j]
+        assert b.indices[0, j] == _parse.hash_value(j, b"", 20, 3)  # numeric: the field alone
+        want = slog(float(raw)) if raw else 0.0
+        assert b.values[0, j] == pytest.approx(want, rel=1e-6)
+        assert b.dense[0, j] == (float(raw) if raw else 0.0)
+    for j in range(26):
+        f = 13 + j
+        assert b.indices[0, f] == _parse.hash_value(f, cells[14 + j].encode(), 20, 3)
+        assert b.values[0, f] == 1.0
+        assert b.dense[0, f] == 1 and b.dense[1, f] == 2  # counts
+    assert list(b.y) == [1.0, 1.0] and list(b.time) == [-1, -1]
+
+
+def test_criteo_csv_variants_equal_tsv(tmp_path):
+    cells = CRITEO_ROW.split("\t")
+    names = [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    tsv = read_all(write(tmp_path, "t.txt", CRITEO_ROW + "\n"))
+    with_id = read_all(write(tmp_path, "a.csv", "Id,Label," + ",".join(names) + "\n"
+                             "10000000," + ",".join(cells) + "\n"))
+    floats = ",".join(cells).replace(",1382,", ",1382.0,")
+    lower = read_all(write(tmp_path, "b.csv", "label," + ",".join(names) + "\n" + floats + "\n"))
+    for other in (with_id, lower):
+        np.testing.assert_array_equal(other.indices, tsv.indices)
+        np.testing.assert_array_equal(other.values, tsv.values)
+        np.testing.assert_array_equal(other.dense, tsv.dense)
+        np.testing.assert_array_equal(other.y, tsv.y)
+
+
+def test_criteo_unlabelled_test_file(tmp_path):
+    line = CRITEO_ROW.split("\t", 1)[1]
+    src = open_source(write(tmp_path, "test.txt", line + "\n"))
+    assert src.schema.label is None
+    b = src.next_batch(10)
+    assert np.isnan(b.y).all() and b.indices.shape == (1, 39)
+
+
+def test_csv_type_inference_and_overrides(tmp_path):
+    lines = ["id,clk,price,level,city,when"]
+    for i in range(40):
+        lines.append(f"{i},{i % 2},{i * 1.5 + 0.25},{i % 3},c{i % 5},2017-05-06")
+    lines.append("99,0,,,,")
+    p = write(tmp_path, "x.csv", "\n".join(lines) + "\n")
+    src = open_source(p, label="clk")
+    kinds = {c.name: (c.kind, c.dense) for c in src.schema.columns}
+    assert kinds["id"][0] == "skip" and kinds["clk"][0] == "label"
+    assert kinds["price"][0] == "num"
+    assert kinds["level"] == ("cat", "int")  # numbers, but few distinct values
+    assert kinds["city"] == ("cat", "count")
+    assert src.schema.field_names == ("price", "level", "city", "when")
+    b = read_all(p, label="clk")
+    f_price, f_level = 0, 1
+    assert b.values[3, f_price] == pytest.approx(slog(4.75))
+    assert b.dense[3, f_price] == 4.75 and b.dense[3, f_level] == 0
+    assert b.values[40, f_price] == 0.0 and b.dense[40, f_price] == 0.0  # missing numeric
+    over = open_source(p, label="clk", types={"price": "cat", "when": "skip", "id": "num"})
+    kinds = {c.name: c.kind for c in over.schema.columns}
+    assert (kinds["price"], kinds["when"], kinds["id"]) == ("cat", "skip", "num")
+    with pytest.raises(ParseError, match="no column 'nope'"):
+        open_source(p, label="clk", types={"nope": "num"})
+    with pytest.raises(ParseError, match="label column 'missing'"):
+        open_source(p, label="missing")
+
+
+def test_csv_without_label_is_refused(tmp_path):
+    p = write(tmp_path, "x.csv", "a,b\n1,2\n")
+    with pytest.raises(ParseError, match="cannot detect the format"):
+        open_source(p)
+
+
+def test_libsvm_rows(tmp_path):
+    p = write(tmp_path, "d.svm", "1 3:0.5 10:2\n-1 7:1\n0\n+1 1:1 2:1 3:1 4:1\n")
+    src = open_source(p, max_features=4, dense_features=8, seed=5)
+    assert src.schema.name == "libsvm"
+    b = src.next_batch(10)
+    pad = _parse.hash_value(PAD_FIELD, b"", 20, 5)
+    assert list(b.y) == [1, 0, 0, 1]
+    assert list(b.indices[0]) == [row(0, b"3", 20, 5), row(0, b"10", 20, 5), pad, pad]
+    assert list(b.values[0]) == [0.5, 2.0, 0.0, 0.0]
+    assert list(b.indices[2]) == [pad] * 4
+    assert b.dense.shape == (4, 8)
+    assert b.dense[0, 3] == 0.5 and b.dense[0].sum() == 0.5  # index 10 is beyond T
+    assert b.dense[3, 1:5].tolist() == [1, 1, 1, 1]
+    with pytest.raises(ParseError, match="line 2: too many features"):
+        read_all(write(tmp_path, "e.svm", "1 1:1\n1 1:1 2:1 3:1\n"), max_features=2)
+
+
+def test_libfm_rows(tmp_path):
+    p = write(tmp_path, "d.fm", "1 0:3:0.5 2:3:1\n0 1:9:1\n")
+    b = read_all(p, max_features=3)
+    assert list(b.indices[0, :2]) == [row(0, b"3", 20, 0), row(2, b"3", 20, 0)]
+    assert list(b.values[0]) == [0.5, 1.0, 0.0]
+    assert b.indices[1, 0] == row(1, b"9", 20, 0)
+    assert b.dense.shape == (2, 0)
+
+
+@pytest.mark.parametrize("first,fmt", [
+    (",".join(AVAZU_COLUMNS), "avazu"),
+    (AVAZU_ROWS[0], "avazu"),
+    (CRITEO_ROW, "criteo"),
+    ("1 3:0.5 10:2", "libsvm"),
+    ("0 1:3:1 2:4:1", "libfm"),
+])
+def test_auto_detection(tmp_path, first, fmt):
+    rest = {"avazu": AVAZU_ROWS[0], "criteo": CRITEO_ROW}.get(fmt, first)
+    p = write(tmp_path, "f", first + "\n" + rest + "\n")
+    with open_source(p) as src:
+        assert src.schema.name == fmt
+        assert len(src.next_batch(10)) == (1 if first.startswith("id,") else 2)
+
+
+def test_explicit_format_mismatch_is_an_error(tmp_path):
+    p = write(tmp_path, "f", "1 3:0.5\n")
+    with pytest.raises(ParseError, match="not an Avazu file"):
+        open_source(p, format="avazu")
+
+
+def test_encoder_direct_parse_matches_schema_width():
+    enc = Encoder(criteo_schema(), bits=12)
+    assert (enc.F, enc.T) == (39, 39)
+    enc = Encoder(libsvm_schema(max_features=5))
+    assert (enc.F, enc.T) == (5, 0)
