@@ -1,0 +1,119 @@
+"""The bounded label join: matching, TTL expiry, capacity, early labels, state round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamfusion.features import Batch
+from streamfusion.kafka.joins import LabelJoin
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _batch(n: int, start: int = 0) -> Batch:
+    idx = np.arange(start, start + n, dtype=np.int32)[:, None] * np.ones((1, 3), np.int32)
+    return Batch(idx, np.ones((n, 3), np.float32), idx[:, :2].astype(np.float32),
+                 np.full(n, np.nan, np.float32), np.arange(n, dtype=np.int64),
+                 np.arange(n, dtype=np.int64), [str(start + i) for i in range(n)])
+
+
+def test_labels_join_their_events_in_label_order() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=10, capacity=100, clock=clock)
+    b = _batch(5)
+    ready, _ = join.add_events(b, b.ids, np.linspace(0.1, 0.5, 5))
+    assert len(ready) == 0 and len(join) == 5
+    joined, p = join.add_labels([("3", 1), ("0", 0), ("nope", 1)])
+    assert joined.ids == ["3", "0"]
+    np.testing.assert_array_equal(joined.y, [1, 0])
+    np.testing.assert_array_equal(joined.indices[:, 0], [3, 0])
+    np.testing.assert_allclose(p, [0.4, 0.1])
+    assert len(join) == 3 and join.pending_labels == 1 and join.joined == 2
+
+
+def test_expired_events_are_counted_and_forgotten() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=10, capacity=100, clock=clock)
+    b = _batch(3)
+    join.add_events(b, b.ids, np.zeros(3))
+    clock.t = 5
+    b2 = _batch(2, start=10)
+    join.add_events(b2, b2.ids, np.zeros(2))
+    clock.t = 11  # the first three are past their deadline, the last two are not
+    joined, _ = join.add_labels([("0", 1), ("10", 1)])
+    assert joined.ids == ["10"]
+    assert join.expired_events == 3
+    clock.t = 100
+    join.expire()
+    assert join.expired_events == 4 and join.expired_labels == 1 and len(join) == 0
+
+
+def test_capacity_bounds_memory_oldest_first() -> None:
+    join = LabelJoin(ttl=1e9, capacity=4, clock=Clock())
+    b = _batch(10)
+    join.add_events(b, b.ids, np.zeros(10))
+    assert len(join) == 4 and join.expired_events == 6
+    joined, _ = join.add_labels([(str(i), 1) for i in range(10)])
+    assert joined.ids == ["6", "7", "8", "9"]
+
+
+def test_early_labels_wait_for_their_event() -> None:
+    join = LabelJoin(ttl=10, capacity=10, clock=Clock())
+    joined, _ = join.add_labels([("2", 1)])
+    assert joined is None and join.pending_labels == 1
+    b = _batch(4)
+    ready, y = join.add_events(b, b.ids, np.zeros(4))
+    np.testing.assert_array_equal(ready, [2])
+    np.testing.assert_array_equal(y, [1])
+    assert len(join) == 3 and join.pending_labels == 0
+
+
+def test_redelivered_event_replaces_not_duplicates() -> None:
+    join = LabelJoin(ttl=10, capacity=10, clock=Clock())
+    b = _batch(2)
+    join.add_events(b, b.ids, np.zeros(2))
+    join.add_events(b, b.ids, np.zeros(2))
+    assert len(join) == 2
+
+
+def test_state_round_trip_keeps_pending_rows_and_remaining_ttl() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=10, capacity=10, clock=clock)
+    b = _batch(3)
+    join.add_events(b, b.ids, np.array([0.1, 0.2, 0.3]))
+    join.add_labels([("99", 1)])
+    clock.t = 4
+    state = join.state_dict()
+    clock2 = Clock()
+    clock2.t = 1000
+    other = LabelJoin(ttl=10, capacity=10, clock=clock2)
+    other.load_state_dict(state)
+    assert len(other) == 3 and other.pending_labels == 1
+    clock2.t = 1005.9  # 6 s were left of the 10
+    joined, p = other.add_labels([("1", 1)])
+    assert joined.ids == ["1"] and p[0] == 0.2
+    clock2.t = 1006.1
+    other.expire()
+    assert len(other) == 0
+
+
+def test_bad_state_is_refused_before_changing_anything() -> None:
+    join = LabelJoin(ttl=10, capacity=10, clock=Clock())
+    b = _batch(2)
+    join.add_events(b, b.ids, np.zeros(2))
+    state = join.state_dict()
+    state["event_p"] = state["event_p"][:1]
+    fresh = LabelJoin(ttl=10, capacity=10, clock=Clock())
+    try:
+        fresh.load_state_dict(state)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a malformed state was accepted")
+    assert len(fresh) == 0
