@@ -87,7 +87,8 @@ class _ByteStream:
                 raise ParseError(self.path, None, f"corrupt gzip stream ({exc})") from None
             self._pending = self._d.unconsumed_tail
             if self._d.eof:  # a member ended: concatenated members continue the stream
-                self._pending = self._d.unused_data + self._pending
+                # (unconsumed_tail then repeats part of unused_data: use the latter only)
+                self._pending = self._d.unused_data
                 self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 self._in_member = False
             if out:

@@ -306,8 +306,10 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
         cells = first.split(",")
         if tuple(cells) == AVAZU_COLUMNS:
             schema = avazu_schema(header=True)
+        elif len(cells) == len(AVAZU_COLUMNS) and re.fullmatch(r"\d+", cells[2]):
+            schema = avazu_schema(header=False)  # data from line 1; the C pass checks it
         elif len(cells) == len(AVAZU_COLUMNS):
-            schema = avazu_schema(header=False)
+            raise ValueError(f"header does not match the Avazu columns: {cells[:4]}...")
         else:
             raise ValueError(f"not an Avazu file: first line has {len(cells)} fields, want 24")
     elif fmt == "criteo":
