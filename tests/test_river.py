@@ -1,0 +1,309 @@
+"""streamfusion.river.ResFusionClassifier: river's own estimator checks, progressive validation
+on river's Phishing stream, pure prediction, seeding, mini-batches and the feature encoding."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import doctest
+import importlib.util
+import itertools
+import pickle
+import sys
+import types
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from river import checks, datasets, evaluate, linear_model, metrics, optim, preprocessing
+from streamfusion._parse import hash_value
+
+from streamfusion.river import PAD_ROW, ResFusionClassifier
+
+PHISHING = list(datasets.Phishing())  # 1250 events, 9 numeric features
+
+
+@contextlib.contextmanager
+def _sklearn_stub():
+    """river.checks imports scikit-learn for its regression datasets only; a classifier never
+    uses them, so an empty stand-in lets the checks be listed where scikit-learn is absent."""
+    if importlib.util.find_spec("sklearn") is not None:
+        yield
+        return
+    stub = types.ModuleType("sklearn")
+    stub.datasets = types.ModuleType("sklearn.datasets")
+    sys.modules["sklearn"] = stub
+    try:
+        yield
+    finally:
+        del sys.modules["sklearn"]
+
+
+def _river_checks():
+    cases = []
+    for p, params in enumerate(ResFusionClassifier._unit_test_params()):
+        model = ResFusionClassifier(**params)
+        with _sklearn_stub():
+            found = list(checks.yield_checks(model))
+        seen: dict[str, int] = {}
+        for check in found:
+            if check.__name__ in model._unit_test_skips():
+                continue
+            n = seen[check.__name__] = seen.get(check.__name__, 0) + 1
+            cases.append(pytest.param(model, check, id=f"params{p}-{check.__name__}-{n}"))
+    return cases
+
+
+@pytest.mark.parametrize(("model", "check"), _river_checks())
+def test_river_estimator_check(model, check):
+    check(model.clone())  # exactly what river.checks.check_estimator does, one check at a time
+
+
+def test_only_the_documented_check_is_skipped():
+    assert ResFusionClassifier()._unit_test_skips() == {"check_learn_many_matches_learn_one"}
+    assert ResFusionClassifier()._multiclass is False
+
+
+# --------------------------------------------------------------------------- accuracy
+def _progressive_auc(model, stream=PHISHING):
+    return evaluate.progressive_val_score(stream, model, metrics.ROCAUC()).get()
+
+
+def test_progressive_val_score_on_phishing_beats_trivial_and_is_near_logistic_regression():
+    ours = _progressive_auc(ResFusionClassifier())
+    lr = _progressive_auc(preprocessing.StandardScaler()
+                          | linear_model.LogisticRegression(optimizer=optim.SGD(0.1)))
+    print(f"progressive ROCAUC on Phishing: ResFusionClassifier {ours:.4f}, "
+          f"StandardScaler | LogisticRegression {lr:.4f}")
+    assert ours > 0.85
+    assert ours > lr - 0.03
+
+
+@pytest.mark.parametrize("residual", ["deepfm", "lr"])
+def test_other_residual_learners_learn_phishing(residual):
+    assert _progressive_auc(ResFusionClassifier(residual=residual)) > 0.85
+
+
+def test_categorical_features_are_learned():
+    rng = np.random.default_rng(3)
+    colors = ["red", "green", "blue", "cyan"]
+    effect = {"red": 2.0, "green": -2.0, "blue": 1.0, "cyan": -1.0}
+    stream = []
+    for _ in range(1500):
+        c = colors[rng.integers(4)]
+        flag = bool(rng.integers(2))
+        z = effect[c] + (1.0 if flag else -1.0)
+        stream.append(({"color": c, "flag": flag}, bool(rng.random() < 1 / (1 + np.exp(-z)))))
+    # no numeric feature at all: the trees only hold the prior, the residual learner does it all
+    assert _progressive_auc(ResFusionClassifier(), stream) > 0.8
+
+
+# --------------------------------------------------------------------------- purity, seeding
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    return a == b or (a != a and b != b)
+
+
+def _snapshot(model):
+    return copy.deepcopy((model.model_.state_dict(), model._encoder.__dict__))
+
+
+def _learned(n, **params):
+    model = ResFusionClassifier(**params)
+    for x, y in PHISHING[:n]:
+        model.learn_one(x, y)
+    return model
+
+
+def test_prediction_is_pure():
+    model = _learned(700)  # past the first tree refit (500 events)
+    before = _snapshot(model)
+    probes = [x for x, _ in PHISHING[700:760]]
+    probes += [{"never_seen": 3.5, "a_category": "zzz", "flag": True}, {}, {"https": None}]
+    first = [model.predict_proba_one(x) for x in probes]
+    frame = pa.Table.from_pylist([x for x, _ in PHISHING[700:760]])
+    many = model.predict_proba_many(frame)
+    model.predict_one(probes[0])
+    model.predict_many(frame)
+    assert _same(before, _snapshot(model))
+    assert [model.predict_proba_one(x) for x in probes] == first
+    assert model.predict_proba_many(frame).equals(many)
+
+
+def test_same_seed_same_predictions_and_the_seed_matters():
+    def run(seed):
+        model = ResFusionClassifier(seed=seed)
+        out = []
+        for x, y in PHISHING[:800]:
+            out.append(model.predict_proba_one(x)[True])
+            model.learn_one(x, y)
+        return np.array(out)
+
+    a, b, c = run(7), run(7), run(8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_pickle_round_trip_continues_identically():
+    model = _learned(600)
+    twin = pickle.loads(pickle.dumps(model))
+    for x, y in PHISHING[600:900]:
+        assert model.predict_proba_one(x) == twin.predict_proba_one(x)
+        model.learn_one(x, y)
+        twin.learn_one(x, y)
+    assert model.model_.refits == twin.model_.refits >= 1
+
+
+def test_clone_is_fresh():
+    model = _learned(50, seed=3, residual="lr")
+    clone = model.clone()
+    assert clone.model_ is None and clone.seed == 3 and clone.residual == "lr"
+    assert clone.predict_proba_one(PHISHING[0][0]) == {False: 0.5, True: 0.5}
+
+
+# --------------------------------------------------------------------------- mini-batches
+def test_learn_many_of_single_rows_is_learn_one():
+    one, many = ResFusionClassifier(), ResFusionClassifier()
+    for x, y in PHISHING[:600]:
+        one.learn_one(x, y)
+        many.learn_many(pa.Table.from_pylist([x]), [y])
+    probes = [x for x, _ in PHISHING[600:700]]
+    assert [one.predict_proba_one(x) for x in probes] == [many.predict_proba_one(x) for x in probes]
+
+
+def test_learn_many_learns_and_predict_many_matches_predict_one():
+    model = ResFusionClassifier()
+    metric = metrics.ROCAUC()
+    for start in range(0, len(PHISHING), 50):
+        chunk = PHISHING[start:start + 50]
+        frame = pa.Table.from_pylist([x for x, _ in chunk])
+        p = model.predict_proba_many(frame)
+        assert p.column_names == ["False", "True"]
+        for (_, y), pt in zip(chunk, p.column("True").to_pylist(), strict=True):
+            metric.update(y, {True: pt, False: 1 - pt})
+        model.learn_many(frame, [y for _, y in chunk])
+    assert metric.get() > 0.85
+    probes = PHISHING[:40]
+    frame = pa.Table.from_pylist([x for x, _ in probes])
+    many = model.predict_proba_many(frame).column("True").to_pylist()
+    one = [model.predict_proba_one(x)[True] for x, _ in probes]
+    np.testing.assert_allclose(many, one, rtol=1e-12)
+    assert model.predict_many(frame).to_pylist() == [p > 0.5 for p in one]
+
+
+def test_learn_many_with_pandas():
+    pd = pytest.importorskip("pandas")
+    model = ResFusionClassifier()
+    X = pd.DataFrame([x for x, _ in PHISHING[:200]], index=range(100, 300))
+    model.learn_many(X, pd.Series([y for _, y in PHISHING[:200]]))
+    p = model.predict_proba_many(X)
+    assert list(p.columns) == [False, True] and list(p.index) == list(X.index)
+    assert np.allclose(p[False] + p[True], 1.0)
+
+
+def test_learn_many_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="rows"):
+        ResFusionClassifier().learn_many(pa.Table.from_pylist([{"a": 1.0}]), [True, False])
+
+
+# --------------------------------------------------------------------------- encoding
+def _encode(model, x, learn=False):
+    return model._encode_one(x, True, learn=learn)
+
+
+def test_feature_order_and_missing_values_do_not_matter():
+    model = _learned(30)
+    x = dict(PHISHING[40][0])
+    shuffled = dict(reversed(list(x.items())))
+    a, b = _encode(model, x), _encode(model, shuffled)
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.values, b.values)
+    assert np.array_equal(a.dense, b.dense, equal_nan=True)
+    name = next(iter(x))
+    gone = {k: v for k, v in x.items() if k != name}
+    for missing in (None, float("nan"), float("inf")):
+        c, d = _encode(model, {**gone, name: missing}), _encode(model, gone)
+        assert np.array_equal(c.indices, d.indices) and np.array_equal(c.values, d.values)
+        assert np.array_equal(c.dense, d.dense, equal_nan=True)
+
+
+def test_numeric_categorical_and_bool_encodings():
+    model = ResFusionClassifier(bits=16, seed=5)
+    b = _encode(model, {"n": 3.0, "s": "abc", "b": True}, learn=True)
+    slots = model._encoder.slots
+    assert sorted(slots, key=str) == ["b", "n", "s"]  # fields given in name order
+    assert slots == {"b": 0, "n": 1, "s": 2}
+    assert model._encoder.columns == {"n": 0}  # only numbers reach the trees
+    row = b.indices[0]
+    assert row[1] == hash_value(0, b"nn", 16, 5)  # numeric: the name's row, scaled value
+    assert b.values[0, 1] == pytest.approx(np.log1p(3.0))
+    assert row[2] == hash_value(0, b"cs\x00sabc", 16, 5)  # categorical: (name, value), 1.0
+    assert row[0] == hash_value(0, b"cb\x00b1", 16, 5)  # bool is categorical, not 1
+    assert list(b.values[0, :3]) == [1.0, pytest.approx(np.log1p(3.0)), 1.0]
+    assert (b.indices[0, 3:] == PAD_ROW).all() and (b.values[0, 3:] == 0).all()
+    assert b.dense[0, 0] == 3.0 and np.isnan(b.dense[0, 1:]).all()
+    one = _encode(model, {"b": 1})
+    assert one.indices[0, 0] != row[0]  # the number 1 is not the boolean True
+    neg = _encode(model, {"n": -3.0})
+    assert neg.values[0, 1] == -b.values[0, 1]
+
+
+def test_hashing_is_stable_across_processes():
+    # MurmurHash with the seed, not Python's per-process salted hash(): fixed numbers
+    model = ResFusionClassifier(bits=20, seed=0)
+    b = _encode(model, {"site": "abc", "x": 1.5}, learn=True)
+    assert b.indices[0, 0] == hash_value(0, b"csite\x00sabc", 20, 0)
+    assert (b.indices[0, :2] >= 0).all() and (b.indices[0, :2] < 2**20).all()
+
+
+def test_field_overflow_packs_into_free_fields_then_drops():
+    model = ResFusionClassifier(max_fields=3, max_dense=2)
+    _encode(model, {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, learn=True)
+    enc = model._encoder
+    assert enc.slots == {"a": 0, "b": 1, "c": 2} and enc.columns == {"a": 0, "b": 1}
+    assert enc.dropped == 1  # "d" found no free field
+    b = _encode(model, {"b": 2.0, "d": 4.0, "e": "x"})  # d and e take a's and c's fields
+    assert b.indices[0, 0] == hash_value(0, b"nd", model.bits, 0)
+    assert b.indices[0, 2] == hash_value(0, b"ce\x00sx", model.bits, 0)
+    assert enc.dropped == 1  # prediction counts nothing
+
+
+def test_unusual_values_and_names():
+    model = ResFusionClassifier()
+    x = {"i": np.int64(4), "f": np.float32(0.5), "nb": np.bool_(False), 7: "seven",
+         ("t", 1): 2.0, "big": 1e300, "obj": (1, 2), "u": "é\ud800"}
+    model.learn_one(x, True)
+    model.learn_one(x, False)
+    p = model.predict_proba_one(x)
+    assert set(p) == {False, True} and 0 < p[True] < 1
+    assert model._encoder.columns.keys() == {"i", "f", ("t", 1), "big"}
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(ValueError, match="residual"):
+        ResFusionClassifier(residual="gbdt")
+    with pytest.raises(ValueError, match="max_fields"):
+        ResFusionClassifier(max_fields=0)
+
+
+def test_docstring_example_runs():
+    finder = doctest.DocTestFinder()
+    tests = finder.find(ResFusionClassifier)
+    (test,) = [t for t in tests if t.name.endswith("ResFusionClassifier")]
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+    assert runner.summarize(verbose=False).attempted >= 4
+
+
+def test_frequent_refits_with_features_coming_and_going():
+    model = ResFusionClassifier(refit_every=100, window=150)
+    for i, (x, y) in enumerate(itertools.islice(PHISHING, 400)):
+        model.learn_one({k: v for j, (k, v) in enumerate(x.items()) if (i + j) % 3}, y)
+    assert model.model_.refits >= 2
+    p = model.predict_proba_one(PHISHING[500][0])
+    assert 0 < p[True] < 1 and p[False] == 1 - p[True]
