@@ -8,6 +8,7 @@ and runs it through the same ``OnlineModel`` / ``Chain`` that ``streamfusion rep
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import secrets
 import warnings
@@ -54,12 +55,19 @@ def _token(value: Any) -> bytes:
 
 
 def _is_number(value: Any) -> bool:
+    if type(value) is float or type(value) is int:  # the common case, without the ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _scale(v: np.ndarray) -> np.ndarray:
     """The learner's value of a numeric feature: ``sign(v) * log1p(|v|)`` (stateless)."""
     return (np.sign(v) * np.log1p(np.abs(v))).astype(np.float32)
+
+
+def _scale_one(v: float) -> np.float32:
+    """``_scale`` of one finite float (numpy's log1p, as in the vectorised path)."""
+    return np.float32(math.copysign(float(np.log1p(abs(v))), v))
 
 
 class _Encoder:
@@ -81,6 +89,51 @@ class _Encoder:
                 self.slots[name] = len(self.slots)
             if name in numeric and name not in self.columns and len(self.columns) < self.max_dense:
                 self.columns[name] = len(self.columns)
+
+    def encode_one(self, x: dict, y: float | None, learn: bool) -> Batch:
+        """``encode`` of one feature dict, without per-feature arrays (learn_one's hot path)."""
+        parsed = {}
+        for name, value in x.items():
+            if value is None:
+                continue
+            nb = _name_bytes(name)
+            if _is_number(value):
+                v = float(value)
+                if not math.isfinite(v):
+                    continue
+                parsed[name] = (_row(b"n" + nb, self.bits, self.seed),
+                                _scale_one(v), min(max(v, -_F32_MAX), _F32_MAX))
+            else:
+                parsed[name] = (_row(b"c" + nb + b"\x00" + _token(value), self.bits, self.seed),
+                                1.0, None)
+        if learn:
+            self._register(list(parsed), {name for name, p in parsed.items() if p[2] is not None})
+        F, T = self.max_fields, self.max_dense
+        indices = np.full((1, F), PAD_ROW, dtype=np.int32)
+        values = np.zeros((1, F), dtype=np.float32)
+        dense = np.full((1, T), np.nan, dtype=np.float32)
+        used = set()
+        overflow = []
+        for name, (row, val, num) in parsed.items():
+            slot = self.slots.get(name)
+            if slot is None:
+                overflow.append(name)
+            else:
+                indices[0, slot], values[0, slot] = row, val
+                used.add(slot)
+            col = self.columns.get(name) if num is not None else None
+            if col is not None:
+                dense[0, col] = num
+        free = (s for s in range(F) if s not in used)
+        for name in sorted(overflow, key=_name_key):
+            slot = next(free, None)
+            if slot is None:
+                self.dropped += learn
+                continue
+            indices[0, slot], values[0, slot] = parsed[name][:2]
+        yy = np.array([np.nan if y is None else y], dtype=np.float32)
+        return Batch(indices, values, dense, yy, np.zeros(1, dtype=np.int64),
+                     np.full(1, -1, dtype=np.int64))
 
     def encode(self, cols: dict, n: int, y: np.ndarray | None, learn: bool) -> Batch:
         """Encode ``cols`` (name -> length-``n`` array) into a ``Batch``; pure unless ``learn``."""
@@ -148,7 +201,7 @@ class _Encoder:
                     continue
                 present[i] = True
                 rows[i] = _row(b"n" + nb, self.bits, self.seed)
-                vals[i] = _scale(np.float64(v))
+                vals[i] = _scale_one(v)
                 tree[i] = min(max(v, -_F32_MAX), _F32_MAX)
                 has_number = True
             else:
@@ -326,12 +379,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
 
     # ------------------------------------------------------------------ encoding
     def _encode_one(self, x: dict, y: Any, learn: bool) -> Batch:
-        cols = {}
-        for name, value in x.items():
-            col = np.empty(1, dtype=object)
-            col[0] = value
-            cols[name] = col
-        return self._encoder.encode(cols, 1, self._labels([y]) if learn else None, learn)
+        label = (1.0 if bool(y) else 0.0) if learn else None
+        return self._encoder.encode_one(x, label, learn)
 
     def _encode_many(self, X: Any, y: Any, learn: bool) -> Batch:
         frame = frames.into_frame(X)
