@@ -1,0 +1,312 @@
+/* Hot loops of the residual learner (FM / DeepFM / LR), called from _learner.pyx.
+ *
+ * Every function works on a half-open range of examples [lo, hi) or of touched rows, so the
+ * Cython side can split work across OpenMP threads without any shared writes. Nothing here
+ * allocates, raises or touches Python objects.
+ *
+ * Table layout: one shared table of `rows` x D floats. For FM / DeepFM, D = k + 1: columns
+ * 0..k-1 hold the embedding, column k the first-order weight. For LR, D = 1.
+ *
+ * target_clones builds an AVX2+FMA copy next to the baseline one and picks it at load time,
+ * so wheels stay portable (no -march=native in setup.py).
+ */
+#ifndef SF_LEARNER_OPS_H
+#define SF_LEARNER_OPS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SF_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define SF_PREFETCH(p, rw) __builtin_prefetch((p), (rw), 1)
+#else
+#define SF_PREFETCH(p, rw) ((void)0)
+#endif
+/* Rows ahead to prefetch: table rows are random accesses into arrays far larger than cache. */
+#define SF_PF_ROWS 8
+#define SF_PF_EXAMPLES 2
+
+#define SF_MAX_K 64 /* stack buffers per example; the wrapper rejects larger k */
+#define SF_LR 0
+#define SF_FM 1
+#define SF_DEEPFM 2
+
+/* Stable log(1 + exp(t)) - y * t: branch on the sign so exp never overflows. */
+static inline double sf_logloss(double t, double y) {
+    if (t > 0) return t + log1p(exp(-t)) - y * t;
+    return log1p(exp(t)) - y * t;
+}
+
+/* Stable sigmoid: exp of a non-positive number only. */
+static inline double sf_sigmoid(double t) {
+    if (t >= 0) return 1.0 / (1.0 + exp(-t));
+    double e = exp(t);
+    return e / (1.0 + e);
+}
+
+/* Forward of the linear + FM part for examples [lo, hi).
+ * z[i] = bias + sum_f w_f x_f + 0.5 * sum_j ((sum_f e_fj)^2 - sum_f e_fj^2), e_fj = v_fj x_f.
+ * s (n x k, may be NULL) receives sum_f e_fj for the backward pass; h0 (n x F*k, may be NULL)
+ * receives the value-scaled embeddings, i.e. the DeepFM MLP input. */
+SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, int k,
+                                    const int32_t *idx, const float *val, const float *table,
+                                    float bias, float *z, float *s, float *h0) {
+    const int D = (model == SF_LR) ? 1 : k + 1;
+    float acc[SF_MAX_K], sq[SF_MAX_K];
+    for (int64_t i = lo; i < hi; i++) {
+        const int32_t *ri = idx + i * F;
+        const float *xi = val ? val + i * F : NULL;
+        float lin = 0.0f;
+        if (i + SF_PF_EXAMPLES < hi) {
+            const int32_t *rn = ri + SF_PF_EXAMPLES * F;
+            for (int f = 0; f < F; f++) {
+                const float *row = table + (int64_t)rn[f] * D;
+                SF_PREFETCH(row, 0);
+                SF_PREFETCH(row + D - 1, 0);
+            }
+        }
+        if (model == SF_LR) {
+            for (int f = 0; f < F; f++) {
+                float x = xi ? xi[f] : 1.0f;
+                lin += table[(int64_t)ri[f]] * x;
+            }
+            z[i] = bias + lin;
+            continue;
+        }
+        for (int j = 0; j < k; j++) { acc[j] = 0.0f; sq[j] = 0.0f; }
+        float *hi0 = h0 ? h0 + i * (int64_t)F * k : NULL;
+        for (int f = 0; f < F; f++) {
+            const float *row = table + (int64_t)ri[f] * D;
+            float x = xi ? xi[f] : 1.0f;
+            lin += row[k] * x;
+            for (int j = 0; j < k; j++) {
+                float e = row[j] * x;
+                acc[j] += e;
+                sq[j] += e * e;
+            }
+            if (hi0) for (int j = 0; j < k; j++) hi0[f * k + j] = row[j] * x;
+        }
+        float pair = 0.0f;
+        for (int j = 0; j < k; j++) pair += acc[j] * acc[j] - sq[j];
+        if (s) for (int j = 0; j < k; j++) s[i * k + j] = acc[j];
+        z[i] = bias + lin + 0.5f * pair;
+    }
+}
+
+/* Backward of the linear + FM part into per-occurrence buffers (o = i * F + f):
+ * gw[o] = g_i x_f and gv[o, j] = x_f (dh0[o, j] + g_i (s_ij - v_fj x_f)), where dh0 is what the
+ * MLP sent back into its input (DeepFM; has_dh0 = 1, read in place from gv) or zero. */
+SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, int k,
+                                     const int32_t *idx, const float *val, const float *table,
+                                     const float *g, const float *s, int has_dh0, float *gv,
+                                     float *gw) {
+    const int D = (model == SF_LR) ? 1 : k + 1;
+    for (int64_t i = lo; i < hi; i++) {
+        const float gi = g[i];
+        for (int f = 0; f < F; f++) {
+            const int64_t o = i * F + f;
+            const float x = val ? val[o] : 1.0f;
+            gw[o] = gi * x;
+            if (model == SF_LR) continue;
+            const float *row = table + (int64_t)idx[o] * D;
+            const float *si = s + i * k;
+            float *go = gv + o * k;
+            if (has_dh0) {
+                for (int j = 0; j < k; j++) go[j] = x * (go[j] + gi * (si[j] - row[j] * x));
+            } else {
+                for (int j = 0; j < k; j++) go[j] = x * (gi * (si[j] - row[j] * x));
+            }
+        }
+    }
+}
+
+/* Map every occurrence to a slot of distinct touched rows. marker[row] is -1 for rows not yet
+ * seen in this batch; it holds the slot while the batch runs and is reset by sf_adam_rows or
+ * sf_reset_marker. Order of slots = order of first appearance, so the result is deterministic. */
+static int64_t sf_dedupe(int64_t n_occ, const int32_t *idx, int32_t *marker, int32_t *touched,
+                         int32_t *slot) {
+    int64_t nt = 0;
+    for (int64_t o = 0; o < n_occ; o++) {
+        int32_t r = idx[o];
+        int32_t sl = marker[r];
+        if (sl < 0) {
+            sl = (int32_t)nt;
+            marker[r] = sl;
+            touched[nt++] = r;
+        }
+        slot[o] = sl;
+    }
+    return nt;
+}
+
+static void sf_reset_marker(int64_t nt, const int32_t *touched, int32_t *marker) {
+    for (int64_t t = 0; t < nt; t++) marker[touched[t]] = -1;
+}
+
+/* Sum the per-occurrence gradients of each touched row (duplicates within a batch add up,
+ * as torch's SparseAdam does after coalescing). gsum must hold nt x D zeros. */
+SF_CLONES static void sf_reduce(int model, int64_t n_occ, int k, const int32_t *slot,
+                                const float *gv, const float *gw, float *gsum) {
+    if (model == SF_LR) {
+        for (int64_t o = 0; o < n_occ; o++) gsum[slot[o]] += gw[o];
+        return;
+    }
+    const int D = k + 1;
+    for (int64_t o = 0; o < n_occ; o++) {
+        float *dst = gsum + (int64_t)slot[o] * D;
+        const float *src = gv + o * k;
+        for (int j = 0; j < k; j++) dst[j] += src[j];
+        dst[k] += gw[o];
+    }
+}
+
+/* gsum[t] += l2 * table[touched[t]]: L2 on the rows this batch touched (the lazy-regulariser
+ * convention; untouched rows do not decay). */
+static void sf_add_l2(int64_t lo, int64_t hi, int D, const int32_t *touched, const float *table,
+                      float l2, float *gsum) {
+    for (int64_t t = lo; t < hi; t++) {
+        const float *row = table + (int64_t)touched[t] * D;
+        float *gt = gsum + t * D;
+        for (int j = 0; j < D; j++) gt[j] += l2 * row[j];
+    }
+}
+
+/* Lazy Adam over touched rows [lo, hi) with torch SparseAdam semantics:
+ * m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 ; p -= step_size * m / (sqrt(v) + eps),
+ * step_size = lr * sqrt(1 - b2^t) / (1 - b1^t) computed once per batch by the caller.
+ * A row whose new values are not all finite is left untouched and counted. Resets the marker. */
+SF_CLONES static int64_t sf_adam_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
+                                      const float *gsum, float l2, float *table, float *m,
+                                      float *v, float step_size, float b1, float b2, float eps,
+                                      int32_t *marker) {
+    int64_t skipped = 0;
+    float nm[SF_MAX_K + 1], nv[SF_MAX_K + 1], np_[SF_MAX_K + 1];
+    for (int64_t t = lo; t < hi; t++) {
+        const int64_t r = touched[t];
+        float *p = table + r * D, *pm = m + r * D, *pv = v + r * D;
+        if (t + SF_PF_ROWS < hi) {
+            const int64_t rn = (int64_t)touched[t + SF_PF_ROWS] * D;
+            SF_PREFETCH(table + rn, 1); SF_PREFETCH(table + rn + D - 1, 1);
+            SF_PREFETCH(m + rn, 1); SF_PREFETCH(m + rn + D - 1, 1);
+            SF_PREFETCH(v + rn, 1); SF_PREFETCH(v + rn + D - 1, 1);
+        }
+        const float *gt = gsum + t * D;
+        int ok = 1;
+        for (int j = 0; j < D; j++) {
+            float gj = gt[j] + l2 * p[j];
+            nm[j] = b1 * pm[j] + (1.0f - b1) * gj;
+            nv[j] = b2 * pv[j] + (1.0f - b2) * gj * gj;
+            np_[j] = p[j] - step_size * nm[j] / (sqrtf(nv[j]) + eps);
+            ok &= isfinite(np_[j]) & isfinite(nv[j]);
+        }
+        if (ok) {
+            for (int j = 0; j < D; j++) { p[j] = np_[j]; pm[j] = nm[j]; pv[j] = nv[j]; }
+        } else {
+            skipped++;
+        }
+        if (marker) marker[r] = -1;
+    }
+    return skipped;
+}
+
+/* Dense Adam (torch Adam semantics) over parameters [lo, hi):
+ * p -= step_size * m / (sqrt(v) + eps_hat) with eps_hat = eps * sqrt(1 - b2^t). */
+SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad, float *p,
+                                       float *m, float *v, float step_size, float b1, float b2,
+                                       float eps_hat) {
+    int64_t skipped = 0;
+    for (int64_t j = lo; j < hi; j++) {
+        float gj = grad[j];
+        float nm = b1 * m[j] + (1.0f - b1) * gj;
+        float nv = b2 * v[j] + (1.0f - b2) * gj * gj;
+        float np_ = p[j] - step_size * nm / (sqrtf(nv) + eps_hat);
+        if (isfinite(np_) && isfinite(nv)) {
+            p[j] = np_; m[j] = nm; v[j] = nv;
+        } else {
+            skipped++;
+        }
+    }
+    return skipped;
+}
+
+/* H[i, :] = relu(H[i, :] + b) for rows [lo, hi). */
+SF_CLONES static void sf_bias_relu(int64_t lo, int64_t hi, int d, float *H, const float *b) {
+    for (int64_t i = lo; i < hi; i++) {
+        float *h = H + i * d;
+        for (int j = 0; j < d; j++) {
+            float a = h[j] + b[j];
+            h[j] = a > 0.0f ? a : 0.0f;
+        }
+    }
+}
+
+/* Output layer: z[i] += H[i, :] . w + b0. */
+SF_CLONES static void sf_out_forward(int64_t lo, int64_t hi, int d, const float *H,
+                                     const float *w, float b0, float *z) {
+    for (int64_t i = lo; i < hi; i++) {
+        const float *h = H + i * d;
+        float acc = 0.0f;
+        for (int j = 0; j < d; j++) acc += h[j] * w[j];
+        z[i] += acc + b0;
+    }
+}
+
+/* dA = dH * (H > 0) in place, rows [lo, hi) (ReLU backward through the stored output). */
+SF_CLONES static void sf_relu_back(int64_t lo, int64_t hi, int d, const float *H, float *dH) {
+    for (int64_t i = lo; i < hi; i++) {
+        const float *h = H + i * d;
+        float *dh = dH + i * d;
+        for (int j = 0; j < d; j++) dh[j] = h[j] > 0.0f ? dh[j] : 0.0f;
+    }
+}
+
+/* Output layer backward: dH[i, :] = g_i w. */
+SF_CLONES static void sf_outer(int64_t lo, int64_t hi, int d, const float *g, const float *w,
+                               float *dH) {
+    for (int64_t i = lo; i < hi; i++) {
+        float *dh = dH + i * d;
+        for (int j = 0; j < d; j++) dh[j] = g[i] * w[j];
+    }
+}
+
+/* out[j] = sum_i g_i A[i, j] in fixed row order (output weights' gradient). */
+SF_CLONES static void sf_wcolsum(int64_t n, int d, const float *A, const float *g, float *out) {
+    for (int j = 0; j < d; j++) out[j] = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float *a = A + i * d;
+        const float gi = g[i];
+        for (int j = 0; j < d; j++) out[j] += gi * a[j];
+    }
+}
+
+/* out[j] = sum_i A[i, j] over rows in fixed order (bias gradients; deterministic). */
+SF_CLONES static void sf_colsum(int64_t n, int d, const float *A, float *out) {
+    for (int j = 0; j < d; j++) out[j] = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float *a = A + i * d;
+        for (int j = 0; j < d; j++) out[j] += a[j];
+    }
+}
+
+/* xorshift64* generator; the caller guards against a zero state. */
+static inline uint64_t sf_xorshift(uint64_t *state) {
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* Uniform in (0, 1), never exactly 0 (safe for log). */
+static inline double sf_uniform(uint64_t *state) {
+    return ((sf_xorshift(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+#endif

@@ -1,0 +1,328 @@
+"""Residual stage: an FM / DeepFM / LR learner over hashed features, compiled in csrc/.
+
+The learner adds its own margin to the margin of the earlier stages and takes one Adam step per
+mini-batch on ``logloss(y, sigmoid(base_margin + margin))`` (ResFusion, paper eq. 5). All
+arrays (parameters, Adam moments, step counter, scratch) are allocated and owned here; the
+kernel ``streamfusion._learner`` only runs loops over them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamfusion import _learner
+
+FORMAT = "streamfusion.residual"
+FORMAT_VERSION = 1
+# Structural settings: a state can only be loaded into a learner that agrees on all of them.
+_STRUCTURE = ("model", "n_fields", "bits", "k", "hidden")
+# Optimiser settings travel with the state so a resumed run takes identical next steps.
+_HYPER = ("lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
+_ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
+
+
+def _find_blas_threads_setter() -> Any:
+    """scipy's bundled OpenBLAS thread-count setter, or None when scipy links another BLAS."""
+    import scipy
+
+    libs = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
+    for path in sorted(glob.glob(str(libs / "libscipy_openblas*.so"))):
+        try:
+            lib = ctypes.CDLL(path)
+            return lib.scipy_openblas_set_num_threads
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_blas_setter: Any = None
+_blas_current = -1
+
+
+def _set_blas_threads(n: int) -> None:
+    """Give the MLP's GEMMs the same thread budget as the OpenMP loops (best effort)."""
+    global _blas_setter, _blas_current
+    if _blas_current == n:
+        return
+    if _blas_setter is None:
+        _blas_setter = _find_blas_threads_setter() or False
+    if _blas_setter:
+        _blas_setter(ctypes.c_int(n))
+    _blas_current = n
+
+
+class ResidualLearner:
+    """Online FM / DeepFM / LR on hashed rows of one shared table, fitted to a residual.
+
+    Parameters
+    ----------
+    model : {"deepfm", "fm", "lr"}
+        DeepFM = first order + FM pairwise term + ReLU MLP over the concatenated field
+        embeddings; FM = first order + pairwise; LR = first order only.
+    n_fields : int
+        Number of fields F per event (columns of ``batch.indices``).
+    bits : int
+        The table has ``2**bits`` rows; every index must lie in ``[0, 2**bits)``.
+    k : int
+        Embedding size (ignored by LR).
+    hidden : tuple of int
+        MLP hidden sizes (DeepFM only).
+    lr, beta1, beta2, eps : float
+        Adam settings: lazy (SparseAdam) for table rows, dense Adam for bias and MLP.
+    l2 : float
+        L2 penalty on the table rows a batch touches.
+    clip : float
+        Bound on each example's gradient with respect to its margin, ``w (p - y)``.
+    init_std : float
+        Standard deviation of the initial embeddings.
+    seed : int
+        Seeds the initialisation; single-threaded runs are bit-for-bit reproducible.
+    threads : int
+        OpenMP threads for the per-example loops and BLAS threads for the MLP.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> learner = ResidualLearner("fm", n_fields=3, bits=10, k=4, seed=0)
+    >>> batch = SimpleNamespace(indices=np.array([[1, 2, 3]], np.int32), values=None)
+    >>> stats = learner.partial_fit(batch, np.zeros(1, np.float32), np.ones(1, np.float32))
+    >>> stats["n"], learner.margin(batch).shape
+    (1, (1,))
+    """
+
+    def __init__(
+        self,
+        model: str = "deepfm",
+        n_fields: int = 22,
+        bits: int = 20,
+        k: int = 8,
+        hidden: tuple[int, ...] = (128, 128),
+        lr: float = 1e-3,
+        l2: float = 0.0,
+        clip: float = 10.0,
+        seed: int = 0,
+        threads: int = 1,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        init_std: float = 0.01,
+    ) -> None:
+        if model not in _learner.MODELS:
+            raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
+        if not 1 <= bits <= 30:
+            raise ValueError(f"bits must be in [1, 30], got {bits}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
+                and clip > 0 and init_std >= 0):
+            raise ValueError("need lr > 0, 0 <= beta1, beta2 < 1, eps > 0, l2 >= 0, clip > 0")
+        self.model = model
+        self.n_fields = int(n_fields)
+        self.bits = int(bits)
+        self.k = int(k)
+        self.hidden = tuple(int(h) for h in hidden) if model == "deepfm" else ()
+        self.lr, self.l2, self.clip = float(lr), float(l2), float(clip)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.init_std = float(init_std)
+        self.seed = int(seed)
+        self.threads = int(threads)
+        self._code = _learner.MODELS[model]
+        # validates n_fields, k and hidden in one place (the kernel's own checks)
+        p = _learner.dense_size(self._code, self.n_fields, self.k, self.hidden)
+        rows = 1 << self.bits
+        d = _learner.table_width(self._code, self.k)
+        self.table = np.empty((rows, d), np.float32)
+        self.dense = np.empty(p, np.float32)
+        self.table_m = np.zeros_like(self.table)
+        self.table_v = np.zeros_like(self.table)
+        self.dense_m = np.zeros_like(self.dense)
+        self.dense_v = np.zeros_like(self.dense)
+        self.step = np.zeros(1, np.int64)
+        # a uint64 kernel seed derived from the one user seed
+        kseed = int(np.random.default_rng(self.seed).integers(1, 2**63))
+        _learner.init_params(self._code, self.n_fields, self.k, self.hidden, self.table,
+                             self.dense, kseed, self.init_std)
+        self._marker = np.full(rows, -1, np.int32)  # scratch: -1 between calls
+        self._work: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- scratch -------------------------------------------------------------------------------
+    def _scratch(self, n: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        nf, ni = _learner.work_size(self._code, self.n_fields, self.k, self.hidden, n, train)
+        work, iwork = self._work.get(train, (np.empty(0, np.float32), np.empty(0, np.int32)))
+        if work.size < nf or iwork.size < ni:
+            work = np.empty(max(nf, work.size), np.float32)
+            iwork = np.empty(max(ni, iwork.size, 1), np.int32)
+            self._work[train] = (work, iwork)
+        return work, iwork
+
+    def _inputs(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        indices = np.ascontiguousarray(batch.indices, dtype=np.int32)
+        if indices.ndim != 2 or indices.shape[1] != self.n_fields:
+            raise ValueError(f"indices must have shape (n, {self.n_fields}), got "
+                             f"{indices.shape}")
+        values = getattr(batch, "values", None)
+        if values is not None:
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            if values.shape != indices.shape:
+                raise ValueError(f"values must have shape {indices.shape}, got {values.shape}")
+        return indices, values
+
+    @staticmethod
+    def _vector(x: Any, n: int, name: str) -> np.ndarray:
+        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if a.shape[0] != n:
+            raise ValueError(f"{name} needs {n} entries, got {a.shape[0]}")
+        return a
+
+    # -- learning ------------------------------------------------------------------------------
+    def margin(self, batch: Any) -> np.ndarray:
+        """The learner's own margin (log-odds) of each event; changes no state."""
+        indices, values = self._inputs(batch)
+        out = np.empty(indices.shape[0], np.float32)
+        if indices.shape[0] == 0:
+            return out
+        work, _ = self._scratch(indices.shape[0], False)
+        _set_blas_threads(self.threads)
+        _learner.forward(self._code, self.k, self.hidden, indices, values, self.table,
+                         self.dense, out, work, self.threads)
+        return out
+
+    def partial_fit(self, batch: Any, base_margin: Any, y: Any,
+                    sample_weight: Any = None) -> dict:
+        """One Adam step on ``logloss(y, sigmoid(base_margin + margin(batch)))``.
+
+        Returns ``dict(loss=mean loss of the batch before the step, n=events, skipped=events
+        with a non-finite margin, label or weight plus parameter updates that would have been
+        non-finite; all of them are left out)``.
+        """
+        indices, values = self._inputs(batch)
+        n = indices.shape[0]
+        base = self._vector(base_margin, n, "base_margin")
+        yy = self._vector(y, n, "y")
+        sw = None if sample_weight is None else self._vector(sample_weight, n, "sample_weight")
+        if n == 0:
+            return {"loss": 0.0, "n": 0, "skipped": 0}
+        work, iwork = self._scratch(n, True)
+        _set_blas_threads(self.threads)
+        loss, skip_ex, skip_upd, _ = _learner.train(
+            self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
+            self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
+            self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
+            self.clip, self.threads)
+        used = n - skip_ex
+        return {"loss": loss / used if used else float("nan"), "n": n,
+                "skipped": int(skip_ex + skip_upd)}
+
+    def gradients(self, batch: Any, base_margin: Any, y: Any,
+                  sample_weight: Any = None) -> dict:
+        """Gradients of the batch objective, not applied (for tests and diagnostics).
+
+        Returns ``dict(loss=sum of weighted losses / n, rows, table_grad [len(rows), D],
+        dense_grad [P])``; the objective is the mean weighted loss plus ``l2/2`` times the
+        squared norm of the touched rows.
+        """
+        indices, values = self._inputs(batch)
+        n = indices.shape[0]
+        base = self._vector(base_margin, n, "base_margin")
+        yy = self._vector(y, n, "y")
+        sw = None if sample_weight is None else self._vector(sample_weight, n, "sample_weight")
+        work, iwork = self._scratch(max(n, 1), True)
+        _set_blas_threads(self.threads)
+        loss, _, rows, tgrad, dgrad = _learner.gradients(
+            self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
+            self.dense, self._marker, work, iwork, self.l2, self.clip)
+        return {"loss": loss / max(n, 1), "rows": rows, "table_grad": tgrad,
+                "dense_grad": dgrad}
+
+    # -- state ---------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable); ``ResidualLearner(**config())``."""
+        return {"model": self.model, "n_fields": self.n_fields, "bits": self.bits,
+                "k": self.k, "hidden": list(self.hidden), "lr": self.lr, "l2": self.l2,
+                "clip": self.clip, "seed": self.seed, "threads": self.threads,
+                "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "init_std": self.init_std}
+
+    def state_dict(self) -> dict:
+        """Parameters, Adam moments, step and config (arrays are copies)."""
+        state: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                 "config": self.config(), "step": int(self.step[0])}
+        for name in _ARRAYS:
+            state[name] = getattr(self, name).copy()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Validate everything, then copy the state in; raises ValueError on any mismatch."""
+        if not isinstance(state, dict):
+            raise ValueError("residual state must be a dict")
+        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} state: format="
+                             f"{state.get('format')!r}, version={state.get('format_version')!r}")
+        cfg = state.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError("residual state has no config")
+        mine = self.config()
+        for key in _STRUCTURE:
+            theirs = list(cfg.get(key)) if key == "hidden" else cfg.get(key)
+            if theirs != mine[key]:
+                raise ValueError(f"residual state has {key}={cfg.get(key)!r}, this learner "
+                                 f"has {mine[key]!r}")
+        for key in _HYPER:
+            if not isinstance(cfg.get(key), (int, float)):
+                raise ValueError(f"residual state config lacks a number for {key!r}")
+        step = state.get("step")
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"residual state step must be a non-negative int, got {step!r}")
+        for name in _ARRAYS:
+            arr, ref = state.get(name), getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.shape != ref.shape or arr.dtype != ref.dtype:
+                got = (arr.shape, arr.dtype) if isinstance(arr, np.ndarray) else type(arr)
+                raise ValueError(f"residual state {name}: expected {ref.shape} {ref.dtype}, "
+                                 f"got {got}")
+        # all checks passed: now change things
+        for name in _ARRAYS:
+            np.copyto(getattr(self, name), state[name])
+        self.step[0] = int(step)
+        for key in _HYPER:
+            setattr(self, key, float(cfg[key]))
+        self.seed = int(cfg.get("seed", self.seed))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a standalone file (npz with a JSON header); atomic via a temporary rename."""
+        path = Path(path)
+        state = self.state_dict()
+        header = {k: state[k] for k in ("format", "format_version", "config", "step")}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, header=np.array(json.dumps(header)),
+                     **{name: state[name] for name in _ARRAYS})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None) -> ResidualLearner:
+        """Rebuild a learner from :meth:`save` output (config from the file)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                arrays = {name: data[name] for name in _ARRAYS}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: not a residual learner file ({exc})") from None
+        cfg = header.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path}: residual learner file has no config")
+        kwargs = dict(cfg)
+        if threads is not None:
+            kwargs["threads"] = threads
+        learner = cls(**kwargs)
+        learner.load_state_dict({**header, **arrays})
+        return learner
