@@ -73,9 +73,9 @@ class NullTracker:
 
 def dnn_kind() -> str:
     """The learner model used for GBDT2DNN: an MLP-only model if the learner offers one."""
-    from streamfusion.stages import residual
+    from streamfusion import _learner
 
-    offered = tuple(getattr(residual, "MODELS", ()) or getattr(residual, "KINDS", ()))
+    offered = tuple(getattr(_learner, "MODELS", ()))
     for kind in DNN_KINDS:
         if kind in offered:
             return kind
@@ -209,7 +209,8 @@ class Experiment:
             score = ((g - mu) / sd).astype(np.float32)
             view = FeatureView(d, [(table_row(TREE_SCORE_KEY, self.cfg.bits), score)])
             kind = dnn_kind() if key == "GBDT2DNN" else "deepfm"
-            learner = build_stage(kind, 1, self.cfg, view.n_fields)
+            # its own seed: with no MLP-only learner, GBDT2DNN is a second DeepFM draw
+            learner = build_stage(kind, 2 if key == "GBDT2DNN" else 1, self.cfg, view.n_fields)
             res = self._residual(key, learner, view, zeros, key == "GBDT2DeepFM")
             res["z"] = res["margin"]
             res["total"] = gb["total"] + res["seconds"]
