@@ -94,6 +94,14 @@ class _ByteStream:
             if out:
                 return out
 
+    def readinto(self, mv: memoryview) -> int:
+        """Read the next chunk into ``mv`` (at least ``chunk`` bytes long); 0 at the end."""
+        if not self.gzip:
+            return self._f.readinto(mv)
+        data = self.read()
+        mv[:len(data)] = data
+        return len(data)
+
     def skip(self, n: int) -> bytes:
         """Discard the first ``n`` decompressed bytes; return what was read beyond them."""
         if not self.gzip:
@@ -171,7 +179,10 @@ class FileSource:
         self.close()
         self._stream = _ByteStream(self.path, self.chunk_bytes)
         rest = self._stream.skip(skip) if skip else rest
-        self._buf = rest
+        # one reused buffer: chunks are read into it, so no per-chunk allocation or join
+        self._buf = bytearray(max(2 * self.chunk_bytes, len(rest) + self.chunk_bytes))
+        self._buf[:len(rest)] = rest
+        self._len = len(rest)  # valid bytes in self._buf
         self._base = skip  # stream offset of self._buf[0]
         self._off = 0
         self._end = 0  # self._buf[:self._end] holds whole lines only
@@ -181,32 +192,37 @@ class FileSource:
 
     def _fill(self) -> None:
         """Drop consumed bytes and read until the buffer holds at least one whole line."""
-        buf = self._buf[self._off:]
+        buf, rest = self._buf, self._len - self._off
+        if rest:
+            buf[:rest] = buf[self._off:self._len]  # the partial last line moves to the front
         self._base += self._off
         self._off = 0
-        parts = [buf]
-        size = len(buf)
+        self._len = rest
+        scan_from = 0
         while True:
+            if len(buf) - self._len < self.chunk_bytes:  # a line longer than a chunk
+                if self._len > MAX_LINE_BYTES:
+                    raise ParseError(self.path, int(self._state[ST_LINE]) + 1,
+                                     f"line longer than {MAX_LINE_BYTES} bytes")
+                buf.extend(bytes(self.chunk_bytes))
             try:
-                chunk = self._stream.read()
+                with memoryview(buf) as mv:
+                    got = self._stream.readinto(mv[self._len:self._len + self.chunk_bytes])
             except _Truncated:
                 self.truncated = True
-                chunk = b""
-            if not chunk:
+                got = 0
+            if not got:
                 self._eof = True
-                self._buf = b"".join(parts)
                 # a last line without newline is a row, unless the gzip stream was cut in it
-                self._end = self._buf.rfind(b"\n") + 1 if self.truncated else len(self._buf)
+                self._end = (buf.rfind(b"\n", 0, self._len) + 1 if self.truncated
+                             else self._len)
                 return
-            parts.append(chunk)
-            size += len(chunk)
-            if b"\n" in chunk:
-                self._buf = b"".join(parts)
-                self._end = self._buf.rfind(b"\n") + 1
+            scan_from = self._len
+            self._len += got
+            nl = buf.rfind(b"\n", scan_from, self._len)
+            if nl >= 0:
+                self._end = nl + 1
                 return
-            if size > MAX_LINE_BYTES:
-                raise ParseError(self.path, int(self._state[ST_LINE]) + 1,
-                                 f"line longer than {MAX_LINE_BYTES} bytes")
 
     def _skip_header(self) -> None:
         if self._off >= self._end:
@@ -241,7 +257,7 @@ class FileSource:
                         raise ParseError(self.path, int(st[ST_LINE]) + 1,
                                          "truncated gzip stream")
                     self._tail_reported = True
-                    if self._buf[self._end:].strip():
+                    if self._buf[self._end:self._len].strip():
                         self.skipped_rows += 1
                     warnings.warn(f"{self.path}: truncated gzip stream; stopped at line "
                                   f"{int(st[ST_LINE])}", stacklevel=2)
