@@ -1,0 +1,369 @@
+"""The compiled residual learner against NumPy references, finite differences and invariants."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamfusion import _learner
+from streamfusion.stages.residual import ResidualLearner
+
+MODELS = ("lr", "fm", "deepfm")
+HIDDEN = (7, 4)
+
+
+def make_batch(rng, n, fields, rows, with_values=True, dup=True):
+    indices = rng.integers(0, rows, (n, fields)).astype(np.int32)
+    if dup and n > 1 and fields > 2:
+        indices[1, 2] = indices[0, 1]  # a row seen twice in one batch: gradients must add up
+    values = rng.uniform(0.3, 2.0, (n, fields)).astype(np.float32) if with_values else None
+    return SimpleNamespace(indices=indices, values=values)
+
+
+def learner(model, seed=1, **kw):
+    kw = {"n_fields": 5, "bits": 6, "k": 3, "hidden": HIDDEN, "init_std": 0.3, **kw}
+    out = ResidualLearner(model, seed=seed, **kw)
+    # non-zero first-order weights and biases so every term is exercised
+    out.table[:, -1] = np.random.default_rng(seed).normal(0, 0.2, out.table.shape[0])
+    out.dense[0] = 0.1
+    return out
+
+
+# -- NumPy float64 reference, written without the sum-square trick -----------------------------
+def ref_margin(m: ResidualLearner, table, dense, batch) -> np.ndarray:
+    t = np.asarray(table, np.float64)
+    d = np.asarray(dense, np.float64)
+    idx = batch.indices
+    x = np.ones(idx.shape) if batch.values is None else np.asarray(batch.values, np.float64)
+    rows = t[idx]
+    z = d[0] + np.sum(rows[:, :, -1] * x, axis=1)
+    if m.model == "lr":
+        return z
+    e = rows[:, :, : m.k] * x[:, :, None]
+    n_f = idx.shape[1]
+    for a in range(n_f):
+        for b in range(a + 1, n_f):
+            z = z + np.sum(e[:, a] * e[:, b], axis=1)
+    if m.model == "deepfm":
+        h = e.reshape(len(z), n_f * m.k)
+        cur = 1
+        for d_out in m.hidden:
+            w = d[cur: cur + h.shape[1] * d_out].reshape(h.shape[1], d_out)
+            cur += w.size
+            h = np.maximum(h @ w + d[cur: cur + d_out], 0.0)
+            cur += d_out
+        z = z + h @ d[cur: cur + h.shape[1]] + d[cur + h.shape[1]]
+    return z
+
+
+def ref_objective(m, table, dense, batch, base, y, weight=None):
+    z = np.asarray(base, np.float64) + ref_margin(m, table, dense, batch)
+    w = np.ones_like(z) if weight is None else np.asarray(weight, np.float64)
+    loss = np.mean(w * (np.logaddexp(0.0, z) - y * z))
+    touched = np.unique(batch.indices)
+    return loss + 0.5 * m.l2 * np.sum(np.asarray(table, np.float64)[touched] ** 2)
+
+
+def params_finite(m: ResidualLearner) -> bool:
+    return all(np.isfinite(getattr(m, a)).all()
+               for a in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"))
+
+
+# -- loss twins ---------------------------------------------------------------------------------
+@given(t=st.floats(-800, 800), y=st.sampled_from([0.0, 1.0]))
+def test_loss_twins_match_stable_reference(t, y):
+    assert _learner.py_loss(t, y) == pytest.approx(np.logaddexp(0.0, t) - y * t, rel=1e-12,
+                                                   abs=1e-12)
+    p = 0.5 * (1.0 + np.tanh(0.5 * t))
+    assert _learner.py_dloss(t, y) == pytest.approx(p - y, rel=1e-9, abs=1e-12)
+    assert np.isfinite(_learner.py_loss(t, y))
+
+
+def test_loss_has_no_overflow_at_extremes():
+    assert _learner.py_loss(1e4, 1.0) == 0.0
+    assert _learner.py_loss(-1e4, 1.0) == pytest.approx(1e4)
+    assert _learner.py_dloss(1e4, 0.0) == 1.0
+    assert _learner.py_dloss(-1e4, 0.0) == 0.0
+
+
+# -- forward and gradients ----------------------------------------------------------------------
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("with_values", [True, False])
+def test_forward_matches_numpy_reference(model, with_values, rng):
+    m = learner(model)
+    m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
+    batch = make_batch(rng, 40, 5, 64, with_values)
+    expect = ref_margin(m, m.table, m.dense, batch)
+    np.testing.assert_allclose(m.margin(batch), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_gradients_match_finite_differences(model, rng):
+    m = learner(model, l2=0.05, clip=1e6)
+    m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
+    batch = make_batch(rng, 9, 5, 64)
+    base = rng.normal(0, 1, 9).astype(np.float32)
+    y = (rng.random(9) < 0.5).astype(np.float32)
+    weight = rng.uniform(0.5, 2.0, 9).astype(np.float32)
+    g = m.gradients(batch, base, y, weight)
+    assert sorted(g["rows"]) == sorted(np.unique(batch.indices))
+    table = m.table.astype(np.float64)
+    dense = m.dense.astype(np.float64)
+
+    def objective():
+        return ref_objective(m, table, dense, batch, base, y, weight)
+
+    h = 1e-6
+    for arr, grads in ((table, None), (dense, g["dense_grad"])):
+        coords = ([(r, j) for r in g["rows"] for j in range(table.shape[1])]
+                  if grads is None else [(j,) for j in range(dense.size)])
+        for c in coords:
+            old = arr[c]
+            arr[c] = old + h
+            up = objective()
+            arr[c] = old - h
+            down = objective()
+            arr[c] = old
+            fd = (up - down) / (2 * h)
+            got = (g["table_grad"][list(g["rows"]).index(c[0]), c[1]] if grads is None
+                   else grads[c[0]])
+            assert got == pytest.approx(fd, abs=2e-5, rel=1e-3), (model, c)
+    assert g["loss"] == pytest.approx(
+        ref_objective(m, table, dense, batch, base, y, weight)
+        - 0.5 * m.l2 * np.sum(table[np.unique(batch.indices)] ** 2), rel=1e-5)
+
+
+def test_gradient_clipping_bounds_each_example(rng):
+    m = learner("lr", clip=0.1)
+    batch = make_batch(rng, 1, 5, 64, with_values=False, dup=False)
+    g = m.gradients(batch, np.array([-20.0], np.float32), np.array([1.0], np.float32))
+    # dloss/dz = sigmoid(-20) - 1 ~ -1, clipped to -0.1; LR row gradient = g * x (x = 1)
+    np.testing.assert_allclose(g["table_grad"][:, 0], -0.1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
+    m = learner(model, l2=0.01, lr=0.05)
+    batch = make_batch(rng, 16, 5, 64)
+    base = rng.normal(0, 1, 16).astype(np.float32)
+    y = (rng.random(16) < 0.5).astype(np.float32)
+    before = m.state_dict()
+    for t in (1, 2):
+        g = m.gradients(batch, base, y)
+        table, tm, tv = m.table.copy(), m.table_m.copy(), m.table_v.copy()
+        dense, dm, dv = m.dense.copy(), m.dense_m.copy(), m.dense_v.copy()
+        m.partial_fit(batch, base, y)
+        assert m.step[0] == t
+        bc1, bc2 = 1 - m.beta1 ** t, 1 - m.beta2 ** t
+        step = m.lr * np.sqrt(bc2) / bc1
+        r = g["rows"]
+        gt = g["table_grad"].astype(np.float64)
+        em = m.beta1 * tm[r] + (1 - m.beta1) * gt
+        ev = m.beta2 * tv[r] + (1 - m.beta2) * gt ** 2
+        np.testing.assert_allclose(m.table_m[r], em, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(m.table[r], table[r] - step * em / (np.sqrt(ev) + m.eps),
+                                   rtol=1e-5, atol=1e-6)
+        untouched = np.setdiff1d(np.arange(table.shape[0]), r)
+        assert np.array_equal(m.table[untouched], table[untouched])
+        assert np.array_equal(m.table_v[untouched], tv[untouched])
+        gd = g["dense_grad"].astype(np.float64)
+        em = m.beta1 * dm + (1 - m.beta1) * gd
+        ev = m.beta2 * dv + (1 - m.beta2) * gd ** 2
+        expect = dense - (m.lr / bc1) * em / (np.sqrt(ev / bc2) + m.eps)
+        np.testing.assert_allclose(m.dense, expect, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(m.table, before["table"])
+    assert (m._marker == -1).all()
+
+
+# -- invariants ---------------------------------------------------------------------------------
+def trained(model, seed=3, steps=3, bits=8):
+    m = ResidualLearner(model, n_fields=6, bits=bits, k=4, hidden=(16, 8), seed=seed, lr=0.02)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        b = make_batch(rng, 64, 6, 1 << bits)
+        m.partial_fit(b, rng.normal(0, 1, 64), (rng.random(64) < 0.3).astype(np.float32))
+    return m
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: trained(name) for name in MODELS}
+
+
+@given(model=st.sampled_from(MODELS), n=st.integers(1, 40), seed=st.integers(0, 2**16),
+       scale=st.floats(-50, 50))
+def test_fused_margin_is_base_plus_learner_margin(models, model, n, seed, scale):
+    m = models[model]
+    rng = np.random.default_rng(seed)
+    batch = make_batch(rng, n, 6, 256)
+    base = (scale * rng.normal(size=n)).astype(np.float32)
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    z = base.astype(np.float64) + m.margin(batch)
+    expect = np.mean(np.logaddexp(0, z) - y * z)
+    # the loss the learner trains on is computed from exactly base + margin
+    assert m.gradients(batch, base, y)["loss"] == pytest.approx(expect, rel=1e-5, abs=1e-6)
+
+
+@given(model=st.sampled_from(MODELS), n=st.integers(0, 30), seed=st.integers(0, 2**16))
+def test_scoring_is_pure(models, model, n, seed):
+    m = models[model]
+    before = m.state_dict()
+    batch = make_batch(np.random.default_rng(seed), n, 6, 256)
+    first = m.margin(batch)
+    second = m.margin(batch)
+    assert np.array_equal(first, second)
+    after = m.state_dict()
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, after[key]), key
+        else:
+            assert value == after[key], key
+
+
+@given(model=st.sampled_from(MODELS), sizes=st.lists(st.integers(1, 300), min_size=1,
+                                                     max_size=5), seed=st.integers(0, 2**16))
+def test_batch_size_does_not_change_margins(models, model, sizes, seed):
+    m = models[model]
+    rng = np.random.default_rng(seed)
+    batch = make_batch(rng, sum(sizes), 6, 256)
+    whole = m.margin(batch)
+    parts, start = [], 0
+    for s in sizes:
+        parts.append(m.margin(SimpleNamespace(indices=batch.indices[start:start + s],
+                                              values=batch.values[start:start + s])))
+        start += s
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_save_load_gives_identical_margins_and_next_updates(model, tmp_path, rng):
+    m = trained(model)
+    path = tmp_path / "residual.npz"
+    m.save(path)
+    loaded = ResidualLearner.load(path)
+    batch = make_batch(rng, 50, 6, 256)
+    assert np.array_equal(m.margin(batch), loaded.margin(batch))
+    base = rng.normal(size=50).astype(np.float32)
+    y = (rng.random(50) < 0.4).astype(np.float32)
+    assert m.partial_fit(batch, base, y) == loaded.partial_fit(batch, base, y)
+    for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v", "step"):
+        assert np.array_equal(getattr(m, name), getattr(loaded, name)), name
+    # the in-memory protocol round trip as well
+    other = ResidualLearner(model, n_fields=6, bits=8, k=4, hidden=(16, 8), seed=99)
+    other.load_state_dict(m.state_dict())
+    assert np.array_equal(other.margin(batch), m.margin(batch))
+
+
+def test_load_state_dict_rejects_mismatch_without_changing_anything():
+    m = trained("fm")
+    state = m.state_dict()
+    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, seed=5)
+    snapshot = other.state_dict()
+    bad_shape = {**state, "table_v": state["table_v"][:-1]}
+    bad_dtype = {**state, "dense": state["dense"].astype(np.float64)}
+    bad_version = {**state, "format_version": 99}
+    bad_config = {**state, "config": {**state["config"], "k": 5}}
+    for bad in (bad_shape, bad_dtype, bad_version, bad_config, {}):
+        with pytest.raises(ValueError):
+            other.load_state_dict(bad)
+    for key, value in snapshot.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, getattr(other, key)), key
+
+
+def test_load_rejects_foreign_file(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a residual learner file"):
+        ResidualLearner.load(path)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_seed_identical_runs_different_seed_differs(model):
+    a, b, c = trained(model, seed=7), trained(model, seed=7), trained(model, seed=8)
+    for name in ("table", "dense", "table_v", "dense_v"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert not np.array_equal(a.table, c.table)
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm"])
+def test_threads_do_not_change_results(model):
+    def run(threads):
+        m = ResidualLearner(model, n_fields=6, bits=10, k=4, hidden=(32, 16), seed=2,
+                            threads=threads)
+        rng = np.random.default_rng(0)
+        for _ in range(3):  # batches above the parallel threshold
+            b = make_batch(rng, 600, 6, 1024)
+            m.partial_fit(b, np.zeros(600), (rng.random(600) < 0.3).astype(np.float32))
+        return m
+
+    one, two = run(1), run(2)
+    assert np.array_equal(one.table, two.table)
+    assert np.array_equal(one.dense, two.dense)
+
+
+# -- extreme inputs -----------------------------------------------------------------------------
+@pytest.mark.parametrize("model", MODELS)
+def test_extreme_inputs_never_produce_nan_parameters(model, rng):
+    m = trained(model)
+    n = 40
+    batch = make_batch(rng, n, 6, 256)
+    for base in (np.full(n, 1e30), np.full(n, -1e30), np.full(n, 80.0)):
+        for label in (0.0, 1.0):  # all-same labels, huge margins either way
+            out = m.partial_fit(batch, base, np.full(n, label))
+            assert np.isfinite(out["loss"])
+            assert params_finite(m)
+    # non-finite margins or labels are skipped (and counted), never applied
+    base = rng.normal(size=n)
+    base[:3] = [np.inf, -np.inf, np.nan]
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    y[3] = np.nan
+    out = m.partial_fit(batch, base, y)
+    assert out["skipped"] >= 4 and np.isfinite(out["loss"])
+    assert params_finite(m)
+    # absurd feature values: any update that would overflow is skipped
+    huge = SimpleNamespace(indices=batch.indices, values=np.full((n, 6), 1e30, np.float32))
+    out = m.partial_fit(huge, np.zeros(n), np.ones(n))
+    assert out["skipped"] > 0
+    assert params_finite(m)
+    assert (m._marker == -1).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_empty_batch_is_a_no_op(model):
+    m = trained(model)
+    before = m.state_dict()
+    empty = SimpleNamespace(indices=np.zeros((0, 6), np.int32), values=None)
+    assert m.partial_fit(empty, np.zeros(0), np.zeros(0)) == {"loss": 0.0, "n": 0, "skipped": 0}
+    assert m.margin(empty).shape == (0,)
+    assert m.step[0] == before["step"]
+    assert np.array_equal(m.table, before["table"])
+
+
+@pytest.mark.parametrize("bad", [256, -1, 2**31 - 1])
+def test_out_of_range_indices_raise_before_any_change(bad, rng):
+    m = trained("deepfm")
+    before = m.state_dict()
+    batch = make_batch(rng, 10, 6, 256)
+    batch.indices[4, 2] = bad
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 256\)"):
+        m.partial_fit(batch, np.zeros(10), np.ones(10))
+    with pytest.raises(ValueError, match="indices must lie"):
+        m.margin(batch)
+    assert np.array_equal(m.table, before["table"]) and m.step[0] == before["step"]
+    assert (m._marker == -1).all()
+
+
+def test_shape_errors_are_clear(rng):
+    m = trained("fm")
+    batch = make_batch(rng, 10, 6, 256)
+    with pytest.raises(ValueError, match="base_margin needs 10"):
+        m.partial_fit(batch, np.zeros(9), np.ones(10))
+    with pytest.raises(ValueError, match="indices must have shape"):
+        m.margin(SimpleNamespace(indices=np.zeros((3, 5), np.int32), values=None))
+    with pytest.raises(ValueError, match="model must be"):
+        ResidualLearner("gbdt", n_fields=3)
