@@ -143,6 +143,11 @@ class Schema:
                     else None)
 
     @property
+    def has_header(self) -> bool:
+        """Alias of ``header`` (the first line names the columns)."""
+        return self.header
+
+    @property
     def has_time(self) -> bool:
         return any(c.kind == "hour" for c in self.columns)
 
