@@ -1,0 +1,685 @@
+"""The Kafka daemon loop: consume a mini-batch, validate, encode, score, learn, produce, commit.
+
+Delivery is at-least-once. Offsets are committed only after ``producer.flush()`` has seen every
+output of the batches they cover acknowledged and (for a learning role) the state covering
+them is checkpointed. The checkpoint also records the positions it covers; when partitions
+are assigned, the consumer starts from the later of the committed offset and the checkpoint's
+position, so the learner's state always matches what it has consumed exactly (a crash between
+checkpoint and commit replays outputs, never learning).
+
+Roles: ``both`` scores and learns; ``train`` scores and learns, and publishes model snapshots
+(file in the checkpoint directory + ``{"version", "path"}`` on the model topic); ``score``
+never learns and loads every announced snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from streamfusion import checkpoint
+from streamfusion.data.encoder import Encoder
+from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
+from streamfusion.fusion import ModelConfig
+from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
+from streamfusion.kafka.messages import (
+    DEAD_LETTER_HEADER,
+    Invalid,
+    parse_event,
+    parse_label,
+)
+from streamfusion.kafka.metrics import ServeMetrics
+from streamfusion.online import OnlineModel
+
+log = logging.getLogger("streamfusion.kafka")
+
+ROLES = ("both", "train", "score")
+STATE_KIND = "streamfusion-serve"
+STATE_VERSION = 1
+SNAPSHOT_DIR = "snapshots"
+KEEP_SNAPSHOTS = 3  # older snapshot files are deleted; a scorer loads within seconds
+FLUSH_WAIT = 5.0  # seconds per flush attempt; we keep waiting (logging) while the broker is away
+COMMIT_RETRY = 0.5  # first back-off between commit attempts (doubles, capped at 8 s)
+MAX_BACKOFF = 8.0
+ERROR_LOG_INTERVAL = 5.0  # seconds: the same client error is logged at most this often
+STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
+SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
+MODEL_TOPIC_RETRY = 2.0  # seconds between looks for a model topic that does not exist yet
+
+
+class DeliveryFailed(RuntimeError):
+    """Outputs the broker never acknowledged: offsets must not be committed."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``streamfusion serve`` is told (see ``serve.add_arguments``)."""
+
+    bootstrap: str
+    input_topic: str
+    output_topic: str
+    label_topic: str | None = None
+    dead_letter_topic: str | None = None
+    group_id: str = "streamfusion"
+    checkpoint_dir: str | None = None
+    role: str = "both"
+    metrics_port: int | None = None
+    model_topic: str | None = None
+    batch_size: int = 5000
+    format: str = "avazu"
+    checkpoint_every: int = 200_000
+    checkpoint_interval: float = 30.0
+    poll_timeout: float = 0.05
+    label_ttl: float = DEFAULT_TTL
+    label_capacity: int = DEFAULT_CAPACITY
+    exit_when_idle: float | None = None
+    consumer_extra: dict[str, str] = field(default_factory=dict)
+    producer_extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"--role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.role == "train" and not (self.model_topic and self.checkpoint_dir):
+            raise ValueError("--role train needs --model-topic and --checkpoint")
+        if self.role == "score" and not self.model_topic:
+            log.warning("--role score without --model-topic: the model never changes")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+
+    @property
+    def learns(self) -> bool:
+        return self.role in ("both", "train")
+
+
+def schema_for(format: str) -> Schema:
+    """The schema of a Kafka event format (raw fields as in the Kaggle files)."""
+    if format == "avazu":
+        return avazu_schema()
+    if format == "criteo":
+        return criteo_schema()
+    raise ValueError(f"unknown event format {format!r}: expected 'avazu' or 'criteo'")
+
+
+def required_fields(schema: Schema) -> list[str]:
+    """Raw fields every input event must carry: all but the id and the label."""
+    return [c.name for c in schema.columns if c.kind not in ("skip", "label")]
+
+
+def _json_id(ident: str | int) -> str:
+    return json.dumps(ident) if isinstance(ident, str) else str(int(ident))
+
+
+class _Deliveries:
+    """Failed deliveries reported by the producer (only errors are reported)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.last: str | None = None
+
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.failed += 1
+            self.last = str(err)
+
+
+class Daemon:
+    """The ``serve`` loop. Kafka clients are created in ``run``, never in ``__init__``.
+
+    Parameters
+    ----------
+    config : ServeConfig
+    model_config : ModelConfig
+        The chain to build when no checkpoint exists (its ``bits`` and ``seed`` also set the
+        encoder's hashing).
+
+    Examples
+    --------
+    >>> cfg = ServeConfig("127.0.0.1:9092", "events", "scores")
+    >>> Daemon(cfg, ModelConfig()).run()  # doctest: +SKIP
+    0
+    """
+
+    def __init__(self, config: ServeConfig, model_config: ModelConfig) -> None:
+        self.cfg = config
+        self.model_config = model_config
+        self.schema = schema_for(config.format)
+        self.fields = required_fields(self.schema)
+        self.metrics = ServeMetrics(config.role)
+        self.model: OnlineModel | None = None
+        self.encoder: Encoder | None = None
+        self.join = LabelJoin(config.label_ttl, config.label_capacity)
+        self.version = 0  # model version reported in outputs (see module docstring)
+        self.counters = {"events": 0, "labels": 0, "scored": 0, "learned": 0,
+                         "dead_lettered": 0}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
+        # Positions the in-memory state covers, for every partition ever consumed (restored
+        # from the checkpoint; kept when partitions are revoked or lost).
+        self._state_positions: dict[tuple[str, int], int] = {}
+        self._dirty = False  # consumed something since the last commit
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        self._stop = threading.Event()
+        self._exit_code = 0
+        self._deliveries = _Deliveries()
+        self._error_logged: dict[str, float] = {}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._model_consumer: Consumer | None = None
+        self._model_topic_wait = 0.0
+        self._expired_seen = 0
+        self._last_message = time.monotonic()
+        self._assigned: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, flush, checkpoint, commit and return."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT -> ``stop()`` (main thread only)."""
+        def handler(signum, frame):
+            log.info("signal %s: finishing the batch, then flush, checkpoint, commit", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code (0 after a clean stop)."""
+        self._load_or_build()
+        if self.cfg.metrics_port:
+            self.metrics.serve_http(self.cfg.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.cfg.metrics_port)
+        self._producer = Producer(self._producer_conf())
+        self._consumer = Consumer(self._consumer_conf())
+        topics = [self.cfg.input_topic]
+        if self.cfg.learns and self.cfg.label_topic:
+            topics.append(self.cfg.label_topic)
+        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        log.info("serving %s -> %s as %s (group %s)", ",".join(topics), self.cfg.output_topic,
+                 self.cfg.role, self.cfg.group_id)
+        try:
+            while not self._stop.is_set():
+                self._poll_models()
+                msgs = self._consumer.consume(self.cfg.batch_size, self.cfg.poll_timeout)
+                now = time.monotonic()
+                if msgs or not self._assigned:  # idle counts only while owning partitions
+                    self._last_message = now
+                    self._process(msgs)
+                if self.cfg.learns and self.model.poll():
+                    log.info("tree refit swapped in (chain version %d)", self.model.version)
+                self._update_gauges(now)
+                if self._due(now):
+                    self._commit_cycle()
+                if (self.cfg.exit_when_idle is not None
+                        and now - self._last_message > self.cfg.exit_when_idle):
+                    log.info("idle for %.1fs: stopping", self.cfg.exit_when_idle)
+                    break
+            self._commit_cycle(force=True)
+        except DeliveryFailed as exc:
+            log.error("%s; exiting without committing (a restart re-processes them)", exc)
+            self._exit_code = 3
+        finally:
+            self._close()
+        return self._exit_code
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # on_revoke runs: nothing left to commit after a clean stop
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the consumer: %s", exc)
+            self._consumer = None
+        if self._model_consumer is not None:
+            self._model_consumer.close()
+            self._model_consumer = None
+        if self._producer is not None:
+            self._producer.flush(FLUSH_WAIT)
+            self._producer = None
+        if self.model is not None:
+            self.model.close()
+
+    # ------------------------------------------------------------------ clients
+    def _common_conf(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.cfg.bootstrap, "error_cb": self._on_error,
+                "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": int(MAX_BACKOFF * 1000)}
+
+    def _consumer_conf(self) -> dict[str, Any]:
+        conf = self._common_conf()
+        conf.update({
+            "group.id": self.cfg.group_id,
+            "enable.auto.commit": False,  # commit last, after outputs and state are safe
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": True,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self.metrics.on_stats,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
+            "fetch.wait.max.ms": 10,  # latency: do not hold fetches for long
+            "queued.min.messages": 20_000,
+        })
+        conf.update(self.cfg.consumer_extra)
+        return conf
+
+    def _producer_conf(self) -> dict[str, Any]:
+        conf = self._common_conf()
+        conf.update({
+            "enable.idempotence": True,  # broker restarts: retries never duplicate or reorder
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+            "delivery.report.only.error": True,
+            "on_delivery": self._deliveries,
+        })
+        conf.update(self.cfg.producer_extra)
+        return conf
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.metrics.kafka_errors.inc()
+        if err.fatal():
+            log.error("fatal Kafka error: %s", err)
+            self._exit_code = 4
+            self.stop()
+            return
+        key = str(err.code())
+        now = time.monotonic()
+        if now - self._error_logged.get(key, -1e9) >= ERROR_LOG_INTERVAL:
+            self._error_logged[key] = now
+            log.warning("Kafka: %s (retrying)", err.str())
+
+    # ------------------------------------------------------------------ state
+    def _build_fresh(self) -> None:
+        cfg = self.model_config
+        self.model = OnlineModel(cfg, len(self.schema.field_names))
+        self.encoder = Encoder(self.schema, bits=cfg.bits, seed=cfg.seed)
+
+    def _load_or_build(self) -> None:
+        d = self.cfg.checkpoint_dir
+        if self.cfg.learns and d and checkpoint.exists(d):
+            state = checkpoint.load(d)
+            self._restore(state)
+            log.info("resumed from checkpoint %s: %d events, positions %s", d,
+                     self.counters["events"], self._state_positions)
+        else:
+            self._build_fresh()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
+            raise checkpoint.CheckpointError(
+                f"checkpoint is not a serve checkpoint of version {STATE_VERSION}")
+        model = OnlineModel.from_state(state["model"])
+        encoder = Encoder.from_state_dict(state["encoder"])
+        if encoder.schema != self.schema:
+            raise checkpoint.CheckpointError(
+                f"checkpoint was written for format {encoder.schema.name!r}, "
+                f"not {self.schema.name!r}")
+        self.join.load_state_dict(state["join"])
+        self.model, self.encoder = model, encoder
+        self.counters = {k: int(v) for k, v in state["counters"].items()}
+        self.version = int(state["model_version"])
+        # Not copied into _positions: those are committed, and only for partitions we own.
+        self._state_positions = {(t, int(p)): int(o) for t, p, o in state["positions"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs, including the positions it covers."""
+        return {
+            "kind": STATE_KIND,
+            "version": STATE_VERSION,
+            "format": self.cfg.format,
+            "model": self.model.state_dict(),
+            "encoder": self.encoder.state_dict(),
+            "join": self.join.state_dict(),
+            "counters": dict(self.counters),
+            "model_version": self.version,
+            "positions": [[t, p, o] for (t, p), o in sorted(self._state_positions.items())],
+        }
+
+    # ------------------------------------------------------------------ rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._state_positions:
+            try:
+                committed = {(tp.topic, tp.partition): tp.offset
+                             for tp in consumer.committed(partitions, timeout=10)}
+            except KafkaException as exc:
+                log.warning("reading committed offsets failed (%s): starting from the "
+                            "checkpoint's positions", exc)
+                committed = {}
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                ck = self._state_positions.get(key)
+                if ck is not None and ck > committed.get(key, OFFSET_INVALID):
+                    tp.offset = ck  # the state already covers these: never learn them twice
+        consumer.assign(partitions)
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("assigned %s", _fmt(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoking %s: checkpoint + commit first", _fmt(partitions))
+        try:
+            self._commit_cycle(force=True)
+        except DeliveryFailed as exc:
+            log.error("%s: not committing before the rebalance", exc)
+            self._exit_code = 3
+            self.stop()
+        for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
+            self._assigned.discard((tp.topic, tp.partition))
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The state keeps what it learned from them; on re-assignment the consumer resumes
+        # after it (_on_assign), and the outputs still in the producer queue get delivered.
+        log.warning("partitions lost %s (session expired)", _fmt(partitions))
+        for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
+            self._assigned.discard((tp.topic, tp.partition))
+
+    # ------------------------------------------------------------------ the batch
+    def _process(self, msgs: list[Message]) -> None:
+        events: list[Message] = []
+        labels: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._on_error(err)
+                continue
+            self._positions[(m.topic(), m.partition())] = m.offset() + 1
+            (events if m.topic() == self.cfg.input_topic else labels).append(m)
+        self._state_positions.update(self._positions)
+        self._dirty = True
+        if events:
+            self._events(events)
+        if labels:
+            self._labels(labels)
+
+    def _events(self, msgs: list[Message]) -> None:
+        self.counters["events"] += len(msgs)
+        self.metrics.events.inc(len(msgs))
+        self._since_ckpt += len(msgs)
+        ids: list[str | int] = []
+        records: list[dict] = []
+        clicks: list[float] = []
+        origin: list[Message] = []
+        fields = self.fields
+        for m in msgs:
+            try:
+                ident, record, click = parse_event(m.value(), fields)
+            except Invalid as exc:
+                self._dead_letter(m, exc.header)
+                continue
+            ids.append(ident)
+            records.append(record)
+            clicks.append(np.nan if click is None else float(click))
+            origin.append(m)
+        if not records:
+            return
+        batch, errors = self.encoder.encode_records(records)
+        for pos, reason in errors:
+            self._dead_letter(origin[pos], f"encode: {reason}")
+        kept = np.asarray(batch.line, dtype=np.int64)  # positions in `records`
+        if len(kept) == 0:
+            return
+        y = np.asarray(clicks, dtype=np.float32)[kept]
+        batch.y = y
+        batch.ids = [ids[k] for k in kept]
+        batch.line = np.asarray([origin[k].offset() for k in kept], dtype=np.int64)
+        scores = self.model.step(batch) if self.cfg.learns else self.model.score(batch)
+        self._emit(batch.ids, scores)
+        labelled = ~np.isnan(y)
+        if labelled.any():
+            self.metrics.observe_predictions(scores.p[labelled], y[labelled])
+            if self.cfg.learns:
+                n = int(labelled.sum())
+                self.counters["learned"] += n
+                self.metrics.learned.inc(n)
+        if self.cfg.learns and self.cfg.label_topic and not labelled.all():
+            rows = np.flatnonzero(~labelled)
+            sub = batch.take(rows)
+            ready, ready_y = self.join.add_events(sub, [str(i) for i in sub.ids],
+                                                  scores.p[rows])
+            if len(ready):
+                early = sub.take(ready)
+                early.y = ready_y
+                self._learn_joined(early, scores.p[rows][ready])
+
+    def _labels(self, msgs: list[Message]) -> None:
+        self.counters["labels"] += len(msgs)
+        pairs = []
+        for m in msgs:
+            try:
+                ident, click = parse_label(m.value())
+            except Invalid as exc:
+                self._dead_letter(m, exc.header)
+                continue
+            pairs.append((str(ident), click))
+        batch, p = self.join.add_labels(pairs)
+        if batch is not None:
+            self._learn_joined(batch, p)
+
+    def _learn_joined(self, batch, p_at_event: np.ndarray) -> None:
+        """Learn from events whose label came on the label topic (scored when they arrived)."""
+        self.model.step(batch)
+        self.metrics.observe_predictions(p_at_event, batch.y)
+        self.counters["learned"] += len(batch)
+        self.metrics.learned.inc(len(batch))
+
+    def _emit(self, ids: list, scores) -> None:
+        """Produce one output per scored event, keyed by id."""
+        produce = self._producer.produce
+        topic = self.cfg.output_topic
+        version = self.version if self.cfg.role != "both" else self.model.version
+        p = scores.p.tolist()
+        z = scores.margin.tolist()
+        zb = scores.base_margin.tolist()
+        zr = scores.residual_margin.tolist()
+        for i, ident in enumerate(ids):
+            idj = _json_id(ident)
+            value = (f'{{"id":{idj},"p_click":{p[i]!r},"margin":{z[i]!r},'
+                     f'"base_margin":{zb[i]!r},"residual_margin":{zr[i]!r},'
+                     f'"model_version":{version}}}')
+            key = ident if isinstance(ident, str) else str(ident)
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:  # local queue full (broker slow or away): wait for acks
+                    self._producer.poll(0.1)
+        self._producer.poll(0)
+        self.counters["scored"] += len(ids)
+        self.metrics.scored.inc(len(ids))
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        self.counters["dead_lettered"] += 1
+        self.metrics.dead_lettered.inc()
+        if self.cfg.dead_letter_topic is None:
+            log.warning("invalid message %s[%d]@%d: %s (no --dead-letter-topic: dropped)",
+                        m.topic(), m.partition(), m.offset(), reason)
+            return
+        headers = [(DEAD_LETTER_HEADER, reason.encode()),
+                   ("source", f"{m.topic()}[{m.partition()}]@{m.offset()}".encode())]
+        while True:
+            try:
+                self._producer.produce(self.cfg.dead_letter_topic, m.value(), m.key(),
+                                       headers=headers)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+
+    # ------------------------------------------------------------------ commit cycle
+    def _due(self, now: float) -> bool:
+        if not self._dirty:
+            return False
+        return (self._since_ckpt >= self.cfg.checkpoint_every
+                or now - self._last_ckpt >= self.cfg.checkpoint_interval)
+
+    def _flush(self) -> None:
+        """Wait until the broker acknowledged every output; raise if any was lost."""
+        waited = 0.0
+        while True:
+            remaining = self._producer.flush(FLUSH_WAIT)
+            if remaining == 0:
+                break
+            waited += FLUSH_WAIT
+            log.warning("waiting for the broker to acknowledge %d outputs (%.0fs so far)",
+                        remaining, waited)
+        if self._deliveries.failed:
+            raise DeliveryFailed(f"{self._deliveries.failed} outputs were not delivered "
+                                 f"(last error: {self._deliveries.last})")
+
+    def _commit_cycle(self, force: bool = False) -> None:
+        """flush -> checkpoint (learners) -> synchronous commit: the order at-least-once needs."""
+        if not self._dirty and not force:
+            return
+        if self._producer is None or self._consumer is None:
+            return
+        self._flush()
+        if self.cfg.learns and self.cfg.checkpoint_dir and (self._dirty or not
+                                                             checkpoint.exists(self.cfg.checkpoint_dir)):
+            checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
+            if self.cfg.role == "train":
+                self._publish_snapshot()
+        if self._dirty:
+            self._commit()
+        self._dirty = False
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+
+    def _commit(self) -> None:
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._positions.items())]
+        if not offsets:
+            return
+        backoff = COMMIT_RETRY
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self.metrics.commits.inc()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                            KafkaError.REBALANCE_IN_PROGRESS, KafkaError._NO_OFFSET,
+                            KafkaError._STATE):
+                    # the partitions moved on: their new owner re-does the uncommitted events
+                    log.warning("commit skipped (%s): group changed", err)
+                    return
+                if self._stop.is_set() and backoff > MAX_BACKOFF * 4:
+                    log.error("commit failed for good (%s): uncommitted events will be redone",
+                              err)
+                    return
+                log.warning("commit failed (%s): retrying in %.1fs", err, backoff)
+                time.sleep(min(backoff, MAX_BACKOFF))
+                backoff *= 2
+
+    # ------------------------------------------------------------------ scale-out
+    def _publish_snapshot(self) -> None:
+        self.version += 1
+        folder = Path(self.cfg.checkpoint_dir) / SNAPSHOT_DIR
+        path = checkpoint.save_file(folder / f"model-{self.version:08d}.sfck", {
+            "kind": "streamfusion-snapshot", "version": self.version,
+            "model": self.model.state_dict(), "encoder": self.encoder.state_dict(),
+        })
+        for old in sorted(folder.glob("model-*.sfck"))[:-KEEP_SNAPSHOTS]:
+            old.unlink(missing_ok=True)
+        note = json.dumps({"version": self.version, "path": str(path.resolve())}).encode()
+        self._producer.produce(self.cfg.model_topic, note, b"model")
+        self._producer.flush(FLUSH_WAIT)
+        self.metrics.model_version.set(self.version)
+        log.info("published model snapshot %d at %s", self.version, path)
+
+    def _poll_models(self) -> None:
+        """Scorers: load the newest announced snapshot, if any is newer than ours."""
+        if self.cfg.role != "score" or not self.cfg.model_topic:
+            return
+        if self._model_consumer is None and not self._open_model_consumer():
+            return
+        latest = None
+        for m in self._model_consumer.consume(100, 0):
+            if m.error() is not None:
+                continue
+            try:
+                note = json.loads(m.value())
+                if latest is None or int(note["version"]) > int(latest["version"]):
+                    latest = note
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed model announcement %r", m.value()[:200])
+        if latest is not None and int(latest["version"]) > self.version:
+            self._load_snapshot(latest)
+
+    def _open_model_consumer(self) -> bool:
+        now = time.monotonic()
+        if now < self._model_topic_wait:
+            return False
+        self._model_topic_wait = now + MODEL_TOPIC_RETRY
+        conf = self._common_conf()
+        conf.update({"group.id": f"{self.cfg.group_id}-model-{uuid.uuid4().hex[:8]}",
+                     "enable.auto.commit": False})
+        consumer = Consumer(conf)
+        try:
+            md = consumer.list_topics(self.cfg.model_topic, timeout=5)
+            tmd = md.topics.get(self.cfg.model_topic)
+            if tmd is None or tmd.error is not None or not tmd.partitions:
+                consumer.close()
+                return False
+            _, high = consumer.get_watermark_offsets(TopicPartition(self.cfg.model_topic, 0),
+                                                     timeout=5)
+        except KafkaException as exc:
+            log.warning("model topic %s not readable yet: %s", self.cfg.model_topic, exc)
+            consumer.close()
+            return False
+        consumer.assign([TopicPartition(self.cfg.model_topic, 0, max(high - 1, 0))])
+        self._model_consumer = consumer
+        return True
+
+    def _load_snapshot(self, note: dict) -> None:
+        path = note.get("path")
+        try:
+            state = checkpoint.load_file(path)
+            model = OnlineModel.from_state(state["model"])
+            encoder = Encoder.from_state_dict(state["encoder"])
+        except (ValueError, KeyError, OSError) as exc:
+            log.warning("cannot load model snapshot %s: %s", path, exc)
+            return
+        old, self.model, self.encoder = self.model, model, encoder
+        if old is not None:
+            old.close()
+        self.version = int(state["version"])
+        self.metrics.model_version.set(self.version)
+        log.info("loaded model snapshot %d from %s", self.version, path)
+
+    # ------------------------------------------------------------------ gauges
+    def _update_gauges(self, now: float) -> None:
+        self.metrics.tick(now, self.counters["events"])
+        self.join.expire()  # also while idle: expired joins are counted when they expire
+        self.metrics.pending_joins.set(len(self.join))
+        expired = self.join.expired_events + self.join.expired_labels
+        if expired > self._expired_seen:
+            self.metrics.expired.inc(expired - self._expired_seen)
+            self._expired_seen = expired
+        if self.cfg.role == "both":
+            self.metrics.model_version.set(self.model.version)
+
+
+def _fmt(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

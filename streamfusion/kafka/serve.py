@@ -1,0 +1,98 @@
+"""``streamfusion serve``: score live events from Kafka, learn from their labels.
+
+Reads impression events from ``--input-topic`` in mini-batches, scores each with the whole
+chain and writes ``{"id", "p_click", "margin", "base_margin", "residual_margin",
+"model_version"}`` to ``--output-topic`` keyed by id. Learns test-then-train from events that
+carry ``click`` and from ``{"id", "click"}`` messages on ``--label-topic`` (joined by id within
+``--label-ttl``). At-least-once: offsets are committed after outputs are acknowledged and the
+state covering them is checkpointed. SIGTERM / SIGINT finish the batch, flush, checkpoint,
+commit and exit 0. See ``streamfusion.kafka.daemon`` for the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streamfusion.kafka.daemon import ROLES, Daemon, ServeConfig
+from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL
+from streamfusion.online import add_model_arguments, config_from_args
+
+
+def _kv(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attach ``streamfusion serve`` options to ``parser``."""
+    k = parser.add_argument_group("kafka")
+    k.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap HOST:PORT")
+    k.add_argument("--input-topic", required=True, help="impression events (JSON)")
+    k.add_argument("--output-topic", required=True, help="scores, keyed by event id")
+    k.add_argument("--label-topic", default=None, help='click labels {"id", "click"}')
+    k.add_argument("--dead-letter-topic", default=None,
+                   help="invalid messages, with the reason in header 'error'")
+    k.add_argument("--group-id", default="streamfusion", help="consumer group")
+    k.add_argument("--model-topic", default=None,
+                   help="model snapshot announcements (--role train writes, score reads)")
+    k.add_argument("--role", choices=ROLES, default="both",
+                   help="both: score and learn; train: also publish snapshots; score: never "
+                        "learn, load announced snapshots")
+    k.add_argument("--format", choices=("avazu", "criteo"), default="avazu",
+                   help="raw fields of the events")
+    k.add_argument("--batch-size", type=int, default=5000, help="max events per mini-batch")
+    k.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="checkpoint directory (resume from it; snapshots go there too)")
+    k.add_argument("--checkpoint-every", type=int, default=200_000, metavar="N",
+                   help="checkpoint + commit every N events ...")
+    k.add_argument("--checkpoint-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="... or every SECONDS, whichever comes first")
+    k.add_argument("--label-ttl", type=float, default=DEFAULT_TTL, metavar="SECONDS",
+                   help="how long an event waits for its label")
+    k.add_argument("--label-capacity", type=int, default=DEFAULT_CAPACITY,
+                   help="most events waiting for labels (oldest expire first)")
+    k.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port")
+    k.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly after SECONDS without messages (batch jobs, tests)")
+    k.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra librdkafka consumer setting (repeatable)")
+    k.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra librdkafka producer setting (repeatable)")
+    k.add_argument("--log-level", default="INFO", help="logging level")
+    add_model_arguments(parser)
+
+
+def config_from(args: argparse.Namespace) -> ServeConfig:
+    """The daemon's settings from parsed arguments."""
+    return ServeConfig(
+        bootstrap=args.bootstrap_servers, input_topic=args.input_topic,
+        output_topic=args.output_topic, label_topic=args.label_topic,
+        dead_letter_topic=args.dead_letter_topic, group_id=args.group_id,
+        checkpoint_dir=args.checkpoint, role=args.role, metrics_port=args.metrics_port,
+        model_topic=args.model_topic, batch_size=args.batch_size, format=args.format,
+        checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
+        label_ttl=args.label_ttl, label_capacity=args.label_capacity,
+        exit_when_idle=args.exit_when_idle, consumer_extra=_kv(args.consumer_config),
+        producer_extra=_kv(args.producer_config),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``streamfusion serve`` until SIGTERM / SIGINT; returns the exit code."""
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        daemon = Daemon(config_from(args), config_from_args(args))
+    except ValueError as exc:
+        print(f"streamfusion serve: {exc}", file=sys.stderr)
+        return 2
+    daemon.install_signal_handlers()
+    return daemon.run()
