@@ -16,6 +16,7 @@ is inactive)::
 import numpy as np
 
 from cython.parallel cimport prange
+cimport openmp
 from libc.math cimport cos, log, pow, sqrt
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memset
@@ -93,6 +94,7 @@ cdef struct Work:
     float *H[MAX_LAYERS + 1]
     float *dA
     float *dB
+    float *blk                  # per-block dense gradients [blocks, P] (DeepFM)
     int32_t *touched
     int32_t *slot
 
@@ -164,7 +166,7 @@ cdef tuple _sizes(Net *net, int64_t n, bint train):
     if train:
         nf += 2 * n + n * net.k + occ * net.k + occ + occ * net.D + net.P
         if net.model == 2:
-            nf += 2 * n * _max_hidden(net)
+            nf += 2 * _padded(n) * _max_hidden(net) + _padded(n) // MLP_BLOCK * net.P
         ni = 2 * occ
     return nf, ni
 
@@ -188,8 +190,9 @@ cdef void _carve(Net *net, int64_t n, bint train, float *fw, int32_t *iw, Work *
             w.H[l] = p
             p += _padded(n) * net.dims[l]
         if train:
-            w.dA = p; p += n * _max_hidden(net)
-            w.dB = p; p += n * _max_hidden(net)
+            w.dA = p; p += _padded(n) * _max_hidden(net)
+            w.dB = p; p += _padded(n) * _max_hidden(net)
+            w.blk = p; p += _padded(n) // MLP_BLOCK * net.P
 
 
 def table_width(int model, int k) -> int:
@@ -317,33 +320,48 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const float *a, int lda, 
     sgemm(&ta, &tb, &m, &n, &k, &one, <float *>a, &lda, <float *>b, &ldb, &zero, c, &ldc)
 
 
+cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
+                        const float *val, const float *table, const float *dense, float *z,
+                        float *s, Work *w) noexcept nogil:
+    """DeepFM forward of rows [blk * MLP_BLOCK, ...): FM part, then the MLP block by block."""
+    cdef int64_t lo = blk * MLP_BLOCK, hi = min(lo + MLP_BLOCK, n)
+    cdef int l
+    cdef int d0 = net.dims[0]
+    sf_fm_forward(net.model, lo, hi, net.F, net.k, idx, val, table, dense[0], z, s, w.H[0])
+    if hi - lo < MLP_BLOCK:  # zero padding keeps the fixed-shape GEMM finite
+        memset(w.H[0] + hi * d0, 0, (lo + MLP_BLOCK - hi) * d0 * sizeof(float))
+    for l in range(1, net.L + 1):
+        _gemm(b"N", b"N", net.dims[l], MLP_BLOCK, net.dims[l - 1], dense + net.off_w[l],
+              net.dims[l], w.H[l - 1] + lo * net.dims[l - 1], net.dims[l - 1],
+              w.H[l] + lo * net.dims[l], net.dims[l])
+        sf_bias_relu(lo, hi, net.dims[l], w.H[l], dense + net.off_b[l])
+    sf_out_forward(lo, hi, net.dims[net.L], w.H[net.L], dense + net.off_wout,
+                   dense[net.off_bout], z)
+
+
 cdef void _forward(Net *net, int64_t n, const int32_t *idx, const float *val,
                    const float *table, const float *dense, float *z, float *s, Work *w,
                    int nth) noexcept nogil:
-    """Margins of n examples into z (s: FM sums for the backward pass, may be NULL)."""
-    cdef int t, l
-    cdef int64_t c, npad = _padded(n)
-    cdef float *h0 = w.H[0] if net.model == 2 else NULL
-    if nth > 1:
+    """Margins of n examples into z (s: FM sums for the backward pass, may be NULL).
+
+    Work is split into fixed blocks of rows (DeepFM) or equal chunks (FM, LR); each block is
+    computed the same way whatever the thread count, so results do not depend on threads."""
+    cdef int t
+    cdef int64_t b, nblk
+    if net.model == 2:
+        nblk = _padded(n) // MLP_BLOCK
+        if nth > 1 and nblk > 1:
+            for b in prange(nblk, num_threads=nth, schedule="dynamic"):
+                _forward_block(net, b, n, idx, val, table, dense, z, s, w)
+        else:
+            for b in range(nblk):
+                _forward_block(net, b, n, idx, val, table, dense, z, s, w)
+    elif nth > 1:
         for t in prange(nth, num_threads=nth, schedule="static"):
             sf_fm_forward(net.model, n * t // nth, n * (t + 1) // nth, net.F, net.k, idx, val,
-                          table, dense[0], z, s, h0)
+                          table, dense[0], z, s, NULL)
     else:
-        sf_fm_forward(net.model, 0, n, net.F, net.k, idx, val, table, dense[0], z, s, h0)
-    if net.model != 2:
-        return
-    # MLP, row-major activations H_l [n, d_l] = relu(H_{l-1} W_l + b_l), in fixed-size blocks
-    memset(h0 + n * net.dims[0], 0, (npad - n) * net.dims[0] * sizeof(float))
-    for l in range(1, net.L + 1):
-        c = 0
-        while c < npad:
-            _gemm(b"N", b"N", net.dims[l], MLP_BLOCK, net.dims[l - 1], dense + net.off_w[l],
-                  net.dims[l], w.H[l - 1] + c * net.dims[l - 1], net.dims[l - 1],
-                  w.H[l] + c * net.dims[l], net.dims[l])
-            c += MLP_BLOCK
-        sf_bias_relu(0, n, net.dims[l], w.H[l], dense + net.off_b[l])
-    sf_out_forward(0, n, net.dims[net.L], w.H[net.L], dense + net.off_wout,
-                   dense[net.off_bout], z)
+        sf_fm_forward(net.model, 0, n, net.F, net.k, idx, val, table, dense[0], z, s, NULL)
 
 
 def forward(int model, int k, hidden, const int32_t[:, ::1] indices,
@@ -358,6 +376,7 @@ def forward(int model, int k, hidden, const int32_t[:, ::1] indices,
     cdef Work w
     cdef const float *val = NULL
     cdef int nth = threads if n >= PARALLEL_MIN_ROWS else 1
+    cdef int dyn
     _check_batch(&net, indices, values, table, dense)
     if out.shape[0] != n:
         raise ValueError(f"out has {out.shape[0]} entries, expected {n}")
@@ -368,8 +387,49 @@ def forward(int model, int k, hidden, const int32_t[:, ::1] indices,
         val = &values[0, 0]
     _carve(&net, n, False, &work[0], NULL, &w)
     with nogil:
+        dyn = openmp.omp_get_dynamic()
+        openmp.omp_set_dynamic(1)
         _forward(&net, n, &indices[0, 0], val, &table[0, 0], &dense[0], &out[0], NULL, &w,
                  nth)
+        openmp.omp_set_dynamic(dyn)
+
+
+cdef void _backward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
+                         const float *val, const float *table, const float *dense,
+                         Work *w) noexcept nogil:
+    """Backward of rows [blk * MLP_BLOCK, ...) through the MLP (weight gradients into this
+    block's own slice of w.blk) and the FM part (per-occurrence gradients into gv, gw)."""
+    cdef int64_t lo = blk * MLP_BLOCK, hi = min(lo + MLP_BLOCK, n), i
+    cdef int rows = <int>(hi - lo), l, d
+    cdef float *bb = w.blk + blk * net.P
+    cdef float *cur = w.dA + lo * _max_hidden(net)
+    cdef float *nxt = w.dB + lo * _max_hidden(net)
+    cdef float *tmp
+    cdef float gs = 0.0
+    for i in range(lo, hi):
+        gs = gs + w.g[i]
+    bb[0] = gs
+    bb[net.off_bout] = gs
+    d = net.dims[net.L]
+    sf_wcolsum(rows, d, w.H[net.L] + lo * d, w.g + lo, bb + net.off_wout)
+    if net.L == 0:
+        cur = w.gv + lo * net.dims[0]
+    sf_outer(0, rows, d, w.g + lo, dense + net.off_wout, cur)
+    for l in range(net.L, 0, -1):
+        sf_relu_back(0, rows, net.dims[l], w.H[l] + lo * net.dims[l], cur)
+        sf_colsum(rows, net.dims[l], cur, bb + net.off_b[l])
+        # dW_l = H_{l-1}^T dA_l ; dH_{l-1} = dA_l W_l^T (into gv for the input layer)
+        _gemm(b"N", b"T", net.dims[l], net.dims[l - 1], rows, cur, net.dims[l],
+              w.H[l - 1] + lo * net.dims[l - 1], net.dims[l - 1], bb + net.off_w[l],
+              net.dims[l])
+        if l == 1:
+            nxt = w.gv + lo * net.dims[0]
+        _gemm(b"T", b"N", net.dims[l - 1], rows, net.dims[l], dense + net.off_w[l],
+              net.dims[l], cur, net.dims[l], nxt, net.dims[l - 1])
+        tmp = cur
+        cur = nxt
+        nxt = tmp
+    sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv, w.gw)
 
 
 cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val,
@@ -377,17 +437,14 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
                        const float *table, const float *dense, int32_t *marker, Work *w,
                        int nth, double *loss_out) noexcept nogil:
     """Forward, loss and gradients of one batch; leaves the summed gradient of each touched
-    row in w.gsum (rows in w.touched, marker set) and the dense gradient in w.dgrad.
-    Returns the number of touched rows; loss and skipped examples via loss_out[0..1]."""
-    cdef int64_t i, j, nt, occ = n * net.F
+    row in w.gsum (rows in w.touched, marker set) and the dense gradient in w.dgrad (DeepFM:
+    per-block parts in w.blk, summed by _dense_sum). Returns the number of touched rows; loss
+    and skipped examples via loss_out[0..1]."""
+    cdef int64_t i, j, nt, occ = n * net.F, b, nblk
     cdef int t, l, d
     cdef double ti, lsum = 0.0, gi, wi
     cdef float inv_n = 1.0 / n
     cdef int64_t skipped = 0
-    cdef float *cur
-    cdef float *nxt
-    cdef float *tmp
-    cdef float *dw = w.dgrad
 
     _forward(net, n, idx, val, table, dense, w.z, w.s, w, nth)
 
@@ -422,39 +479,25 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
                         for j in range(d):
                             w.H[l][i * d + j] = 0.0
 
-    memset(dw, 0, net.P * sizeof(float))
-    for i in range(n):
-        dw[0] += w.g[i]
     if net.model == 2:
-        d = net.dims[net.L]
-        sf_wcolsum(n, d, w.H[net.L], w.g, dw + net.off_wout)
-        dw[net.off_bout] = dw[0]
-        cur = w.dA
-        nxt = w.dB
-        if net.L == 0:
-            cur = w.gv
-        sf_outer(0, n, d, w.g, dense + net.off_wout, cur)
-        for l in range(net.L, 0, -1):
-            sf_relu_back(0, n, net.dims[l], w.H[l], cur)
-            sf_colsum(n, net.dims[l], cur, dw + net.off_b[l])
-            # dW_l = H_{l-1}^T dA_l ; dH_{l-1} = dA_l W_l^T (into gv for the input layer)
-            _gemm(b"N", b"T", net.dims[l], net.dims[l - 1], <int>n, cur, net.dims[l],
-                  w.H[l - 1], net.dims[l - 1], dw + net.off_w[l], net.dims[l])
-            if l == 1:
-                nxt = w.gv
-            _gemm(b"T", b"N", net.dims[l - 1], <int>n, net.dims[l], dense + net.off_w[l],
-                  net.dims[l], cur, net.dims[l], nxt, net.dims[l - 1])
-            tmp = cur
-            cur = nxt
-            nxt = tmp
-
-    if nth > 1:
-        for t in prange(nth, num_threads=nth, schedule="static"):
-            sf_fm_backward(net.model, n * t // nth, n * (t + 1) // nth, net.F, net.k, idx, val,
-                           table, w.g, w.s, net.model == 2, w.gv, w.gw)
+        nblk = _padded(n) // MLP_BLOCK
+        if nth > 1 and nblk > 1:
+            for b in prange(nblk, num_threads=nth, schedule="dynamic"):
+                _backward_block(net, b, n, idx, val, table, dense, w)
+        else:
+            for b in range(nblk):
+                _backward_block(net, b, n, idx, val, table, dense, w)
     else:
-        sf_fm_backward(net.model, 0, n, net.F, net.k, idx, val, table, w.g, w.s,
-                       net.model == 2, w.gv, w.gw)
+        w.dgrad[0] = 0.0
+        for i in range(n):
+            w.dgrad[0] += w.g[i]
+        if nth > 1:
+            for t in prange(nth, num_threads=nth, schedule="static"):
+                sf_fm_backward(net.model, n * t // nth, n * (t + 1) // nth, net.F, net.k, idx,
+                               val, table, w.g, w.s, 0, w.gv, w.gw)
+        else:
+            sf_fm_backward(net.model, 0, n, net.F, net.k, idx, val, table, w.g, w.s, 0, w.gv,
+                           w.gw)
     if skipped > 0:
         for i in range(n):
             if w.g[i] == 0.0:
@@ -468,6 +511,20 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
     memset(w.gsum, 0, nt * net.D * sizeof(float))
     sf_reduce(net.model, occ, net.k, w.slot, w.gv, w.gw, w.gsum)
     return nt
+
+
+cdef void _dense_sum(Net *net, int64_t n, int64_t lo, int64_t hi, Work *w) noexcept nogil:
+    """dgrad[lo:hi] = sum of the per-block gradients, blocks in a fixed order (DeepFM)."""
+    cdef int64_t nblk = _padded(n) // MLP_BLOCK, b, j
+    cdef float *src
+    if net.model != 2:
+        return
+    for j in range(lo, hi):
+        w.dgrad[j] = w.blk[j]
+    for b in range(1, nblk):
+        src = w.blk + b * net.P
+        for j in range(lo, hi):
+            w.dgrad[j] += src[j]
 
 
 cdef object _prepare(Net *net, const int32_t[:, ::1] indices, const float[:, ::1] values,
@@ -510,7 +567,7 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     cdef double bc1, bc2
     cdef float step_size, eps_hat
     cdef int nth = threads if n >= PARALLEL_MIN_ROWS else 1
-    cdef int t
+    cdef int t, dyn
     _prepare(&net, indices, values, base_margin, y, sample_weight, table, dense, marker, work,
              iwork)
     if table_m.shape[0] != table.shape[0] or table_v.shape[0] != table.shape[0] \
@@ -529,6 +586,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     _carve(&net, n, True, &work[0], &iwork[0], &w)
     P = net.P
     with nogil:
+        dyn = openmp.omp_get_dynamic()
+        openmp.omp_set_dynamic(1)
         nt = _backprop(&net, n, &indices[0, 0], val, &base_margin[0], &y[0], sw, clip,
                        &table[0, 0], &dense[0], &marker[0], &w, nth, loss)
         step[0] += 1
@@ -545,6 +604,7 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
                                             &table_m[0, 0], &table_v[0, 0], step_size, beta1,
                                             beta2, eps, &marker[0])
             for t in prange(nth, num_threads=nth, schedule="static"):
+                _dense_sum(&net, n, P * t // nth, P * (t + 1) // nth, &w)
                 skipped_upd += sf_adam_dense(P * t // nth, P * (t + 1) // nth, w.dgrad,
                                              &dense[0], &dense_m[0], &dense_v[0], step_size,
                                              beta1, beta2, eps_hat)
@@ -552,8 +612,10 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
             skipped_upd += sf_adam_rows(0, nt, net.D, w.touched, w.gsum, l2, &table[0, 0],
                                         &table_m[0, 0], &table_v[0, 0], step_size, beta1,
                                         beta2, eps, &marker[0])
+            _dense_sum(&net, n, 0, P, &w)
             skipped_upd += sf_adam_dense(0, P, w.dgrad, &dense[0], &dense_m[0], &dense_v[0],
                                          step_size, beta1, beta2, eps_hat)
+        openmp.omp_set_dynamic(dyn)
     return loss[0], int(loss[1]), skipped_upd, nt
 
 
@@ -586,6 +648,7 @@ def gradients(int model, int k, hidden, const int32_t[:, ::1] indices,
     with nogil:
         nt = _backprop(&net, n, &indices[0, 0], val, &base_margin[0], &y[0], sw, clip,
                        &table[0, 0], &dense[0], &marker[0], &w, 1, loss)
+        _dense_sum(&net, n, 0, net.P, &w)
         sf_add_l2(0, nt, net.D, w.touched, &table[0, 0], l2, w.gsum)
         sf_reset_marker(nt, w.touched, &marker[0])
     rows = np.asarray(<int32_t[:nt]>w.touched).copy() if nt > 0 else np.zeros(0, np.int32)

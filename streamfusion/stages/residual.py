@@ -47,7 +47,7 @@ _blas_current = -1
 
 
 def _set_blas_threads(n: int) -> None:
-    """Give the MLP's GEMMs the same thread budget as the OpenMP loops (best effort)."""
+    """Set scipy's OpenBLAS thread count (best effort; the learner keeps it at 1)."""
     global _blas_setter, _blas_current
     if _blas_current == n:
         return
@@ -85,7 +85,9 @@ class ResidualLearner:
     seed : int
         Seeds the initialisation; single-threaded runs are bit-for-bit reproducible.
     threads : int
-        OpenMP threads for the per-example loops and BLAS threads for the MLP.
+        OpenMP threads. The batch is cut into fixed blocks of rows that threads take in
+        turn (each block's GEMMs run single-threaded BLAS, scipy's OpenBLAS is set to one
+        thread), so results are identical for any thread count.
 
     Examples
     --------
@@ -190,7 +192,7 @@ class ResidualLearner:
         if indices.shape[0] == 0:
             return out
         work, _ = self._scratch(indices.shape[0], False)
-        _set_blas_threads(self.threads)
+        _set_blas_threads(1)
         _learner.forward(self._code, self.k, self.hidden, indices, values, self.table,
                          self.dense, out, work, self.threads)
         return out
@@ -211,7 +213,7 @@ class ResidualLearner:
         if n == 0:
             return {"loss": 0.0, "n": 0, "skipped": 0}
         work, iwork = self._scratch(n, True)
-        _set_blas_threads(self.threads)
+        _set_blas_threads(1)
         loss, skip_ex, skip_upd, _ = _learner.train(
             self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
             self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
@@ -235,7 +237,7 @@ class ResidualLearner:
         yy = self._vector(y, n, "y")
         sw = None if sample_weight is None else self._vector(sample_weight, n, "sample_weight")
         work, iwork = self._scratch(max(n, 1), True)
-        _set_blas_threads(self.threads)
+        _set_blas_threads(1)
         loss, _, rows, tgrad, dgrad = _learner.gradients(
             self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
             self.dense, self._marker, work, iwork, self.l2, self.clip)
