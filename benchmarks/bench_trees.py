@@ -1,0 +1,103 @@
+"""Tree margins: streamfusion's compiled evaluator vs LightGBM's own predict.
+
+    python benchmarks/bench_trees.py [--rows 200000] [--trees 100] [--leaves 63] [--threads 2]
+
+Fits LightGBM on tree features of a generated Avazu-format stream (integer columns, hour of
+day, weekday, frequency counts of the hex id columns), then times raw-margin prediction of
+both evaluators on the same rows, in batches, and one row at a time. Prints rows/s and the
+largest absolute difference to LightGBM (the oracle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow.csv as pacsv
+
+from streamfusion._trees import TreeEnsemble
+from streamfusion.data.generate import generate
+
+
+def tree_features(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in for the real encoder: numeric columns, hour of day/weekday, id counts."""
+    table = pacsv.read_csv(path)
+    cols = []
+    for name in table.column_names:
+        if name in ("id", "click"):
+            continue
+        col = table.column(name)
+        if name == "hour":
+            h = col.to_numpy().astype(np.int64)
+            cols += [h % 100, (h // 100) % 7]
+        elif col.type.equals("string") or str(col.type) == "string":
+            _, inv, cnt = np.unique(col.to_numpy(zero_copy_only=False).astype(str),
+                                    return_inverse=True, return_counts=True)
+            cols.append(cnt[inv])
+        else:
+            cols.append(col.to_numpy())
+    X = np.stack(cols, 1).astype(np.float32)
+    return X, table.column("click").to_numpy().astype(np.float64)
+
+
+def rate(fn, rows: int, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return rows / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--leaves", type=int, default=63)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=10_000, help="rows per predict call")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "avazu.csv")
+        generate(path, "avazu", rows=args.rows, seed=0)
+        X, y = tree_features(path)
+    params = dict(objective="binary", num_leaves=args.leaves, learning_rate=0.1,
+                  min_data_in_leaf=100, feature_fraction=0.8, seed=0, verbose=-1,
+                  num_threads=args.threads, deterministic=True)
+    booster = lgb.train(params, lgb.Dataset(X, y), args.trees)
+    ens = TreeEnsemble.from_booster(booster)
+    ref = booster.predict(X, raw_score=True, num_threads=args.threads)
+    diff = float(np.abs(ens.predict_margin(X, threads=args.threads) - ref).max())
+    print(f"{ens.n_trees} trees x <= {args.leaves} leaves, depth max {ens.depth.max()} "
+          f"mean {ens.depth.mean():.1f}; {len(X):,} rows x {X.shape[1]} features; "
+          f"max |ours - LightGBM| = {diff:.3g}")
+
+    batches = [X[i:i + args.batch] for i in range(0, len(X), args.batch)]
+    results = []
+    for th in sorted({1, args.threads}):
+        results.append((f"streamfusion._trees, {th} thread(s), batches of {args.batch}",
+                        rate(lambda th=th: [ens.predict_margin(b, threads=th) for b in batches],
+                             len(X))))
+    results.append((f"LightGBM predict(raw_score), {args.threads} threads, batches of "
+                    f"{args.batch}", rate(lambda: [booster.predict(
+                        b, raw_score=True, num_threads=args.threads) for b in batches], len(X))))
+    one = X[:2000]
+    results.append(("streamfusion._trees, one row per call",
+                    rate(lambda: [ens.predict_margin(one[i:i + 1]) for i in range(len(one))],
+                         len(one))))
+    results.append(("LightGBM predict, one row per call",
+                    rate(lambda: [booster.predict(one[i:i + 1], raw_score=True, num_threads=1)
+                                  for i in range(len(one))], len(one), repeat=1)))
+    print(f"| {'evaluator':<62} | {'rows/s':>12} |")
+    print(f"|{'-' * 64}|{'-' * 14}|")
+    for name, r in results:
+        print(f"| {name:<62} | {r:>12,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
