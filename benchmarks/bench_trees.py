@@ -18,8 +18,8 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pyarrow.csv as pacsv
-
 from streamfusion._trees import TreeEnsemble
+
 from streamfusion.data.generate import generate
 
 

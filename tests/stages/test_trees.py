@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from streamfusion._trees import TreeEnsemble, decision, float_threshold
 
 
@@ -100,7 +99,7 @@ def test_shape_errors(rng):
 
 
 def test_float_threshold_is_exact_for_float_inputs(rng):
-    thr = rng.standard_normal(1000) * 10 ** rng.integers(-5, 5, 1000)
+    thr = rng.standard_normal(1000) * 10.0 ** rng.integers(-5, 5, 1000)
     f = float_threshold(thr)
     assert np.all(f.astype(np.float64) <= thr)
     # float inputs at and just above each rounded threshold compare the same both ways
