@@ -1,0 +1,503 @@
+"""The tree stage: LightGBM refit on a sliding window, scored by the compiled evaluator.
+
+This is the only module that imports lightgbm. The stage keeps the last ``window`` learnable
+rows in preallocated ring buffers, refits every ``refit_every`` observed rows (earlier when
+river's ADWIN sees the stage's mini-batch logloss drift) in a background thread on a snapshot of
+the window, and swaps the new trees in at a deterministic point: the first ``poll()`` after
+``swap_lag`` more observed rows. Whatever the thread timing, a single-threaded run therefore
+replays bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from river.drift import ADWIN
+
+from streamfusion._trees import TreeEnsemble
+
+FORMAT = "streamfusion.TreeStage"
+FORMAT_VERSION = 1
+ADWIN_CLOCK = 4  # one ADWIN value per mini-batch: check often, the values are few
+# Config keys a checkpoint must agree on (threads is machine-specific and may differ).
+_STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window", "drift",
+              "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
+              "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
+              "drift_delta", "drift_min_gap")
+
+
+def _logodds(clicks: int, n: int) -> float:
+    """Smoothed log-odds of the click rate, (clicks + 1) / (n + 2)."""
+    return float(np.log((clicks + 1.0) / (n - clicks + 1.0)))
+
+
+def _logloss(y: np.ndarray, z: np.ndarray) -> float:
+    """Mean logloss from the logit, stably: log1p(exp(z)) - y z."""
+    z = z.astype(np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+class TreeStage:
+    """LightGBM trees refit online on a sliding window; margins from ``streamfusion._trees``.
+
+    Parameters
+    ----------
+    n_trees, num_leaves, learning_rate : LightGBM size and step.
+    refit_every : int
+        Refit after this many observed (learnable) rows since the last refit started.
+    window : int
+        The refit uses the last ``window`` learnable rows.
+    drift : bool
+        Refit earlier when ADWIN detects a change in the stage's mini-batch logloss (at least
+        ``drift_min_gap`` rows after the last refit).
+    seed : int
+        LightGBM seeds (feature fraction); fits are deterministic (``deterministic=True``).
+    threads : int
+        LightGBM training threads and evaluator threads; results do not depend on it for the
+        evaluator, and LightGBM with a fixed thread count is deterministic.
+    use_init_score : bool
+        Fit on the residual of the stages before (``init_score = z_prev`` of the window rows);
+        for any tree stage after the first in a chain. Such a stage's margin is 0 before its
+        first fit; a first stage's is the smoothed log-odds of the clicks seen so far.
+    swap_lag : int, optional
+        Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
+    first_fit : int, optional
+        Observed rows before the first fit (default ``refit_every``).
+    warm_start : bool
+        Against refit shocks: continue from the live booster (LightGBM ``init_model``) with
+        ``warm_trees`` new trees on the window instead of a fresh fit, so that the new model
+        agrees with the old one where the window says little. Once the model would exceed
+        ``max_trees`` trees, the next refit is a fresh one.
+    background : bool
+        Fit in a background thread (default); False fits inside ``observe`` (same results).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> rng = np.random.default_rng(0)
+    >>> stage = TreeStage(n_trees=5, num_leaves=4, refit_every=500, window=1000,
+    ...                   min_data_in_leaf=10, min_fit_rows=100)
+    >>> X = rng.random((500, 3), dtype=np.float32)
+    >>> b = SimpleNamespace(dense=X, y=(X[:, 0] > .5).astype(np.float32))
+    >>> stage.observe(b, np.zeros(500, np.float32), np.ones(500, bool))
+    >>> stage.wait(); stage.version, stage.refits
+    (0, 1)
+    >>> stage.observe(b, np.zeros(500, np.float32), np.ones(500, bool)); stage.poll()
+    True
+    >>> stage.margin(b).dtype
+    dtype('float32')
+    """
+
+    def __init__(self, n_trees: int = 100, num_leaves: int = 63, learning_rate: float = 0.1,
+                 refit_every: int = 100_000, window: int = 200_000, drift: bool = True,
+                 seed: int = 0, threads: int = 1, use_init_score: bool = False,
+                 min_data_in_leaf: int = 100, feature_fraction: float = 0.8,
+                 lambda_l2: float = 1.0, swap_lag: int | None = None,
+                 first_fit: int | None = None, min_fit_rows: int = 1000,
+                 warm_start: bool = False, warm_trees: int | None = None,
+                 max_trees: int | None = None, drift_delta: float = 0.002,
+                 drift_min_gap: int | None = None, background: bool = True) -> None:
+        if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2:
+            raise ValueError("refit_every, window, n_trees must be >= 1 and num_leaves >= 2")
+        self.n_trees = int(n_trees)
+        self.num_leaves = int(num_leaves)
+        self.learning_rate = float(learning_rate)
+        self.refit_every = int(refit_every)
+        self.window = int(window)
+        self.drift = bool(drift)
+        self.seed = int(seed)
+        self.threads = max(1, int(threads))
+        self.use_init_score = bool(use_init_score)
+        self.min_data_in_leaf = int(min_data_in_leaf)
+        self.feature_fraction = float(feature_fraction)
+        self.lambda_l2 = float(lambda_l2)
+        self.swap_lag = int(refit_every // 10 if swap_lag is None else swap_lag)
+        self.first_fit = int(refit_every if first_fit is None else first_fit)
+        self.min_fit_rows = int(min_fit_rows)
+        self.warm_start = bool(warm_start)
+        self.warm_trees = int(max(1, n_trees // 5) if warm_trees is None else warm_trees)
+        self.max_trees = int(3 * n_trees if max_trees is None else max_trees)
+        self.drift_delta = float(drift_delta)
+        self.drift_min_gap = int(refit_every // 4 if drift_min_gap is None else drift_min_gap)
+        self.background = bool(background)
+        self._reset_state()
+
+    # -- configuration -------------------------------------------------------------------------
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable); ``TreeStage(**config())``."""
+        cfg = {k: getattr(self, k) for k in _STRUCTURE}
+        cfg["threads"] = self.threads
+        cfg["background"] = self.background
+        return cfg
+
+    def lgb_params(self) -> dict:
+        """LightGBM parameters of every fit."""
+        return {
+            "objective": "binary", "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate, "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2,
+            "seed": self.seed, "feature_fraction_seed": self.seed, "deterministic": True,
+            "force_row_wise": True, "num_threads": self.threads, "verbose": -1,
+        }
+
+    def _reset_state(self) -> None:
+        self.booster: lgb.Booster | None = None
+        self._ensemble: TreeEnsemble | None = None
+        self.version = 0
+        self.refits = 0
+        self.n_seen = 0          # learnable rows observed
+        self.clicks = 0
+        self.since_refit = 0     # learnable rows since the last refit started (or since start)
+        self._n_features: int | None = None
+        self._X: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._z: np.ndarray | None = None
+        self._pos = 0            # next ring slot
+        self._count = 0          # filled slots
+        self._adwin = self._new_adwin()
+        self._adwin_history: list[float] = []  # values fed since the last swap (exact restore)
+        self._pending: dict[str, Any] | None = None
+
+    def _new_adwin(self) -> ADWIN:
+        return ADWIN(delta=self.drift_delta, clock=ADWIN_CLOCK)
+
+    # -- scoring -------------------------------------------------------------------------------
+    @property
+    def prior(self) -> float:
+        """The margin before the first fit."""
+        return 0.0 if self.use_init_score else _logodds(self.clicks, self.n_seen)
+
+    def margin(self, batch: Any) -> np.ndarray:
+        """The trees' raw score on ``batch.dense`` (float32 [n]); pure."""
+        dense = batch.dense
+        if self._ensemble is None:
+            return np.full(dense.shape[0], self.prior, dtype=np.float32)
+        return self._ensemble.predict_margin(dense, threads=self.threads).astype(np.float32)
+
+    # -- learning ------------------------------------------------------------------------------
+    def _ensure_buffers(self, n_features: int) -> None:
+        if self._X is None:
+            self._n_features = n_features
+            self._X = np.zeros((self.window, n_features), np.float32)
+            self._y = np.zeros(self.window, np.float32)
+            self._z = np.zeros(self.window, np.float32)
+        elif n_features != self._n_features:
+            raise ValueError(f"batch has {n_features} tree features, the stage was built with "
+                             f"{self._n_features}")
+
+    def _push(self, X: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+        n = len(y)
+        if n >= self.window:  # only the newest `window` rows survive
+            X, y, z = X[-self.window:], y[-self.window:], z[-self.window:]
+            self._pos, n = 0, self.window
+        first = min(n, self.window - self._pos)
+        for dst, src in ((self._X, X), (self._y, y), (self._z, z)):
+            dst[self._pos:self._pos + first] = src[:first]
+            dst[:n - first] = src[first:]
+        self._pos = (self._pos + n) % self.window
+        self._count = min(self.window, self._count + n)
+
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copy of the window in chronological order."""
+        if self._count < self.window:
+            idx = np.arange(self._count)
+        else:
+            idx = (self._pos + np.arange(self.window)) % self.window
+        return self._X[idx], self._y[idx].astype(np.float64), self._z[idx].astype(np.float64)
+
+    def observe(self, batch: Any, z_prev: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add the learnable rows (``mask`` and a label) to the window; maybe start a refit.
+
+        ``z_prev`` (float32 [n]) is the sum of the margins of the stages before this one, as
+        they scored the rows; the window keeps it for ``use_init_score`` fits and the drift
+        signal.
+        """
+        y = np.asarray(batch.y, np.float32)
+        keep = ~np.isnan(y)
+        if mask is not None:
+            keep &= np.asarray(mask, bool)
+        if not keep.any():
+            return
+        X = np.asarray(batch.dense, np.float32)[keep]
+        yk = y[keep]
+        zk = np.asarray(z_prev, np.float32)[keep]
+        self._ensure_buffers(X.shape[1])
+        if self.drift:
+            # the stage's own loss: what the chain up to and including these trees predicted
+            own = self.margin(batch)[keep] if self._ensemble is not None else np.full(
+                len(yk), self.prior, np.float32)
+            self._feed_adwin(_logloss(yk, zk + own))
+        self._push(X, yk, zk)
+        n = len(yk)
+        self.n_seen += n
+        self.clicks += int(yk.sum())
+        self.since_refit += n
+        self._maybe_refit()
+
+    def _feed_adwin(self, value: float) -> None:
+        self._adwin_history.append(value)
+        self._adwin.update(value)
+        self._drift_now = bool(self._adwin.drift_detected)
+
+    def _maybe_refit(self) -> None:
+        if self._pending is not None or self._count < self.min_fit_rows:
+            return
+        due = self.since_refit >= (self.first_fit if self.version == 0 and self.refits == 0
+                                   else self.refit_every)
+        drifted = (self.drift and getattr(self, "_drift_now", False) and self.booster is not None
+                   and self.since_refit >= self.drift_min_gap)
+        self._drift_now = False
+        if due or drifted:
+            self._start_refit("drift" if drifted and not due else "schedule")
+
+    def _start_refit(self, reason: str) -> None:
+        X, y, z = self._snapshot()
+        init = z if self.use_init_score else None
+        base = None
+        rounds = self.n_trees
+        if (self.warm_start and self.booster is not None
+                and self.booster.num_trees() + self.warm_trees <= self.max_trees):
+            base, rounds = self.booster, self.warm_trees
+        job: dict[str, Any] = {"swap_at": self.n_seen + self.swap_lag, "reason": reason,
+                               "booster": None, "error": None, "thread": None}
+
+        def fit() -> None:
+            try:
+                job["booster"] = self._train(X, y, init, rounds, base)
+            except BaseException as exc:  # reported by poll(), in the caller's thread
+                job["error"] = exc
+
+        self.refits += 1
+        self.since_refit = 0
+        self._pending = job
+        if self.background:
+            job["thread"] = threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
+            job["thread"].start()
+        else:
+            fit()
+
+    def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
+               base: lgb.Booster | None, valid: tuple | None = None) -> lgb.Booster:
+        params = self.lgb_params()
+        if base is not None:
+            # warm start: fit a correction on top of the live trees' scores, then append it
+            prior = base.predict(X, raw_score=True, num_threads=self.threads)
+            init = prior if init is None else init + prior
+        ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=True)
+        kwargs: dict[str, Any] = {}
+        if valid is not None:
+            vx, vy, vinit = valid
+            kwargs["valid_sets"] = [lgb.Dataset(np.asarray(vx, np.float32),
+                                                np.asarray(vy, np.float64), init_score=vinit,
+                                                reference=ds)]
+            kwargs["callbacks"] = [lgb.early_stopping(max(5, rounds // 10), verbose=False)]
+        booster = lgb.train(params, ds, num_boost_round=rounds, **kwargs)
+        if base is not None:
+            return _concat_boosters(base, booster)
+        if valid is not None and booster.best_iteration > 0:
+            booster = lgb.Booster(model_str=booster.model_to_string(
+                num_iteration=booster.best_iteration))
+        return booster
+
+    def poll(self) -> bool:
+        """Swap in the pending refit once ``swap_lag`` rows have passed; True when swapped.
+
+        Joins the refit thread if it is still running at its swap point, so the swap happens
+        at the same row whatever the timing.
+        """
+        job = self._pending
+        if job is None or self.n_seen < job["swap_at"]:
+            return False
+        self._join(job)
+        self._pending = None
+        if job["error"] is not None:
+            raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
+        self._install(job["booster"])
+        return True
+
+    def _install(self, booster: lgb.Booster) -> None:
+        self._ensemble = TreeEnsemble.from_booster(booster)
+        self.booster = booster
+        self.version += 1
+        # the loss level changes with the model: watch drift afresh
+        self._adwin = self._new_adwin()
+        self._adwin_history = []
+
+    @staticmethod
+    def _join(job: dict) -> None:
+        if job.get("thread") is not None:
+            job["thread"].join()
+            job["thread"] = None
+
+    def wait(self) -> None:
+        """Block until a running refit has finished (it still swaps at its swap point)."""
+        if self._pending is not None:
+            self._join(self._pending)
+
+    def close(self) -> None:
+        """Finish any running refit thread; the stage stays usable."""
+        self.wait()
+
+    def fit(self, dense: np.ndarray, y: np.ndarray, init_score: np.ndarray | None = None,
+            valid: tuple | None = None) -> TreeStage:
+        """One-shot batch fit (offline reproduction); installs the trees immediately.
+
+        ``valid`` is ``(dense, y, init_score or None)``: early stopping on its logloss.
+        """
+        self.wait()
+        self._pending = None
+        dense = np.ascontiguousarray(dense, np.float32)
+        init = None if init_score is None else np.asarray(init_score, np.float64)
+        booster = self._train(dense, np.asarray(y, np.float64), init, self.n_trees, None, valid)
+        self._n_features = self._n_features or dense.shape[1]
+        self.refits += 1
+        self._install(booster)
+        return self
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume: booster, window, counters, ADWIN inputs, pending refit.
+
+        A running refit is joined first; its booster and swap point are stored.
+        """
+        pending = None
+        if self._pending is not None:
+            self._join(self._pending)
+            job = self._pending
+            if job["error"] is not None:
+                raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
+            pending = {"booster": job["booster"].model_to_string(),
+                       "swap_at": int(job["swap_at"]), "reason": job["reason"]}
+        if self._X is not None:
+            X, y, z = self._snapshot()
+        else:
+            X = np.zeros((0, 0), np.float32)
+            y = z = np.zeros(0, np.float64)
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(),
+            "booster": None if self.booster is None else self.booster.model_to_string(),
+            "version": self.version, "refits": self.refits, "n_seen": self.n_seen,
+            "clicks": self.clicks, "since_refit": self.since_refit,
+            "n_features": self._n_features,
+            "window_X": X.copy(), "window_y": y.astype(np.float32),
+            "window_z": z.astype(np.float32),
+            "adwin_history": np.asarray(self._adwin_history, np.float64),
+            "pending": pending,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Validate everything, then restore; raises ValueError on any mismatch.
+
+        ADWIN is restored exactly by re-feeding the values it received since the last swap.
+        """
+        if not isinstance(state, dict):
+            raise ValueError("tree stage state must be a dict")
+        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} state: format="
+                             f"{state.get('format')!r}, version={state.get('format_version')!r}")
+        cfg = state.get("config")
+        if not isinstance(cfg, dict):
+            raise ValueError("tree stage state has no config")
+        for key in _STRUCTURE:
+            if cfg.get(key) != getattr(self, key):
+                raise ValueError(f"tree stage state has {key}={cfg.get(key)!r}, this stage has "
+                                 f"{getattr(self, key)!r}")
+        ints = {}
+        for key in ("version", "refits", "n_seen", "clicks", "since_refit"):
+            v = state.get(key)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"tree stage state {key} must be a non-negative int, got {v!r}")
+            ints[key] = int(v)
+        if ints["clicks"] > ints["n_seen"]:
+            raise ValueError("tree stage state has more clicks than rows")
+        nf = state.get("n_features")
+        if nf is not None and (not isinstance(nf, (int, np.integer)) or nf < 0):
+            raise ValueError(f"tree stage state n_features must be an int or None, got {nf!r}")
+        X, y, z = (state.get(k) for k in ("window_X", "window_y", "window_z"))
+        for name, arr, dtype, ndim in (("window_X", X, np.float32, 2),
+                                       ("window_y", y, np.float32, 1),
+                                       ("window_z", z, np.float32, 1)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim:
+                raise ValueError(f"tree stage state {name} must be a {ndim}-D {np.dtype(dtype)} "
+                                 f"array")
+        count = len(y)
+        if len(z) != count or X.shape[0] != count or count > self.window:
+            raise ValueError(f"tree stage state window arrays disagree: X {X.shape}, y "
+                             f"{y.shape}, z {z.shape}, window {self.window}")
+        if count and (nf is None or X.shape[1] != nf):
+            raise ValueError(f"tree stage state window has {X.shape[1]} features, n_features "
+                             f"is {nf!r}")
+        hist = state.get("adwin_history")
+        if not isinstance(hist, np.ndarray) or hist.ndim != 1:
+            raise ValueError("tree stage state adwin_history must be a 1-D array")
+        booster = _parse_booster(state.get("booster"), "booster")
+        pending = state.get("pending")
+        pend_booster = None
+        if pending is not None:
+            if not isinstance(pending, dict) or not isinstance(pending.get("swap_at"),
+                                                               (int, np.integer)):
+                raise ValueError("tree stage state pending must be a dict with an int swap_at")
+            pend_booster = _parse_booster(pending.get("booster"), "pending booster")
+            if pend_booster is None:
+                raise ValueError("tree stage state pending refit has no booster")
+        for b in (booster, pend_booster):
+            if b is not None and nf is not None and b.num_feature() > nf:
+                raise ValueError(f"tree stage state booster uses {b.num_feature()} features, "
+                                 f"the window has {nf}")
+        ensemble = TreeEnsemble.from_booster(booster) if booster is not None else None
+        adwin = self._new_adwin()
+        for v in hist.tolist():
+            adwin.update(v)
+
+        # all checks passed: now change things
+        self.wait()
+        self._reset_state()
+        self.booster, self._ensemble = booster, ensemble
+        for key, v in ints.items():
+            setattr(self, key, v)
+        if nf is not None:
+            self._n_features = None
+            self._ensure_buffers(int(nf))
+            self._X[:count], self._y[:count], self._z[:count] = X, y, z
+            self._count, self._pos = count, count % self.window
+        self._adwin, self._adwin_history = adwin, [float(v) for v in hist.tolist()]
+        if pending is not None:
+            self._pending = {"swap_at": int(pending["swap_at"]),
+                             "reason": str(pending.get("reason", "schedule")),
+                             "booster": pend_booster, "error": None, "thread": None}
+
+
+def _parse_booster(text: Any, what: str) -> lgb.Booster | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"tree stage state {what} must be a LightGBM model string")
+    try:
+        return lgb.Booster(model_str=text)
+    except Exception as exc:  # LightGBM raises its own error type on a bad model string
+        raise ValueError(f"tree stage state {what} is not a valid LightGBM model: {exc}") from None
+
+
+def _concat_boosters(first: lgb.Booster, second: lgb.Booster) -> lgb.Booster:
+    """A booster whose raw score is ``first``'s plus ``second``'s (trees appended)."""
+    a = first.model_to_string()
+    b = second.model_to_string()
+    head, a_trees = a.split("\nTree=", 1)
+    a_trees = "Tree=" + a_trees.split("\nend of trees", 1)[0]
+    b_body = b.split("\nTree=", 1)[1].split("\nend of trees", 1)[0]
+    n_a = first.num_trees()
+    # renumber the second model's trees after the first's
+    parts = ("Tree=" + b_body).split("Tree=")[1:]
+    renum = []
+    for p in parts:
+        idx, rest = p.split("\n", 1)
+        renum.append(f"Tree={int(idx) + n_a}\n{rest}")
+    tail = a.split("\nend of trees", 1)[1]
+    text = head + "\n" + a_trees + "\n" + "".join(renum).rstrip("\n") + "\n\nend of trees" + tail
+    # tree_sizes in the header would be stale: drop it (LightGBM parses without it)
+    text = "\n".join(line for line in text.split("\n") if not line.startswith("tree_sizes="))
+    return lgb.Booster(model_str=text)
