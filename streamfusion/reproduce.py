@@ -260,7 +260,10 @@ def plot(report: dict[str, Any], path: str) -> None:
         ep = [p["epoch"] for p in pts]
         axes[0].plot(ep, [p["auc"] for p in pts], marker="o", label=name)
         axes[1].plot(ep, [p["logloss"] for p in pts], marker="o", label=name)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, what in zip(axes, ("test AUC", "test logloss"), strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
