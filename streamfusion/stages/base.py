@@ -21,12 +21,13 @@ from streamfusion._trees import TreeEnsemble
 
 FORMAT = "streamfusion.TreeStage"
 FORMAT_VERSION = 1
-ADWIN_CLOCK = 4  # one ADWIN value per mini-batch: check often, the values are few
+ADWIN_CLOCK = 32  # ADWIN checks for a cut every 32 values (river's default)
+DRIFT_LOSS_CAP = 4.0  # per-row logloss clipped here before ADWIN (which wants [0, 1])
 # Config keys a checkpoint must agree on (threads is machine-specific and may differ).
 _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window", "drift",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
-              "drift_delta", "drift_min_gap")
+              "drift_delta", "drift_min_gap", "drift_samples")
 
 
 def _logodds(clicks: int, n: int) -> float:
@@ -34,10 +35,16 @@ def _logodds(clicks: int, n: int) -> float:
     return float(np.log((clicks + 1.0) / (n - clicks + 1.0)))
 
 
-def _logloss(y: np.ndarray, z: np.ndarray) -> float:
-    """Mean logloss from the logit, stably: log1p(exp(z)) - y z."""
-    z = z.astype(np.float64)
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+def _drift_values(y: np.ndarray, z: np.ndarray, k: int) -> np.ndarray:
+    """Per-row logloss of ``k`` evenly spaced rows, clipped and scaled into [0, 1].
+
+    ADWIN's bound assumes values in [0, 1] and gains power with their number: one mean per
+    mini-batch would need hundreds of batches to see even a large jump.
+    """
+    idx = np.unique(np.linspace(0, len(y) - 1, min(k, len(y))).astype(np.int64))
+    zz = z[idx].astype(np.float64)
+    loss = np.logaddexp(0.0, zz) - y[idx] * zz
+    return np.minimum(loss, DRIFT_LOSS_CAP) / DRIFT_LOSS_CAP
 
 
 class TreeStage:
@@ -51,8 +58,9 @@ class TreeStage:
     window : int
         The refit uses the last ``window`` learnable rows.
     drift : bool
-        Refit earlier when ADWIN detects a change in the stage's mini-batch logloss (at least
-        ``drift_min_gap`` rows after the last refit).
+        Refit earlier when river's ADWIN detects a change in the stage's logloss (at least
+        ``drift_min_gap`` rows after the last refit). ADWIN gets the clipped per-row logloss
+        of ``drift_samples`` evenly spaced rows of each mini-batch.
     seed : int
         LightGBM seeds (feature fraction); fits are deterministic (``deterministic=True``).
     threads : int
@@ -100,7 +108,8 @@ class TreeStage:
                  first_fit: int | None = None, min_fit_rows: int = 1000,
                  warm_start: bool = False, warm_trees: int | None = None,
                  max_trees: int | None = None, drift_delta: float = 0.002,
-                 drift_min_gap: int | None = None, background: bool = True) -> None:
+                 drift_min_gap: int | None = None, drift_samples: int = 64,
+                 background: bool = True) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2:
             raise ValueError("refit_every, window, n_trees must be >= 1 and num_leaves >= 2")
         self.n_trees = int(n_trees)
@@ -123,6 +132,7 @@ class TreeStage:
         self.max_trees = int(3 * n_trees if max_trees is None else max_trees)
         self.drift_delta = float(drift_delta)
         self.drift_min_gap = int(refit_every // 4 if drift_min_gap is None else drift_min_gap)
+        self.drift_samples = max(1, int(drift_samples))
         self.background = bool(background)
         self._reset_state()
 
@@ -160,6 +170,7 @@ class TreeStage:
         self._count = 0          # filled slots
         self._adwin = self._new_adwin()
         self._adwin_history: list[float] = []  # values fed since the last swap (exact restore)
+        self._drift_now = False
         self._pending: dict[str, Any] | None = None
 
     def _new_adwin(self) -> ADWIN:
@@ -230,7 +241,7 @@ class TreeStage:
             # the stage's own loss: what the chain up to and including these trees predicted
             own = self.margin(batch)[keep] if self._ensemble is not None else np.full(
                 len(yk), self.prior, np.float32)
-            self._feed_adwin(_logloss(yk, zk + own))
+            self._feed_adwin(_drift_values(yk, zk + own, self.drift_samples))
         self._push(X, yk, zk)
         n = len(yk)
         self.n_seen += n
@@ -238,17 +249,20 @@ class TreeStage:
         self.since_refit += n
         self._maybe_refit()
 
-    def _feed_adwin(self, value: float) -> None:
-        self._adwin_history.append(value)
-        self._adwin.update(value)
-        self._drift_now = bool(self._adwin.drift_detected)
+    def _feed_adwin(self, values: np.ndarray) -> None:
+        detected = False
+        for v in values.tolist():
+            self._adwin_history.append(v)
+            self._adwin.update(v)
+            detected |= bool(self._adwin.drift_detected)
+        self._drift_now = detected
 
     def _maybe_refit(self) -> None:
         if self._pending is not None or self._count < self.min_fit_rows:
             return
         due = self.since_refit >= (self.first_fit if self.version == 0 and self.refits == 0
                                    else self.refit_every)
-        drifted = (self.drift and getattr(self, "_drift_now", False) and self.booster is not None
+        drifted = (self.drift and self._drift_now and self.booster is not None
                    and self.since_refit >= self.drift_min_gap)
         self._drift_now = False
         if due or drifted:

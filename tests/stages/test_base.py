@@ -1,0 +1,205 @@
+"""TreeStage: prior, refit schedule, deterministic swaps, purity, state round trip."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from streamfusion.stages.base import TreeStage
+
+T = 4
+
+
+def _batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> SimpleNamespace:
+    X = rng.random((n, T), dtype=np.float32)
+    logit = 3 * (X[:, 0] - 0.5) + 2 * (X[:, 1] > 0.7) + shift - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return SimpleNamespace(dense=X, y=y)
+
+
+def _stage(**kw) -> TreeStage:
+    args = dict(n_trees=10, num_leaves=7, refit_every=1000, window=1500, min_data_in_leaf=20,
+                min_fit_rows=200, swap_lag=300, seed=3, drift=True)
+    args.update(kw)
+    return TreeStage(**args)
+
+
+def _feed(stage: TreeStage, batches: list, log: list | None = None) -> None:
+    for b in batches:
+        z = np.zeros(len(b.y), np.float32)
+        stage.observe(b, z, np.ones(len(b.y), bool))
+        swapped = stage.poll()
+        if log is not None:
+            log.append((stage.n_seen, swapped, stage.version, stage.refits))
+
+
+def _stream(seed: int, n_batches: int, size: int = 100) -> list:
+    rng = np.random.default_rng(seed)
+    return [_batch(rng, size) for _ in range(n_batches)]
+
+
+def test_prior_before_first_fit(rng):
+    stage = _stage()
+    b = _batch(rng, 50)
+    assert np.allclose(stage.margin(b), 0.0)  # (0 + 1) / (0 + 2)
+    b.y[:] = 0
+    b.y[:10] = 1
+    stage.observe(b, np.zeros(50, np.float32), np.ones(50, bool))
+    expect = np.log(11 / 41)
+    assert stage.margin(b).dtype == np.float32
+    np.testing.assert_allclose(stage.margin(b), expect, rtol=1e-6)
+    assert _stage(use_init_score=True).margin(b).tolist() == [0.0] * 50
+
+
+def test_mask_and_missing_labels_are_not_learned(rng):
+    stage = _stage()
+    b = _batch(rng, 100)
+    b.y[:10] = np.nan
+    mask = np.ones(100, bool)
+    mask[10:40] = False
+    stage.observe(b, np.zeros(100, np.float32), mask)
+    assert stage.n_seen == 60
+
+
+def test_refit_at_n_and_swap_at_the_deterministic_point():
+    stage = _stage(drift=False)
+    log: list = []
+    _feed(stage, _stream(0, 20), log)
+    # the refit starts once 1000 rows are seen, swaps at the first poll after 300 more
+    assert [r for r in log if r[0] == 900][0][3] == 0
+    assert [r for r in log if r[0] == 1000][0][2:] == (0, 1)
+    swaps = [r[0] for r in log if r[1]]
+    assert swaps == [1300]
+    assert stage.version == 1 and stage.refits == 2  # second refit started at 2000
+    stage.wait()
+    assert stage.version == 1  # waiting does not swap
+    b = _batch(np.random.default_rng(9), 300)
+    stage.observe(b, np.zeros(300, np.float32), None)
+    assert stage.poll() and stage.version == 2
+
+
+def test_swaps_identical_whatever_the_thread_timing():
+    runs = []
+    for background in (True, False):
+        stage = _stage(background=background)
+        log: list = []
+        _feed(stage, _stream(1, 40), log)
+        b = _batch(np.random.default_rng(5), 200)
+        runs.append((log, stage.margin(b).tobytes()))
+    assert runs[0] == runs[1]
+
+
+def test_margin_is_pure_and_matches_lightgbm():
+    stage = _stage(drift=False)
+    _feed(stage, _stream(2, 14))
+    assert stage.version == 1
+    b = _batch(np.random.default_rng(4), 500)
+    before = copy.deepcopy(stage.state_dict())
+    m1 = stage.margin(b)
+    m2 = stage.margin(b)
+    assert np.array_equal(m1, m2)
+    after = stage.state_dict()
+    assert before["n_seen"] == after["n_seen"]
+    assert np.array_equal(before["window_X"], after["window_X"])
+    ref = stage.booster.predict(b.dense, raw_score=True).astype(np.float32)
+    np.testing.assert_allclose(m1, ref, atol=1e-6)
+
+
+def test_use_init_score_fits_the_residual(rng):
+    stage = _stage(use_init_score=True, drift=False, swap_lag=0)
+    for _ in range(10):
+        b = _batch(rng, 100)
+        z = np.full(100, 5.0, np.float32)  # earlier stages already predict "click"
+        stage.observe(b, z, np.ones(100, bool))
+    assert stage.poll()
+    # a residual on top of +5 must pull the margin strongly down
+    assert stage.margin(_batch(rng, 200)).mean() < -3
+
+
+def test_state_round_trip_same_margins_and_future_swaps():
+    stream = _stream(3, 50)
+    full = _stage()
+    log_full: list = []
+    _feed(full, stream, log_full)
+
+    part = _stage()
+    log_part: list = []
+    cut = 0
+    while cut < 12 or part._pending is None:  # stop while a refit is pending
+        _feed(part, stream[cut:cut + 1], log_part)
+        cut += 1
+    state = part.state_dict()
+    resumed = _stage(threads=2)  # threads may differ between runs
+    resumed.load_state_dict(state)
+    b = _batch(np.random.default_rng(6), 300)
+    assert np.array_equal(resumed.margin(b), part.margin(b))
+    _feed(resumed, stream[cut:], log_part)
+    assert log_part == log_full
+    assert np.array_equal(resumed.margin(b), full.margin(b))
+    assert resumed.state_dict()["adwin_history"].tolist() == \
+        full.state_dict()["adwin_history"].tolist()
+
+
+def test_drift_triggers_an_early_refit():
+    rng = np.random.default_rng(7)
+    stage = _stage(refit_every=20_000, window=3000, first_fit=1000, swap_lag=100,
+                   drift_min_gap=200, drift_delta=0.01)
+    _feed(stage, [_batch(rng, 100) for _ in range(30)])
+    assert stage.refits == 1
+    _feed(stage, [_batch(rng, 100, shift=3.0) for _ in range(80)])  # clicks jump
+    assert stage.refits > 1  # long before the scheduled 20,000 rows
+    quiet = _stage(refit_every=20_000, window=3000, first_fit=1000, drift_delta=0.01)
+    _feed(quiet, [_batch(rng, 100) for _ in range(110)])
+    assert quiet.refits == 1
+
+
+def test_fit_one_shot_with_early_stopping(rng):
+    b, v = _batch(rng, 3000), _batch(rng, 1000)
+    stage = _stage(n_trees=200)
+    stage.fit(b.dense, b.y, valid=(v.dense, v.y, None))
+    assert stage.version == 1
+    assert stage.booster.num_trees() < 200
+    init = rng.standard_normal(3000).astype(np.float32)
+    s2 = _stage(use_init_score=True).fit(b.dense, b.y, init_score=init)
+    assert isinstance(s2.booster, lgb.Booster)
+
+
+def test_warm_start_keeps_old_trees(rng):
+    stage = _stage(warm_start=True, warm_trees=3, drift=False)
+    _feed(stage, _stream(8, 35))
+    assert stage.version >= 2
+    assert stage.booster.num_trees() == 10 + 3 * (stage.version - 1)
+
+
+@pytest.mark.parametrize("breaker", [
+    lambda s: s.update(format="other"),
+    lambda s: s["config"].update(window=7),
+    lambda s: s.update(n_seen=-1),
+    lambda s: s.update(clicks=10**9),
+    lambda s: s.update(window_y=s["window_y"][:-1]),
+    lambda s: s.update(window_X=s["window_X"].astype(np.float64)),
+    lambda s: s.update(booster="not a model"),
+    lambda s: s.update(adwin_history=[1.0]),
+    lambda s: s.update(pending={"swap_at": 5, "booster": None}),
+])
+def test_bad_state_raises_and_changes_nothing(breaker):
+    src = _stage()
+    _feed(src, _stream(4, 15))
+    target = _stage()
+    _feed(target, _stream(5, 14))
+    before = target.state_dict()
+    b = _batch(np.random.default_rng(0), 100)
+    m_before = target.margin(b)
+    bad = src.state_dict()
+    breaker(bad)
+    with pytest.raises(ValueError):
+        target.load_state_dict(bad)
+    after = target.state_dict()
+    assert np.array_equal(target.margin(b), m_before)
+    for key in ("n_seen", "version", "refits", "booster", "clicks"):
+        assert before[key] == after[key]
+    assert np.array_equal(before["window_X"], after["window_X"])
