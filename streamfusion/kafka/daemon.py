@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -39,13 +40,9 @@ from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
 from streamfusion.fusion import ModelConfig
+from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
-from streamfusion.kafka.messages import (
-    DEAD_LETTER_HEADER,
-    Invalid,
-    parse_event,
-    parse_label,
-)
+from streamfusion.kafka.messages import DEAD_LETTER_HEADER, Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
 from streamfusion.online import OnlineModel
 
@@ -63,6 +60,7 @@ ERROR_LOG_INTERVAL = 5.0  # seconds: the same client error is logged at most thi
 STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
 SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
 MODEL_TOPIC_RETRY = 2.0  # seconds between looks for a model topic that does not exist yet
+STARTUP_MODEL_WAIT = 10.0  # seconds a starting scorer waits for the announced model
 
 
 class DeliveryFailed(RuntimeError):
@@ -87,7 +85,7 @@ class ServeConfig:
     format: str = "avazu"
     checkpoint_every: int = 200_000
     checkpoint_interval: float = 30.0
-    poll_timeout: float = 0.05
+    poll_timeout: float = 0.01
     label_ttl: float = DEFAULT_TTL
     label_capacity: int = DEFAULT_CAPACITY
     exit_when_idle: float | None = None
@@ -123,8 +121,16 @@ def required_fields(schema: Schema) -> list[str]:
     return [c.name for c in schema.columns if c.kind not in ("skip", "label")]
 
 
+# %.9g: float32 margins round-trip exactly; one format call per output is the cheap way.
+OUTPUT_FORMAT = ('{"id":%s,"p_click":%.9g,"margin":%.9g,"base_margin":%.9g,'
+                 '"residual_margin":%.9g,"model_version":{version}}')
+_plain_id = re.compile(r"[A-Za-z0-9_.:\-]+\Z").match  # needs no JSON escaping
+
+
 def _json_id(ident: str | int) -> str:
-    return json.dumps(ident) if isinstance(ident, str) else str(int(ident))
+    if type(ident) is str:
+        return f'"{ident}"' if _plain_id(ident) else json.dumps(ident)
+    return str(int(ident))
 
 
 class _Deliveries:
@@ -164,7 +170,8 @@ class Daemon:
         self.fields = required_fields(self.schema)
         self.metrics = ServeMetrics(config.role)
         self.model: OnlineModel | None = None
-        self.encoder: Encoder | None = None
+        self._encoder: Encoder | None = None
+        self._kafka_encoder: KafkaEncoder | None = None
         self.join = LabelJoin(config.label_ttl, config.label_capacity)
         self.version = 0  # model version reported in outputs (see module docstring)
         self.counters = {"events": 0, "labels": 0, "scored": 0, "learned": 0,
@@ -173,7 +180,8 @@ class Daemon:
         # Positions the in-memory state covers, for every partition ever consumed (restored
         # from the checkpoint; kept when partitions are revoked or lost).
         self._state_positions: dict[tuple[str, int], int] = {}
-        self._dirty = False  # consumed something since the last commit
+        self._dirty = False  # consumed something since the last checkpoint
+        self._uncommitted = False  # positions not yet committed (a failed commit keeps it)
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
         self._stop = threading.Event()
@@ -187,6 +195,15 @@ class Daemon:
         self._expired_seen = 0
         self._last_message = time.monotonic()
         self._assigned: set[tuple[str, int]] = set()
+
+    @property
+    def encoder(self) -> Encoder | None:
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self._kafka_encoder = KafkaEncoder(encoder)
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -369,6 +386,8 @@ class Daemon:
                 ck = self._state_positions.get(key)
                 if ck is not None and ck > committed.get(key, OFFSET_INVALID):
                     tp.offset = ck  # the state already covers these: never learn them twice
+                    self._positions[key] = ck  # and the group should know (next commit)
+                    self._uncommitted = True
         consumer.assign(partitions)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("assigned %s", _fmt(partitions))
@@ -407,7 +426,7 @@ class Daemon:
             self._positions[(m.topic(), m.partition())] = m.offset() + 1
             (events if m.topic() == self.cfg.input_topic else labels).append(m)
         self._state_positions.update(self._positions)
-        self._dirty = True
+        self._dirty = self._uncommitted = True
         if events:
             self._events(events)
         if labels:
@@ -417,33 +436,14 @@ class Daemon:
         self.counters["events"] += len(msgs)
         self.metrics.events.inc(len(msgs))
         self._since_ckpt += len(msgs)
-        ids: list[str | int] = []
-        records: list[dict] = []
-        clicks: list[float] = []
-        origin: list[Message] = []
-        fields = self.fields
-        for m in msgs:
-            try:
-                ident, record, click = parse_event(m.value(), fields)
-            except Invalid as exc:
-                self._dead_letter(m, exc.header)
-                continue
-            ids.append(ident)
-            records.append(record)
-            clicks.append(np.nan if click is None else float(click))
-            origin.append(m)
-        if not records:
+        encoded = self._kafka_encoder.encode([m.value() for m in msgs])
+        for pos, reason in encoded.rejects:
+            self._dead_letter(msgs[pos], reason)
+        batch = encoded.batch
+        if len(batch) == 0:
             return
-        batch, errors = self.encoder.encode_records(records)
-        for pos, reason in errors:
-            self._dead_letter(origin[pos], f"encode: {reason}")
-        kept = np.asarray(batch.line, dtype=np.int64)  # positions in `records`
-        if len(kept) == 0:
-            return
-        y = np.asarray(clicks, dtype=np.float32)[kept]
-        batch.y = y
-        batch.ids = [ids[k] for k in kept]
-        batch.line = np.asarray([origin[k].offset() for k in kept], dtype=np.int64)
+        y = batch.y
+        batch.line = np.asarray([msgs[k].offset() for k in encoded.index], dtype=np.int64)
         scores = self.model.step(batch) if self.cfg.learns else self.model.score(batch)
         self._emit(batch.ids, scores)
         labelled = ~np.isnan(y)
@@ -489,22 +489,22 @@ class Daemon:
         produce = self._producer.produce
         topic = self.cfg.output_topic
         version = self.version if self.cfg.role != "both" else self.model.version
-        p = scores.p.tolist()
-        z = scores.margin.tolist()
-        zb = scores.base_margin.tolist()
-        zr = scores.residual_margin.tolist()
-        for i, ident in enumerate(ids):
-            idj = _json_id(ident)
-            value = (f'{{"id":{idj},"p_click":{p[i]!r},"margin":{z[i]!r},'
-                     f'"base_margin":{zb[i]!r},"residual_margin":{zr[i]!r},'
-                     f'"model_version":{version}}}')
-            key = ident if isinstance(ident, str) else str(ident)
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:  # local queue full (broker slow or away): wait for acks
+        fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
+        rows = zip(ids, scores.p.tolist(), scores.margin.tolist(),
+                   scores.base_margin.tolist(), scores.residual_margin.tolist(), strict=True)
+        for ident, p, z, zb, zr in rows:
+            key = ident if type(ident) is str else str(ident)
+            value = fmt % (_json_id(ident), p, z, zb, zr)
+            try:
+                produce(topic, value, key)
+            except BufferError:  # local queue full (broker slow or away): wait for acks
+                while True:
                     self._producer.poll(0.1)
+                    try:
+                        produce(topic, value, key)
+                        break
+                    except BufferError:
+                        continue
         self._producer.poll(0)
         self.counters["scored"] += len(ids)
         self.metrics.scored.inc(len(ids))
@@ -528,7 +528,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ commit cycle
     def _due(self, now: float) -> bool:
-        if not self._dirty:
+        if not (self._dirty or self._uncommitted):
             return False
         return (self._since_ckpt >= self.cfg.checkpoint_every
                 or now - self._last_ckpt >= self.cfg.checkpoint_interval)
@@ -549,32 +549,33 @@ class Daemon:
 
     def _commit_cycle(self, force: bool = False) -> None:
         """flush -> checkpoint (learners) -> synchronous commit: the order at-least-once needs."""
-        if not self._dirty and not force:
+        if not (self._dirty or self._uncommitted or force):
             return
         if self._producer is None or self._consumer is None:
             return
         self._flush()
-        if self.cfg.learns and self.cfg.checkpoint_dir and (self._dirty or not
-                                                             checkpoint.exists(self.cfg.checkpoint_dir)):
-            checkpoint.save(self.cfg.checkpoint_dir, self.state_dict())
+        d = self.cfg.checkpoint_dir
+        if self.cfg.learns and d and (self._dirty or not checkpoint.exists(d)):
+            checkpoint.save(d, self.state_dict())
             if self.cfg.role == "train":
                 self._publish_snapshot()
-        if self._dirty:
-            self._commit()
+        if self._uncommitted:
+            self._uncommitted = not self._commit()
         self._dirty = False
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
 
-    def _commit(self) -> None:
+    def _commit(self) -> bool:
+        """Commit the consumed positions synchronously; False when it could not."""
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._positions.items())]
         if not offsets:
-            return
+            return True
         backoff = COMMIT_RETRY
         while True:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
                 self.metrics.commits.inc()
-                return
+                return True
             except KafkaException as exc:
                 err = exc.args[0]
                 code = err.code() if isinstance(err, KafkaError) else None
@@ -583,11 +584,11 @@ class Daemon:
                             KafkaError._STATE):
                     # the partitions moved on: their new owner re-does the uncommitted events
                     log.warning("commit skipped (%s): group changed", err)
-                    return
+                    return False
                 if self._stop.is_set() and backoff > MAX_BACKOFF * 4:
                     log.error("commit failed for good (%s): uncommitted events will be redone",
                               err)
-                    return
+                    return False
                 log.warning("commit failed (%s): retrying in %.1fs", err, backoff)
                 time.sleep(min(backoff, MAX_BACKOFF))
                 backoff *= 2
@@ -614,8 +615,11 @@ class Daemon:
             return
         if self._model_consumer is None and not self._open_model_consumer():
             return
+        self._take_announcements(self._model_consumer.consume(100, 0))
+
+    def _take_announcements(self, msgs: list[Message]) -> None:
         latest = None
-        for m in self._model_consumer.consume(100, 0):
+        for m in msgs:
             if m.error() is not None:
                 continue
             try:
@@ -650,6 +654,13 @@ class Daemon:
             return False
         consumer.assign([TopicPartition(self.cfg.model_topic, 0, max(high - 1, 0))])
         self._model_consumer = consumer
+        if high > 0:  # a model was announced before we started: load it before scoring
+            deadline = time.monotonic() + STARTUP_MODEL_WAIT
+            while time.monotonic() < deadline:
+                got = [m for m in consumer.consume(10, 0.2) if m.error() is None]
+                if got:
+                    self._take_announcements(got)
+                    break
         return True
 
     def _load_snapshot(self, note: dict) -> None:

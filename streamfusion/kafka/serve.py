@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--format", choices=("avazu", "criteo"), default="avazu",
                    help="raw fields of the events")
     k.add_argument("--batch-size", type=int, default=5000, help="max events per mini-batch")
+    k.add_argument("--poll-timeout", type=float, default=0.01, metavar="SECONDS",
+                   help="longest wait for a mini-batch to fill (bounds the added latency)")
     k.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="checkpoint directory (resume from it; snapshots go there too)")
     k.add_argument("--checkpoint-every", type=int, default=200_000, metavar="N",
@@ -77,6 +79,7 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         dead_letter_topic=args.dead_letter_topic, group_id=args.group_id,
         checkpoint_dir=args.checkpoint, role=args.role, metrics_port=args.metrics_port,
         model_topic=args.model_topic, batch_size=args.batch_size, format=args.format,
+        poll_timeout=args.poll_timeout,
         checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
         label_ttl=args.label_ttl, label_capacity=args.label_capacity,
         exit_when_idle=args.exit_when_idle, consumer_extra=_kv(args.consumer_config),
