@@ -266,6 +266,10 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         Refit the trees every this many learned events.
     window : int
         The trees are refit on the last ``window`` learned events.
+    first_fit : int
+        Learned events before the first tree fit (and the fewest rows any fit uses).
+    min_data_in_leaf : int
+        LightGBM's smallest leaf: small, for river-sized windows.
     drift : bool
         Also refit early when ADWIN detects drift in the loss.
     bits : int
@@ -299,11 +303,11 @@ class ResFusionClassifier(base.MiniBatchClassifier):
 
     >>> model = ResFusionClassifier(seed=42)
     >>> metric = evaluate.progressive_val_score(datasets.Phishing(), model, metrics.ROCAUC())
-    >>> metric.get() > 0.9
-    True
+    >>> metric  # doctest: +ELLIPSIS
+    ROCAUC: 95...%
 
-    >>> model.predict_proba_one({"empty_server_form_handler": 1.0, "popup_window": 0.5})
-    {False: ..., True: ...}
+    >>> model.predict_proba_one({"https": 1.0, "is_popular": 0.5})  # doctest: +ELLIPSIS
+    {False: 0..., True: 0...}
 
     """
 
@@ -315,6 +319,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         tree_learning_rate: float = 0.1,
         refit_every: int = 500,
         window: int = 5000,
+        first_fit: int = 100,
+        min_data_in_leaf: int = 10,
         drift: bool = True,
         bits: int = 18,
         k: int = 8,
@@ -328,7 +334,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         if residual not in RESIDUAL_KINDS:
             raise ValueError(f"residual must be one of {RESIDUAL_KINDS}, got {residual!r}")
         for name, value in (("max_fields", max_fields), ("max_dense", max_dense),
-                            ("refit_every", refit_every), ("window", window)):
+                            ("refit_every", refit_every), ("window", window),
+                            ("first_fit", first_fit), ("min_data_in_leaf", min_data_in_leaf)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.residual = residual
@@ -337,6 +344,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         self.tree_learning_rate = tree_learning_rate
         self.refit_every = refit_every
         self.window = window
+        self.first_fit = first_fit
+        self.min_data_in_leaf = min_data_in_leaf
         self.drift = drift
         self.bits = bits
         self.k = k
@@ -410,9 +419,20 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             return np.full(len(batch), 0.5)
         return np.asarray(self.model_.score(batch).p, dtype=np.float64)
 
+    def _build(self) -> OnlineModel:
+        model = OnlineModel(self._config(), n_fields=int(self.max_fields))
+        # TreeStage's defaults suit click logs of millions of rows (first fit after 1000 rows,
+        # leaves of 100); ModelConfig does not carry these knobs, so set them on the fresh
+        # stage, before it has seen anything. They are part of its checkpointed config.
+        for trees in model.chain.tree_stages:
+            trees.first_fit = int(self.first_fit)
+            trees.min_fit_rows = min(int(self.first_fit), int(self.window))
+            trees.min_data_in_leaf = int(self.min_data_in_leaf)
+        return model
+
     def _learn(self, batch: Batch) -> None:
         if self.model_ is None:
-            self.model_ = OnlineModel(self._config(), n_fields=int(self.max_fields))
+            self.model_ = self._build()
         line0 = self.model_.events_learned + 1
         batch.line = np.arange(line0, line0 + len(batch), dtype=np.int64)
         self.model_.poll()  # swap in a finished tree refit, between events only
@@ -456,10 +476,14 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        model = state.get("model_")
-        if model is not None:
-            state = {**state, "model_": OnlineModel.from_state(model)}
-        self.__dict__.update(state)
+        self.__dict__.update({**state, "model_": None})
+        saved = state.get("model_")
+        if saved is not None:
+            model = self._build()  # validates and loads everything before it is used
+            model.chain.load_state_dict(saved["chain"])
+            model.events_learned = int(saved["events_learned"])
+            model.skipped_updates = int(saved["skipped_updates"])
+            self.model_ = model
 
     def __del__(self) -> None:
         model = self.__dict__.get("model_")
