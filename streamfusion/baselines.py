@@ -132,12 +132,14 @@ class Experiment:
         res["seconds"] = t.seconds
         return res
 
-    def _trees(self, name: str, stage: Any, position: int, init: np.ndarray | None
-               ) -> dict[str, Any]:
+    def _trees(self, name: str, stage: Any, position: int, init: np.ndarray | None,
+               feeds_next: bool = True) -> dict[str, Any]:
+        # out-of-fold margins only matter for trees whose margins another stage learns from
+        oof = self.oof if feeds_next else 0
         self.tracker.begin(name, 1)
-        make = fold_stage_factory(self.cfg, position) if self.oof > 1 else None
+        make = fold_stage_factory(self.cfg, position) if oof > 1 else None
         with Timer() as t:
-            res = fit_trees(stage, self.data, init, oof=self.oof, make_fold_stage=make)
+            res = fit_trees(stage, self.data, init, oof=oof, make_fold_stage=make)
         self.tracker.tick()
         self.tracker.end()
         res["seconds"] = t.seconds
@@ -185,7 +187,8 @@ class Experiment:
             res["total"] = res["seconds"]
         elif key == "NNres+GBDT":
             prev = self.part("DeepFM")
-            res = self._trees("NNres+GBDT", self.nnchain.stages[1], 1, prev["z"])
+            res = self._trees("NNres+GBDT", self.nnchain.stages[1], 1, prev["z"],
+                              feeds_next=False)
             res["z"] = prev["z"] + res["margin"]
             res["total"] = prev["total"] + res["seconds"]
         elif key in ("LR", "FM"):
