@@ -17,15 +17,16 @@ N_FIELDS, N_DENSE, BITS = 6, 4, 12
 def make_batch(rng, n):
     dense = rng.normal(size=(n, N_DENSE)).astype(np.float32)
     indices = rng.integers(0, 2**BITS, size=(n, N_FIELDS)).astype(np.int32)
+    indices[:, 1] = rng.integers(0, 40, size=n)  # a categorical the residual learners can learn
     values = np.ones((n, N_FIELDS), np.float32)
-    z = 1.5 * (dense[:, 0] > 0) + np.sin(indices[:, 1] % 7) - 1.0
+    z = 1.5 * (dense[:, 0] > 0) + 1.5 * np.sin(indices[:, 1]) - 1.0
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.float32)
     return Batch(indices, values, dense, y, np.arange(n, dtype=np.int64),
                  np.full(n, -1, np.int64))
 
 
-def trained_model(model="resfusion", iterations=None, seed=0, rows=6000):
-    rng = np.random.default_rng(seed)
+def trained_model(model="resfusion", iterations=None, seed=0, rows=6000, data_seed=None):
+    rng = np.random.default_rng(seed if data_seed is None else data_seed)
     cfg = ModelConfig(model=model, iterations=iterations, bits=BITS, n_trees=10, num_leaves=7,
                       refit_every=2000, window=3000, hidden=(16, 16), seed=seed, drift=False)
     m = OnlineModel(cfg, N_FIELDS)
@@ -81,7 +82,7 @@ def test_replacing_the_base_model_changes_only_the_base_term(rng):
     m = trained_model(seed=1, rows=3000)
     b = make_batch(rng, 200)
     before = m.score(b)
-    other = trained_model(seed=2, rows=5000)
+    other = trained_model(seed=1, rows=5000, data_seed=2)  # same structure, other data
     m.chain.stages[0].load_state_dict(other.chain.stages[0].state_dict())
     after = m.score(b)
     assert not np.array_equal(before.base_margin, after.base_margin)
