@@ -35,6 +35,7 @@ import numpy as np
 
 from streamfusion.fusion import Chain, ModelConfig, build_stage
 from streamfusion.offline import (
+    CHUNK_ROWS,
     Encoded,
     FeatureView,
     FitOptions,
@@ -123,7 +124,8 @@ class Experiment:
 
     def _residual(self, name: str, learner: Any, view: Any, base: np.ndarray, track: bool,
                   on_epoch: Callable | None = None) -> dict[str, Any]:
-        self.tracker.begin(name, self.opts.epochs)
+        chunks = -(-self.data.n_train // CHUNK_ROWS)
+        self.tracker.begin(name, self.opts.epochs * chunks)
         opts = replace(self.opts, seed=self.opts.seed * 7919 + len(self._parts) + 1)
         with Timer() as t:
             res = fit_residual(learner, view, self.data, base, opts, on_epoch=on_epoch,

@@ -423,6 +423,8 @@ def fit_residual(learner: Any, view: Any, data: Encoded, base: np.ndarray, opts:
                 loss_sum += float(res["loss"]) * int(res["n"])
                 n_sum += int(res["n"])
                 skipped += int(res.get("skipped", 0))
+            if tick is not None:
+                tick()
         zv = base[data.valid] + stage_margin(learner, view, data, data.valid, "residual")
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_sum, 1),
                                  "skipped": skipped,
@@ -434,8 +436,6 @@ def fit_residual(learner: Any, view: Any, data: Encoded, base: np.ndarray, opts:
         if on_epoch is not None:
             entry.update(on_epoch(epoch, zv, zt))
         history.append(entry)
-        if tick is not None:
-            tick()
         if best is None or entry["valid_logloss"] < best[0]:
             best = (entry["valid_logloss"], epoch, _copy_state(learner.state_dict()))
             bad = 0

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class RichTracker:
-    """Two bars: the pieces being fitted, and the epochs of the current piece."""
+    """Two bars: the pieces being fitted, and the current piece (epochs x chunks of rows)."""
 
     def __init__(self, progress: Any, total_pieces: int) -> None:
         self.progress = progress
@@ -86,7 +86,7 @@ class RichTracker:
 
     def begin(self, name: str, units: int) -> None:
         self.progress.update(self.overall, description=f"models: {name}")
-        self.progress.reset(self.inner, total=units, description=f"  {name} epochs",
+        self.progress.reset(self.inner, total=units, description=f"  {name}",
                             visible=True)
 
     def tick(self) -> None:
