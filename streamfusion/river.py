@@ -25,6 +25,7 @@ from streamfusion.online import OnlineModel
 
 PAD_ROW = 0  # padding fields carry value 0, so whatever row they point at contributes nothing
 _F32_MAX = float(np.finfo(np.float32).max)  # tree columns are float32: clip, don't overflow
+_NULL_TYPES = frozenset({"NAType", "NaTType"})  # pandas' NA and NaT, by name: pandas is optional
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -112,7 +113,7 @@ class _Encoder:
                 row = (_str_row(name, None, self.bits, self.seed) if plain
                        else _row(b"n" + _name_bytes(name), self.bits, self.seed))
                 parsed[name] = (row, _scale_one(v), min(max(v, -_F32_MAX), _F32_MAX))
-            else:
+            elif type(value).__name__ not in _NULL_TYPES:
                 row = (_str_row(name, value, self.bits, self.seed)
                        if plain and type(value) is str
                        else _row(b"c" + _name_bytes(name) + b"\x00" + _token(value),
@@ -205,7 +206,7 @@ class _Encoder:
         tree = np.full(n, np.nan, dtype=np.float32)
         has_number = False
         for i, value in enumerate(column):
-            if value is None:  # also the nulls of a data frame (see _columns_of)
+            if value is None:  # also the nulls of a data frame (see _encode_many)
                 continue
             if _is_number(value):
                 v = float(value)
@@ -216,7 +217,7 @@ class _Encoder:
                 vals[i] = _scale_one(v)
                 tree[i] = min(max(v, -_F32_MAX), _F32_MAX)
                 has_number = True
-            else:
+            elif type(value).__name__ not in _NULL_TYPES:
                 present[i] = True
                 rows[i] = _row(b"c" + nb + b"\x00" + _token(value), self.bits, self.seed)
                 vals[i] = 1.0
@@ -244,7 +245,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
       feature missing from an event, seen only in prediction or beyond ``max_dense`` is NaN
       for the trees (LightGBM's missing value). For the residual learner it is one field:
       the hashed row of its name with value ``sign(v) * log1p(|v|)`` (no running statistics,
-      so the encoding never drifts). NaN, infinite and ``None`` values count as missing.
+      so the encoding never drifts). NaN, infinite, ``None`` and pandas' ``NA`` / ``NaT``
+      values count as missing, as if the feature were absent.
     - Any **other** value (``str``, ``bool``, anything else through ``str(value)``) is one
       categorical field for the residual learner: the hashed row of (name, type, value) with
       value 1. The trees do not see categorical features.
@@ -409,7 +411,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         frame = frames.into_frame(X)
         cols = {}
         for name in frame.columns:
-            series = frame[name]
+            series = frame.get_column(name)
             values = series.to_numpy()
             nulls = series.is_null().to_numpy()
             if values.dtype == object and nulls.any():

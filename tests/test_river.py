@@ -8,7 +8,9 @@ import copy
 import doctest
 import importlib.util
 import itertools
+import os
 import pickle
+import subprocess
 import sys
 import types
 
@@ -203,6 +205,11 @@ def test_learn_many_with_pandas():
     p = model.predict_proba_many(X)
     assert list(p.columns) == [False, True] and list(p.index) == list(X.index)
     assert np.allclose(p[False] + p[True], 1.0)
+    # pandas' nulls are missing values, in frames as in dicts
+    Y = pd.DataFrame({"https": pd.array([1, None], dtype="Int64"), "c": ["a", pd.NA]})
+    many = model.predict_proba_many(Y)[True].tolist()
+    assert many[1] == model.predict_proba_one({})[True]
+    assert many == [model.predict_proba_one(dict(Y.iloc[i]))[True] for i in range(2)]
 
 
 def test_learn_many_rejects_mismatched_labels():
@@ -252,11 +259,37 @@ def test_numeric_categorical_and_bool_encodings():
 
 
 def test_hashing_is_stable_across_processes():
-    # MurmurHash with the seed, not Python's per-process salted hash(): fixed numbers
-    model = ResFusionClassifier(bits=20, seed=0)
-    b = _encode(model, {"site": "abc", "x": 1.5}, learn=True)
-    assert b.indices[0, 0] == hash_value(0, b"csite\x00sabc", 20, 0)
-    assert (b.indices[0, :2] >= 0).all() and (b.indices[0, :2] < 2**20).all()
+    # MurmurHash with the seed, not Python's per-process salted hash()
+    code = ("from streamfusion.river import ResFusionClassifier as R; "
+            "print(R(bits=20)._encode_one({'site': 'abc', 7: 'x', 'n': 2.0}, True, True)"
+            ".indices[0, :3].tolist())")
+    rows = set()
+    for salt in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": salt}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        rows.add(out.strip())
+    here = _encode(ResFusionClassifier(bits=20), {"site": "abc", 7: "x", "n": 2.0}, learn=True)
+    assert rows == {str(here.indices[0, :3].tolist())}
+
+
+def test_frame_encoding_equals_dict_encoding():
+    rows = [{"a": 1.5, "b": "x", "c": True}, {"a": None, "b": 2, "d": float("nan")},
+            {"b": "y", "e": np.int32(-3), "f": (1, 2)}, {}, {"c": False, "a": -1e40}]
+    model = ResFusionClassifier(max_fields=4, max_dense=2)
+    for x in rows[:2]:
+        model.learn_one(x, True)
+    names = sorted({k for x in rows for k in x})
+    cols = {}
+    for k in names:
+        cols[k] = np.empty(len(rows), dtype=object)
+        cols[k][:] = [x.get(k) for x in rows]
+    many = model._encoder.encode(cols, len(rows), None, learn=False)
+    for i, x in enumerate(rows):
+        one = _encode(model, x)
+        assert np.array_equal(one.indices[0], many.indices[i])
+        assert np.array_equal(one.values[0], many.values[i])
+        assert np.array_equal(one.dense[0], many.dense[i], equal_nan=True)
 
 
 def test_field_overflow_packs_into_free_fields_then_drops():
