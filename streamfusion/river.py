@@ -229,13 +229,17 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     residual.
 
     The margin is ``z(x) = trees(x) + residual(x)`` and ``p = sigmoid(z)`` (Bao et al., CCIR
-    2020). The trees (LightGBM) are refit every ``refit_every`` learned events (earlier when
-    ADWIN sees the loss drift, if ``drift``) on the last ``window`` events, in a background
-    thread, and swapped in at the next ``learn_one`` / ``learn_many``; before their first fit
-    they output the log-odds of the labels seen so far. The residual learner (FM, DeepFM or
-    logistic regression over hashed features, compiled) takes one Adam step per ``learn_one``
-    towards ``logloss(y, sigmoid(trees(x) + residual(x)))``. It is the chain of
-    ``streamfusion replay --model resfusion``; the parameters keep its names.
+    2020). The trees (LightGBM) are first fitted after ``first_fit`` learned events, then refit
+    every ``refit_every`` (earlier when ADWIN sees the loss drift, if ``drift``) on the last
+    ``window`` events, in a background thread; a refit goes live ``refit_every // 10`` learned
+    events after it started, at the start of a ``learn_one`` / ``learn_many``, never during a
+    prediction, so a seeded run replays exactly. Before their first fit the trees output the
+    smoothed log-odds of the labels seen so far. The residual learner (FM, DeepFM or logistic
+    regression over hashed features, compiled) takes one Adam step per ``learn_one`` towards
+    ``logloss(y, sigmoid(trees(x) + residual(x)))``. It is the chain of ``streamfusion replay
+    --model resfusion`` (``streamfusion.online.OnlineModel``); the parameters keep its names.
+    Before the first ``learn_one`` every probability is 0.5. Pickling stores the chain's
+    checkpoint state (``OnlineModel.state_dict``), so a copy continues exactly as the original.
 
     Features are encoded as follows (prediction never changes any of it):
 
