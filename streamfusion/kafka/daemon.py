@@ -390,6 +390,7 @@ class Daemon:
                     self._uncommitted = True
         consumer.assign(partitions)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._last_message = time.monotonic()  # the idle clock starts with the assignment
         log.info("assigned %s", _fmt(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
