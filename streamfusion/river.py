@@ -1,8 +1,8 @@
 """river-compatible ResFusion classifier: trees, then a residual FM/DeepFM/LR, one event at a time.
 
-river hands a model one ``dict`` of features per event. ``ResFusionClassifier`` encodes each
-dict (or each ``pandas.DataFrame`` row in ``learn_many``) into a ``streamfusion.features.Batch``
-and runs it through the same ``OnlineModel`` / ``Chain`` that ``streamfusion replay`` uses.
+river hands a model one ``dict`` of features per event (or a data frame to ``learn_many``).
+``ResFusionClassifier`` encodes it into a ``streamfusion.features.Batch`` and runs it through the
+same ``OnlineModel`` / ``Chain`` that ``streamfusion replay`` uses.
 """
 
 from __future__ import annotations
@@ -411,8 +411,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         label = (1.0 if bool(y) else 0.0) if learn else None
         return self._encoder.encode_one(x, label, learn)
 
-    def _encode_many(self, X: Any, y: Any, learn: bool) -> Batch:
-        frame = frames.into_frame(X)
+    def _encode_many(self, frame: Any, y: Any, learn: bool) -> Batch:
+        """Encode a narwhals data frame (``frames.into_frame``) column by column."""
         cols = {}
         for name in frame.columns:
             series = frame.get_column(name)
@@ -469,22 +469,24 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     def learn_many(self, X: Any, y: Any) -> None:
         """Learn a mini-batch: ``X`` a data frame (pandas, polars, pyarrow), ``y`` its labels.
 
-        The frame is scored with the current model first, then learned as one mini-batch.
+        The frame is scored with the current model first, then learned as one mini-batch:
+        one Adam step for the whole frame, so pass mini-batches (``streamfusion replay`` uses
+        1024 rows), not a whole data set.
         """
-        batch = self._encode_many(X, y, learn=True)
+        batch = self._encode_many(frames.into_frame(X), y, learn=True)
         if len(batch):
             self._learn(batch)
 
     def predict_proba_many(self, X: Any) -> Any:
         """``P(False)`` and ``P(True)`` of each row, as a frame of ``X``'s kind. Pure."""
         frame = frames.into_frame(X)
-        p = self._proba(self._encode_many(X, None, learn=False))
+        p = self._proba(self._encode_many(frame, None, learn=False))
         return frames.to_native_frame({False: 1.0 - p, True: p}, like=frame)
 
     def predict_many(self, X: Any) -> Any:
         """The most likely label of each row (``p > 0.5``), as a series of ``X``'s kind."""
         frame = frames.into_frame(X)
-        p = self._proba(self._encode_many(X, None, learn=False))
+        p = self._proba(self._encode_many(frame, None, learn=False))
         return frames.to_native_series(p > 0.5, name=None, like=frame)
 
     # ------------------------------------------------------------------ pickling
@@ -512,5 +514,5 @@ class ResFusionClassifier(base.MiniBatchClassifier):
                 warnings.simplefilter("ignore")
                 try:
                     model.close()
-                except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to do
+                except Exception:  # at interpreter shutdown: nothing left to do
                     pass

@@ -175,10 +175,11 @@ def test_clone_is_fresh():
 
 # --------------------------------------------------------------------------- mini-batches
 def test_learn_many_of_single_rows_is_learn_one():
-    one, many = ResFusionClassifier(), ResFusionClassifier()
-    for x, y in PHISHING[:600]:
+    one, many = ResFusionClassifier(refit_every=100), ResFusionClassifier(refit_every=100)
+    for x, y in PHISHING[:260]:
         one.learn_one(x, y)
         many.learn_many(pa.Table.from_pylist([x]), [y])
+    assert one.model_.version == many.model_.version == 2
     probes = [x for x, _ in PHISHING[600:700]]
     assert [one.predict_proba_one(x) for x in probes] == [many.predict_proba_one(x) for x in probes]
 
@@ -265,18 +266,17 @@ def test_numeric_categorical_and_bool_encodings():
 
 
 def test_hashing_is_stable_across_processes():
-    # MurmurHash with the seed, not Python's per-process salted hash()
-    code = ("from streamfusion.river import ResFusionClassifier as R; "
-            "print(R(bits=20)._encode_one({'site': 'abc', 7: 'x', 'n': 2.0}, True, True)"
-            ".indices[0, :3].tolist())")
-    rows = set()
-    for salt in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": salt}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True).stdout
-        rows.add(out.strip())
-    here = _encode(ResFusionClassifier(bits=20), {"site": "abc", 7: "x", "n": 2.0}, learn=True)
-    assert rows == {str(here.indices[0, :3].tolist())}
+    # MurmurHash with the seed, not Python's per-process salted hash(): another process with
+    # another hash seed computes the rows this encoder uses
+    x = {"site": "abc", 7: "x", "n": 2.0}
+    here = _encode(ResFusionClassifier(bits=20, seed=3), x, learn=True).indices[0, :3].tolist()
+    keys = [b"nn", b"csite\x00sabc", b"c\x00int:7\x00sx"]  # fields in name order: n, site, 7
+    code = ("from streamfusion._parse import hash_value as h; "
+            f"print([h(0, k, 20, 3) for k in {keys!r}])")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == str(here)
 
 
 def test_frame_encoding_equals_dict_encoding():
