@@ -258,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
                            ["--batch-size", str(args.batch_size), "--poll-timeout", "0.1",
                             "--exit-when-idle", "5"])
         procs.append(serve)
+        load_before = os.getloadavg()[0]
         ts = drain_timestamps(bootstrap, t["out"], stats["events"])
-        serve.wait(120)
+        _, _, usage = os.wait4(serve.pid, 0)  # the serve process's CPU time, all threads
+        serve.returncode = 0
+        cpu = usage.ru_utime + usage.ru_stime
         span = (ts.max() - ts.min()) / 1000.0
         throughput = len(ts) / span if span > 0 else float("nan")
+        per_cpu = len(ts) / cpu
         print(f"serve --role score: {len(ts):,} events scored in {span:.2f}s = "
-              f"{throughput:,.0f} events/s", flush=True)
+              f"{throughput:,.0f} events/s; serve used {cpu:.1f} CPU-s = {per_cpu:,.0f} events "
+              f"per CPU-second (load average {load_before:.1f} on {os.cpu_count()} cores)",
+              flush=True)
         ceiling = passthrough(bootstrap, t["in"], t["pass"], stats["events"])
         print(f"bare consume -> produce loop (no parse, no model): {ceiling:,.0f} events/s",
               flush=True)
@@ -287,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n| measure | value |\n|---|---|")
         print(f"| serve --role score, default chain, sustained | {throughput:,.0f} events/s |")
+        print(f"| serve --role score, events per CPU-second of serve | {per_cpu:,.0f} |")
         print(f"| bare confluent-kafka consume -> produce (same run) | {ceiling:,.0f} events/s |")
         for r in lat:
             print(f"| latency at {r['rate']:,}/s: p50 / p95 / p99 / max | {r['p50_ms']:.1f} / "
@@ -296,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "train": info, "throughput": throughput, "passthrough": ceiling,
+                "events_per_cpu_second": per_cpu, "load_average": load_before,
                 "latency": lat, "events": stats["events"]}, indent=2))
     finally:
         for p in procs:

@@ -97,16 +97,15 @@ class KafkaEncoder:
         return line
 
     def encode(self, values: list[bytes | None]) -> Encoded:
-        """Encode message values; invalid ones come back in ``rejects`` with a reason."""
+        """Encode message values; invalid ones come back in ``rejects`` with a reason.
+
+        Rows are encoded in message order (the count tables behind the tree features evolve
+        row by row, so the order matters): runs of fast-path lines and runs of reference-path
+        records alternate.
+        """
         rejects: list[tuple[int, str]] = []
-        lines: list[str] = []
-        line_msg: list[int] = []
-        slow: list[int] = []
-        ids: list = []
-        clicks: list[float] = []
-        slow_ids: list = []
-        slow_clicks: list[float] = []
-        slow_records: list[dict] = []
+        # runs of (fast path?, message positions, ids, clicks, lines or records)
+        runs: list[tuple[bool, list[int], list, list[float], list]] = []
         nan = float("nan")
         for i, value in enumerate(values):
             obj = None
@@ -122,10 +121,13 @@ class KafkaEncoder:
                         click is None or (type(click) is int and click in (0, 1))):
                     line = self._line(obj)
                     if line is not None:
-                        lines.append(line)
-                        line_msg.append(i)
-                        ids.append(ident)
-                        clicks.append(nan if click is None else float(click))
+                        if not runs or not runs[-1][0]:
+                            runs.append((True, [], [], [], []))
+                        run = runs[-1]
+                        run[1].append(i)
+                        run[2].append(ident)
+                        run[3].append(nan if click is None else float(click))
+                        run[4].append(line)
                         continue
             # reference path: exact validation and reasons
             try:
@@ -133,30 +135,28 @@ class KafkaEncoder:
             except Invalid as exc:
                 rejects.append((i, exc.header))
                 continue
-            slow.append(i)
-            slow_ids.append(ident)
-            slow_clicks.append(nan if click is None else float(click))
-            slow_records.append(record)
+            if not runs or runs[-1][0]:
+                runs.append((False, [], [], [], []))
+            run = runs[-1]
+            run[1].append(i)
+            run[2].append(ident)
+            run[3].append(nan if click is None else float(click))
+            run[4].append(record)
 
         parts: list[Batch] = []
         index: list[np.ndarray] = []
-        if lines:
-            batch, ok, errors = self._parse_lines(lines)
-            msg = np.asarray(line_msg, dtype=np.int64)
+        for fast, msg_list, ids, clicks, items in runs:
+            msg = np.asarray(msg_list, dtype=np.int64)
+            if fast:
+                batch, ok, errors = self._parse_lines(items)
+            else:
+                batch, errors = self.encoder.encode_records(items)
+                ok = np.asarray(batch.line, dtype=np.int64)  # positions in `items`
             rejects += [(int(msg[j]), f"encode: {reason}") for j, reason in errors]
             batch.y = np.asarray(clicks, dtype=np.float32)[ok]
             batch.ids = [ids[j] for j in ok]
             parts.append(batch)
             index.append(msg[ok])
-        if slow_records:
-            batch, errors = self.encoder.encode_records(slow_records)
-            for j, reason in errors:
-                rejects.append((slow[j], f"encode: {reason}"))
-            ok = np.asarray(batch.line, dtype=np.int64)  # positions in slow_records
-            batch.y = np.asarray(slow_clicks, dtype=np.float32)[ok]
-            batch.ids = [slow_ids[j] for j in ok]
-            parts.append(batch)
-            index.append(np.asarray(slow, dtype=np.int64)[ok])
         if not parts:
             empty = self.encoder.new_arrays(0)
             return Encoded(Batch(**empty, ids=[]), np.zeros(0, dtype=np.int64), rejects)
