@@ -4,7 +4,9 @@ scale-out. Each test runs serve as a subprocess, as a user would."""
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.request
 
 import pytest
 from kafkatools import (
@@ -239,12 +241,24 @@ def test_sigterm_exits_zero_and_commits(kafka_bootstrap, topic_name, tmp_path):
     path = make_log(tmp_path / "log.csv", 3000, seed=7)
     produce_log(kafka_bootstrap, path, t["in"])
     ckpt = tmp_path / "ckpt"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     serve = Serve(kafka_bootstrap, ["--input-topic", t["in"], "--output-topic", t["out"],
                                     "--group-id", topic_name, "--checkpoint", str(ckpt),
-                                    "--checkpoint-interval", "3600", "--model", "fm",
-                                    "--bits", "14"], tmp_path / "serve.log")
+                                    "--checkpoint-interval", "3600", "--metrics-port", str(port),
+                                    "--model", "fm", "--bits", "14"], tmp_path / "serve.log")
     serve.wait_for_log("assigned")
     scored_ids(kafka_bootstrap, t["out"], set(log_ids(path)))
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    metrics = metrics.decode()
+    assert "streamfusion_events_total 3000.0" in metrics
+    assert "streamfusion_scored_total 3000.0" in metrics
+    for name in ("streamfusion_consumer_lag", "streamfusion_rolling_auc",
+                 "streamfusion_rolling_logloss", "streamfusion_model_version",
+                 "streamfusion_dead_lettered_total", "streamfusion_expired_joins_total",
+                 "streamfusion_events_per_second"):
+        assert f"\n{name} " in metrics, name
     assert serve.terminate() == 0, serve.log()
     assert committed(kafka_bootstrap, topic_name, t["in"]) == [3000]
     assert checkpoint.load(ckpt)["counters"]["events"] == 3000
