@@ -86,6 +86,15 @@ def test_progressive_val_score_on_phishing():
     assert ours > 0.85  # a constant scores 0.5
 
 
+def test_the_trees_capture_what_a_linear_model_cannot():
+    # Bananas: two numeric features, classes in curved bands. Measured on 2000 events:
+    # ResFusionClassifier 0.913 (all 5300: 0.939), StandardScaler | LogisticRegression 0.534.
+    stream = list(datasets.Bananas().take(2000))
+    model = ResFusionClassifier()
+    assert _progressive_auc(model, stream) > 0.85
+    assert model.model_.refits >= 3 and model.model_.version >= 3
+
+
 @pytest.mark.parametrize("residual", ["deepfm", "lr"])
 def test_other_residual_learners_learn_phishing(residual):
     assert _progressive_auc(ResFusionClassifier(residual=residual)) > 0.85
