@@ -11,7 +11,6 @@ import functools
 import math
 import numbers
 import secrets
-import warnings
 from typing import Any
 
 import numpy as np
@@ -506,13 +505,3 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             model.events_learned = int(saved["events_learned"])
             model.skipped_updates = int(saved["skipped_updates"])
             self.model_ = model
-
-    def __del__(self) -> None:
-        model = self.__dict__.get("model_")
-        if model is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    model.close()
-                except Exception:  # at interpreter shutdown: nothing left to do
-                    pass
