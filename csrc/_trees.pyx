@@ -1,12 +1,14 @@
 # cython: language_level=3
 """Compiled raw-margin evaluator for LightGBM tree ensembles.
 
-A booster's ``dump_model()`` is flattened into arrays (one node table for all trees, leaves
-included as self-looping nodes) and evaluated for a float32 matrix in one ``nogil`` loop.
-Rows are processed in small blocks that walk every tree in lockstep: the per-row walks are
-independent, so the CPU overlaps their memory loads instead of waiting on one chain of
-mispredicted branches. Leaf values are summed in double in tree order, exactly as LightGBM's
-``predict(raw_score=True)`` does, so results agree with it to the last bit or so.
+A booster's ``dump_model()`` is flattened into one table of 16-byte split nodes for all trees
+(a child index < 0 is ``~leaf``) plus a leaf-value table, and evaluated for a float32 matrix in
+one ``nogil`` loop. Each thread keeps ``LANES`` rows in flight: every lane takes one step down
+its current tree per round, and on reaching a leaf adds the leaf value and moves on to the
+next tree's root (or the next row) without a branch. The lanes' walks are independent, so the
+CPU overlaps their memory loads instead of waiting on one chain of mispredicted branches, and no
+lane waits for a deeper row. Leaf values are summed in double in tree order, exactly as
+LightGBM's ``predict(raw_score=True)`` does, so results agree with it bit for bit.
 """
 
 import numpy as np
@@ -14,8 +16,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
 from libc.math cimport isnan
-from libc.stdint cimport int32_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc
+from libc.stdint cimport int16_t, int32_t, uint8_t, uint32_t
 
 cnp.import_array()
 
@@ -26,7 +27,9 @@ DEF F_SPECIAL = 4        # categorical or missing_type Zero: take the slow, exac
 DEF F_CATEGORICAL = 8
 DEF F_MISS_ZERO = 16
 DEF F_MISS_NAN = 32
-DEF BLOCK = 32  # rows walked in lockstep: enough independent loads to hide cache latency
+DEF LANES = 16    # rows in flight per thread: enough independent loads to hide cache latency
+DEF CHUNK = 512   # rows per parallel work item (lanes refill from it)
+MAX_FEATURES = 32767  # feature index is stored in 16 bits
 
 # LightGBM's kZeroThreshold: |x| <= 1e-35 counts as zero for missing_type Zero.
 cdef double ZERO_THRESHOLD = 1e-35
@@ -38,12 +41,10 @@ cdef packed struct Node:
     # 16 bytes: one cache-line access per step. thr is the float rounded down from LightGBM's
     # double threshold: for a float x, x <= thr_double exactly when x <= thr_float.
     float thr
-    int32_t feat
-    int32_t left     # right child is left + 1; a leaf is its own left child (thr = +inf)
+    int32_t child[2]   # left, right; < 0 means ~leaf
+    int16_t feat
     uint8_t flags
-    uint8_t pad0
-    uint8_t pad1
-    uint8_t pad2
+    uint8_t pad
 
 
 cdef inline int _special_right(double fval, int32_t node, uint8_t f, float thr,
@@ -77,81 +78,118 @@ def decision(double fval, int flags, double threshold) -> int:
     return py_decision(fval, <uint8_t>flags, threshold)
 
 
-def predict_margin_kernel(const float[:, ::1] X, double[::1] out,
-                          const int32_t[::1] roots, const int32_t[::1] depth,
-                          const int32_t[:, ::1] nodes, const double[::1] value,
+cdef void _chunk(const float* xb, Py_ssize_t ncol, int32_t m, double* out,
+                 const Node* tab, const double* lv, int32_t zero_slot, const int32_t* rt,
+                 int32_t n_trees, const int32_t* cs, const int32_t* cw,
+                 const uint32_t* bits) noexcept nogil:
+    """Rows [0, m) of one chunk, LANES at a time; lane state lives in local arrays."""
+    cdef int32_t lane_row[LANES]
+    cdef int32_t lane_tree[LANES]
+    cdef int32_t lane_node[LANES]
+    cdef double lane_acc[LANES]
+    cdef int32_t next_row = 0, active = 0, l, nd, nx, t, li, isleaf, go
+    cdef const Node* p
+    cdef float fval
+    for l in range(LANES):
+        if next_row < m:
+            lane_row[l] = next_row
+            lane_acc[l] = out[next_row]
+            next_row += 1
+            active += 1
+        else:
+            lane_row[l] = -1
+        lane_tree[l] = 0
+        lane_node[l] = rt[0]
+    while active == LANES:  # steady state: every lane busy, no idle checks
+        for l in range(LANES):
+            nd = lane_node[l]
+            p = &tab[nd]
+            fval = xb[lane_row[l] * ncol + p.feat]
+            if p.flags & F_SPECIAL:
+                go = _special_right(fval, nd, p.flags, p.thr, cs, cw, bits)
+            else:
+                go = (fval > p.thr) | ((fval != fval) & ((p.flags & F_NAN_RIGHT) != 0))
+            nx = p.child[go]
+            # Branch-free leaf handling: a leaf adds its value and jumps to the next tree's
+            # root; an internal step adds the zero slot (sums unchanged).
+            isleaf = nx >> 31  # -1 at a leaf, else 0
+            li = (~nx & isleaf) | (zero_slot & ~isleaf)
+            lane_acc[l] += lv[li]
+            t = lane_tree[l] - isleaf
+            nx = (rt[t] & isleaf) | (nx & ~isleaf)  # roots has a pad entry
+            if t == n_trees:  # the row is done: emit it, take the next one (rare)
+                out[lane_row[l]] = lane_acc[l]
+                t = 0
+                nx = rt[0]
+                if next_row < m:
+                    lane_row[l] = next_row
+                    lane_acc[l] = out[next_row]
+                    next_row += 1
+                else:
+                    lane_row[l] = -1
+                    active -= 1
+            lane_tree[l] = t
+            lane_node[l] = nx
+    while active > 0:  # the chunk's tail: some lanes idle
+        for l in range(LANES):
+            if lane_row[l] < 0:
+                continue
+            nd = lane_node[l]
+            p = &tab[nd]
+            fval = xb[lane_row[l] * ncol + p.feat]
+            if p.flags & F_SPECIAL:
+                go = _special_right(fval, nd, p.flags, p.thr, cs, cw, bits)
+            else:
+                go = (fval > p.thr) | ((fval != fval) & ((p.flags & F_NAN_RIGHT) != 0))
+            nx = p.child[go]
+            isleaf = nx >> 31
+            li = (~nx & isleaf) | (zero_slot & ~isleaf)
+            lane_acc[l] += lv[li]
+            t = lane_tree[l] - isleaf
+            nx = (rt[t] & isleaf) | (nx & ~isleaf)
+            if t == n_trees:
+                out[lane_row[l]] = lane_acc[l]
+                lane_row[l] = -1
+                active -= 1
+            lane_tree[l] = t
+            lane_node[l] = nx
+
+
+def predict_margin_kernel(const float[:, ::1] X, double[::1] out, const int32_t[::1] roots,
+                          const int32_t[:, ::1] nodes, const double[::1] leaf_value,
                           const int32_t[::1] cat_start, const int32_t[::1] cat_words,
                           const uint32_t[::1] cat_bits, int threads=1) -> int:
     """Add the sum of the trees' leaf values to ``out`` (double, [n]); returns rows done.
 
     ``nodes`` is the int32 [n_nodes, 4] view of the packed node table built by
-    ``TreeEnsemble``; ``out`` holds the starting score.
+    ``TreeEnsemble``; ``roots`` the root node of each tree plus one pad entry; ``leaf_value``
+    ends with one extra 0.0 (added by internal steps, which leaves sums unchanged). ``out``
+    holds the starting score.
     """
     cdef Py_ssize_t n = X.shape[0], ncol = X.shape[1]
-    cdef Py_ssize_t n_trees = roots.shape[0]
-    cdef Py_ssize_t n_blocks = (n + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t b, r, r0, m, t, d
-    cdef int32_t* node = NULL
-    cdef double* acc = NULL
-    cdef int32_t nd, nx
-    cdef int moving, go
-    cdef const Node* p
-    cdef float fval
-    cdef const float* xb
+    cdef int32_t n_trees = <int32_t>roots.shape[0] - 1  # roots ends with a pad entry
+    cdef Py_ssize_t n_chunks = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t c, r0
+    cdef int32_t m
     cdef const Node* tab = <const Node*>&nodes[0, 0]
     cdef const uint32_t* bits = &cat_bits[0] if cat_bits.shape[0] > 0 else NULL
-    cdef int failed = 0
-    cdef int* failp = &failed  # written through a pointer: shared, not thread-private
     if nodes.shape[1] != 4 or sizeof(Node) != 16:
         raise ValueError("nodes must be the int32 [n, 4] view of the packed node table")
-    if n == 0 or n_trees == 0:
+    if cat_start.shape[0] != nodes.shape[0] or cat_words.shape[0] != nodes.shape[0]:
+        raise ValueError("cat_start / cat_words must have one entry per node")
+    if leaf_value.shape[0] < 1:
+        raise ValueError("leaf_value must end with the zero slot")
+    if n == 0 or n_trees <= 0:
         return n
-    if threads < 1:
-        threads = 1
-    with nogil, parallel(num_threads=threads):
-        # Per-thread block state (C arrays declared at function level would be shared).
-        node = <int32_t*>malloc(BLOCK * sizeof(int32_t))
-        acc = <double*>malloc(BLOCK * sizeof(double))
-        if node == NULL or acc == NULL:
-            failp[0] = 1
-        else:
-            for b in prange(n_blocks, schedule="static"):
-                r0 = b * BLOCK
-                m = n - r0
-                if m > BLOCK:
-                    m = BLOCK
-                xb = &X[r0, 0]
-                for r in range(m):
-                    acc[r] = out[r0 + r]
-                for t in range(n_trees):
-                    for r in range(m):
-                        node[r] = roots[t]
-                    # Walk all rows one level at a time; stop once every row sits on a leaf.
-                    for d in range(depth[t]):
-                        moving = 0
-                        for r in range(m):
-                            nd = node[r]
-                            p = &tab[nd]
-                            fval = xb[r * ncol + p.feat]
-                            if p.flags & F_SPECIAL:
-                                go = _special_right(fval, nd, p.flags, p.thr, &cat_start[0],
-                                                    &cat_words[0], bits)
-                            else:
-                                go = (fval > p.thr) | ((fval != fval) & (
-                                    (p.flags & F_NAN_RIGHT) != 0))
-                            nx = p.left + go
-                            moving = moving | (nx != nd)
-                            node[r] = nx
-                        if not moving:
-                            break
-                    for r in range(m):
-                        acc[r] = acc[r] + value[node[r]]
-                for r in range(m):
-                    out[r0 + r] = acc[r]
-        free(node)
-        free(acc)
-    if failed:
-        raise MemoryError("predict_margin_kernel: out of memory for block buffers")
+    if n >= 2**31:
+        raise ValueError("too many rows for one call")
+    with nogil:
+        for c in prange(n_chunks, num_threads=max(threads, 1), schedule="static"):
+            r0 = c * CHUNK
+            m = <int32_t>min(CHUNK, n - r0)
+            _chunk(&X[r0, 0], ncol, m, &out[r0], tab, &leaf_value[0],
+                   <int32_t>leaf_value.shape[0] - 1, &roots[0], n_trees, &cat_start[0],
+                   &cat_words[0], bits)
     return n
 
 
@@ -164,13 +202,14 @@ def float_threshold(thr: np.ndarray) -> np.ndarray:
     return f
 
 
-def _pack_nodes(threshold, feature, left, flags) -> np.ndarray:
+def _pack_nodes(threshold, feature, left, right, flags) -> np.ndarray:
     """The packed 16-byte node table as an int32 [n, 4] array (see ``Node``)."""
     nodes = np.zeros((len(feature), 4), np.int32)
-    nodes[:, 0] = float_threshold(threshold).view(np.int32)
-    nodes[:, 1] = feature
-    nodes[:, 2] = left
-    nodes[:, 3] = flags.astype(np.int32)  # little-endian: flags land in the first byte
+    nodes[:, 0] = float_threshold(np.asarray(threshold, np.float64)).view(np.int32)
+    nodes[:, 1] = left
+    nodes[:, 2] = right
+    # little-endian: feat in the low 16 bits, flags in the next byte
+    nodes[:, 3] = (np.asarray(feature, np.int32) & 0xFFFF) | (np.asarray(flags, np.int32) << 16)
     return nodes
 
 
@@ -201,16 +240,19 @@ class TreeEnsemble:
         if model.get("num_tree_per_iteration", 1) != 1:
             raise ValueError("TreeEnsemble supports single-output models only")
         self.n_features = int(model.get("max_feature_idx", -1)) + 1
-        feature, threshold, flags, value = [], [], [], []
-        left_of, cat_start, cat_words, bits = [], [], [], []
+        if self.n_features > MAX_FEATURES:
+            raise ValueError(f"TreeEnsemble supports up to {MAX_FEATURES} features")
+        feature, threshold, flags, left, right = [], [], [], [], []
+        cat_start, cat_words, bits, leaves = [], [], [], []
         roots, depths = [], []
+        pending_children = []
 
-        def add_node():
-            feature.append(0)
-            threshold.append(np.inf)  # leaves: x > inf is never true, so they stay put
-            flags.append(0)
-            value.append(0.0)
-            left_of.append(len(left_of))
+        def add_node(feat, thr, f):
+            feature.append(feat)
+            threshold.append(thr)
+            flags.append(f)
+            left.append(0)
+            right.append(0)
             cat_start.append(0)
             cat_words.append(0)
             return len(feature) - 1
@@ -221,32 +263,33 @@ class TreeEnsemble:
                 raise ValueError("unexpected tree structure in the model dump")
             if "leaf_coeff" in root or model.get("linear_tree", False):
                 raise ValueError("linear trees are not supported")
-            # Iterative walk (deep trees would overflow Python's recursion).
-            root_id = add_node()
-            stack = [(root, root_id, 0)]
+            if "leaf_value" in root:
+                # a constant tree: one split that always goes left (x > inf never holds)
+                i = add_node(0, np.inf, 0)
+                leaves.append(float(root["leaf_value"]))
+                left[i] = right[i] = ~(len(leaves) - 1)
+                roots.append(i)
+                depths.append(1)
+                continue
+            # Iterative walk (deep trees would overflow Python's recursion); a slot is
+            # (parent's child list, index) to fill with the child's id.
+            roots.append(len(feature))
+            stack = [(root, None, 0, 1)]
             max_depth = 0
             while stack:
-                nd, i, dep = stack.pop()
+                nd, slot, side, dep = stack.pop()
                 if "leaf_value" in nd:
-                    value[i] = float(nd["leaf_value"])
+                    leaves.append(float(nd["leaf_value"]))
+                    slot[side] = ~(len(leaves) - 1)
                     max_depth = max(max_depth, dep)
                     continue
-                feature[i] = int(nd["split_feature"])
                 f = 1 if nd.get("default_left", False) else 0
+                thr = 0.0
                 if nd["decision_type"] == "==":
                     cats = [int(c) for c in str(nd["threshold"]).split("||") if c != ""]
-                    words = (max(cats) >> 5) + 1 if cats else 0
-                    cat_start[i] = len(bits)
-                    cat_words[i] = words
-                    w = [0] * words
-                    for c in cats:
-                        if c >= 0:
-                            w[c >> 5] |= 1 << (c & 31)
-                    bits.extend(w)
                     f |= F_CATEGORICAL | F_SPECIAL
                 elif nd["decision_type"] == "<=":
                     thr = float(nd["threshold"])
-                    threshold[i] = thr
                     miss = MISSING_TYPES[nd.get("missing_type", "None")]
                     f |= miss
                     if miss == F_MISS_ZERO:
@@ -258,23 +301,39 @@ class TreeEnsemble:
                         f |= F_NAN_RIGHT
                 else:
                     raise ValueError(f"unsupported decision type {nd['decision_type']!r}")
-                flags[i] = f
-                left = add_node()
-                right = add_node()  # always left + 1: the kernel computes left + go_right
-                left_of[i] = left
-                stack.append((nd["right_child"], right, dep + 1))
-                stack.append((nd["left_child"], left, dep + 1))
-            roots.append(root_id)
+                i = add_node(int(nd["split_feature"]), thr, f)
+                if f & F_CATEGORICAL:
+                    words = (max(cats) >> 5) + 1 if cats else 0
+                    cat_start[i] = len(bits)
+                    cat_words[i] = words
+                    w = [0] * words
+                    for c in cats:
+                        if c >= 0:
+                            w[c >> 5] |= 1 << (c & 31)
+                    bits.extend(w)
+                if slot is not None:
+                    slot[side] = i
+                kids = [0, 0]
+                stack.append((nd["right_child"], kids, 1, dep + 1))
+                stack.append((nd["left_child"], kids, 0, dep + 1))
+                # children ids are filled in as the stack unwinds; keep a handle to copy them
+                pending_children.append((i, kids))
+            max_depth = max(max_depth, 1)
             depths.append(max_depth)
+            for i, kids in pending_children:
+                left[i], right[i] = kids
+            pending_children.clear()
 
-        self.roots = np.asarray(roots, np.int32)
+        self.roots = np.asarray(roots + [0], np.int32)  # pad: read, never followed
         self.depth = np.asarray(depths, np.int32)
         self.feature = np.asarray(feature, np.int32)
         self.threshold = np.asarray(threshold, np.float64)
         self.flags = np.asarray(flags, np.uint8)
-        self.left = np.asarray(left_of, np.int32)
-        self.nodes = _pack_nodes(self.threshold, self.feature, self.left, self.flags)
-        self.value = np.asarray(value, np.float64)
+        self.left = np.asarray(left, np.int32)
+        self.right = np.asarray(right, np.int32)
+        self.nodes = _pack_nodes(self.threshold, self.feature, self.left, self.right,
+                                 self.flags)
+        self.leaf_value = np.asarray(leaves + [0.0], np.float64)  # + the zero slot
         self.cat_start = np.asarray(cat_start, np.int32)
         self.cat_words = np.asarray(cat_words, np.int32)
         self.cat_bits = np.asarray(bits, np.uint32)
@@ -303,7 +362,7 @@ class TreeEnsemble:
             out += np.asarray(init, np.float64)
         if X.shape[1] == 0:  # a model of constant trees on zero features
             X = np.zeros((n, 1), np.float32)
-        predict_margin_kernel(X, out, self.roots, self.depth, self.nodes, self.value,
-                              self.cat_start, self.cat_words, self.cat_bits, int(threads))
+        predict_margin_kernel(X, out, self.roots, self.nodes, self.leaf_value, self.cat_start,
+                              self.cat_words, self.cat_bits, int(threads))
         return out
 
