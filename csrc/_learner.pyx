@@ -19,7 +19,7 @@ from cython.parallel cimport prange
 cimport openmp
 from libc.math cimport cos, log, pow, sqrt
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "learner_ops.h" nogil:
@@ -550,8 +550,12 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
           const float[::1] sample_weight, float[:, ::1] table, float[:, ::1] table_m,
           float[:, ::1] table_v, float[::1] dense, float[::1] dense_m, float[::1] dense_v,
           int64_t[::1] step, int32_t[::1] marker, float[::1] work, int32_t[::1] iwork,
-          float lr, float beta1, float beta2, float eps, float l2, float clip, int threads=1):
+          float lr, float beta1, float beta2, float eps, float l2, float clip, int threads=1,
+          float[::1] margin_out=None):
     """One Adam step on the batch. Returns (loss_sum, skipped_examples, skipped_updates, rows).
+
+    ``margin_out``, when given, receives the learner's own margins *before* the step (the
+    forward pass the step needed anyway): test-then-train scoring at no extra cost.
 
     loss_sum is sum_i w_i logloss_i over the examples not skipped; skipped_updates counts
     table rows and dense parameters whose update would have been non-finite (left unchanged).
@@ -577,6 +581,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         raise ValueError("dense moments must match the dense vector's shape")
     if step.shape[0] != 1:
         raise ValueError("step must be an int64 array of length 1")
+    if margin_out is not None and margin_out.shape[0] != n:
+        raise ValueError(f"margin_out has {margin_out.shape[0]} entries, expected {n}")
     if n == 0:
         return 0.0, 0, 0, 0
     if values is not None:
@@ -590,6 +596,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         openmp.omp_set_dynamic(1)
         nt = _backprop(&net, n, &indices[0, 0], val, &base_margin[0], &y[0], sw, clip,
                        &table[0, 0], &dense[0], &marker[0], &w, nth, loss)
+        if margin_out is not None:
+            memcpy(&margin_out[0], w.z, n * sizeof(float))
         step[0] += 1
         t64 = step[0]
         # bias correction folded into one step size per batch

@@ -187,6 +187,30 @@ class Chain:
             z_prev += m
         return stats
 
+    def score_and_learn(self, batch: Batch, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Stage margins as ``margins`` gives them, then the learning of ``learn``, in one pass.
+
+        When every row is learned, a residual stage's pre-step margins come out of its own
+        training step (the forward pass it needs anyway), so scoring costs nothing extra.
+        The result is bit for bit that of ``margins`` followed by ``learn``.
+        """
+        if not mask.all():
+            margins = self.margins(batch)
+            return margins, self.learn(batch, margins, mask)
+        margins = np.empty((len(self.stages), len(batch)), dtype=np.float32)
+        stats = {"loss": 0.0, "n": 0, "skipped": 0}
+        z_prev = np.zeros(len(batch), dtype=np.float32)
+        for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
+            if kind == "trees":
+                margins[s] = stage.margin(batch)
+                stage.observe(batch, z_prev, mask)
+            else:
+                res = stage.partial_fit(batch, z_prev, batch.y, margin_out=margins[s])
+                stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
+                stats["skipped"] += int(res["skipped"])
+            z_prev += margins[s]
+        return margins, stats
+
     def poll(self) -> bool:
         """Swap in finished tree refits (between mini-batches). True when any stage changed."""
         return any([bool(stage.poll()) for stage in self.tree_stages])

@@ -55,9 +55,12 @@ class OnlineModel:
 
     def score(self, batch: Batch) -> Scores:
         """Score ``batch`` with the whole chain. Pure: changes no state."""
-        margins = self.chain.margins(batch)
+        return self._scores(self.chain.margins(batch))
+
+    def _scores(self, margins: np.ndarray) -> Scores:
+        n = margins.shape[1]
         z = Chain.fuse(margins)
-        zeros = np.zeros(len(batch), dtype=np.float32)
+        zeros = np.zeros(n, dtype=np.float32)
         base = margins[self.is_tree].sum(axis=0, dtype=np.float32) if self.is_tree.any() else zeros
         resid = (margins[~self.is_tree].sum(axis=0, dtype=np.float32)
                  if (~self.is_tree).any() else zeros)
@@ -69,14 +72,13 @@ class OnlineModel:
 
     def step(self, batch: Batch, learn_mask: np.ndarray | None = None) -> Scores:
         """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``."""
-        scores = self.score(batch)
         mask = ~np.isnan(batch.y)
         if learn_mask is not None:
             mask &= learn_mask
-        stats = self.chain.learn(batch, scores.stage_margins, mask)
+        margins, stats = self.chain.score_and_learn(batch, mask)
         self.events_learned += int(mask.sum())
         self.skipped_updates += int(stats["skipped"])
-        return scores
+        return self._scores(margins)
 
     @property
     def version(self) -> int:

@@ -116,3 +116,17 @@ def test_a_refused_stage_state_leaves_no_half_loaded_model(resfusion):
     state["chain"]["stages"]["1"] = {"garbage": 1}
     with pytest.raises(ValueError):
         OnlineModel.from_state(state)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
+    a, b = trained_model(iterations=iterations, rows=3000), trained_model(iterations=iterations,
+                                                                          rows=3000)
+    batch = make_batch(rng, 700)
+    everything = np.ones(len(batch), dtype=bool)
+    fused, _ = a.chain.score_and_learn(batch, everything)
+    separate = b.chain.margins(batch)
+    b.chain.learn(batch, separate, everything)
+    assert np.array_equal(fused, separate)
+    probe = make_batch(rng, 300)
+    assert np.array_equal(a.score(probe).margin, b.score(probe).margin)

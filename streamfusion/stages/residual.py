@@ -198,12 +198,13 @@ class ResidualLearner:
         return out
 
     def partial_fit(self, batch: Any, base_margin: Any, y: Any,
-                    sample_weight: Any = None) -> dict:
+                    sample_weight: Any = None, margin_out: np.ndarray | None = None) -> dict:
         """One Adam step on ``logloss(y, sigmoid(base_margin + margin(batch)))``.
 
         Returns ``dict(loss=mean loss of the batch before the step, n=events, skipped=events
         with a non-finite margin, label or weight plus parameter updates that would have been
-        non-finite; all of them are left out)``.
+        non-finite; all of them are left out)``. ``margin_out`` (float32 [n]), when given,
+        receives ``margin(batch)`` as it was before the step, bit for bit.
         """
         indices, values = self._inputs(batch)
         n = indices.shape[0]
@@ -218,7 +219,7 @@ class ResidualLearner:
             self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
             self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
             self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
-            self.clip, self.threads)
+            self.clip, self.threads, margin_out)
         used = n - skip_ex
         return {"loss": loss / used if used else float("nan"), "n": n,
                 "skipped": int(skip_ex + skip_upd)}
