@@ -11,6 +11,7 @@ replays bit for bit.
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import lightgbm as lgb
@@ -35,15 +36,19 @@ def _logodds(clicks: int, n: int) -> float:
     return float(np.log((clicks + 1.0) / (n - clicks + 1.0)))
 
 
-def _drift_values(y: np.ndarray, z: np.ndarray, k: int) -> np.ndarray:
-    """Per-row logloss of ``k`` evenly spaced rows, clipped and scaled into [0, 1].
+def _sample_rows(n: int, k: int) -> np.ndarray:
+    """``k`` evenly spaced rows of ``n`` (all of them when ``n <= k``)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).astype(np.int64))
+
+
+def _drift_values(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Per-row logloss, clipped and scaled into [0, 1] for ADWIN.
 
     ADWIN's bound assumes values in [0, 1] and gains power with their number: one mean per
     mini-batch would need hundreds of batches to see even a large jump.
     """
-    idx = np.unique(np.linspace(0, len(y) - 1, min(k, len(y))).astype(np.int64))
-    zz = z[idx].astype(np.float64)
-    loss = np.logaddexp(0.0, zz) - y[idx] * zz
+    zz = z.astype(np.float64)
+    loss = np.logaddexp(0.0, zz) - y * zz
     return np.minimum(loss, DRIFT_LOSS_CAP) / DRIFT_LOSS_CAP
 
 
@@ -238,10 +243,10 @@ class TreeStage:
         zk = np.asarray(z_prev, np.float32)[keep]
         self._ensure_buffers(X.shape[1])
         if self.drift:
-            # the stage's own loss: what the chain up to and including these trees predicted
-            own = self.margin(batch)[keep] if self._ensemble is not None else np.full(
-                len(yk), self.prior, np.float32)
-            self._feed_adwin(_drift_values(yk, zk + own, self.drift_samples))
+            # the loss of the chain up to and including these trees, on a few sampled rows
+            idx = _sample_rows(len(yk), self.drift_samples)
+            self._feed_adwin(_drift_values(yk[idx], zk[idx] + self.margin(
+                SimpleNamespace(dense=X[idx]))))
         self._push(X, yk, zk)
         n = len(yk)
         self.n_seen += n
