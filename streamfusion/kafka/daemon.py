@@ -241,6 +241,7 @@ class Daemon:
                 now = time.monotonic()
                 if msgs or not self._assigned:  # idle counts only while owning partitions
                     self._last_message = now
+                if msgs:
                     self._process(msgs)
                 if self.cfg.learns and self.model.poll():
                     log.info("tree refit swapped in (chain version %d)", self.model.version)
@@ -426,6 +427,8 @@ class Daemon:
                 continue
             self._positions[(m.topic(), m.partition())] = m.offset() + 1
             (events if m.topic() == self.cfg.input_topic else labels).append(m)
+        if not events and not labels:
+            return
         self._state_positions.update(self._positions)
         self._dirty = self._uncommitted = True
         if events:
