@@ -34,6 +34,11 @@ class ModelConfig:
         Table 3's K: K + 1 alternating stages starting with trees (overrides ``model``).
     residual : str
         The residual learner inside ``resfusion`` / ``nnres-gbdt`` / iterations.
+    backfit : bool
+        Online refits of a tree stage fit the labels given the margins of all the *other*
+        stages (``init_score``), so new trees add to what the residual learner already knows
+        instead of re-learning it (which shocks the fused margin at every swap). False: the
+        first tree stage refits on the labels alone, as in the paper's batch setting.
     """
 
     model: str = "resfusion"
@@ -46,6 +51,7 @@ class ModelConfig:
     refit_every: int = 200_000
     window: int = 200_000
     drift: bool = True
+    backfit: bool = False
     tree_threads: int = 1
     # residual learner
     bits: int = 20
@@ -96,6 +102,7 @@ class ModelConfig:
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
     """Create one stage; stage seeds are derived from the one ``seed``."""
     seed = (cfg.seed * 1_000_003 + position) % (2**31)
+    backfit = cfg.backfit and len(cfg.stage_kinds()) > 1
     if kind == "trees":
         return TreeStage(
             n_trees=cfg.n_trees,
@@ -106,7 +113,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             drift=cfg.drift,
             seed=seed,
             threads=cfg.tree_threads,
-            use_init_score=position > 0,
+            use_init_score=position > 0 or backfit,
         )
     return ResidualLearner(
         model=kind,
@@ -137,17 +144,19 @@ class Chain:
     >>> z = chain.margin(batch)  # doctest: +SKIP
     """
 
-    def __init__(self, stages: list, kinds: list[str]) -> None:
+    def __init__(self, stages: list, kinds: list[str], backfit: bool = False) -> None:
         if len(stages) != len(kinds) or not stages:
             raise ValueError("a chain needs one kind per stage and at least one stage")
         self.stages = stages
         self.kinds = kinds
         self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
+        self.backfit = bool(backfit) and len(stages) > 1
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
         kinds = cfg.stage_kinds()
-        return cls([build_stage(kind, i, cfg, n_fields) for i, kind in enumerate(kinds)], kinds)
+        return cls([build_stage(kind, i, cfg, n_fields) for i, kind in enumerate(kinds)], kinds,
+                   cfg.backfit)
 
     def margins(self, batch: Batch) -> np.ndarray:
         """Each stage's margin, float32 [n_stages, n]. Pure: changes no state."""
@@ -178,14 +187,23 @@ class Chain:
         sub = batch if mask.all() else batch.take(mask)
         z_prev = np.zeros(len(batch), dtype=np.float32)
         for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
-            if kind == "trees":
-                stage.observe(batch, z_prev, mask)
-            elif len(sub):
+            if kind != "trees" and len(sub):
                 res = stage.partial_fit(sub, z_prev[mask], sub.y)
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
             z_prev += m
+        self._observe_trees(batch, margins, mask)
         return stats
+
+    def _observe_trees(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
+        """Give each tree stage its window rows with the margin it is to be refit against:
+        the stages before it, or with ``backfit`` every other stage."""
+        z_prev = np.zeros(len(batch), dtype=np.float32)
+        total = self.fuse(margins) if self.backfit else None
+        for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
+            if kind == "trees":
+                stage.observe(batch, total - m if self.backfit else z_prev.copy(), mask)
+            z_prev += m
 
     def score_and_learn(self, batch: Batch, mask: np.ndarray) -> tuple[np.ndarray, dict]:
         """Stage margins as ``margins`` gives them, then the learning of ``learn``, in one pass.
@@ -203,12 +221,12 @@ class Chain:
         for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
             if kind == "trees":
                 margins[s] = stage.margin(batch)
-                stage.observe(batch, z_prev, mask)
             else:
                 res = stage.partial_fit(batch, z_prev, batch.y, margin_out=margins[s])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
             z_prev += margins[s]
+        self._observe_trees(batch, margins, mask)
         return margins, stats
 
     def poll(self) -> bool:

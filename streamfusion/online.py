@@ -141,6 +141,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
     g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
+    g.add_argument("--backfit", action="store_true",
+                   help="refit the first trees given the residual learner's margins "
+                   "(init_score) instead of on the labels alone (the paper's setting)")
     g.add_argument("--bits", type=int, default=20, help="hashed table size 2**bits")
     g.add_argument("--k", type=int, default=8, help="embedding size")
     g.add_argument("--hidden", default="128,128", help="DeepFM MLP sizes, comma separated")
@@ -157,6 +160,6 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         model=args.model, residual=args.residual, iterations=args.iterations,
         n_trees=args.trees, num_leaves=args.leaves, refit_every=args.refit_every,
-        window=args.window, drift=not args.no_drift, bits=args.bits, k=args.k, hidden=hidden,
+        window=args.window, drift=not args.no_drift, backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden,
         lr=args.lr, l2=args.l2, threads=args.threads, tree_threads=args.threads, seed=args.seed,
     )
