@@ -459,9 +459,11 @@ class ResFusionClassifier(base.MiniBatchClassifier):
 
     # ------------------------------------------------------------------ river API
     def learn_one(self, x: dict, y: base.typing.ClfTarget) -> None:
+        """Score ``x``, then learn it with label ``bool(y)``: one step of the whole chain."""
         self._learn(self._encode_one(x, y, learn=True))
 
     def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        """``{False: 1 - p, True: p}`` for ``x``. Pure: changes no state."""
         p = float(self._proba(self._encode_one(x, None, learn=False))[0])
         return {False: 1.0 - p, True: p}
 
