@@ -417,20 +417,26 @@ class Daemon:
 
     # ------------------------------------------------------------------ the batch
     def _process(self, msgs: list[Message]) -> None:
-        events: list[Message] = []
-        labels: list[Message] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+        good = [m for m in msgs if m.error() is None]
+        if len(good) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
                     self._on_error(err)
-                continue
-            self._positions[(m.topic(), m.partition())] = m.offset() + 1
-            (events if m.topic() == self.cfg.input_topic else labels).append(m)
-        if not events and not labels:
+        if not good:
             return
+        # offsets rise within a partition: the last message of each sets its position
+        last = {(m.topic(), m.partition()): m for m in good}
+        for key, m in last.items():
+            self._positions[key] = m.offset() + 1
         self._state_positions.update(self._positions)
         self._dirty = self._uncommitted = True
+        topic = self.cfg.input_topic
+        if all(key[0] == topic for key in last):
+            self._events(good)
+            return
+        events = [m for m in good if m.topic() == topic]
+        labels = [m for m in good if m.topic() != topic]
         if events:
             self._events(events)
         if labels:
