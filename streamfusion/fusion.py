@@ -34,6 +34,9 @@ class ModelConfig:
         Table 3's K: K + 1 alternating stages starting with trees (overrides ``model``).
     residual : str
         The residual learner inside ``resfusion`` / ``nnres-gbdt`` / iterations.
+    extra : dict
+        ``{"trees": {...}}``: further ``TreeStage`` arguments (``first_fit``,
+        ``min_data_in_leaf``, ``warm_start``, ...) passed through unchanged.
     backfit : bool
         Online refits of a tree stage fit the labels given the margins of all the *other*
         stages (``init_score``), so new trees add to what the residual learner already knows
@@ -114,6 +117,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             seed=seed,
             threads=cfg.tree_threads,
             use_init_score=position > 0 or backfit,
+            **cfg.extra.get("trees", {}),
         )
     return ResidualLearner(
         model=kind,

@@ -403,6 +403,11 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             refit_every=int(self.refit_every), window=int(self.window), drift=bool(self.drift),
             tree_threads=1, bits=int(self.bits), k=int(self.k), hidden=tuple(self.hidden),
             lr=float(self.lr), l2=float(self.l2), threads=1, seed=self._seed,
+            # TreeStage's defaults suit click logs of millions of rows (first fit after 1000
+            # rows, leaves of 100); river-sized streams need smaller ones.
+            extra={"trees": {"first_fit": int(self.first_fit),
+                             "min_fit_rows": min(int(self.first_fit), int(self.window)),
+                             "min_data_in_leaf": int(self.min_data_in_leaf)}},
         )
 
     # ------------------------------------------------------------------ encoding
@@ -439,15 +444,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         return np.asarray(self.model_.score(batch).p, dtype=np.float64)
 
     def _build(self) -> OnlineModel:
-        model = OnlineModel(self._config(), n_fields=int(self.max_fields))
-        # TreeStage's defaults suit click logs of millions of rows (first fit after 1000 rows,
-        # leaves of 100); ModelConfig does not carry these knobs, so set them on the fresh
-        # stage, before it has seen anything. They are part of its checkpointed config.
-        for trees in model.chain.tree_stages:
-            trees.first_fit = int(self.first_fit)
-            trees.min_fit_rows = min(int(self.first_fit), int(self.window))
-            trees.min_data_in_leaf = int(self.min_data_in_leaf)
-        return model
+        return OnlineModel(self._config(), n_fields=int(self.max_fields))
 
     def _learn(self, batch: Batch) -> None:
         if self.model_ is None:
