@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                                ["--batch-size", str(args.batch_size), "--poll-timeout", "0.002"])
         procs.append(lat_serve)
         time.sleep(8.0)  # join the group and load the model
+        # warm-up, not reported: the first outputs wait for the output topic's metadata
+        latency(bootstrap, t["lin"], t["lout"], events, 500, 2.0, "warm", tmp)
         lat = []
         for rate in rates:
             r = latency(bootstrap, t["lin"], t["lout"], events, rate, args.seconds,
