@@ -195,6 +195,16 @@ def paper_comparison(fmt: str, table2: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
@@ -346,7 +356,8 @@ def run(args: argparse.Namespace) -> int:
         if args.file is None:
             report["data"]["file"] = f"generated {args.generate_format} stream (seed {args.seed})"
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True))
+        # strict JSON: an undefined metric (a test part with one class) is null, not NaN
+        Path(args.report).write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     if args.markdown:
         Path(args.markdown).write_text(markdown(report))
     if args.plot:

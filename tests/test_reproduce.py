@@ -191,3 +191,24 @@ def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path):
     assert main(["reproduce", "--file", str(tmp_path / "nope.csv"), "--no-progress"]) == 2
     with pytest.raises(SystemExit):
         main(["reproduce", "--models", "GBDT,XGBoost", "--no-progress"])
+
+
+def test_a_csv_log_with_a_one_class_test_part_gives_null_auc(tmp_path):
+    from streamfusion.cli import main
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "log.csv"
+    lines = ["clk,site,price"]
+    for i in range(400):
+        lines.append(f"{int(i in (3, 150))},s{rng.integers(0, 20)},{rng.integers(0, 100)}")
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.json"
+    code = main(["reproduce", "--file", str(path), "--format", "csv", "--label", "clk",
+                 "--quick", "--epochs", "1", "--table", "3", "--bits", "12", "--no-progress",
+                 "--report", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())  # strict JSON: no NaN
+    assert [r["K"] for r in report["table3"]] == [0, 1, 2, 3]
+    for r in report["table3"]:
+        assert r["auc"] is None or 0 <= r["auc"] <= 1
+        assert math.isfinite(r["logloss"])
