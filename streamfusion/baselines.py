@@ -27,6 +27,7 @@ rows are comparable although pieces are fitted once.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -57,6 +58,9 @@ CONVERGENCE = ("DeepFM", "GBDT2DeepFM", "GBDT+DeepFM", "GBDTRes+NN")
 TABLE3_K = (0, 1, 2, 3)
 TREE_SCORE_KEY = 0x7EE5C0DE  # table row of the "tree score" field in GBDT2DNN / GBDT2DeepFM
 DNN_KINDS = ("mlp", "dnn")  # learner models without the FM part, when the learner has one
+# pieces no other piece builds on: only their test margins are kept
+TERMINAL = frozenset({"LR", "FM", "GBDT+LR", "GBDT2DNN", "GBDT2DeepFM", "GBDT+DeepFM",
+                      "NNres+GBDT", "K3"})
 
 
 class NullTracker:
@@ -123,13 +127,15 @@ class Experiment:
     # ---------------------------------------------------------------- shared pieces
 
     def _residual(self, name: str, learner: Any, view: Any, base: np.ndarray, track: bool,
-                  on_epoch: Callable | None = None) -> dict[str, Any]:
+                  on_epoch: Callable | None = None, terminal: bool = False) -> dict[str, Any]:
         chunks = -(-self.data.n_train // CHUNK_ROWS)
         self.tracker.begin(name, self.opts.epochs * chunks)
-        opts = replace(self.opts, seed=self.opts.seed * 7919 + len(self._parts) + 1)
+        # the shuffling seed depends on the model's name, not on the order models are fitted
+        opts = replace(self.opts, seed=self.opts.seed * 7919 + zlib.crc32(name.encode()))
         with Timer() as t:
             res = fit_residual(learner, view, self.data, base, opts, on_epoch=on_epoch,
-                               tick=self.tracker.tick, track_test=track)
+                               tick=self.tracker.tick, track_test=track,
+                               margin_rows=self.data.test if terminal else None)
         self.tracker.end()
         res["seconds"] = t.seconds
         return res
@@ -148,10 +154,16 @@ class Experiment:
         return res
 
     def part(self, key: str) -> dict[str, Any]:
-        """A fitted piece, fitted on first use: ``z`` is its fused margin on every row."""
+        """A fitted piece, fitted on first use.
+
+        ``z_test`` is its fused margin on the test rows; pieces that other pieces build on
+        also keep ``z``, the fused margin on every row (float32 [n]). Terminal pieces keep only
+        test margins, so a 45M-row run holds five full-length margin arrays, not twelve.
+        """
         if key in self._parts:
             return self._parts[key]
         d = self.data
+        terminal = key in TERMINAL
         zeros = np.zeros(len(d), np.float32)
         if key == "K0":  # GBDT
             res = self._trees("GBDT", self.kchain.stages[0], 0, None)
@@ -161,8 +173,9 @@ class Experiment:
             k = int(key[1])
             prev = self.part(f"K{k - 1}")
             name = "GBDTRes+NN" if k == 1 else "K=3"
-            res = self._residual(name, self.kchain.stages[k], self.view, prev["z"], k == 1)
-            res["z"] = prev["z"] + res["margin"]
+            res = self._residual(name, self.kchain.stages[k], self.view, prev["z"], k == 1,
+                                 terminal=terminal)
+            res["z"] = (prev["z"][d.test] if terminal else prev["z"]) + res["margin"]
             res["total"] = prev["total"] + res["seconds"]
         elif key == "K2":  # +trees through init_score
             prev = self.part("K1")
@@ -195,7 +208,7 @@ class Experiment:
             res["total"] = prev["total"] + res["seconds"]
         elif key in ("LR", "FM"):
             chain = Chain.from_config(replace(self.cfg, model=key.lower()), d.n_fields)
-            res = self._residual(key, chain.stages[0], self.view, zeros, False)
+            res = self._residual(key, chain.stages[0], self.view, zeros, False, terminal=True)
             res["z"] = res["margin"]
             res["total"] = res["seconds"]
         elif key == "GBDT+LR":
@@ -203,7 +216,7 @@ class Experiment:
             stage = self.kchain.stages[0]
             view = LeafView(d, booster_of(stage), self.cfg.num_leaves, self.cfg.bits)
             learner = build_stage("lr", 1, self.cfg, view.n_fields)
-            res = self._residual(key, learner, view, zeros, False)
+            res = self._residual(key, learner, view, zeros, False, terminal=True)
             res["z"] = res["margin"]
             res["total"] = gb["total"] + res["seconds"]
             res["view"] = view
@@ -216,7 +229,7 @@ class Experiment:
             kind = dnn_kind() if key == "GBDT2DNN" else "deepfm"
             # its own seed: with no MLP-only learner, GBDT2DNN is a second DeepFM draw
             learner = build_stage(kind, 2 if key == "GBDT2DNN" else 1, self.cfg, view.n_fields)
-            res = self._residual(key, learner, view, zeros, key == "GBDT2DeepFM")
+            res = self._residual(key, learner, view, zeros, key == "GBDT2DeepFM", terminal=True)
             res["z"] = res["margin"]
             res["total"] = gb["total"] + res["seconds"]
             res["kind"] = kind
@@ -224,11 +237,16 @@ class Experiment:
             g, f = self.part("K0"), self.part("DeepFM")
             with Timer() as t:
                 w = blend_weights([g["z"][d.valid], f["z"][d.valid]], d.y[d.valid])
-                z = apply_blend(w, [g["z"], f["z"]])
+                z = apply_blend(w, [g["z"][d.test], f["z"][d.test]])
             res = {"z": z, "weights": [float(x) for x in w], "seconds": t.seconds,
                    "total": g["total"] + f["total"] + t.seconds}
         else:
             raise ValueError(f"unknown model {key!r}; Table 2 has {', '.join(TABLE2)}")
+        full = len(res["z"]) == len(d)
+        res["z_test"] = res["z"][d.test] if full else res["z"]
+        res.pop("margin", None)
+        if terminal or not full:
+            del res["z"]
         self._parts[key] = res
         return res
 
@@ -275,7 +293,7 @@ class Experiment:
         """One Table 2 row: ``{"model", "auc", "logloss", "seconds", "chain", ...}``."""
         res = self.part(self._TABLE2_KEY.get(name, name))
         out: dict[str, Any] = {"model": name}
-        out.update(metrics(res["z"][self.data.test], self.y_test))
+        out.update(metrics(res["z_test"], self.y_test))
         out["seconds"] = round(float(res["total"]), 3)
         chain = list(self._CHAINS[name])
         if name == "GBDT2DNN":
@@ -297,7 +315,7 @@ class Experiment:
         for k in ks:
             res = self.part(f"K{k}")
             row: dict[str, Any] = {"K": k}
-            row.update(metrics(res["z"][self.data.test], self.y_test))
+            row.update(metrics(res["z_test"], self.y_test))
             row["seconds"] = round(float(res["total"]), 3)
             row["chain"] = list(kinds[:k + 1])
             out.append(row)

@@ -395,8 +395,8 @@ class FitOptions:
 
 def fit_residual(learner: Any, view: Any, data: Encoded, base: np.ndarray, opts: FitOptions,
                  on_epoch: Callable[[int, np.ndarray, np.ndarray], dict] | None = None,
-                 tick: Callable[[], None] | None = None,
-                 track_test: bool = False) -> dict[str, Any]:
+                 tick: Callable[[], None] | None = None, track_test: bool = False,
+                 margin_rows: slice | None = None) -> dict[str, Any]:
     """Mini-batch Adam on ``logloss(y, sigmoid(base + margin))`` over the training rows.
 
     Each epoch visits the training rows in a seeded random order (``partial_fit`` per
@@ -404,7 +404,8 @@ def fit_residual(learner: Any, view: Any, data: Encoded, base: np.ndarray, opts:
     with the best validation logloss. With ``track_test`` the test part is scored after every
     epoch too (the convergence curves). ``on_epoch(epoch, z_valid, z_test)`` may add fields to
     that epoch's history entry. Returns ``{"best_epoch", "history", "margin"}`` where
-    ``margin`` is the learner's margin on every row (float32 [n]) in its best state.
+    ``margin`` is the learner's margin in its best state on ``margin_rows`` (default: every
+    row), float32.
     """
     rng = np.random.default_rng(opts.seed)
     y = data.y
@@ -446,7 +447,8 @@ def fit_residual(learner: Any, view: Any, data: Encoded, base: np.ndarray, opts:
     assert best is not None
     if best[1] != history[-1]["epoch"]:
         learner.load_state_dict(best[2])
-    margin = stage_margin(learner, view, data, slice(0, len(data)), "residual")
+    rows = slice(0, len(data)) if margin_rows is None else margin_rows
+    margin = stage_margin(learner, view, data, rows, "residual")
     return {"best_epoch": best[1], "history": history, "margin": margin}
 
 

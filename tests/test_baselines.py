@@ -20,6 +20,7 @@ from streamfusion.offline import (
     fold_stage_factory,
     leaf_rows,
     load_encoded,
+    stage_margin,
 )
 from streamfusion.stages.base import TreeStage
 
@@ -87,14 +88,14 @@ def test_nnres_gbdt_fits_its_trees_on_the_deepfm_margin(data, monkeypatch):
     assert np.array_equal(call["init"], deepfm[data.train])
     assert np.array_equal(call["valid"][2], deepfm[data.valid])
     # and the fused margin is DeepFM + the trees' own raw score
-    trees = exp.part("NNres+GBDT")["margin"]
-    assert np.allclose(exp.part("NNres+GBDT")["z"], deepfm + trees)
+    trees = stage_margin(exp.nnchain.stages[1], None, data, data.test, "trees")
+    assert np.allclose(exp.part("NNres+GBDT")["z_test"], deepfm[data.test] + trees)
     assert 0.5 < row["auc"] <= 1
     # GBDT alone is fitted without init_score: the residual trees are different trees
     exp.row("GBDT")
     (first,) = [c for c in calls if c["stage"] is exp.kchain.stages[0]]
     assert first["init"] is None
-    assert not np.allclose(exp.part("K0")["margin"], trees)
+    assert not np.allclose(exp.part("K0")["z_test"], trees)
     exp.close()
 
 
@@ -103,7 +104,12 @@ def test_gbdt_res_nn_learns_on_the_tree_margin(data):
     exp = Experiment(data, cfg, opts)
     exp.row("GBDTRes+NN")
     k0, k1 = exp.part("K0"), exp.part("K1")
-    assert np.allclose(k1["z"], k0["z"] + k1["margin"])
+    everything = slice(0, len(data))
+    trees = stage_margin(exp.kchain.stages[0], None, data, everything, "trees")
+    deepfm = stage_margin(exp.kchain.stages[1], exp.view, data, everything, "residual")
+    assert np.array_equal(k0["z"], trees)
+    assert np.allclose(k1["z"], trees + deepfm)
+    assert np.array_equal(k1["z_test"], k1["z"][data.test])
     exp.close()
 
 
