@@ -226,6 +226,10 @@ class Daemon:
             self.metrics.serve_http(self.cfg.metrics_port)
             log.info("metrics on http://127.0.0.1:%d/metrics", self.cfg.metrics_port)
         self._producer = Producer(self._producer_conf())
+        try:  # learn the output topic's leader now, not on the first event (latency)
+            self._producer.list_topics(self.cfg.output_topic, timeout=5)
+        except KafkaException as exc:
+            log.warning("output topic metadata not available yet: %s", exc)
         self._consumer = Consumer(self._consumer_conf())
         topics = [self.cfg.input_topic]
         if self.cfg.learns and self.cfg.label_topic:
