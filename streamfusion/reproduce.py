@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max epochs of the neural models (early stopping on validation)")
     parser.add_argument("--patience", type=int, default=None,
                         help="epochs without validation improvement before stopping")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="mini-batch size of the neural models (default 1024)")
     parser.add_argument("--quick", action="store_true",
                         help="CI setting: fewer trees, a smaller DeepFM, two epochs")
     parser.add_argument("--oof", type=int, default=0, metavar="F",
@@ -113,9 +115,10 @@ def _peak_rss_mb() -> float:
 
 def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str = "all",
               split: str = "random", epochs: int | None = None, patience: int | None = None,
-              quick: bool = False, oof: int = 0, rows: int | None = None,
-              models: tuple[str, ...] = TABLE2, bits: int | None = None, threads: int = 1,
-              seed: int = 0, progress: Any = None) -> dict[str, Any]:
+              batch_size: int | None = None, quick: bool = False, oof: int = 0,
+              rows: int | None = None, models: tuple[str, ...] = TABLE2,
+              bits: int | None = None, threads: int = 1, seed: int = 0,
+              progress: Any = None) -> dict[str, Any]:
     """Run the reproduction and return the report dict (see ``run`` for the CLI)."""
     cfg, opts = default_config(quick, seed)
     changes: dict[str, Any] = {"threads": threads, "tree_threads": threads}
@@ -126,7 +129,7 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
     cfg = replace(cfg, **changes)
     opts = FitOptions(epochs=epochs if epochs is not None else opts.epochs,
                       patience=patience if patience is not None else opts.patience,
-                      batch_size=opts.batch_size, seed=seed)
+                      batch_size=batch_size or opts.batch_size, seed=seed)
     t0 = time.perf_counter()
     read_task = None
     if progress is not None:
@@ -347,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
                 progress.start()
             report = reproduce(path, fmt=fmt, label=args.label, table=args.table,
                                split=args.split, epochs=args.epochs, patience=args.patience,
+                               batch_size=args.batch_size,
                                quick=args.quick, oof=args.oof, rows=rows, models=models,
                                bits=args.bits, threads=args.threads, seed=args.seed,
                                progress=progress)
