@@ -52,6 +52,7 @@ class ModelConfig:
     num_leaves: int = 63
     tree_learning_rate: float = 0.1
     refit_every: int = 200_000
+    first_fit: int = 50_000
     window: int = 200_000
     drift: bool = True
     backfit: bool = False
@@ -112,6 +113,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             num_leaves=cfg.num_leaves,
             learning_rate=cfg.tree_learning_rate,
             refit_every=cfg.refit_every,
+            first_fit=min(cfg.first_fit, cfg.refit_every),
             window=cfg.window,
             drift=cfg.drift,
             seed=seed,

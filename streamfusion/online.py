@@ -138,6 +138,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--leaves", type=int, default=63, help="leaves per tree")
     g.add_argument("--refit-every", type=int, default=200_000, metavar="N",
                    help="refit the trees every N learned events (earlier on drift)")
+    g.add_argument("--first-fit", type=int, default=50_000, metavar="N",
+                   help="first tree fit after N learned events (before it: the click log-odds)")
     g.add_argument("--window", type=int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
     g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
@@ -160,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         model=args.model, residual=args.residual, iterations=args.iterations,
         n_trees=args.trees, num_leaves=args.leaves, refit_every=args.refit_every,
-        window=args.window, drift=not args.no_drift, backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden,
-        lr=args.lr, l2=args.l2, threads=args.threads, tree_threads=args.threads, seed=args.seed,
+        first_fit=args.first_fit, window=args.window, drift=not args.no_drift,
+        backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
+        threads=args.threads, tree_threads=args.threads, seed=args.seed,
     )

@@ -126,10 +126,10 @@ def count_events(path: Path) -> int:
 
 def default_stream(rows: int, seed: int) -> Path:
     """The embedded default: a generated Avazu-format stream, cached by size and seed."""
-    from streamfusion.data.generate import generate
+    from streamfusion.data.generate import GENERATOR_VERSION, generate
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamfusion"
-    path = cache / f"generated-avazu-{rows}-seed{seed}.csv"
+    path = cache / f"generated-v{GENERATOR_VERSION}-avazu-{rows}-seed{seed}.csv"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

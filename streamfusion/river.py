@@ -405,8 +405,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             lr=float(self.lr), l2=float(self.l2), threads=1, seed=self._seed,
             # TreeStage's defaults suit click logs of millions of rows (first fit after 1000
             # rows, leaves of 100); river-sized streams need smaller ones.
-            extra={"trees": {"first_fit": int(self.first_fit),
-                             "min_fit_rows": min(int(self.first_fit), int(self.window)),
+            first_fit=int(self.first_fit),
+            extra={"trees": {"min_fit_rows": min(int(self.first_fit), int(self.window)),
                              "min_data_in_leaf": int(self.min_data_in_leaf)}},
         )
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 CHUNK_ROWS = 200_000  # big enough to vectorise well, small enough to keep memory flat
+GENERATOR_VERSION = 2  # bump whenever the planted world changes (names cached streams)
 DAYS = 10
 FIRST_DAY = 21  # Avazu's train.csv covers 14102100 .. 14103023
 LATENT_DIM = 2
