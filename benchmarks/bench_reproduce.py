@@ -28,6 +28,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process (all threads): stable when the machine is shared."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def pyarrow_bytes_per_row(path: str, fmt: str) -> float:
     """Bytes per row of a pyarrow Table read from the first PEER_ROWS lines (strings kept)."""
     import io
@@ -76,11 +82,13 @@ def main() -> None:
     out: dict = {"file": path, "rows_requested": args.rows, "generate_s": round(gen_s, 1),
                  "file_gb": round(os.path.getsize(path) / 2**30, 3)}
     rss0 = peak_rss_gb()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_s()
     data = load_encoded(path, bits=20, seed=0)
     load_s = time.perf_counter() - t
+    load_cpu = cpu_s() - c
     n = len(data)
-    out.update(rows=n, load_s=round(load_s, 1), load_rows_per_s=round(n / load_s),
+    out.update(rows=n, load_s=round(load_s, 1), load_cpu_s=round(load_cpu, 1),
+               load_rows_per_s=round(n / load_s),
                encoded_gb=round(data.nbytes() / 2**30, 3),
                encoded_bytes_per_row=round(data.nbytes() / n, 1),
                peak_rss_after_load_gb=round(peak_rss_gb(), 2), rss_before_load_gb=round(rss0, 2))
@@ -92,11 +100,12 @@ def main() -> None:
     exp = Experiment(data, cfg, opts)
     fits = []
     for name in [m for m in args.models.split(",") if m]:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         row = exp.row(name)
         fits.append({"model": name, "auc": round(row["auc"], 4),
                      "logloss": round(row["logloss"], 4), "seconds": row["seconds"],
                      "wall_s": round(time.perf_counter() - t, 1),
+                     "cpu_s": round(cpu_s() - c, 1),
                      "peak_rss_gb": round(peak_rss_gb(), 2)})
         print(json.dumps(fits[-1]), flush=True)
     exp.close()
