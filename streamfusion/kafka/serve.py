@@ -7,6 +7,11 @@ carry ``click`` and from ``{"id", "click"}`` messages on ``--label-topic`` (join
 ``--label-ttl``). At-least-once: offsets are committed after outputs are acknowledged and the
 state covering them is checkpointed. SIGTERM / SIGINT finish the batch, flush, checkpoint,
 commit and exit 0. See ``streamfusion.kafka.daemon`` for the loop.
+
+Labels are joined in the process that holds the event: key label messages by id and give the
+label topic as many partitions as the input topic (the default range assignor then hands
+partition i of both topics to the same member). ``model_version`` in the outputs is the
+chain's tree version for ``--role both``, the snapshot number for ``train`` and ``score``.
 """
 
 from __future__ import annotations
