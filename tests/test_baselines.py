@@ -144,3 +144,15 @@ def test_pieces_follow_the_dependencies():
     assert Experiment.pieces(("GBDTRes+NN",), ()) == ["K0", "K1"]
     assert Experiment.pieces(("NNres+GBDT", "GBDT+DeepFM"), (2,)) == [
         "DeepFM", "NNres+GBDT", "K0", "K1", "K2"]
+
+
+def test_blend_curve_is_traced_whatever_the_model_order(data):
+    cfg, opts = config()
+    exp = Experiment(data, cfg, opts)
+    rows = exp.table2(("DeepFM", "GBDT+DeepFM"))
+    conv = exp.convergence()
+    assert [r["model"] for r in rows] == ["DeepFM", "GBDT+DeepFM"]
+    assert len(conv["GBDT+DeepFM"]) == len(conv["DeepFM"]) >= 1
+    w = rows[1]["blend_weights"]
+    assert len(w) == 3 and all(np.isfinite(w))
+    exp.close()
