@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="click log to reproduce on (default: a generated Avazu stream)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
     parser.add_argument("--label", default=None, help="label column (csv)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="a malformed row stops the run, or is counted and skipped")
     parser.add_argument("--table", choices=("2", "3", "all"), default="all",
                         help="which of the paper's tables to produce")
     parser.add_argument("--split", choices=("random", "chrono"), default="random",
@@ -118,7 +120,7 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
               batch_size: int | None = None, quick: bool = False, oof: int = 0,
               rows: int | None = None, models: tuple[str, ...] = TABLE2,
               bits: int | None = None, threads: int = 1, seed: int = 0,
-              progress: Any = None) -> dict[str, Any]:
+              progress: Any = None, on_error: str = "fail") -> dict[str, Any]:
     """Run the reproduction and return the report dict (see ``run`` for the CLI)."""
     cfg, opts = default_config(quick, seed)
     changes: dict[str, Any] = {"threads": threads, "tree_threads": threads}
@@ -140,7 +142,7 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
             progress.advance(read_task, n)
 
     data = load_encoded(path, format=fmt, label=label, bits=cfg.bits, seed=seed, rows=rows,
-                        split=split, progress=on_rows)
+                        split=split, on_error=on_error, progress=on_rows)
     load_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.update(read_task, visible=False)
@@ -353,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size,
                                quick=args.quick, oof=args.oof, rows=rows, models=models,
                                bits=args.bits, threads=args.threads, seed=args.seed,
-                               progress=progress)
+                               progress=progress, on_error=args.on_error)
         finally:
             if progress is not None:
                 progress.stop()
