@@ -51,7 +51,7 @@ class ModelConfig:
     n_trees: int = 100
     num_leaves: int = 63
     tree_learning_rate: float = 0.1
-    refit_every: int = 200_000
+    refit_every: int = 500_000
     first_fit: int = 50_000
     window: int = 200_000
     drift: bool = True
@@ -114,6 +114,9 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             learning_rate=cfg.tree_learning_rate,
             refit_every=cfg.refit_every,
             first_fit=min(cfg.first_fit, cfg.refit_every),
+            # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
+            # a quarter period of stream before the swap point joins it
+            swap_lag=cfg.refit_every // 4,
             window=cfg.window,
             drift=cfg.drift,
             seed=seed,

@@ -136,13 +136,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
     g.add_argument("--trees", type=int, default=100, help="trees per refit")
     g.add_argument("--leaves", type=int, default=63, help="leaves per tree")
-    g.add_argument("--refit-every", type=int, default=200_000, metavar="N",
+    g.add_argument("--refit-every", type=int, default=500_000, metavar="N",
                    help="refit the trees every N learned events (earlier on drift)")
     g.add_argument("--first-fit", type=int, default=50_000, metavar="N",
                    help="first tree fit after N learned events (before it: the click log-odds)")
     g.add_argument("--window", type=int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
     g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
+    g.add_argument("--warm-start", action="store_true",
+                   help="refits add trees to the live model (n_trees/5 per refit, a fresh fit "
+                   "past 3 x n_trees): cheaper refits, smaller shocks")
     g.add_argument("--backfit", action="store_true",
                    help="refit the first trees given the residual learner's margins "
                    "(init_score) instead of on the labels alone (the paper's setting)")
@@ -165,4 +168,5 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
+        extra={"trees": {"warm_start": True}} if args.warm_start else {},
     )
