@@ -30,7 +30,8 @@ from streamfusion.online import OnlineModel, add_model_arguments, config_from_ar
 
 DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
 HOLDOUT_FILE = "holdout.npy-stream"
-LIVE_AUC_EVENTS = 50_000  # events behind the progress bar's live AUC
+LIVE_AUC_EVENTS = 20_000  # events behind the progress bar's live AUC
+HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
 
 
@@ -44,6 +45,8 @@ class HoldoutStore:
     def __init__(self, path: Path, nbytes: int = 0, crc: int = 0, rows: int = 0) -> None:
         self.path = Path(path)
         self.crc, self.nbytes, self.rows = crc, nbytes, rows
+        self._pending: list[Batch] = []
+        self._pending_rows = 0
         mode = "r+b" if self.path.exists() else "w+b"
         self._f = open(self.path, mode)  # noqa: SIM115 - closed in close()
         self._f.truncate(nbytes)
@@ -61,6 +64,16 @@ class HoldoutStore:
         return cls(path, nbytes, crc, int(state["rows"]))
 
     def append(self, batch: Batch) -> None:
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        if self._pending_rows >= HOLDOUT_FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = Batch.concat(self._pending)
+        self._pending, self._pending_rows = [], 0
         start = self._f.tell()
         for name in ARRAYS:
             np.save(self._f, getattr(batch, name), allow_pickle=False)
@@ -70,12 +83,14 @@ class HoldoutStore:
         self.nbytes, self.rows = end, self.rows + len(batch)
 
     def batches(self) -> Iterator[Batch]:
+        self._flush()
         self._f.flush()
         self._f.seek(0)
         while self._f.tell() < self.nbytes:
             yield Batch(*(np.load(self._f, allow_pickle=False) for _ in ARRAYS))
 
     def state_dict(self) -> dict[str, int]:
+        self._flush()
         self._f.flush()
         os.fsync(self._f.fileno())
         return {"bytes": self.nbytes, "crc": self.crc, "rows": self.rows}
@@ -356,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(r: Replay) -> None:
             now = time.perf_counter()
-            if now - last[0] < 0.5:
+            if now - last[0] < 1.0:
                 return
             rate = (r.rows_done - last[1]) / (now - last[0])
             live = r.progressive.recent(LIVE_AUC_EVENTS)
@@ -365,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
             last[:] = [now, r.rows_done]
 
         try:
-            report = replay.run(progress)
+            report = replay.run(None if args.quiet else progress)
         except ParseError as exc:
             console.print(f"[red]streamfusion replay: {exc}")
             return 1
