@@ -195,6 +195,18 @@ cdef void _carve(Net *net, int64_t n, bint train, float *fw, int32_t *iw, Work *
             w.blk = p; p += _padded(n) // MLP_BLOCK * net.P
 
 
+cdef int _dynamic_threads = 0
+
+
+def set_dynamic_threads(bint on) -> None:
+    """Let OpenMP give fewer threads than asked when the machine is busy (libgomp's dynamic
+    mode: one thread whenever the load average exceeds the free cores). Off by default:
+    waiting threads sleep instead of spinning (``OMP_WAIT_POLICY=passive``, set by the
+    package), which already keeps a loaded machine from stalling on preempted threads."""
+    global _dynamic_threads
+    _dynamic_threads = 1 if on else 0
+
+
 def table_width(int model, int k) -> int:
     """Floats per table row: k + 1 for FM / DeepFM (embedding, then first-order), 1 for LR."""
     return 1 if model == 0 else k + 1
@@ -388,7 +400,7 @@ def forward(int model, int k, hidden, const int32_t[:, ::1] indices,
     _carve(&net, n, False, &work[0], NULL, &w)
     with nogil:
         dyn = openmp.omp_get_dynamic()
-        openmp.omp_set_dynamic(1)
+        openmp.omp_set_dynamic(_dynamic_threads)
         _forward(&net, n, &indices[0, 0], val, &table[0, 0], &dense[0], &out[0], NULL, &w,
                  nth)
         openmp.omp_set_dynamic(dyn)
@@ -593,7 +605,7 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     P = net.P
     with nogil:
         dyn = openmp.omp_get_dynamic()
-        openmp.omp_set_dynamic(1)
+        openmp.omp_set_dynamic(_dynamic_threads)
         nt = _backprop(&net, n, &indices[0, 0], val, &base_margin[0], &y[0], sw, clip,
                        &table[0, 0], &dense[0], &marker[0], &w, nth, loss)
         if margin_out is not None:

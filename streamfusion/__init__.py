@@ -4,7 +4,14 @@ LightGBM trees are fitted first and a compiled FM/DeepFM learner fits their resi
 final margin is the sum of the stage margins (Bao et al., CCIR 2020).
 """
 
-from streamfusion._check_build import check_build
+import os
+
+# Before any OpenMP runtime starts: idle worker threads sleep rather than spin, so a busy
+# machine (a tree refit, a broker, other jobs) never stalls a parallel region on a thread
+# that spins on a core someone else needs. Users can still override it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from streamfusion._check_build import check_build  # noqa: E402
 
 check_build()
 
