@@ -304,6 +304,12 @@ def test_threads_do_not_change_results(model):
     one, two = run(1), run(2)
     assert np.array_equal(one.table, two.table)
     assert np.array_equal(one.dense, two.dense)
+    _learner.set_dynamic_threads(True)  # OpenMP may then give fewer threads: same results
+    try:
+        dyn = run(2)
+    finally:
+        _learner.set_dynamic_threads(False)
+    assert np.array_equal(one.table, dyn.table)
 
 
 # -- extreme inputs -----------------------------------------------------------------------------
