@@ -287,6 +287,8 @@ class TreeStage:
         def fit() -> None:
             try:
                 job["booster"] = self._train(X, y, init, rounds, base)
+                # compile the evaluator here too, off the stream's thread
+                job["ensemble"] = TreeEnsemble.from_booster(job["booster"])
             except BaseException as exc:  # reported by poll(), in the caller's thread
                 job["error"] = exc
 
@@ -335,11 +337,11 @@ class TreeStage:
         self._pending = None
         if job["error"] is not None:
             raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
-        self._install(job["booster"])
+        self._install(job["booster"], job.get("ensemble"))
         return True
 
-    def _install(self, booster: lgb.Booster) -> None:
-        self._ensemble = TreeEnsemble.from_booster(booster)
+    def _install(self, booster: lgb.Booster, ensemble: TreeEnsemble | None = None) -> None:
+        self._ensemble = ensemble if ensemble is not None else TreeEnsemble.from_booster(booster)
         self.booster = booster
         self.version += 1
         # the loss level changes with the model: watch drift afresh
