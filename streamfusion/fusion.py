@@ -114,15 +114,14 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             learning_rate=cfg.tree_learning_rate,
             refit_every=cfg.refit_every,
             first_fit=min(cfg.first_fit, cfg.refit_every),
-            # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
-            # a quarter period of stream before the swap point joins it
-            swap_lag=cfg.refit_every // 4,
             window=cfg.window,
             drift=cfg.drift,
             seed=seed,
             threads=cfg.tree_threads,
             use_init_score=position > 0 or backfit,
-            **cfg.extra.get("trees", {}),
+            # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
+            # half a period of stream before the swap point joins it
+            **{"swap_lag": cfg.refit_every // 2, **cfg.extra.get("trees", {})},
         )
     return ResidualLearner(
         model=kind,

@@ -407,6 +407,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             # rows, leaves of 100); river-sized streams need smaller ones.
             first_fit=int(self.first_fit),
             extra={"trees": {"min_fit_rows": min(int(self.first_fit), int(self.window)),
+                             "swap_lag": int(self.refit_every) // 10,  # small fits are quick
                              "min_data_in_leaf": int(self.min_data_in_leaf)}},
         )
 

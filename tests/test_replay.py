@@ -9,7 +9,8 @@ from streamfusion.cli import main
 from streamfusion.data.generate import generate
 
 ROWS = 40_000
-SMALL_MODEL = ["--trees", "20", "--leaves", "15", "--refit-every", "10000", "--window", "20000",
+SMALL_MODEL = ["--trees", "20", "--leaves", "15", "--refit-every", "10000", "--first-fit", "4000",
+               "--window", "20000",
                "--hidden", "32,32", "--bits", "16", "--quiet", "--batch-size", "512"]
 
 
