@@ -104,22 +104,19 @@ def exact_batches(source: Any, size: int, limit: int | None, done: int) -> Itera
 
     Fixed batch boundaries make a resumed run take the same Adam steps as an uninterrupted one.
     """
-    pending: list[Batch] = []
-    have = 0
     while limit is None or done < limit:
         want = size if limit is None else min(size, limit - done)
-        while have < want:
+        parts: list[Batch] = []
+        have = 0
+        while have < want:  # a reader may return fewer rows at its chunk boundaries
             b = source.next_batch(want - have)
             if b is None or len(b) == 0:
                 break
-            pending.append(b)
+            parts.append(b)
             have += len(b)
-        if have == 0:
+        if not parts:
             return
-        batch = pending[0] if len(pending) == 1 else Batch.concat(pending)
-        out, rest = (batch, None) if len(batch) <= want else (
-            batch.take(slice(0, want)), batch.take(slice(want, None)))
-        pending, have = ([rest], len(rest)) if rest is not None else ([], 0)
+        out = parts[0] if len(parts) == 1 else Batch.concat(parts)
         done += len(out)
         yield out
         if len(out) < want:
