@@ -33,6 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from streamfusion.evaluate import auc
 from streamfusion.stages.residual import ResidualLearner
 
 FIELDS, BITS, K, BATCH = 22, 20, 8, 1024
@@ -202,23 +203,6 @@ def bench_vw(batches, events: int) -> dict:
 
 
 # -- quality ----------------------------------------------------------------------------------
-def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Exact ROC AUC with tied scores counted half (rank statistic)."""
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):  # average ranks of ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[i:j + 1] = 0.5 * (i + j) + 1
-        i = j + 1
-    r = np.empty(len(s))
-    r[order] = ranks
-    pos = y == 1
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def planted_stream(seed: int, n_batches: int) -> list[SimpleNamespace]:
@@ -250,12 +234,12 @@ def quality(n_batches: int, lr: float) -> dict:
         step, score = torch_trainer((), lr, init=ours)
         for b in train:
             step(b)
-        out["torch_auc"] = auc(y, np.concatenate([score(b) for b in hold]))
+        out["torch_auc"] = auc(np.concatenate([score(b) for b in hold]), y)
     except ImportError:
         out["torch_auc"] = None
     for b in train:
         ours.partial_fit(b, b.base, b.y)
-    out["ours_auc"] = auc(y, np.concatenate([ours.margin(b) for b in hold]))
+    out["ours_auc"] = auc(np.concatenate([ours.margin(b) for b in hold]), y)
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from river.drift import ADWIN
 
 from streamfusion._trees import TreeEnsemble
+from streamfusion.stages import state_config
 
 FORMAT = "streamfusion.TreeStage"
 FORMAT_VERSION = 1
@@ -415,14 +416,7 @@ class TreeStage:
 
         ADWIN is restored exactly by re-feeding the values it received since the last swap.
         """
-        if not isinstance(state, dict):
-            raise ValueError("tree stage state must be a dict")
-        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} state: format="
-                             f"{state.get('format')!r}, version={state.get('format_version')!r}")
-        cfg = state.get("config")
-        if not isinstance(cfg, dict):
-            raise ValueError("tree stage state has no config")
+        cfg = state_config(state, FORMAT, FORMAT_VERSION, "tree stage")
         for key in _STRUCTURE:
             if cfg.get(key) != getattr(self, key):
                 raise ValueError(f"tree stage state has {key}={cfg.get(key)!r}, this stage has "

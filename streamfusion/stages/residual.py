@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from streamfusion import _learner
+from streamfusion.stages import state_config
 
 FORMAT = "streamfusion.residual"
 FORMAT_VERSION = 1
@@ -264,14 +265,7 @@ class ResidualLearner:
 
     def load_state_dict(self, state: dict) -> None:
         """Validate everything, then copy the state in; raises ValueError on any mismatch."""
-        if not isinstance(state, dict):
-            raise ValueError("residual state must be a dict")
-        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} state: format="
-                             f"{state.get('format')!r}, version={state.get('format_version')!r}")
-        cfg = state.get("config")
-        if not isinstance(cfg, dict):
-            raise ValueError("residual state has no config")
+        cfg = state_config(state, FORMAT, FORMAT_VERSION, "residual")
         mine = self.config()
         for key in _STRUCTURE:
             theirs = list(cfg.get(key)) if key == "hidden" else cfg.get(key)
