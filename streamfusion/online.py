@@ -152,7 +152,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bits", type=int, default=20, help="hashed table size 2**bits")
     g.add_argument("--k", type=int, default=8, help="embedding size")
     g.add_argument("--hidden", default="128,128", help="DeepFM MLP sizes, comma separated")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the residual")
+    g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the residual")
     g.add_argument("--l2", type=float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")

@@ -14,9 +14,10 @@ Each row's click probability is ``sigmoid(base(t) + trees(x, t) + latent(x, t))`
 - drift: the latent vectors rotate slowly and the base rate moves over the ten days.
 
 ``--truth PATH`` writes each row's true click probability (one per line, same order), so the
-best achievable AUC is known. Rows are generated in chunks of ``CHUNK_ROWS`` with vectorised
-numpy and written with pyarrow: memory is bounded in the row count, the same seed gives the
-same bytes.
+best achievable AUC is known: the probability depends only on what the row shows and on its
+time (an id the row does not show, e.g. an anonymous user's, has no effect). Rows are
+generated in chunks of ``CHUNK_ROWS`` with vectorised numpy and written with pyarrow: memory
+is bounded in the row count, the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 CHUNK_ROWS = 200_000  # big enough to vectorise well, small enough to keep memory flat
-GENERATOR_VERSION = 2  # bump whenever the planted world changes (names cached streams)
+GENERATOR_VERSION = 3  # bump whenever the planted world changes (names cached streams)
 DAYS = 10
 FIRST_DAY = 21  # Avazu's train.csv covers 14102100 .. 14103023
 LATENT_DIM = 2
@@ -205,7 +206,12 @@ class _Avazu:
         user = _draw(rng, self.user_cdf, n)
         one_off = rng.random(n) < 0.35  # ips seen about once: noise for the learner
         ip = np.where(one_off, self.n_user + rng.integers(0, 30000, n), user)
-        devid = np.where(rng.random(n) < 0.85, self.n_devid, user % self.n_devid)
+        no_devid = rng.random(n) < 0.85
+        devid = np.where(no_devid, self.n_devid, user % self.n_devid)
+        # A user with a one-off ip and no device id is anonymous: nothing in the row names
+        # them, so no user effect (the truth stays a function of the row and the time, i.e.
+        # the best achievable prediction).
+        known_user = ~(one_off & no_devid)
 
         c1 = _choice(rng, [1005, 1002, 1010, 1007, 1001, 1008], [.92, .04, .03, .005, .003, .002],
                      n)
@@ -242,7 +248,8 @@ class _Avazu:
         angle = 0.25 * np.pi * t
         latent = (
             1.2 * np.sum(_at(self.pub_a, pub, angle) * _at(self.model_l, model, angle), 1)
-            + 1.1 * np.sum(_at(self.pub_b, pub, angle) * _at(self.user_l, user, angle), 1)
+            + 1.1 * known_user
+            * np.sum(_at(self.pub_b, pub, angle) * _at(self.user_l, user, angle), 1)
         )
         base = self.offset + 0.25 * np.sin(2 * np.pi * t * DAYS / 7) - 0.2 * t
         p = _sigmoid(base + trees + latent)
@@ -305,11 +312,13 @@ class _Criteo:
             + 0.3 * (i[7] > 10) - 0.3 * miss[11] * (i[3] > 4)
         )
         angle = 0.5 * np.pi * t
-        latent = (
-            1.1 * np.sum(_at(self.lat[2], cats[2], angle) * _at(self.lat[15], cats[15], angle), 1)
-            + 1.0 * np.sum(_at(self.lat[3], cats[3], angle) * _at(self.lat[11], cats[11], angle),
-                           1)
-        )
+
+        def cross(a: int, b: int) -> np.ndarray:
+            # a missing id is unknown to every learner: no effect (the truth stays achievable)
+            dot = np.sum(_at(self.lat[a], cats[a], angle) * _at(self.lat[b], cats[b], angle), 1)
+            return dot * ~(cmiss[a] | cmiss[b])
+
+        latent = 1.1 * cross(2, 15) + 1.0 * cross(3, 11)
         base = self.offset + 0.25 * np.sin(2 * np.pi * t * DAYS / 7) - 0.2 * t
         p = _sigmoid(base + trees + latent)
         y = (rng.random(n) < p).astype(np.int8)

@@ -78,8 +78,13 @@ class TreeStage:
         first fit; a first stage's is the smoothed log-odds of the clicks seen so far.
     swap_lag : int, optional
         Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
+        While the schedule ramps up (see ``first_fit``) the lag is at most half the interval
+        to the next refit: early trees see little data, so they should go live soon.
     first_fit : int, optional
-        Observed rows before the first fit (default ``refit_every``).
+        Observed rows before the first fit (default ``refit_every``). The interval between
+        scheduled refits then doubles from ``first_fit`` up to ``refit_every``: the first
+        window covers only the start of the stream (part of a day), and refits on small
+        windows are cheap.
     warm_start : bool
         Against refit shocks: continue from the live booster (LightGBM ``init_model``) with
         ``warm_trees`` new trees on the window instead of a fresh fit, so that the new model
@@ -266,13 +271,18 @@ class TreeStage:
     def _maybe_refit(self) -> None:
         if self._pending is not None or self._count < self.min_fit_rows:
             return
-        due = self.since_refit >= (self.first_fit if self.version == 0 and self.refits == 0
-                                   else self.refit_every)
+        due = self.since_refit >= self._interval(self.refits)
         drifted = (self.drift and self._drift_now and self.booster is not None
                    and self.since_refit >= self.drift_min_gap)
         self._drift_now = False
         if due or drifted:
             self._start_refit("drift" if drifted and not due else "schedule")
+
+    def _interval(self, refits: int) -> int:
+        """Scheduled rows between the start of refit ``refits - 1`` and the next one."""
+        if refits == 0:
+            return self.first_fit
+        return min(self.refit_every, self.first_fit << min(refits - 1, 40))
 
     def _start_refit(self, reason: str) -> None:
         X, y, z = self._snapshot()
@@ -282,7 +292,8 @@ class TreeStage:
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
-        job: dict[str, Any] = {"swap_at": self.n_seen + self.swap_lag, "reason": reason,
+        lag = min(self.swap_lag, self._interval(self.refits + 1) // 2)
+        job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None}
 
         def fit() -> None:

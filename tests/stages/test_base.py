@@ -144,17 +144,31 @@ def test_state_round_trip_same_margins_and_future_swaps():
         full.state_dict()["adwin_history"].tolist()
 
 
+def test_refit_interval_doubles_from_first_fit_to_refit_every():
+    stage = _stage(refit_every=8000, first_fit=1000, swap_lag=3000, drift=False)
+    log: list = []
+    _feed(stage, _stream(6, 260), log)
+    before = [(0, False, 0, 0)] + log[:-1]
+    starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
+    assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
+    # each swap comes at most half the next interval (and at most swap_lag) after its start
+    swaps = [r[0] for r in log if r[1]]
+    assert swaps == [1500, 3000, 6000, 11000, 19000]
+
+
 def test_drift_triggers_an_early_refit():
     rng = np.random.default_rng(7)
-    stage = _stage(refit_every=20_000, window=3000, first_fit=1000, swap_lag=100,
-                   drift_min_gap=200, drift_delta=0.01)
-    _feed(stage, [_batch(rng, 100) for _ in range(30)])
-    assert stage.refits == 1
-    _feed(stage, [_batch(rng, 100, shift=3.0) for _ in range(80)])  # clicks jump
-    assert stage.refits > 1  # long before the scheduled 20,000 rows
-    quiet = _stage(refit_every=20_000, window=3000, first_fit=1000, drift_delta=0.01)
-    _feed(quiet, [_batch(rng, 100) for _ in range(110)])
-    assert quiet.refits == 1
+    kw = dict(refit_every=20_000, window=3000, first_fit=1000, swap_lag=100,
+              drift_min_gap=200, drift_delta=0.01)
+    stage, quiet = _stage(**kw), _stage(**kw)
+    start = [_batch(rng, 100) for _ in range(30)]
+    drifted, steady = [], []
+    _feed(stage, start)
+    _feed(quiet, start)
+    _feed(stage, [_batch(rng, 100, shift=3.0) for _ in range(9)], drifted)  # clicks jump
+    _feed(quiet, [_batch(rng, 100) for _ in range(9)], steady)
+    assert steady[-1][3] == 2  # the schedule alone: at 1000 and 2000 rows, next at 4000
+    assert drifted[-1][3] == 3  # the drift refit came before row 4000
 
 
 def test_fit_one_shot_with_early_stopping(rng):
