@@ -229,9 +229,10 @@ class ResFusionClassifier(base.MiniBatchClassifier):
 
     The margin is ``z(x) = trees(x) + residual(x)`` and ``p = sigmoid(z)`` (Bao et al., CCIR
     2020). The trees (LightGBM) are first fitted after ``first_fit`` learned events, then refit
-    every ``refit_every`` (earlier when ADWIN sees the loss drift, if ``drift``) on the last
-    ``window`` events, in a background thread; a refit goes live ``refit_every // 10`` learned
-    events after it started, at the start of a ``learn_one`` / ``learn_many``, never during a
+    at intervals doubling up to ``refit_every`` (earlier when ADWIN sees the loss drift, if
+    ``drift``) on the last ``window`` events, in a background thread; a refit goes live
+    ``refit_every // 10`` learned events after it started (or half the next interval if that
+    is sooner), at the start of a ``learn_one`` / ``learn_many``, never during a
     prediction, so a seeded run replays exactly. Before their first fit the trees output the
     smoothed log-odds of the labels seen so far. The residual learner (FM, DeepFM or logistic
     regression over hashed features, compiled) takes one Adam step per ``learn_one`` towards
@@ -281,7 +282,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     tree_learning_rate : float
         LightGBM's shrinkage.
     refit_every : int
-        Refit the trees every this many learned events.
+        Refit the trees every this many learned events, once the interval has doubled up to
+        it from ``first_fit``.
     window : int
         The trees are refit on the last ``window`` learned events.
     first_fit : int
