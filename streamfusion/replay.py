@@ -3,19 +3,22 @@
 Reads the log in mini-batches, holds out a seeded 10% (or the last 10%), scores every event
 with the chain before learning from it (``online.OnlineModel.step``), records the progressive
 metrics, checkpoints atomically every N events, and at the end scores the held-out events
-with the final model and writes the report of DESIGN.md.
+with the final model and writes the report of DESIGN.md. Progressive and held-out events are
+spilled to disk (``streamfusion.spill``), so memory stays flat in the stream's length.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
-import zlib
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,21 @@ import numpy as np
 
 from streamfusion import checkpoint
 from streamfusion.data import ParseError, open_source
-from streamfusion.evaluate import Progressive, holdout_mask, summarize
+from streamfusion.evaluate import (
+    PROGRESSIVE_FILE,
+    Progressive,
+    holdout_mask,
+    spill_reader,
+    summarize_spilled,
+)
 from streamfusion.features import Batch
 from streamfusion.online import OnlineModel, add_model_arguments, config_from_args
+from streamfusion.spill import RecordSpill, SpillFile
 
 DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
 HOLDOUT_FILE = "holdout.npy-stream"
+HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margins
+HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
 LIVE_AUC_EVENTS = 20_000  # events behind the progress bar's live AUC
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
@@ -38,30 +50,22 @@ ARRAYS = ("indices", "values", "dense", "y", "line", "time")
 class HoldoutStore:
     """Held-out events spilled to disk, so memory stays flat in the stream's length.
 
-    Each appended batch is a run of ``.npy`` records; a running CRC and byte count let a
-    checkpoint pin the prefix that belongs to it.
+    Each flush writes a run of ``.npy`` records (one per batch array) to a
+    :class:`~streamfusion.spill.SpillFile`, whose CRC and length let a checkpoint pin the
+    prefix that belongs to it.
     """
 
-    def __init__(self, path: Path, nbytes: int = 0, crc: int = 0, rows: int = 0) -> None:
-        self.path = Path(path)
-        self.crc, self.nbytes, self.rows = crc, nbytes, rows
+    def __init__(self, path: Path, file: SpillFile | None = None, rows: int = 0) -> None:
+        self.file = file if file is not None else SpillFile(path)
+        self.rows = int(rows)
         self._pending: list[Batch] = []
         self._pending_rows = 0
-        mode = "r+b" if self.path.exists() else "w+b"
-        self._f = open(self.path, mode)  # noqa: SIM115 - closed in close()
-        self._f.truncate(nbytes)
-        self._f.seek(nbytes)
 
     @classmethod
     def resume(cls, path: Path, state: dict[str, int]) -> HoldoutStore:
         """Reopen the spill file of a checkpoint, refusing it unless its prefix matches."""
-        nbytes, crc = int(state["bytes"]), int(state["crc"])
-        if not path.exists() or path.stat().st_size < nbytes:
-            raise checkpoint.CheckpointError(f"held-out events file {path} is missing or short")
-        with open(path, "rb") as f:
-            if zlib.crc32(f.read(nbytes)) != crc:
-                raise checkpoint.CheckpointError(f"held-out events file {path} is corrupt")
-        return cls(path, nbytes, crc, int(state["rows"]))
+        file = SpillFile.resume(path, state, "held-out events")
+        return cls(path, file, int(state.get("rows", 0)))
 
     def append(self, batch: Batch) -> None:
         self._pending.append(batch)
@@ -74,29 +78,24 @@ class HoldoutStore:
             return
         batch = Batch.concat(self._pending)
         self._pending, self._pending_rows = [], 0
-        start = self._f.tell()
+        buf = io.BytesIO()
         for name in ARRAYS:
-            np.save(self._f, getattr(batch, name), allow_pickle=False)
-        end = self._f.tell()
-        self._f.seek(start)
-        self.crc = zlib.crc32(self._f.read(end - start), self.crc)
-        self.nbytes, self.rows = end, self.rows + len(batch)
+            np.save(buf, getattr(batch, name), allow_pickle=False)
+        self.file.append(buf.getbuffer())
+        self.rows += len(batch)
 
     def batches(self) -> Iterator[Batch]:
         self._flush()
-        self._f.flush()
-        self._f.seek(0)
-        while self._f.tell() < self.nbytes:
-            yield Batch(*(np.load(self._f, allow_pickle=False) for _ in ARRAYS))
+        with self.file.reader() as f:
+            while f.tell() < self.file.nbytes:
+                yield Batch(*(np.load(f, allow_pickle=False) for _ in ARRAYS))
 
     def state_dict(self) -> dict[str, int]:
         self._flush()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        return {"bytes": self.nbytes, "crc": self.crc, "rows": self.rows}
+        return {**self.file.state_dict(), "rows": self.rows}
 
     def close(self) -> None:
-        self._f.close()
+        self.file.close()
 
 
 def exact_batches(source: Any, size: int, limit: int | None, done: int) -> Iterator[Batch]:
@@ -191,17 +190,19 @@ class Replay:
         self.source = open_source(self.path, format=args.format, label=args.label,
                                   bits=config.bits, seed=config.seed, on_error=args.on_error)
         n_fields = len(self.source.schema.field_names)
+        # Spills live beside the checkpoint they belong to, else in a directory of this run.
+        self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        # a run's own directory goes at its end, or at exit if the run fails
+        self._remove_tmpdir = (None if args.checkpoint else
+                               weakref.finalize(self, shutil.rmtree, self.spill_dir, True))
         if self.state is None:
             self.model = OnlineModel(config, n_fields)
-            self.progressive = Progressive(args.window_rows)
+            self.progressive = Progressive(args.window_rows, self.spill_dir / PROGRESSIVE_FILE)
+            self.holdout = HoldoutStore(self.spill_dir / HOLDOUT_FILE)
             self.rows_done, self.seconds_before = 0, 0.0
         else:
             self._restore(self.state)
-        spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-holdout-"))
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        holdout_path = spill_dir / HOLDOUT_FILE
-        self.holdout = (HoldoutStore.resume(holdout_path, self.state["holdout"])
-                        if self.state else HoldoutStore(holdout_path))
         self.chrono_start = None
         if args.holdout_mode == "chrono":
             total = count_events(self.path) - int(self.source.schema.has_header)
@@ -215,9 +216,16 @@ class Replay:
         if Path(state["file"]).resolve() != Path(self.path).resolve():
             raise checkpoint.CheckpointError(
                 f"checkpoint belongs to {state['file']}, not {self.path}")
+        # Both spill files are checked before anything else is loaded.
+        self.progressive = Progressive.resume(self.spill_dir / PROGRESSIVE_FILE,
+                                              state.get("progressive", {}))
+        try:
+            self.holdout = HoldoutStore.resume(self.spill_dir / HOLDOUT_FILE,
+                                               state.get("holdout", {}))
+        except checkpoint.CheckpointError:
+            self.progressive.close()
+            raise
         self.model = OnlineModel.from_state(state["model"])
-        self.progressive = Progressive()
-        self.progressive.load_state_dict(state["progressive"])
         self.source.encoder.load_state_dict(state["encoder"])
         self.source.seek(state["position"])
         self.rows_done = int(state["rows_done"])
@@ -276,19 +284,32 @@ class Replay:
         seconds = self.seconds_before + time.perf_counter() - t0
         report = self.report(seconds)
         self.model.close()
-        self.holdout.close()
+        self._close_spills()
         self.source.close()
         return report
 
+    def _close_spills(self) -> None:
+        self.holdout.close()
+        self.progressive.close()
+        if self._remove_tmpdir is not None:
+            self._remove_tmpdir()
+
     def holdout_metrics(self) -> dict[str, Any]:
-        zs, ys = [], []
-        for b in self.holdout.batches():
-            keep = ~np.isnan(b.y)
-            zs.append(self.model.score(b).margin[keep])
-            ys.append(b.y[keep])
-        z = np.concatenate(zs) if zs else np.empty(0, np.float32)
-        y = np.concatenate(ys) if ys else np.empty(0, np.float32)
-        return {**summarize(z, y), "mode": self.args.holdout_mode}
+        """The final model's metrics on the held-out events, through a spill like the
+        progressive ones: memory flat in the number of held-out events."""
+        scores = RecordSpill(self.spill_dir / HOLDOUT_SCORES_FILE)
+        try:
+            for stored in self.holdout.batches():
+                for a in range(0, len(stored), HOLDOUT_SCORE_ROWS):
+                    b = stored.take(slice(a, a + HOLDOUT_SCORE_ROWS))
+                    keep = ~np.isnan(b.y)
+                    z = self.model.score(b).margin[keep]
+                    scores.append(z, b.y[keep], np.zeros(z.size, np.int32))
+            metrics = summarize_spilled(spill_reader(scores), 0, len(scores),
+                                        self.progressive.budget, self.progressive.chunk_rows)
+        finally:
+            scores.close(remove=True)
+        return {**metrics, "mode": self.args.holdout_mode}
 
     def report(self, seconds: float) -> dict[str, Any]:
         pos = self.source.position()

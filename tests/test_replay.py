@@ -2,9 +2,13 @@
 
 import gzip
 import json
+import re
+import shutil
+import tempfile
 
 import pytest
 
+from streamfusion import checkpoint
 from streamfusion.cli import main
 from streamfusion.data.generate import generate
 
@@ -73,6 +77,9 @@ def test_resume_after_a_crash_ends_with_the_same_report(stream, tmp_path, monkey
     def crashing_run(self, progress=None):
         def bomb(r):
             if r.rows_done >= 21_000:  # after the checkpoint at 16,384, before the next
+                # events past the checkpoint reached the spill files before the crash
+                r.progressive._spill.flush()
+                r.holdout._flush()
                 raise Crash
         return original_run(self, bomb)
 
@@ -80,6 +87,8 @@ def test_resume_after_a_crash_ends_with_the_same_report(stream, tmp_path, monkey
     with pytest.raises(Crash):
         replay(tmp_path, *args, name="crashed.json")
     monkeypatch.setattr(replay_mod.Replay, "run", original_run)
+    pinned = checkpoint.load(tmp_path / "ckpt")["progressive"]["spill"]["bytes"]
+    assert (tmp_path / "ckpt" / "progressive.spill").stat().st_size > pinned
     code, resumed = replay(tmp_path, *args, "--resume", name="resumed.json")
     assert code == 0
     assert strip_timing(resumed) == strip_timing(whole)
@@ -98,6 +107,72 @@ def test_corrupt_checkpoint_is_refused(stream, tmp_path, capsys):
                      "--resume", name="r2.json")
     assert code == 1
     assert "corrupt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_checkpoint(stream, tmp_path_factory):
+    """A checkpoint directory of a finished 10,000-row run, and that run's report."""
+    d = tmp_path_factory.mktemp("finished")
+    code, r = replay(d, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(d / "ckpt"), "--checkpoint-every", "5000")
+    assert code == 0
+    return d / "ckpt", r
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    (None, None, None),
+    ("progressive.spill", "missing", "progressive metrics file .* is missing"),
+    ("progressive.spill", "short", "progressive metrics file .* is shorter"),
+    ("progressive.spill", "corrupt", "progressive metrics file .* is corrupt"),
+    ("holdout.npy-stream", "missing", "held-out events file .* is missing"),
+    ("holdout.npy-stream", "corrupt", "held-out events file .* is corrupt"),
+])
+def test_resume_refuses_a_checkpoint_whose_spill_is_damaged(
+        finished_checkpoint, stream, tmp_path, capsys, name, damage, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_checkpoint[0], ckpt)
+    if name is not None:
+        path = ckpt / name
+        raw = bytearray(path.read_bytes())
+        assert len(raw) > 1000
+        if damage == "missing":
+            path.unlink()
+        elif damage == "short":
+            path.write_bytes(raw[:-9])
+        else:
+            raw[len(raw) // 2] ^= 0x10
+            path.write_bytes(bytes(raw))
+    capsys.readouterr()
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(ckpt), "--resume")
+    err = capsys.readouterr().err
+    if name is None:  # the undamaged checkpoint resumes to the same report
+        assert code == 0 and strip_timing(r) == strip_timing(finished_checkpoint[1])
+    else:
+        assert code == 1 and r is None
+        assert re.search(message, " ".join(err.split())), err
+
+
+def test_spills_stay_bounded_and_leave_no_temporary_files(stream, tmp_path, monkeypatch):
+    """A tiny AUC budget and small reads (hundreds of passes, buckets over the budget) give
+    the same report, and a run without checkpoints removes its spill directory."""
+    from streamfusion import replay as replay_mod
+    from streamfusion.evaluate import Progressive
+
+    class Tiny(Progressive):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, budget=150, chunk_rows=333, **kwargs)
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    code, default = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, name="default.json")
+    assert code == 0 and list(scratch.iterdir()) == []
+    monkeypatch.setattr(replay_mod, "Progressive", Tiny)
+    code, tiny = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, name="tiny.json")
+    assert code == 0 and list(scratch.iterdir()) == []
+    assert strip_timing(tiny) == strip_timing(default)
+    assert len(tiny["windows"]) >= 5 and tiny["refit_windows"]
 
 
 def test_malformed_row_names_file_line_and_reason(tmp_path, stream, capsys):
