@@ -3,9 +3,10 @@
     python benchmarks/bench_trees.py [--rows 200000] [--trees 100] [--leaves 63] [--threads 2]
 
 Fits LightGBM on tree features of a generated Avazu-format stream (integer columns, hour of
-day, weekday, frequency counts of the hex id columns), then times raw-margin prediction of
-both evaluators on the same rows, in batches, and one row at a time. Prints rows/s and the
-largest absolute difference to LightGBM (the oracle).
+day, weekday, frequency counts of the hex id columns), then times raw-margin prediction on the
+same rows, in batches, and one row at a time: streamfusion's kernels (the AVX-512 one where the
+CPU has it, and the scalar one it falls back to) and LightGBM's predict. Prints rows/s, us per
+row, and the largest absolute difference of each kernel to LightGBM (the oracle).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pyarrow.csv as pacsv
-from streamfusion._trees import TreeEnsemble
+from streamfusion._trees import HAVE_AVX512, TreeEnsemble
 
 from streamfusion.data.generate import generate
 
@@ -71,41 +72,54 @@ def main() -> None:
                   num_threads=args.threads, deterministic=True)
     booster = lgb.train(params, lgb.Dataset(X, y), args.trees)
     ens = TreeEnsemble.from_booster(booster)
+    kernels = (["avx512"] if HAVE_AVX512 else []) + ["scalar"]
     ref = booster.predict(X, raw_score=True, num_threads=args.threads)
-    diff = float(np.abs(ens.predict_margin(X, threads=args.threads) - ref).max())
+    diffs = []
+    for kernel in kernels:
+        ens.kernel = kernel
+        diff = np.abs(ens.predict_margin(X, threads=args.threads) - ref).max()
+        diffs.append(f"{kernel} {diff:.3g}")
     print(f"{ens.n_trees} trees x <= {args.leaves} leaves, depth max {ens.depth.max()} "
           f"mean {ens.depth.mean():.1f}; {len(X):,} rows x {X.shape[1]} features; "
-          f"max |ours - LightGBM| = {diff:.3g}")
+          f"max |ours - LightGBM|: {', '.join(diffs)}")
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    def ours(kernel, th, rows):
+        def run():
+            ens.kernel = kernel
+            for b in rows:
+                ens.predict_margin(b, threads=th)
+        return run
 
     batches = [X[i:i + args.batch] for i in range(0, len(X), args.batch)]
     results = []
-    for th in sorted({1, args.threads}):
-        results.append((f"streamfusion._trees, {th} thread(s), batches of {args.batch}",
-                        rate(lambda th=th: [ens.predict_margin(b, threads=th) for b in batches],
-                             len(X))))
+    for kernel in kernels:
+        for th in sorted({1, args.threads}):
+            results.append((f"streamfusion {kernel}, {th} thread(s), batches of {args.batch}",
+                            rate(ours(kernel, th, batches), len(X))))
     results.append((f"LightGBM predict(raw_score), {args.threads} threads, batches of "
                     f"{args.batch}", rate(lambda: [booster.predict(
                         b, raw_score=True, num_threads=args.threads) for b in batches], len(X))))
     # CPU time of one thread: robust to other processes sharing the machine
-    results.append(("streamfusion._trees, 1 thread, rows per CPU-second",
-                    rate(lambda: [ens.predict_margin(b, threads=1) for b in batches], len(X),
-                         clock=time.process_time)))
+    for kernel in kernels:
+        results.append((f"streamfusion {kernel}, 1 thread, rows per CPU-second",
+                        rate(ours(kernel, 1, batches), len(X), clock=time.process_time)))
     results.append(("LightGBM predict, 1 thread, rows per CPU-second",
                     rate(lambda: [booster.predict(b, raw_score=True, num_threads=1)
                                   for b in batches], len(X), clock=time.process_time)))
-    one = X[:2000]
-    results.append(("streamfusion._trees, one row per call",
-                    rate(lambda: [ens.predict_margin(one[i:i + 1]) for i in range(len(one))],
-                         len(one))))
+    one = [X[i:i + 1] for i in range(2000)]
+    for kernel in kernels:  # a lone row runs the scalar kernel either way (SIMD_MIN_ROWS)
+        results.append((f"streamfusion {kernel}, one row per call",
+                        rate(ours(kernel, 1, one), len(one))))
     results.append(("LightGBM predict, one row per call",
-                    rate(lambda: [booster.predict(one[i:i + 1], raw_score=True, num_threads=1)
-                                  for i in range(len(one))], len(one), repeat=1)))
+                    rate(lambda: [booster.predict(r, raw_score=True, num_threads=1)
+                                  for r in one], len(one), repeat=1)))
     load = os.getloadavg()[0]
     print(f"load average at the end: {load:.1f} on {os.cpu_count()} CPUs")
-    print(f"| {'evaluator':<62} | {'rows/s':>12} |")
-    print(f"|{'-' * 64}|{'-' * 14}|")
+    print(f"| {'evaluator':<62} | {'rows/s':>12} | {'us/row':>7} |")
+    print(f"|{'-' * 64}|{'-' * 14}|{'-' * 9}|")
     for name, r in results:
-        print(f"| {name:<62} | {r:>12,.0f} |")
+        print(f"| {name:<62} | {r:>12,.0f} | {1e6 / r:>7.3f} |")
 
 
 if __name__ == "__main__":
