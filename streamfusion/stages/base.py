@@ -78,8 +78,8 @@ class TreeStage:
         first fit; a first stage's is the smoothed log-odds of the clicks seen so far.
     swap_lag : int, optional
         Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
-        While the schedule ramps up (see ``first_fit``) the lag is at most half the interval
-        to the next refit: early trees see little data, so they should go live soon.
+        It is at most half the interval to the next refit, which matters while the schedule
+        ramps up (see ``first_fit``): early trees see little data and should go live soon.
     first_fit : int, optional
         Observed rows before the first fit (default ``refit_every``). The interval between
         scheduled refits then doubles from ``first_fit`` up to ``refit_every``: the first
