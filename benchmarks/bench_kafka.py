@@ -1,29 +1,37 @@
 """Kafka daemon benchmark: sustained scoring throughput and end-to-end latency, real broker.
 
-    python benchmarks/bench_kafka.py [--bootstrap HOST:PORT] [--events 500000]
-                                     [--rates 1000,10000] [--seconds 15]
+    python benchmarks/bench_kafka.py [--bootstrap HOST:PORT] [--events 300000]
+                                     [--rates 1000,10000] [--seconds 10] [--repeat 3]
 
 1. Trains the default chain (ResFusion: 100 trees x 63 leaves + DeepFM 128-128, 2**20 rows)
-   on a generated Avazu-format stream until its first tree refit, writes it as a model
-   snapshot and announces it on a model topic, as ``serve --role train`` would.
+   on a generated Avazu-format stream until its first tree refit has swapped in, writes it as
+   a model snapshot and announces it on a model topic, as ``serve --role train`` would.
 2. Throughput: pre-produces ``--events`` events, then times ``streamfusion serve --role
    score`` (a subprocess, loading the snapshot) consuming them to the output topic; the rate
-   is events / (last output's broker timestamp - first's). Beside it, in the same run: a
-   bare Python consume -> produce loop over the same topic (no parsing, no model), the
-   ceiling of the client library on this machine.
-3. Latency: for each input rate, a paced producer sends events (send time recorded per id)
-   while a separate process consumes the output topic (receive time per id); percentiles of
-   receive - send.
+   is events / (last output's broker timestamp - first's). Beside it, in the same run: a bare
+   Python consume -> produce loop over the same topic (no parsing, no model), once with the
+   client settings serve had before issue 4's tuning and once with serve's own settings.
+3. Latency: for each input rate, a paced producer (``--producer-linger-ms``, librdkafka's
+   default 5) sends events (send time recorded per id, before the linger) while a separate
+   process consumes the output topic (receive time per id); percentiles of receive - send.
+   The input topic stamps each event with the broker's append time and each output carries
+   serve's produce time, which splits every latency into producer -> broker, broker ->
+   serve's output (fetch, decode, score, produce call) and output -> receiver.
 
+``--repeat`` runs steps 2 and 3 that many times (the medians are reported: the machine is
+shared). ``$STREAMFUSION_CLI`` replaces the ``streamfusion`` command (e.g. another checkout's
+``env PYTHONPATH=... python -m streamfusion.cli``, to compare two versions on one broker).
 Without ``--bootstrap`` it starts its own broker with ``scripts/kafka-local`` and stops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,23 +40,46 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.generate import generate
 from streamfusion.fusion import ModelConfig
-from streamfusion.kafka.daemon import SNAPSHOT_DIR, schema_for
+from streamfusion.kafka.daemon import (
+    CONSUMER_TUNING,
+    PRODUCER_TUNING,
+    SNAPSHOT_DIR,
+    schema_for,
+)
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.produce import produce
 from streamfusion.online import OnlineModel
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_ROWS = 225_000  # the default chain's first refit starts after 200k learned events and
-# swaps in 20k events later
 TRAIN_BATCH = 5000
 SEND_TICK = 0.001  # the paced producer sends a burst every millisecond
+WARM_SECONDS = 5.0  # of paced traffic before the latency runs
+# The broker answers a waiting fetch as soon as data arrives, so a long wait costs the
+# receiver no latency; a 1 ms wait had it ask ~1000 times a second, broker CPU serve needs
+RECEIVER_WAIT_MS = 100
+# librdkafka's default, as an upstream application would have it; linger 0 sent a request per
+# 1 ms burst and doubled the broker's CPU at 10k events/s (the latency still counts the linger)
+PRODUCER_LINGER_MS = 5.0
+# serve's client settings before issue 4's tuning, for the bare loop's "before" line
+BEFORE_CONSUMER = {"fetch.wait.max.ms": 10, "queued.min.messages": 20_000}
+BEFORE_PRODUCER = {"linger.ms": 2, "compression.type": "lz4",
+                   "queue.buffering.max.messages": 1_000_000}
+
+
+def train_rows(config: ModelConfig, n_fields: int) -> int:
+    """Events the chain must learn before its first tree refit has swapped in."""
+    model = OnlineModel(config, n_fields)
+    try:
+        return max(s.first_fit + s.swap_lag for s in model.chain.tree_stages) + TRAIN_BATCH
+    finally:
+        model.close()
 
 
 def start_broker(state: Path) -> str:
@@ -63,20 +94,36 @@ def stop_broker(state: Path) -> None:
                    check=False, capture_output=True)
 
 
-def create_topics(bootstrap: str, names: list[str]) -> None:
+def broker_pid(state: Path) -> int | None:
+    for line in state.read_text().splitlines() if state.exists() else []:
+        if line.startswith("pid="):
+            return int(line.split("=", 1)[1])
+    return None
+
+
+def create_topics(bootstrap: str, names: list[str], config: dict | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
+    new = [NewTopic(n, 1, 1, config=config or {}) for n in names]
+    for f in admin.create_topics(new).values():
         f.result(timeout=60)
 
 
-def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str) -> dict:
+def log_append_time(bootstrap: str, topic: str) -> bool:
+    """Does ``topic`` stamp messages with the broker's append time?"""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    conf = admin.describe_configs([res])[res].result(timeout=30)
+    return conf["message.timestamp.type"].value == "LogAppendTime"
+
+
+def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, rows: int) -> dict:
     """Train the default chain through its first refit; write + announce the snapshot."""
     schema = schema_for("avazu")
     config = ModelConfig()
     model = OnlineModel(config, len(schema.field_names))
     encoder = Encoder(schema, bits=config.bits, seed=config.seed)
     kenc = KafkaEncoder(encoder)
-    _, events = read_events(log, rows=TRAIN_ROWS)
+    _, events = read_events(log, rows=rows)
     t0 = time.perf_counter()
     chunk: list[bytes] = []
     for _, ev in events:
@@ -97,18 +144,37 @@ def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str) ->
     p = Producer({"bootstrap.servers": bootstrap})
     p.produce(model_topic, json.dumps({"version": 1, "path": str(path)}).encode(), b"model")
     p.flush(30)
-    info = {"train_events": TRAIN_ROWS, "train_seconds": seconds,
+    info = {"train_events": rows, "train_seconds": seconds,
             "tree_version": model.version, "stages": list(model.chain.kinds)}
     model.close()
     return info
 
 
+def cli() -> list[str]:
+    """The ``streamfusion`` command (``$STREAMFUSION_CLI`` overrides it)."""
+    given = os.environ.get("STREAMFUSION_CLI")
+    return shlex.split(given) if given else [sys.executable, "-m", "streamfusion.cli"]
+
+
 def serve_proc(bootstrap: str, in_topic: str, out_topic: str, model_topic: str, group: str,
                log: Path, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamfusion.cli", "serve", "--bootstrap-servers", bootstrap,
+    cmd = [*cli(), "serve", "--bootstrap-servers", bootstrap,
            "--input-topic", in_topic, "--output-topic", out_topic, "--group-id", group,
            "--role", "score", "--model-topic", model_topic, *extra]
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of the machine so far: steal is time the hypervisor gave this
+    VM's cores to someone else (it slows everything here without showing in the load)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]
+
+
+def steal_share(before: tuple[int, int]) -> float:
+    """Share of CPU time stolen since ``machine_ticks()`` returned ``before``."""
+    now = machine_ticks()
+    return (now[1] - before[1]) / max(now[0] - before[0], 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -136,13 +202,12 @@ def drain_timestamps(bootstrap: str, topic: str, expect: int, pid: int, limit: f
     return np.asarray(ts, dtype=np.int64), startup_cpu
 
 
-def passthrough(bootstrap: str, in_topic: str, out_topic: str, n: int) -> float:
+def passthrough(bootstrap: str, in_topic: str, out_topic: str, n: int, consumer: dict,
+                producer: dict) -> float:
     """Events/s of a bare consume -> produce loop: the Python client's ceiling here."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"pass-{time.time_ns()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "queued.min.messages": 20_000})
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "compression.type": "lz4",
-                  "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, **consumer})
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, **producer})
     c.subscribe([in_topic])
     got = 0
     t0 = None
@@ -161,47 +226,77 @@ def passthrough(bootstrap: str, in_topic: str, out_topic: str, n: int) -> float:
     return n / seconds
 
 
-def _receiver(bootstrap: str, topic: str, n: int, out_path: str, ready) -> None:
+def _receiver(bootstrap: str, topic: str, n: int, out_path: str, ready, wait_ms: int) -> None:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{time.time_ns()}",
                   "auto.offset.reset": "latest", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
+                  "fetch.wait.max.ms": wait_ms, "fetch.min.bytes": 1})
     c.subscribe([topic])
     while not c.assignment():
         c.poll(0.1)
     ready.set()
-    seqs, recv = [], []
+    seqs, recv, made = [], [], []  # made: serve's produce time of the output (ms)
     deadline = time.monotonic() + 600
     while len(seqs) < n and time.monotonic() < deadline:
         msg = c.poll(0.05)
         if msg is None or msg.error() is not None:
             continue
         now = time.time()
-        seqs.append(int(msg.key().split(b"-")[1]))
-        recv.append(now)
-        for m in c.consume(10_000, 0):  # whatever else is already here
+        for m in [msg, *c.consume(10_000, 0)]:  # and whatever else is already here
             if m.error() is None:
                 seqs.append(int(m.key().split(b"-")[1]))
                 recv.append(now)
+                made.append(m.timestamp()[1])
     c.close()
-    np.savez(out_path, seq=np.asarray(seqs), recv=np.asarray(recv))
+    np.savez(out_path, seq=np.asarray(seqs), recv=np.asarray(recv), made=np.asarray(made))
+
+
+def appended(bootstrap: str, topic: str, tag: str, n: int) -> np.ndarray:
+    """Broker append time (s) of events ``tag-0 .. tag-(n-1)`` of a LogAppendTime topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"app-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    out = np.full(n, np.nan)
+    prefix = tag.encode() + b"-"
+    got, last = 0, time.monotonic()
+    while got < n and time.monotonic() - last < 10:
+        for m in c.consume(10_000, 0.5):
+            if m.error() is None and m.key() is not None and m.key().startswith(prefix):
+                out[int(m.key()[len(prefix):])] = m.timestamp()[1] / 1000.0
+                got += 1
+                last = time.monotonic()
+    c.close()
+    return out
+
+
+def _pct(x: np.ndarray) -> str:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return "n/a"
+    return " / ".join(f"{v:.1f}" for v in (*np.percentile(x, [50, 99]), x.max()))
 
 
 def latency(bootstrap: str, in_topic: str, out_topic: str, events: list[dict], rate: int,
-            seconds: float, tag: str, tmp: Path) -> dict:
+            seconds: float, tag: str, tmp: Path, pids: tuple[int | None, int] | None = None,
+            linger_ms: float = PRODUCER_LINGER_MS, wait_ms: int = RECEIVER_WAIT_MS) -> dict:
+    """Paced events at ``rate`` for ``seconds``: latency percentiles, their split into stages
+    (when the input topic has LogAppendTime) and the CPU broker and serve (``pids``) used."""
     n = min(len(events), int(rate * seconds))
     ready = mp.Event()
     out_path = str(tmp / f"recv-{tag}.npz")
-    proc = mp.Process(target=_receiver, args=(bootstrap, out_topic, n, out_path, ready))
+    proc = mp.Process(target=_receiver, args=(bootstrap, out_topic, n, out_path, ready, wait_ms))
     proc.start()
     ready.wait(60)
     payloads = []
     for i, ev in enumerate(events[:n]):
         ev = dict(ev, id=f"{tag}-{i}")
         payloads.append((json.dumps(ev).encode(), ev["id"].encode()))
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms,
+                  "enable.idempotence": True})
     p.produce(f"{in_topic}-warm", b"{}")  # pays for the producer id and metadata up front
     p.flush(30)
     sent = np.zeros(n)
+    cpu0 = [cpu_seconds(pid) if pid else 0.0 for pid in pids or ()]
+    ticks = machine_ticks()
     t0 = time.perf_counter()
     wall0 = time.time()
     i = 0
@@ -214,27 +309,77 @@ def latency(bootstrap: str, in_topic: str, out_topic: str, events: list[dict], r
         p.poll(0)
         time.sleep(SEND_TICK)
     p.flush(60)
+    span = time.perf_counter() - t0
     achieved = n / (time.time() - wall0)
+    cpu = [(cpu_seconds(pid) - c0) / span if pid else float("nan")
+           for pid, c0 in zip(pids or (), cpu0, strict=True)]
     proc.join(120)
     data = np.load(out_path)
-    seq, recv = data["seq"], data["recv"]
+    seq, recv, made = data["seq"], data["recv"], data["made"] / 1000.0
     lat_ms = (recv - sent[seq]) * 1000.0
     second = (sent[seq] - wall0).astype(np.int64)
     by_second = [float(np.median(lat_ms[second == k])) for k in range(int(second.max()) + 1)
                  if np.any(second == k)]
-    return {"p50_ms_by_second": by_second, "rate": rate, "achieved_rate": achieved,
-            "events": n, "received": int(len(seq)),
-            "p50_ms": float(np.percentile(lat_ms, 50)), "p95_ms": float(np.percentile(lat_ms, 95)),
-            "p99_ms": float(np.percentile(lat_ms, 99)), "max_ms": float(lat_ms.max())}
+    out = {"p50_ms_by_second": by_second, "rate": rate, "achieved_rate": achieved,
+           "events": n, "received": int(len(seq)),
+           "p50_ms": float(np.percentile(lat_ms, 50)), "p95_ms": float(np.percentile(lat_ms, 95)),
+           "p99_ms": float(np.percentile(lat_ms, 99)), "max_ms": float(lat_ms.max()),
+           "broker_cores": cpu[0] if cpu else None, "serve_cores": cpu[1] if cpu else None,
+           "steal": steal_share(ticks)}
+    if log_append_time(bootstrap, in_topic):
+        app = appended(bootstrap, in_topic, tag, n)[seq]
+        stages = {"producer->broker": (app - sent[seq]) * 1000.0,
+                  "broker->serve output": (made - app) * 1000.0,
+                  "serve output->receiver": (recv - made) * 1000.0}
+        out["stages_p50_p99_max_ms"] = {k: _pct(v) for k, v in stages.items()}
+        slow = lat_ms > 50.0
+        if slow.any():  # where the events over 50 ms lost their time, on average
+            out["over_50ms"] = {"share": float(slow.mean()),
+                                **{k: float(np.nanmean(v[slow])) for k, v in stages.items()}}
+    return out
+
+
+def throughput_run(bootstrap: str, topics: dict, group: str, n: int, log: Path,
+                   batch_size: int) -> dict:
+    """One ``serve --role score`` over the pre-produced topic: events/s and per CPU-second."""
+    serve = serve_proc(bootstrap, topics["in"], topics["out"], topics["models"], group, log,
+                       ["--batch-size", str(batch_size), "--exit-when-idle", "5"])
+    try:
+        load = os.getloadavg()[0]
+        ticks = machine_ticks()
+        ts, startup_cpu = drain_timestamps(bootstrap, topics["out"], n, serve.pid)
+        steal = steal_share(ticks)
+        cpu = cpu_seconds(serve.pid) - startup_cpu  # scoring only: no imports, no model load
+        serve.wait(120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    span = (ts.max() - ts.min()) / 1000.0
+    return {"events": int(len(ts)), "seconds": span,
+            "events_per_second": len(ts) / span if span > 0 else float("nan"),
+            "events_per_cpu_second": len(ts) / cpu, "load_average": load, "steal": steal}
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap", default=None, help="use this broker (default: start one)")
-    ap.add_argument("--events", type=int, default=500_000, help="events for the throughput run")
+    ap.add_argument("--broker-pid", type=int, default=None,
+                    help="with --bootstrap: the broker's pid, to report its CPU")
+    ap.add_argument("--events", type=int, default=300_000, help="events for the throughput run")
     ap.add_argument("--rates", default="1000,10000", help="input rates for latency, events/s")
-    ap.add_argument("--seconds", type=float, default=15.0, help="length of each latency run")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
+    ap.add_argument("--repeat", type=int, default=3, help="throughput and latency runs each")
     ap.add_argument("--batch-size", type=int, default=5000, help="serve --batch-size")
+    ap.add_argument("--poll-timeout", default=None,
+                    help="serve --poll-timeout of the latency runs (default: serve's)")
+    ap.add_argument("--producer-linger-ms", type=float, default=PRODUCER_LINGER_MS,
+                    help="linger.ms of the paced producer (the upstream application)")
+    ap.add_argument("--receiver-wait-ms", type=int, default=RECEIVER_WAIT_MS,
+                    help="fetch.wait.max.ms of the latency receiver")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
@@ -242,22 +387,31 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
     state = tmp / "kafka-local.state"
     bootstrap = args.bootstrap or start_broker(state)
+    bpid = args.broker_pid if args.bootstrap else broker_pid(state)
     run = f"bench-{int(time.time())}"
-    t = {k: f"{run}-{k}" for k in ("in", "out", "pass", "models", "lin", "lout")}
+    t = {k: f"{run}-{k}" for k in ("in", "models", "lin", "lout")}
+    outs = [f"{run}-out{i}" for i in range(args.repeat)]
+    bare = {name: [f"{run}-pass-{name}{i}" for i in range(args.repeat)]
+            for name in ("before", "after")}
     procs: list[subprocess.Popen] = []
     try:
-        create_topics(bootstrap, list(t.values()))
+        create_topics(bootstrap, [t["in"], t["models"], t["lout"], *outs, *bare["before"],
+                                  *bare["after"]])
+        # the latency input stamps events with the broker's append time (the stage split)
+        create_topics(bootstrap, [t["lin"]], {"message.timestamp.type": "LogAppendTime"})
+        config = ModelConfig()
+        n_train = train_rows(config, len(schema_for("avazu").field_names))
         log = tmp / "stream.csv"
-        generate(log, "avazu", rows=TRAIN_ROWS + args.events, seed=11)
-        print(f"broker {bootstrap}; training the default chain on {TRAIN_ROWS:,} events ...",
+        generate(log, "avazu", rows=n_train + args.events, seed=11)
+        print(f"broker {bootstrap}; training the default chain on {n_train:,} events ...",
               flush=True)
-        info = train_snapshot(log, tmp, bootstrap, t["models"])
+        info = train_snapshot(log, tmp, bootstrap, t["models"], n_train)
         print(f"  trained {info['stages']} in {info['train_seconds']:.1f}s "
               f"(tree version {info['tree_version']})", flush=True)
 
         # the benchmark stream: events after the training rows, without labels (live traffic)
         _, rows = read_events(log)
-        events = [ev for i, (_, ev) in enumerate(rows) if i >= TRAIN_ROWS]
+        events = [ev for i, (_, ev) in enumerate(rows) if i >= n_train]
         for ev in events:
             ev.pop("click", None)
         bench_log = tmp / "bench.csv"
@@ -266,63 +420,93 @@ def main(argv: list[str] | None = None) -> int:
             f.write(",".join(["id", *cols]) + "\n")
             for ev in events:
                 f.write(",".join([ev["id"], *(ev[c] for c in cols)]) + "\n")
+        # 300k event dicts held here: keep this process's collector off them while serve runs
+        # on the same two cores
+        gc.collect()
+        gc.freeze()
         stats = produce(str(bench_log), t["in"], bootstrap, format="csv")
-        print(f"pre-produced {stats['events']:,} events ({stats['events_per_second']:,.0f}/s)",
-              flush=True)
+        n = stats["events"]
+        print(f"pre-produced {n:,} events ({stats['events_per_second']:,.0f}/s)", flush=True)
 
-        serve = serve_proc(bootstrap, t["in"], t["out"], t["models"], f"{run}-tp",
-                           tmp / "serve-throughput.log",
-                           ["--batch-size", str(args.batch_size), "--poll-timeout", "0.1",
-                            "--exit-when-idle", "5"])
-        procs.append(serve)
-        load_before = os.getloadavg()[0]
-        ts, startup_cpu = drain_timestamps(bootstrap, t["out"], stats["events"], serve.pid)
-        cpu = cpu_seconds(serve.pid) - startup_cpu  # scoring only: no imports, no model load
-        serve.wait(120)
-        span = (ts.max() - ts.min()) / 1000.0
-        throughput = len(ts) / span if span > 0 else float("nan")
-        per_cpu = len(ts) / cpu
-        print(f"serve --role score: {len(ts):,} events scored in {span:.2f}s = "
-              f"{throughput:,.0f} events/s; serve used {cpu:.1f} CPU-s = {per_cpu:,.0f} events "
-              f"per CPU-second (load average {load_before:.1f} on {os.cpu_count()} cores)",
-              flush=True)
-        ceiling = passthrough(bootstrap, t["in"], t["pass"], stats["events"])
-        print(f"bare consume -> produce loop (no parse, no model): {ceiling:,.0f} events/s",
-              flush=True)
+        tput: list[dict] = []
+        ceilings: dict[str, list[float]] = {"before": [], "after": []}
+        for i in range(args.repeat):
+            r = throughput_run(bootstrap, {**t, "out": outs[i]}, f"{run}-tp{i}", n,
+                               tmp / f"serve-throughput-{i}.log", args.batch_size)
+            tput.append(r)
+            print(f"serve --role score: {r['events']:,} events scored in {r['seconds']:.2f}s = "
+                  f"{r['events_per_second']:,.0f} events/s, {r['events_per_cpu_second']:,.0f} "
+                  f"events per CPU-second of serve (load average {r['load_average']:.1f} on "
+                  f"{os.cpu_count()} cores, {r['steal']:.0%} stolen)", flush=True)
+            for name, (cons, prod) in (("before", (BEFORE_CONSUMER, BEFORE_PRODUCER)),
+                                       ("after", (CONSUMER_TUNING, PRODUCER_TUNING))):
+                rate = passthrough(bootstrap, t["in"], bare[name][i], n, cons, prod)
+                ceilings[name].append(rate)
+                print(f"bare consume -> produce loop, {name} issue 4's client settings: "
+                      f"{rate:,.0f} events/s (load average {os.getloadavg()[0]:.1f})",
+                      flush=True)
 
+        extra = ["--batch-size", str(args.batch_size)]
+        if args.poll_timeout is not None:
+            extra += ["--poll-timeout", str(args.poll_timeout)]
         lat_serve = serve_proc(bootstrap, t["lin"], t["lout"], t["models"], f"{run}-lat",
-                               tmp / "serve-latency.log",
-                               ["--batch-size", str(args.batch_size), "--poll-timeout", "0.002"])
+                               tmp / "serve-latency.log", extra)
         procs.append(lat_serve)
         time.sleep(8.0)  # join the group and load the model
-        # warm-up, not reported: the first outputs wait for the output topic's metadata
-        latency(bootstrap, t["lin"], t["lout"], events, 500, 2.0, "warm", tmp)
-        lat = []
-        for rate in rates:
-            r = latency(bootstrap, t["lin"], t["lout"], events, rate, args.seconds,
-                        f"r{rate}", tmp)
-            lat.append(r)
-            print(f"latency at {rate:,}/s (achieved {r['achieved_rate']:,.0f}/s, "
-                  f"{r['received']:,}/{r['events']:,} received): p50 {r['p50_ms']:.1f} ms, "
-                  f"p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"max {r['max_ms']:.1f} ms", flush=True)
+        # warm-up at the highest rate, not reported: the first outputs wait for the output
+        # topic's metadata, and the broker's JIT compiles the paths of paced traffic
+        latency(bootstrap, t["lin"], t["lout"], events, max(rates), WARM_SECONDS, "warm", tmp,
+                linger_ms=args.producer_linger_ms, wait_ms=args.receiver_wait_ms)
+        lat: dict[int, list[dict]] = {rate: [] for rate in rates}
+        for i in range(args.repeat):
+            for rate in rates:
+                load = os.getloadavg()[0]
+                r = latency(bootstrap, t["lin"], t["lout"], events, rate, args.seconds,
+                            f"r{rate}x{i}", tmp, (bpid, lat_serve.pid),
+                            args.producer_linger_ms, args.receiver_wait_ms)
+                r["load_average"] = load
+                lat[rate].append(r)
+                print(f"latency at {rate:,}/s (achieved {r['achieved_rate']:,.0f}/s, "
+                      f"{r['received']:,}/{r['events']:,} received, load average {load:.1f}): "
+                      f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+                      f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms; CPU: broker "
+                      f"{r['broker_cores'] or float('nan'):.2f}, serve {r['serve_cores']:.2f} "
+                      f"cores, {r['steal']:.0%} stolen", flush=True)
+                for stage, v in r.get("stages_p50_p99_max_ms", {}).items():
+                    print(f"    {stage:24s} p50 / p99 / max {v} ms")
+                if "over_50ms" in r:
+                    o = r["over_50ms"]
+                    print(f"    {o['share']:.2%} of events over 50 ms; on average they spent "
+                          + ", ".join(f"{o[k]:.0f} ms {k}" for k in o if k != "share"))
         lat_serve.terminate()
         lat_serve.wait(60)
 
-        print("\n| measure | value |\n|---|---|")
-        print(f"| serve --role score, default chain, sustained | {throughput:,.0f} events/s |")
-        print(f"| serve --role score, events per CPU-second of serve | {per_cpu:,.0f} |")
-        print(f"| bare confluent-kafka consume -> produce (same run) | {ceiling:,.0f} events/s |")
-        for r in lat:
-            print(f"| latency at {r['rate']:,}/s: p50 / p95 / p99 / max | {r['p50_ms']:.1f} / "
-                  f"{r['p95_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms |")
+        rep = args.repeat
+        print(f"\n| measure (median of {rep} runs, all runs in brackets) | value |\n|---|---|")
+        print(f"| paced producer linger.ms; receiver fetch.wait.max.ms; serve --poll-timeout | "
+              f"{args.producer_linger_ms:g}; {args.receiver_wait_ms}; "
+              f"{args.poll_timeout or 'default'} |")
+        vals = ", ".join(f"{r['events_per_second']:,.0f}" for r in tput)
+        print(f"| serve --role score, default chain, sustained | "
+              f"{_median(tput, 'events_per_second'):,.0f} events/s ({vals}) |")
+        print(f"| serve --role score, events per CPU-second of serve | "
+              f"{_median(tput, 'events_per_cpu_second'):,.0f} |")
+        for name in ("before", "after"):
+            vals = ", ".join(f"{v:,.0f}" for v in ceilings[name])
+            print(f"| bare confluent-kafka consume -> produce, {name} issue 4's settings | "
+                  f"{np.median(ceilings[name]):,.0f} events/s ({vals}) |")
+        for rate, runs in lat.items():
+            p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in runs)
+            print(f"| latency at {rate:,}/s: p50 / p95 / p99 / max | "
+                  f"{_median(runs, 'p50_ms'):.1f} / {_median(runs, 'p95_ms'):.1f} / "
+                  f"{_median(runs, 'p99_ms'):.1f} / {_median(runs, 'max_ms'):.1f} ms "
+                  f"(p99s {p99s}) |")
         print("| DESIGN anchor: LightGBM 100x63 raw predict, batches | 100k-230k rows/s |")
         print("| DESIGN anchor: PyTorch DeepFM 128-128 train | 55k-70k events/s |")
         if args.json:
             Path(args.json).write_text(json.dumps({
-                "train": info, "throughput": throughput, "passthrough": ceiling,
-                "events_per_cpu_second": per_cpu, "load_average": load_before,
-                "latency": lat, "events": stats["events"]}, indent=2))
+                "train": info, "throughput": tput, "passthrough": ceilings,
+                "latency": {str(k): v for k, v in lat.items()}, "events": n}, indent=2))
     finally:
         for p in procs:
             if p.poll() is None:

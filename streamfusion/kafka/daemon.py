@@ -7,6 +7,17 @@ are assigned, the consumer starts from the later of the committed offset and the
 position, so the learner's state always matches what it has consumed exactly (a crash between
 checkpoint and commit replays outputs, never learning).
 
+Two threads. The main thread consumes, keeps the positions, decodes each mini-batch's JSON and
+formats and produces the outputs of scored batches (Python); a scoring thread encodes each
+batch (the count tables advance in message order), scores and learns (compiled kernels that
+release the GIL). Jobs run one at a time in consumption order, at most ``PIPELINE_DEPTH`` in
+flight, and their outputs are produced in the same order; the model, the encoder and the label
+join are only ever touched by the scoring thread, or by the main thread after ``_drain()``
+(checkpoints, commits, rebalances, model swaps). Results are as with one thread; the two
+overlap on two cores. Below full load the main thread waits for the scoring thread before it
+gathers the next batch (``_consume``), so outputs leave as soon as they are scored and batches
+do not shrink to a handful of events.
+
 Roles: ``both`` scores and learns; ``train`` scores and learns, and publishes model snapshots
 (file in the checkpoint directory + ``{"version", "path"}`` on the model topic); ``score``
 never learns and loads every announced snapshot.
@@ -14,13 +25,17 @@ never learns and loads every announced snapshot.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +55,11 @@ from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
 from streamfusion.fusion import ModelConfig
-from streamfusion.kafka.encoding import KafkaEncoder
+from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER, Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
-from streamfusion.online import OnlineModel
+from streamfusion.online import OnlineModel, Scores
 
 log = logging.getLogger("streamfusion.kafka")
 
@@ -61,6 +76,35 @@ STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
 SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
 MODEL_TOPIC_RETRY = 2.0  # seconds between looks for a model topic that does not exist yet
 STARTUP_MODEL_WAIT = 10.0  # seconds a starting scorer waits for the announced model
+# seconds between looks at the model topic: once per mini-batch was ~8% of the main thread at
+# 10k events/s (each look gives up the GIL and waits to get it back from the scoring thread)
+MODEL_POLL_INTERVAL = 0.25
+# librdkafka settings of the input consumer and the output producer (benchmarks reuse them)
+CONSUMER_TUNING: dict[str, Any] = {
+    "fetch.wait.max.ms": 10,  # an idle fetch returns within 10 ms (data ends it at once)
+    "queued.min.messages": 20_000,  # fetch ahead until this many wait (a few batches)
+    # the default (1000 ms) stops fetching for a whole second whenever the prefetch queue is
+    # above queued.min.messages: that, not the model, held serve near 30k events/s
+    "fetch.queue.backoff.ms": 5,
+}
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 2,  # outputs wait at most 2 ms for a produce batch to fill (latency)
+    # outputs are small JSON; lz4 costs CPU in librdkafka and in the broker (which decompresses
+    # to validate) where, on a box like the benchmark's, CPU is short and bandwidth is not
+    "compression.type": "none",
+    "queue.buffering.max.messages": 1_000_000,
+}
+# mini-batches handed to the scoring thread and not yet done: it scores one while the main
+# thread consumes and decodes the next
+PIPELINE_DEPTH = 2
+# seconds a thread back from a GIL-free kernel waits for the GIL before asking for it; Python's
+# 5 ms default would hold the scoring thread behind the decoding one for most of a batch
+SWITCH_INTERVAL = 0.0005
+IDLE_WAIT = 0.1  # seconds the loop blocks when no message comes (commits, signals go on)
+# seconds a mini-batch gathers events after its first, below full load: at 10k events/s, 5 ms
+# batches cost serve ~35% of a core where 2 ms ones cost ~45% (each batch has a fixed cost of a
+# few hundred us), CPU the broker on the same cores needs
+DEFAULT_POLL_TIMEOUT = 0.005
 
 
 class DeliveryFailed(RuntimeError):
@@ -85,7 +129,7 @@ class ServeConfig:
     format: str = "avazu"
     checkpoint_every: int = 200_000
     checkpoint_interval: float = 30.0
-    poll_timeout: float = 0.01
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
     label_ttl: float = DEFAULT_TTL
     label_capacity: int = DEFAULT_CAPACITY
     exit_when_idle: float | None = None
@@ -192,9 +236,13 @@ class Daemon:
         self._producer: Producer | None = None
         self._model_consumer: Consumer | None = None
         self._model_topic_wait = 0.0
+        self._next_model_poll = 0.0
         self._expired_seen = 0
         self._last_message = time.monotonic()
         self._assigned: set[tuple[str, int]] = set()
+        self._scorer: ThreadPoolExecutor | None = None
+        self._inflight: deque[Future] = deque()
+        self._broken = False  # a job failed: nothing may be committed any more
 
     @property
     def encoder(self) -> Encoder | None:
@@ -238,18 +286,21 @@ class Daemon:
                                  on_lost=self._on_lost)
         log.info("serving %s -> %s as %s (group %s)", ",".join(topics), self.cfg.output_topic,
                  self.cfg.role, self.cfg.group_id)
+        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="streamfusion-score")
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        _freeze_heap()
         try:
             while not self._stop.is_set():
                 self._poll_models()
-                msgs = self._consumer.consume(self.cfg.batch_size, self.cfg.poll_timeout)
+                msgs = self._consume()
                 now = time.monotonic()
                 if msgs or not self._assigned:  # idle counts only while owning partitions
                     self._last_message = now
                 if msgs:
                     self._process(msgs)
-                if self.cfg.learns and self.model.poll():
-                    log.info("tree refit swapped in (chain version %d)", self.model.version)
-                self._update_gauges(now)
+                if self._reap():  # the scoring thread is idle (else it updates them after each job)
+                    self._update_gauges(now)
                 if self._due(now):
                     self._commit_cycle()
                 if (self.cfg.exit_when_idle is not None
@@ -260,11 +311,68 @@ class Daemon:
         except DeliveryFailed as exc:
             log.error("%s; exiting without committing (a restart re-processes them)", exc)
             self._exit_code = 3
+        except BaseException:
+            self._broken = True  # consumed batches may lack outputs: never commit them
+            raise
         finally:
             self._close()
+            sys.setswitchinterval(switch)
         return self._exit_code
 
+    def _consume(self) -> list[Message]:
+        """The next mini-batch: ``batch_size`` messages if they are there already (the
+        scoring thread keeps busy at full load). Otherwise, once the scoring thread is free,
+        what arrives within ``poll_timeout`` (more events per batch: each costs a few hundred
+        us whatever its size, CPU that the broker on the same cores needs); with nothing at
+        all, up to ``IDLE_WAIT`` for the first message."""
+        consumer, n = self._consumer, self.cfg.batch_size
+        msgs = consumer.consume(n, 0)
+        if len(msgs) == n:
+            return msgs
+        if self._inflight:
+            self._finish_oldest()  # (outputs leave at once) while the batch fills
+            if self._inflight:
+                return msgs + consumer.consume(n - len(msgs), 0) if msgs else msgs
+        if not msgs:
+            first = consumer.poll(IDLE_WAIT)  # returns as soon as one message is there
+            if first is None:
+                return []
+            msgs = [first]
+        if len(msgs) < n:
+            msgs += consumer.consume(n - len(msgs), self.cfg.poll_timeout)
+        return msgs
+
+    # ------------------------------------------------------------------ the scoring thread
+    def _submit(self, job, *args) -> None:
+        """Run ``job(*args)`` on the scoring thread after the jobs before it."""
+        while len(self._inflight) >= PIPELINE_DEPTH:
+            self._finish_oldest()
+        self._inflight.append(self._scorer.submit(job, *args))
+
+    def _finish_oldest(self) -> None:
+        """Wait for the oldest job (re-raising what it raised) and produce its outputs."""
+        done = self._inflight.popleft().result()
+        if done is not None:
+            self._emit(*done)
+
+    def _reap(self) -> bool:
+        """Finish the jobs that are done; True when none is left in flight."""
+        while self._inflight and self._inflight[0].done():
+            self._finish_oldest()
+        return not self._inflight
+
+    def _drain(self) -> None:
+        """Finish every job in flight: afterwards the main thread may touch the state."""
+        while self._inflight:
+            self._finish_oldest()
+
     def _close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.shutdown(wait=True, cancel_futures=self._broken)
+            self._scorer = None
+            if not self._broken:
+                self._drain()  # all done: raises what a last job raised
+            self._inflight.clear()
         if self._consumer is not None:
             try:
                 self._consumer.close()  # on_revoke runs: nothing left to commit after a clean stop
@@ -297,8 +405,7 @@ class Daemon:
             "stats_cb": self.metrics.on_stats,
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
-            "fetch.wait.max.ms": 10,  # latency: do not hold fetches for long
-            "queued.min.messages": 20_000,
+            **CONSUMER_TUNING,
         })
         conf.update(self.cfg.consumer_extra)
         return conf
@@ -307,9 +414,7 @@ class Daemon:
         conf = self._common_conf()
         conf.update({
             "enable.idempotence": True,  # broker restarts: retries never duplicate or reorder
-            "linger.ms": 2,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000,
+            **PRODUCER_TUNING,
             "delivery.report.only.error": True,
             "on_delivery": self._deliveries,
         })
@@ -431,6 +536,13 @@ class Daemon:
             return
         # offsets rise within a partition: the last message of each sets its position
         last = {(m.topic(), m.partition()): m for m in good}
+        if not self._assigned.issuperset(last):
+            # revoked (or lost) while this batch was gathered: their new owner starts from the
+            # committed position, before these messages
+            good = [m for m in good if (m.topic(), m.partition()) in self._assigned]
+            last = {key: m for key, m in last.items() if key in self._assigned}
+            if not good:
+                return
         for key, m in last.items():
             self._positions[key] = m.offset() + 1
         self._state_positions.update(self._positions)
@@ -444,22 +556,34 @@ class Daemon:
         if events:
             self._events(events)
         if labels:
-            self._labels(labels)
+            self._submit(self._labels, labels)
 
     def _events(self, msgs: list[Message]) -> None:
+        """Main thread: count and decode the events, hand them to the scoring thread."""
         self.counters["events"] += len(msgs)
         self.metrics.events.inc(len(msgs))
         self._since_ckpt += len(msgs)
-        encoded = self._kafka_encoder.encode([m.value() for m in msgs])
+        decoded = self._kafka_encoder.decode([m.value() for m in msgs])
+        self._submit(self._score_events, msgs, decoded)
+
+    def _score_events(self, msgs: list[Message], decoded: Decoded
+                      ) -> tuple[list, Scores, int] | None:
+        """Scoring thread: encode, score (and learn), dead-letter what does not encode.
+        Returns what ``_emit`` needs, for the main thread."""
+        encoded = self._kafka_encoder.parse(decoded)
         for pos, reason in encoded.rejects:
             self._dead_letter(msgs[pos], reason)
+        out = self._score_batch(msgs, encoded) if len(encoded.batch) else None
+        self._after_job()
+        return out
+
+    def _score_batch(self, msgs: list[Message], encoded: Encoded) -> tuple[list, Scores, int]:
         batch = encoded.batch
-        if len(batch) == 0:
-            return
         y = batch.y
-        batch.line = np.asarray([msgs[k].offset() for k in encoded.index], dtype=np.int64)
+        offsets = np.fromiter(map(Message.offset, msgs), np.int64, len(msgs))
+        batch.line = offsets[encoded.index]  # the input offset of each row
         scores = self.model.step(batch) if self.cfg.learns else self.model.score(batch)
-        self._emit(batch.ids, scores)
+        out = (batch.ids, scores, self._output_version())
         labelled = ~np.isnan(y)
         if labelled.any():
             self.metrics.observe_predictions(scores.p[labelled], y[labelled])
@@ -476,8 +600,16 @@ class Daemon:
                 early = sub.take(ready)
                 early.y = ready_y
                 self._learn_joined(early, scores.p[rows][ready])
+        return out
+
+    def _after_job(self) -> None:
+        """Scoring thread, after each job: swap in finished tree refits, update gauges."""
+        if self.cfg.learns and self.model.poll():
+            log.info("tree refit swapped in (chain version %d)", self.model.version)
+        self._update_gauges(time.monotonic())
 
     def _labels(self, msgs: list[Message]) -> None:
+        """Scoring thread: validate label messages and learn the events they complete."""
         self.counters["labels"] += len(msgs)
         pairs = []
         for m in msgs:
@@ -490,6 +622,7 @@ class Daemon:
         batch, p = self.join.add_labels(pairs)
         if batch is not None:
             self._learn_joined(batch, p)
+        self._after_job()
 
     def _learn_joined(self, batch, p_at_event: np.ndarray) -> None:
         """Learn from events whose label came on the label topic (scored when they arrived)."""
@@ -498,17 +631,29 @@ class Daemon:
         self.counters["learned"] += len(batch)
         self.metrics.learned.inc(len(batch))
 
-    def _emit(self, ids: list, scores) -> None:
-        """Produce one output per scored event, keyed by id."""
+    def _output_version(self) -> int:
+        """``model_version`` of the outputs: the chain's trees (both), else the snapshot."""
+        return self.model.version if self.cfg.role == "both" else self.version
+
+    def _emit(self, ids: list, scores: Scores, version: int) -> None:
+        """Main thread: produce one output per scored event, keyed by id."""
+        fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
+        cols = (scores.p.tolist(), scores.margin.tolist(), scores.base_margin.tolist(),
+                scores.residual_margin.tolist())
+        try:  # one check for the batch: every id a string that needs no JSON escaping
+            plain = _plain_id(".".join(ids)) is not None
+        except TypeError:  # an int id
+            plain = False
+        if plain:
+            fmt = fmt.replace('"id":%s', '"id":"%s"', 1)
+            values = [fmt % row for row in zip(ids, *cols, strict=True)]
+            keys = ids
+        else:
+            values = [fmt % row for row in zip(map(_json_id, ids), *cols, strict=True)]
+            keys = [i if type(i) is str else str(i) for i in ids]
         produce = self._producer.produce
         topic = self.cfg.output_topic
-        version = self.version if self.cfg.role != "both" else self.model.version
-        fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
-        rows = zip(ids, scores.p.tolist(), scores.margin.tolist(),
-                   scores.base_margin.tolist(), scores.residual_margin.tolist(), strict=True)
-        for ident, p, z, zb, zr in rows:
-            key = ident if type(ident) is str else str(ident)
-            value = fmt % (_json_id(ident), p, z, zb, zr)
+        for value, key in zip(values, keys, strict=True):
             try:
                 produce(topic, value, key)
             except BufferError:  # local queue full (broker slow or away): wait for acks
@@ -562,11 +707,13 @@ class Daemon:
                                  f"(last error: {self._deliveries.last})")
 
     def _commit_cycle(self, force: bool = False) -> None:
-        """flush -> checkpoint (learners) -> synchronous commit: the order at-least-once needs."""
+        """drain -> flush -> checkpoint (learners) -> synchronous commit: the order
+        at-least-once needs."""
         if not (self._dirty or self._uncommitted or force):
             return
-        if self._producer is None or self._consumer is None:
+        if self._producer is None or self._consumer is None or self._broken:
             return
+        self._drain()
         self._flush()
         d = self.cfg.checkpoint_dir
         if self.cfg.learns and d and (self._dirty or not checkpoint.exists(d)):
@@ -629,6 +776,10 @@ class Daemon:
             return
         if self._model_consumer is None and not self._open_model_consumer():
             return
+        now = time.monotonic()
+        if now < self._next_model_poll:
+            return
+        self._next_model_poll = now + MODEL_POLL_INTERVAL
         self._take_announcements(self._model_consumer.consume(100, 0))
 
     def _take_announcements(self, msgs: list[Message]) -> None:
@@ -686,9 +837,11 @@ class Daemon:
         except (ValueError, KeyError, OSError) as exc:
             log.warning("cannot load model snapshot %s: %s", path, exc)
             return
+        self._drain()  # the batches in flight are scored with the model they were meant for
         old, self.model, self.encoder = self.model, model, encoder
         if old is not None:
             old.close()
+        _freeze_heap()
         self.version = int(state["version"])
         self.metrics.model_version.set(self.version)
         log.info("loaded model snapshot %d from %s", self.version, path)
@@ -704,6 +857,13 @@ class Daemon:
             self._expired_seen = expired
         if self.cfg.role == "both":
             self.metrics.model_version.set(self.model.version)
+
+
+def _freeze_heap() -> None:
+    """Move the objects alive now (modules, the model) out of the cyclic collector's reach: a
+    full collection over them took ~75 ms, a pause in the output stream every so often."""
+    gc.collect()
+    gc.freeze()
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

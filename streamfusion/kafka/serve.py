@@ -20,7 +20,7 @@ import argparse
 import logging
 import sys
 
-from streamfusion.kafka.daemon import ROLES, Daemon, ServeConfig
+from streamfusion.kafka.daemon import DEFAULT_POLL_TIMEOUT, ROLES, Daemon, ServeConfig
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL
 from streamfusion.online import add_model_arguments, config_from_args
 
@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--format", choices=("avazu", "criteo"), default="avazu",
                    help="raw fields of the events")
     k.add_argument("--batch-size", type=int, default=5000, help="max events per mini-batch")
-    k.add_argument("--poll-timeout", type=float, default=0.01, metavar="SECONDS",
-                   help="longest wait for a mini-batch to fill (bounds the added latency)")
+    k.add_argument("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT, metavar="SECONDS",
+                   help="below full load, how long a mini-batch may gather events after its "
+                        "first (bounds the added latency; larger batches cost less CPU)")
     k.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="checkpoint directory (resume from it; snapshots go there too)")
     k.add_argument("--checkpoint-every", type=int, default=200_000, metavar="N",

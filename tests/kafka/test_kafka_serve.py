@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from kafkatools import (
     SMALL_MODEL,
     Serve,
@@ -141,6 +142,8 @@ def test_malformed_messages_go_to_the_dead_letter_topic(kafka_bootstrap, topic_n
         b"oversized": json.dumps({**template, "id": "bad-4", "pad": "x" * 70_000}).encode(),
         b"bad-label": json.dumps({**template, "id": "bad-5", "click": 7}).encode(),
         b"not-object": b"[1, 2, 3]",
+        # valid JSON, refused by the C tokenizer on the scoring thread
+        b"encode": json.dumps({**template, "id": "bad-6", "hour": "not-an-hour"}).encode(),
     }
     values, keys = [], []
     bad_items = list(bad.items())
@@ -262,3 +265,31 @@ def test_sigterm_exits_zero_and_commits(kafka_bootstrap, topic_name, tmp_path):
     assert serve.terminate() == 0, serve.log()
     assert committed(kafka_bootstrap, topic_name, t["in"]) == [3000]
     assert checkpoint.load(ckpt)["counters"]["events"] == 3000
+
+
+def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_name, tmp_path):
+    """SIGTERM while batches are in flight: exit 0 with every committed event scored (its
+    output on the topic) and learned exactly once (the checkpoint covers the commit)."""
+    t = _topics(topic_name)
+    path = make_log(tmp_path / "log.csv", 120_000, seed=8)
+    ids = log_ids(path)
+    produce_log(kafka_bootstrap, path, t["in"])  # a backlog: the scoring thread is never idle
+    create_topics(kafka_bootstrap, [t["out"]])
+    first = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topic_name + "-first"})
+    first.assign([TopicPartition(t["out"], 0, OFFSET_BEGINNING)])  # no group join to wait for
+    ckpt = tmp_path / "ckpt"
+    serve = Serve(kafka_bootstrap, ["--input-topic", t["in"], "--output-topic", t["out"],
+                                    "--group-id", topic_name, "--checkpoint", str(ckpt),
+                                    "--batch-size", "5000", *SMALL_MODEL],
+                  tmp_path / "serve.log")
+    deadline = time.monotonic() + 120
+    while first.poll(0.05) is None:  # the signal as soon as the first outputs are out
+        assert time.monotonic() < deadline, serve.log()
+    first.close()
+    assert serve.terminate() == 0, serve.log()
+    (done,) = committed(kafka_bootstrap, topic_name, t["in"])
+    assert 0 < done < len(ids), f"committed {done}: the backlog was done, nothing in flight"
+    state = checkpoint.load(ckpt)
+    assert state["counters"]["events"] == done == state["model"]["events_learned"]
+    outs = {str(json.loads(m.value())["id"]) for m in read_topic(kafka_bootstrap, t["out"])}
+    assert set(ids[:done]) <= outs
