@@ -78,8 +78,8 @@ class TreeStage:
         first fit; a first stage's is the smoothed log-odds of the clicks seen so far.
     swap_lag : int, optional
         Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
-        It is at most half the interval to the next refit, which matters while the schedule
-        ramps up (see ``first_fit``): early trees see little data and should go live soon.
+        It is at most the interval to the next refit, which matters while the schedule ramps
+        up (see ``first_fit``): early trees see little data and should go live soon.
     first_fit : int, optional
         Observed rows before the first fit (default ``refit_every``). The interval between
         scheduled refits then doubles from ``first_fit`` up to ``refit_every``: the first
@@ -292,7 +292,7 @@ class TreeStage:
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
-        lag = min(self.swap_lag, self._interval(self.refits + 1) // 2)
+        lag = min(self.swap_lag, self._interval(self.refits + 1))
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None}
 

@@ -150,10 +150,11 @@ def test_refit_interval_doubles_from_first_fit_to_refit_every():
     _feed(stage, _stream(6, 260), log)
     before = [(0, False, 0, 0)] + log[:-1]
     starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
-    assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
-    # each swap comes at most half the next interval (and at most swap_lag) after its start
+    # each swap comes the next interval (at most swap_lag) after its refit starts; a refit
+    # falling due while the previous one is still pending starts at the batch after its swap
     swaps = [r[0] for r in log if r[1]]
-    assert swaps == [1500, 3000, 6000, 11000, 19000]
+    assert swaps == [2000, 4100, 7200, 11200, 19200]
+    assert starts == [1000, 2100, 4200, 8200, 16200, 24200]
 
 
 def test_drift_triggers_an_early_refit():
