@@ -11,6 +11,8 @@ and ``logloss_from_margin`` over the same events, holding a bounded number of th
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,7 +30,6 @@ AUC_BUDGET = 1 << 22  # events one AUC pass holds (about 16 MiB of keys): a real
 CHUNK_ROWS = 1 << 20  # events read from a spill at once (about 30 MiB of temporaries)
 SEARCH_BLOCK = 1 << 20  # positives ranked at once among a group's sorted negatives
 RECENT_EVENTS = 1 << 16  # in-memory ring behind ``Progressive.recent`` (the live AUC)
-PAIRWISE_BLOCK = 128  # numpy sums runs of up to 128 floats without splitting them
 TOP_BITS = 16  # the AUC's first pass histograms the top 16 bits of the order keys
 SIGN = np.uint32(0x80000000)
 NAN_KEY = np.uint32(0xFFFFFFFF)  # every NaN ties with every other, above +inf (as in ``auc``)
@@ -54,7 +55,8 @@ def logloss_from_margin(z: np.ndarray, y: np.ndarray) -> float:
     """Mean logloss of labels ``y`` under margins ``z``; NaN for no events."""
     if np.size(z) == 0:
         return float("nan")
-    return float(np.mean(_losses(z, y)))
+    # an exactly rounded sum: the same value whatever the order or chunking of the events
+    return math.fsum(_losses(z, y).tolist()) / np.size(z)
 
 
 def auc(scores: np.ndarray, y: np.ndarray) -> float:
@@ -240,27 +242,14 @@ def auc_spilled(read: Reader, start: int, stop: int, budget: int = AUC_BUDGET,
     return won / (2 * n_pos * n_neg)  # exact integers: a correctly rounded quotient
 
 
-def _loss_sum(read: Reader, a: int, b: int, leaf: int) -> float:
-    """Sum of the losses of events [a, b), added in the same order as ``np.sum``.
-
-    numpy sums a float64 array pairwise, splitting a run longer than 128 at ``n // 2`` rounded
-    down to a multiple of 8; following the same tree down to ``leaf`` events and letting
-    ``np.sum`` do the rest gives its result bit for bit.
-    """
-    if b - a <= leaf:
-        return np.sum(_losses(*read(a, b)))
-    half = (b - a) // 2
-    half -= half % 8
-    return _loss_sum(read, a, a + half, leaf) + _loss_sum(read, a + half, b, leaf)
-
-
 def logloss_spilled(read: Reader, start: int, stop: int, chunk: int = CHUNK_ROWS) -> float:
     """Mean logloss of events [start, stop) of a spilled sequence, equal to
-    :func:`logloss_from_margin` over them, reading at most ``max(chunk, 128)`` at once."""
+    :func:`logloss_from_margin` over them (both sum exactly), reading ``chunk`` at a time."""
     n = stop - start
     if n <= 0:
         return float("nan")
-    return float(_loss_sum(read, start, stop, max(chunk, PAIRWISE_BLOCK)) / n)
+    losses = (_losses(*read(a, min(a + chunk, stop))).tolist() for a in range(start, stop, chunk))
+    return math.fsum(itertools.chain.from_iterable(losses)) / n
 
 
 def summarize_spilled(read: Reader, start: int, stop: int, budget: int = AUC_BUDGET,
