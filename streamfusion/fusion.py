@@ -55,6 +55,7 @@ class ModelConfig:
     first_fit: int = 50_000
     window: int = 200_000
     drift: bool = True
+    fade: int = 100_000  # a refit fades in over this many learned events (0: at once)
     backfit: bool = False
     tree_threads: int = 1
     # residual learner
@@ -119,6 +120,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             seed=seed,
             threads=cfg.tree_threads,
             use_init_score=position > 0 or backfit,
+            fade=cfg.fade,
             # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
             # half a period of stream before the swap point joins it
             **{"swap_lag": cfg.refit_every // 2, **cfg.extra.get("trees", {})},

@@ -143,6 +143,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
     g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
+    g.add_argument("--fade", type=int, default=100_000, metavar="N",
+                   help="a refit's trees fade in over N learned events, so the residual "
+                   "learner is not shocked by the swap (0 = switch at once)")
     g.add_argument("--warm-start", action="store_true",
                    help="refits add trees to the live model (n_trees/5 per refit, a fresh fit "
                    "past 3 x n_trees): cheaper refits, smaller shocks")
@@ -165,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         model=args.model, residual=args.residual, iterations=args.iterations,
         n_trees=args.trees, num_leaves=args.leaves, refit_every=args.refit_every,
-        first_fit=args.first_fit, window=args.window, drift=not args.no_drift,
+        first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
         extra={"trees": {"warm_start": True}} if args.warm_start else {},

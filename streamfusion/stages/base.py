@@ -4,8 +4,8 @@ This is the only module that imports lightgbm. The stage keeps the last ``window
 rows in preallocated ring buffers, refits every ``refit_every`` observed rows (earlier when
 river's ADWIN sees the stage's mini-batch logloss drift) in a background thread on a snapshot of
 the window, and swaps the new trees in at a deterministic point: the first ``poll()`` after
-``swap_lag`` more observed rows. Whatever the thread timing, a single-threaded run therefore
-replays bit for bit.
+``swap_lag`` more observed rows, and fades them in over the next ``fade`` rows. Whatever the
+thread timing, a single-threaded run therefore replays bit for bit.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from streamfusion._trees import TreeEnsemble
 from streamfusion.stages import state_config
 
 FORMAT = "streamfusion.TreeStage"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fade-in of the last swap
 ADWIN_CLOCK = 32  # ADWIN checks for a cut every 32 values (river's default)
 DRIFT_LOSS_CAP = 4.0  # per-row logloss clipped here before ADWIN (which wants [0, 1])
 # Config keys a checkpoint must agree on (threads is machine-specific and may differ).
 _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window", "drift",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
-              "drift_delta", "drift_min_gap", "drift_samples")
+              "drift_delta", "drift_min_gap", "drift_samples", "fade")
 
 
 def _logodds(clicks: int, n: int) -> float:
@@ -90,6 +90,12 @@ class TreeStage:
         ``warm_trees`` new trees on the window instead of a fresh fit, so that the new model
         agrees with the old one where the window says little. Once the model would exceed
         ``max_trees`` trees, the next refit is a fresh one.
+    fade : int
+        Observed rows over which a swapped-in model fades in: its margin is
+        ``old + w * (new - old)`` with ``w`` rising linearly from 0 to 1 (0: switch at once),
+        over at most the interval to the next scheduled refit.
+        The residual stages learned against the old margin; a sudden switch costs them a jump
+        in loss at every refit. A swap during a fade starts from the model that was fading in.
     background : bool
         Fit in a background thread (default); False fits inside ``observe`` (same results).
 
@@ -120,9 +126,10 @@ class TreeStage:
                  warm_start: bool = False, warm_trees: int | None = None,
                  max_trees: int | None = None, drift_delta: float = 0.002,
                  drift_min_gap: int | None = None, drift_samples: int = 64,
-                 background: bool = True) -> None:
-        if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2:
-            raise ValueError("refit_every, window, n_trees must be >= 1 and num_leaves >= 2")
+                 fade: int = 0, background: bool = True) -> None:
+        if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
+            raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
+                             "fade >= 0")
         self.n_trees = int(n_trees)
         self.num_leaves = int(num_leaves)
         self.learning_rate = float(learning_rate)
@@ -144,6 +151,7 @@ class TreeStage:
         self.drift_delta = float(drift_delta)
         self.drift_min_gap = int(refit_every // 4 if drift_min_gap is None else drift_min_gap)
         self.drift_samples = max(1, int(drift_samples))
+        self.fade = int(fade)
         self.background = bool(background)
         self._reset_state()
 
@@ -183,6 +191,12 @@ class TreeStage:
         self._adwin_history: list[float] = []  # values fed since the last swap (exact restore)
         self._drift_now = False
         self._pending: dict[str, Any] | None = None
+        # the fade-in of the last swap: the model before it (None: the constant prior)
+        self._fade_from: TreeEnsemble | None = None
+        self._fade_booster: lgb.Booster | None = None
+        self._fade_prior = 0.0
+        self._fade_start = -1    # n_seen at the last swap; -1: no fade
+        self._fade_len = 0
 
     def _new_adwin(self) -> ADWIN:
         return ADWIN(delta=self.drift_delta, clock=ADWIN_CLOCK)
@@ -198,7 +212,23 @@ class TreeStage:
         dense = batch.dense
         if self._ensemble is None:
             return np.full(dense.shape[0], self.prior, dtype=np.float32)
-        return self._ensemble.predict_margin(dense, threads=self.threads).astype(np.float32)
+        m = self._ensemble.predict_margin(dense, threads=self.threads).astype(np.float32)
+        w = self.fade_weight
+        if w < 1.0:
+            old = (np.full(dense.shape[0], self._fade_prior, dtype=np.float32)
+                   if self._fade_from is None else
+                   self._fade_from.predict_margin(dense, threads=self.threads).astype(np.float32))
+            m -= old
+            m *= np.float32(w)
+            m += old
+        return m
+
+    @property
+    def fade_weight(self) -> float:
+        """The weight of the live model against the one it replaced (1 once faded in)."""
+        if self._fade_start < 0 or self.n_seen - self._fade_start >= self._fade_len:
+            return 1.0
+        return (self.n_seen - self._fade_start) / self._fade_len
 
     # -- learning ------------------------------------------------------------------------------
     def _ensure_buffers(self, n_features: int) -> None:
@@ -349,6 +379,10 @@ class TreeStage:
         self._pending = None
         if job["error"] is not None:
             raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
+        if self.fade:
+            self._fade_from, self._fade_booster = self._ensemble, self.booster
+            self._fade_prior, self._fade_start = self.prior, self.n_seen
+            self._fade_len = min(self.fade, self._interval(self.refits))
         self._install(job["booster"], job.get("ensemble"))
         return True
 
@@ -388,6 +422,7 @@ class TreeStage:
         booster = self._train(dense, np.asarray(y, np.float64), init, self.n_trees, None, valid)
         self._n_features = self._n_features or dense.shape[1]
         self.refits += 1
+        self._fade_start = -1  # installed at once
         self._install(booster)
         return self
 
@@ -420,6 +455,10 @@ class TreeStage:
             "window_z": z.astype(np.float32),
             "adwin_history": np.asarray(self._adwin_history, np.float64),
             "pending": pending,
+            "fade_from": None if self._fade_start < 0 else {
+                "booster": None if self._fade_booster is None
+                else self._fade_booster.model_to_string(),
+                "prior": self._fade_prior, "start": self._fade_start, "len": self._fade_len},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -470,11 +509,27 @@ class TreeStage:
             pend_booster = _parse_booster(pending.get("booster"), "pending booster")
             if pend_booster is None:
                 raise ValueError("tree stage state pending refit has no booster")
-        for b in (booster, pend_booster):
+        fade_from = state.get("fade_from")
+        fade_booster = None
+        if fade_from is not None:
+            if (not isinstance(fade_from, dict)
+                    or not isinstance(fade_from.get("start"), (int, np.integer))
+                    or not 0 <= fade_from["start"] <= ints["n_seen"]
+                    or not isinstance(fade_from.get("len"), (int, np.integer))
+                    or not 0 < fade_from["len"] <= self.fade
+                    or not isinstance(fade_from.get("prior"), (float, np.floating))
+                    or booster is None):
+                raise ValueError("tree stage state fade_from must be a dict with an int start "
+                                 "<= n_seen, an int len in 1..fade and a float prior, after a "
+                                 "swap")
+            fade_booster = _parse_booster(fade_from.get("booster"), "fade_from booster")
+        for b in (booster, pend_booster, fade_booster):
             if b is not None and nf is not None and b.num_feature() > nf:
                 raise ValueError(f"tree stage state booster uses {b.num_feature()} features, "
                                  f"the window has {nf}")
         ensemble = TreeEnsemble.from_booster(booster) if booster is not None else None
+        fade_ensemble = (TreeEnsemble.from_booster(fade_booster) if fade_booster is not None
+                         else None)
         adwin = self._new_adwin()
         for v in hist.tolist():
             adwin.update(v)
@@ -483,6 +538,10 @@ class TreeStage:
         self.wait()
         self._reset_state()
         self.booster, self._ensemble = booster, ensemble
+        if fade_from is not None:
+            self._fade_from, self._fade_booster = fade_ensemble, fade_booster
+            self._fade_prior, self._fade_start = float(fade_from["prior"]), int(fade_from["start"])
+            self._fade_len = int(fade_from["len"])
         for key, v in ints.items():
             setattr(self, key, v)
         if nf is not None:

@@ -218,3 +218,73 @@ def test_bad_state_raises_and_changes_nothing(breaker):
     for key in ("n_seen", "version", "refits", "booster", "clicks"):
         assert before[key] == after[key]
     assert np.array_equal(before["window_X"], after["window_X"])
+
+
+def _fading_stage() -> TreeStage:
+    # first fit at 1000 rows, live at 1200, fading in until 2200 (the next interval, 1000)
+    return _stage(fade=5000, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
+
+
+def test_a_swap_fades_in_linearly_from_the_old_margin(rng):
+    stage, sudden = _fading_stage(), _stage(drift=False, refit_every=2000, first_fit=1000,
+                                            swap_lag=200)
+    b = _batch(rng, 500)
+    stream = _stream(11, 17)
+    _feed(stage, stream[:12])
+    _feed(sudden, stream[:12])
+    assert stage.version == sudden.version == 1 and stage.n_seen == 1200
+    prior = stage._fade_prior
+    assert np.array_equal(stage.margin(b), np.full(500, prior, np.float32))  # w = 0
+    new = sudden.margin(b)  # the same trees, switched at once
+    assert not np.allclose(new, prior)
+    for n_seen, batch in zip(range(1300, 1800, 100), stream[12:], strict=True):
+        _feed(stage, [batch])
+        _feed(sudden, [batch])
+        w = (n_seen - 1200) / 1000
+        assert stage.fade_weight == pytest.approx(w)
+        np.testing.assert_allclose(stage.margin(b), prior + w * (new - prior), rtol=1e-5,
+                                   atol=1e-6)
+    s2 = _fading_stage()
+    _feed(s2, _stream(11, 22))  # 2200 rows: the second refit swaps in, fading from the first
+    assert s2.fade_weight == 0.0 and s2.version == 2
+    first = s2._fade_from.predict_margin(b.dense).astype(np.float32)
+    assert np.array_equal(s2.margin(b), first)
+
+
+def test_state_round_trip_in_the_middle_of_a_fade(rng):
+    stream = _stream(12, 30)
+    full, part = _fading_stage(), _fading_stage()
+    _feed(full, stream)
+    _feed(part, stream[:15])
+    assert 0 < part.fade_weight < 1
+    resumed = _fading_stage()
+    resumed.load_state_dict(copy.deepcopy(part.state_dict()))
+    b = _batch(rng, 300)
+    assert np.array_equal(resumed.margin(b), part.margin(b))
+    log_full, log_resumed = [], []
+    _feed(resumed, stream[15:], log_resumed)
+    _feed(part, stream[15:], log_full)
+    assert log_resumed == log_full
+    assert np.array_equal(resumed.margin(b), full.margin(b))
+
+
+@pytest.mark.parametrize("breaker", [
+    lambda f: f.update(start=10**9),
+    lambda f: f.update(len=0),
+    lambda f: f.update(len=10**9),
+    lambda f: f.update(prior="0"),
+    lambda f: f.update(booster="not a model"),
+])
+def test_bad_fade_state_raises_and_changes_nothing(breaker, rng):
+    src, target = _fading_stage(), _fading_stage()
+    _feed(src, _stream(13, 15))
+    _feed(target, _stream(14, 16))
+    b = _batch(rng, 100)
+    m_before = target.margin(b)
+    bad = src.state_dict()
+    assert bad["fade_from"] is not None
+    breaker(bad["fade_from"])
+    with pytest.raises(ValueError, match="fade_from"):
+        target.load_state_dict(bad)
+    assert np.array_equal(target.margin(b), m_before)
+    assert target.n_seen == 1600
