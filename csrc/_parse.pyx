@@ -30,6 +30,7 @@ cdef extern from "parse_core.h" nogil:
         const uint64_t *salt
         const int32_t *num_row
         int32_t *counts
+        int64_t *seen
 
     uint64_t sf_murmur64(const unsigned char *p, int64_t n, uint64_t seed)
     uint64_t sf_salt(uint64_t seed, int64_t field)
@@ -106,7 +107,7 @@ def parse_hour(const unsigned char[::1] text):
 # --------------------------------------------------------------------------- kernels
 def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t[::1] dslot,
                 const int32_t[::1] dmode, const uint64_t[::1] salt, const int32_t[::1] num_row,
-                int32_t[::1] counts, int delim, int bits, int count_bits, bint label_missing_ok,
+                int32_t[::1] counts, int64_t[::1] seen, int delim, int bits, int count_bits, bint label_missing_ok,
                 const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
                 int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
                 float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:
@@ -121,8 +122,9 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
     if (field.shape[0] != ncols or dslot.shape[0] != ncols or dmode.shape[0] != ncols
             or salt.shape[0] != indices.shape[1] or num_row.shape[0] != indices.shape[1]):
         raise ValueError("inconsistent compiled schema arrays")
-    if counts.shape[0] != (1 << count_bits) or state.shape[0] != SF_ST_SIZE:
-        raise ValueError("count table or state array of the wrong size")
+    if (counts.shape[0] != (1 << count_bits) or seen.shape[0] != 1
+            or state.shape[0] != SF_ST_SIZE):
+        raise ValueError("count table, seen counter or state array of the wrong size")
     if not (0 <= start <= end <= buf.shape[0]):
         raise ValueError("start/end outside the buffer")
     n = min(n, indices.shape[0], values.shape[0], dense.shape[0], y.shape[0], line.shape[0],
@@ -143,6 +145,7 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
     s.salt = &salt[0] if salt.shape[0] else NULL
     s.num_row = &num_row[0] if num_row.shape[0] else NULL
     s.counts = &counts[0]
+    s.seen = &seen[0]
     cdef const unsigned char **fs = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef const unsigned char **fe = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef double *num = <double *>malloc(ncols * sizeof(double))

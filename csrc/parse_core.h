@@ -205,6 +205,7 @@ typedef struct {
     const uint64_t *salt; /* [F] per learner field */
     const int32_t *num_row; /* [F] learner row of a numeric field (hash of the field alone) */
     int32_t *counts;      /* [2**count_bits] saturating frequency counts */
+    int64_t *seen;        /* [1] rows encoded so far: counts become shares of them */
 } sf_spec;
 
 /* Parse whole lines of buf[start:end) into rows [0, max_rows) of the outputs. Stops at the
@@ -279,6 +280,9 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
         {
             int32_t *ri = ind + rows * F;
             float *rv = val + rows * F, *rd = dense + rows * T;
+            /* a count as a share of the rows seen (per million) stays comparable as the
+             * stream grows: trees fitted on one window still mean the same ids later */
+            const double per_row = 1e6 / (double)++*s->seen;
             for (c = 0; c < ncols; c++) {
                 int k = s->kind[c], f = s->field[c], d = s->dslot[c];
                 if (k == SF_CAT) {
@@ -289,7 +293,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                         if (s->dmode[c] == SF_DENSE_COUNT) {
                             int32_t *cnt = s->counts + (h & cmask);
                             if (*cnt < INT32_MAX) (*cnt)++; /* saturate, never wrap */
-                            rd[d] = (float)*cnt;
+                            rd[d] = (float)((double)*cnt * per_row);
                         } else {
                             double x;
                             rd[d] = sf_parse_num(fs[c], fe[c], &x) ? (float)x : 0.0f;

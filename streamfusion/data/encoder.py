@@ -30,7 +30,7 @@ ST_POS, ST_LINE, ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_MAX_TIME, ST_OOO, ST_ERR_C
 # padding slots of libsvm rows hash this reserved field index (never a real field)
 PAD_FIELD = 1 << 30
 DEFAULT_COUNT_BITS = 20  # 4 MiB of int32 counts: fixed whatever the number of categories
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2  # 2: count features are shares of the rows seen
 _MISSING = object()
 
 
@@ -77,6 +77,7 @@ class Encoder:
         self.seed = int(seed)
         self.count_bits = int(count_bits)
         self.counts = np.zeros(1 << count_bits, dtype=np.int32)
+        self.seen = np.zeros(1, dtype=np.int64)  # rows encoded: the denominator of the shares
         self.F = len(schema.field_names)
         self.T = len(schema.dense_names)
         self._compile()
@@ -139,8 +140,8 @@ class Encoder:
                                     state)
         return _parse.parse_delim(
             self._kind, self._field, self._dslot, self._dmode, self._salt, self._num_row,
-            self.counts, self._delim, self.bits, self.count_bits, label_missing_ok, buf, start,
-            end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"], o["time"],
+            self.counts, self.seen, self._delim, self.bits, self.count_bits, label_missing_ok, buf,
+            start, end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"], o["time"],
             state)
 
     def reason(self, state: np.ndarray) -> str:
@@ -230,12 +231,14 @@ class Encoder:
             "seed": self.seed,
             "count_bits": self.count_bits,
             "counts": self.counts.copy(),
+            "seen": int(self.seen[0]),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore the count table; the config must match this encoder's (else ValueError)."""
         self._validate(state)
         self.counts[:] = state["counts"]
+        self.seen[0] = state["seen"]
 
     @classmethod
     def from_state_dict(cls, state: Mapping) -> Encoder:
@@ -264,6 +267,9 @@ class Encoder:
         if (not isinstance(counts, np.ndarray) or counts.dtype != np.int32
                 or counts.shape != self.counts.shape):
             raise ValueError(f"encoder state: counts must be int32 {self.counts.shape}")
+        seen = state.get("seen")
+        if not isinstance(seen, (int, np.integer)) or isinstance(seen, bool) or seen < 0:
+            raise ValueError(f"encoder state: seen must be a non-negative int, got {seen!r}")
 
 
 def _cell(name: str, kind: str, v: object, delim: str) -> str:

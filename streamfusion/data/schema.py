@@ -12,7 +12,8 @@ column order. Per column kind:
 - ``cat``:  one learner field (row = hash of the value with the field's salt, value 1.0; a
   missing value is the empty-string token) and, by ``dense``, one tree feature: ``"int"``
   (the value read as a number; 0 if missing or not a number), ``"count"`` (how often the value
-  has been seen so far, this row included, from a fixed hashed count table) or ``"none"``.
+  has been seen so far, this row included, from a fixed hashed count table, per million rows
+  seen so far: a share, so that its meaning does not drift as the stream grows) or ``"none"``.
 - ``hour``: Avazu YYMMDDHH: learner fields and dense features ``hour_of_day`` and ``weekday``
   (Monday = 0); the row's ``time`` is YYMMDDHH as an integer.
 - ``label``: 0/1 click; ``skip``: ignored (ids).

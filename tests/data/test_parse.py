@@ -153,7 +153,7 @@ def avazu_expected(rows, bits=20, seed=0):
     schema = avazu_schema()
     counts: dict[tuple[int, str], int] = {}
     ind, val, dense, ys, times = [], [], [], [], []
-    for line in rows:
+    for seen, line in enumerate(rows, 1):
         cells = dict(zip(AVAZU_COLUMNS, line.split(","), strict=True))
         hour = cells["hour"]
         d = datetime.date(2000 + int(hour[:2]), int(hour[2:4]), int(hour[4:6]))
@@ -169,7 +169,7 @@ def avazu_expected(rows, bits=20, seed=0):
                     x = float(v) if v else 0.0
                 else:
                     counts[(f, v)] = counts.get((f, v), 0) + 1
-                    x = float(counts[(f, v)])
+                    x = float(np.float32(counts[(f, v)] * (1e6 / seen)))  # per million rows
             r_i.append(row(f, v.encode(), bits, seed))
             r_d.append(x)
         ind.append(r_i)
@@ -194,8 +194,8 @@ def test_avazu_rows_match_python_reference(tmp_path):
     names = avazu_schema().dense_names
     assert b.dense[1, names.index("hour_of_day")] == 13
     assert b.dense[1, names.index("weekday")] == 5  # 2014-10-25 was a Saturday
-    assert b.dense[2, names.index("site_id")] == 3  # third sighting of 1fbe01fe
-    assert b.dense[1, names.index("device_ip")] == 1
+    assert b.dense[2, names.index("site_id")] == 1e6  # 1fbe01fe: 3 sightings in 3 rows
+    assert b.dense[1, names.index("device_ip")] == np.float32(1e6 / 2)  # 1 sighting in 2 rows
 
 
 def test_avazu_missing_categorical_is_its_own_token(tmp_path):
@@ -228,7 +228,8 @@ def test_criteo_tsv_row_matches_rules(tmp_path):
         f = 13 + j
         assert b.indices[0, f] == _parse.hash_value(f, cells[14 + j].encode(), 20, 3)
         assert b.values[0, f] == 1.0
-        assert b.dense[0, f] == 1 and b.dense[1, f] == 2  # counts
+        # counts per million rows seen: 1 of 1, then 2 of 2
+        assert b.dense[0, f] == 1e6 and b.dense[1, f] == 1e6
     assert list(b.y) == [1.0, 1.0] and list(b.time) == [-1, -1]
 
 

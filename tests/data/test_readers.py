@@ -324,24 +324,28 @@ def test_count_table_is_fixed_and_saturates(tmp_path):
     slot = _parse.hash64(b"x", _parse.field_salt(f, 0)) & 1023
     enc.counts[slot] = np.iinfo(np.int32).max - 1
     rec = {**to_record(avazu_line(1)), "device_ip": "x"}
+    enc.seen[0] = 2**40  # the share's denominator: rows seen
     b, _ = enc.encode_records([rec, rec, rec])
     d = avazu_schema().dense_names.index("device_ip")
-    assert (b.dense[:, d] == np.float32(np.iinfo(np.int32).max)).all()
+    top = np.iinfo(np.int32).max
+    assert b.dense[:, d].tolist() == [np.float32(top * (1e6 / (2**40 + i))) for i in (1, 2, 3)]
     assert enc.counts[slot] == np.iinfo(np.int32).max
 
 
 def test_encoder_state_dict_validation():
     enc = Encoder(avazu_schema(), bits=16, seed=3, count_bits=8)
     enc.counts[5] = 9
+    enc.seen[0] = 12
     state = enc.state_dict()
     other = Encoder(avazu_schema(), bits=16, seed=3, count_bits=8)
     other.load_state_dict(state)
-    assert other.counts[5] == 9
+    assert other.counts[5] == 9 and other.seen[0] == 12
     for bad in ({**state, "bits": 17}, {**state, "seed": 4}, {**state, "version": 99},
                 {**state, "counts": state["counts"][:-1]},
                 {**state, "counts": state["counts"].astype(np.int64)},
-                {**state, "schema": {**state["schema"], "header": False}}):
+                {**state, "schema": {**state["schema"], "header": False}},
+                {**state, "seen": -1}, {**state, "seen": 1.5}, {**state, "seen": None}):
         fresh = Encoder(avazu_schema(), bits=16, seed=3, count_bits=8)
         with pytest.raises(ValueError):
             fresh.load_state_dict(bad)
-        assert fresh.counts.sum() == 0  # nothing half-loaded
+        assert fresh.counts.sum() == 0 and fresh.seen[0] == 0  # nothing half-loaded
