@@ -140,9 +140,9 @@ class Encoder:
                                     state)
         return _parse.parse_delim(
             self._kind, self._field, self._dslot, self._dmode, self._salt, self._num_row,
-            self.counts, self.seen, self._delim, self.bits, self.count_bits, label_missing_ok, buf,
-            start, end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"], o["time"],
-            state)
+            self.counts, self.seen, self._delim, self.bits, self.count_bits, label_missing_ok,
+            buf, start, end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"],
+            o["time"], state)
 
     def reason(self, state: np.ndarray) -> str:
         """The message of the error recorded in ``state``."""
