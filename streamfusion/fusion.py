@@ -50,7 +50,9 @@ class ModelConfig:
     # trees
     n_trees: int = 100
     num_leaves: int = 63
-    tree_learning_rate: float = 0.1
+    # 0.1 overfits the window: the residual learner then pays for the trees' noise at every
+    # refit (3M-event stream, progressive AUC 0.7351 at 0.1, 0.7369 at 0.05 and at 0.03)
+    tree_learning_rate: float = 0.05
     refit_every: int = 500_000
     first_fit: int = 50_000
     window: int = 200_000

@@ -136,6 +136,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
     g.add_argument("--trees", type=int, default=100, help="trees per refit")
     g.add_argument("--leaves", type=int, default=63, help="leaves per tree")
+    g.add_argument("--tree-lr", type=float, default=0.05, help="LightGBM learning rate")
     g.add_argument("--refit-every", type=int, default=500_000, metavar="N",
                    help="refit the trees every N learned events (earlier on drift)")
     g.add_argument("--first-fit", type=int, default=50_000, metavar="N",
@@ -167,7 +168,8 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
     return ModelConfig(
         model=args.model, residual=args.residual, iterations=args.iterations,
-        n_trees=args.trees, num_leaves=args.leaves, refit_every=args.refit_every,
+        n_trees=args.trees, num_leaves=args.leaves, tree_learning_rate=args.tree_lr,
+        refit_every=args.refit_every,
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
