@@ -304,7 +304,9 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                     int miss = isnan(x);
                     ri[f] = s->num_row[f];
                     rv[f] = miss ? 0.0f : sf_scale(x);
-                    if (d >= 0) rd[d] = miss ? 0.0f : (float)x;
+                    /* the learner gets the paper's fill rule (0); the trees see the gap as
+                     * NaN, LightGBM's missing value, since missingness itself can predict */
+                    if (d >= 0) rd[d] = miss ? NAN : (float)x;
                 } else if (k == SF_HOUR) {
                     unsigned char wdc = (unsigned char)('0' + wd);
                     ri[f] = sf_row(sf_murmur64(fs[c] + 6, 2, s->salt[f]), s->bits);

@@ -223,7 +223,10 @@ def test_criteo_tsv_row_matches_rules(tmp_path):
         assert b.indices[0, j] == _parse.hash_value(j, b"", 20, 3)  # numeric: the field alone
         want = slog(float(raw)) if raw else 0.0
         assert b.values[0, j] == pytest.approx(want, rel=1e-6)
-        assert b.dense[0, j] == (float(raw) if raw else 0.0)
+        if raw:
+            assert b.dense[0, j] == float(raw)
+        else:  # the trees see a missing number as missing (NaN), the learner as 0
+            assert np.isnan(b.dense[0, j]) and b.values[0, j] == 0.0
     for j in range(26):
         f = 13 + j
         assert b.indices[0, f] == _parse.hash_value(f, cells[14 + j].encode(), 20, 3)
@@ -273,7 +276,8 @@ def test_csv_type_inference_and_overrides(tmp_path):
     f_price, f_level = 0, 1
     assert b.values[3, f_price] == pytest.approx(slog(4.75))
     assert b.dense[3, f_price] == 4.75 and b.dense[3, f_level] == 0
-    assert b.values[40, f_price] == 0.0 and b.dense[40, f_price] == 0.0  # missing numeric
+    # missing numeric: 0 for the learner (the fill rule), NaN (missing) for the trees
+    assert b.values[40, f_price] == 0.0 and np.isnan(b.dense[40, f_price])
     over = open_source(p, label="clk", types={"price": "cat", "when": "skip", "id": "num"})
     kinds = {c.name: c.kind for c in over.schema.columns}
     assert (kinds["price"], kinds["when"], kinds["id"]) == ("cat", "skip", "num")
