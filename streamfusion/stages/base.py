@@ -370,8 +370,11 @@ class TreeStage:
         """Swap in the pending refit once ``swap_lag`` rows have passed; True when swapped.
 
         Joins the refit thread if it is still running at its swap point, so the swap happens
-        at the same row whatever the timing.
+        at the same row whatever the timing. Drops the old model once a fade is over.
         """
+        if self._fade_start >= 0 and self.fade_weight == 1.0:
+            self._fade_from = self._fade_booster = None
+            self._fade_start = -1
         job = self._pending
         if job is None or self.n_seen < job["swap_at"]:
             return False

@@ -249,6 +249,11 @@ def test_a_swap_fades_in_linearly_from_the_old_margin(rng):
     assert s2.fade_weight == 0.0 and s2.version == 2
     first = s2._fade_from.predict_margin(b.dense).astype(np.float32)
     assert np.array_equal(s2.margin(b), first)
+    short = _stage(fade=500, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
+    _feed(short, stream[:18])  # live at 1200, faded in at 1700: the old model is dropped
+    assert short.fade_weight == 1.0 and short.state_dict()["fade_from"] is None
+    _feed(sudden, stream[17:18])
+    assert np.array_equal(short.margin(b), sudden.margin(b))
 
 
 def test_state_round_trip_in_the_middle_of_a_fade(rng):
