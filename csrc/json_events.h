@@ -9,8 +9,8 @@
  * subset is chosen so that every message accepted here decodes to exactly what the reference
  * path builds from it: being conservative costs speed, never correctness.
  *
- * Also the output side: the JSON of one scored event in the same bytes as Python's
- * '%.9g' formatting (streamfusion/kafka/daemon.py OUTPUT_FORMAT).
+ * Also the output side: the JSON of one scored event in the same bytes as the daemon's
+ * Python formatting (streamfusion/kafka/daemon.py OUTPUT_FORMAT, json.dumps for odd ids).
  *
  * Plain C, nothing allocates; csrc/_parse.pyx owns every buffer and holds no GIL here.
  */
@@ -194,16 +194,83 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
     return o - out;
 }
 
-/* The output JSON of one scored event (without its id, which Python escapes): the bytes of
- * Python's '%.9g' % x for each value, which round-trips a float32 exactly. Python spells
- * every NaN "nan" where C may write "-nan". Returns the length written, at most
- * SF_OUT_NUM_MAX per number. */
+/* ---------------------------------------------------------------- outputs */
+
+/* One number in the bytes of Python's '%.9g' % x (which round-trips a float32 exactly);
+ * Python spells every NaN "nan" where C may write "-nan". At most SF_OUT_NUM_MAX bytes. */
 #define SF_OUT_NUM_MAX 32
 
 static inline int sf_fmt_g9(char *o, double x)
 {
     if (isnan(x)) { memcpy(o, "nan", 3); return 3; }
     return snprintf(o, SF_OUT_NUM_MAX, "%.9g", x);
+}
+
+/* A string as json.dumps (ensure_ascii) writes it: code points of Python's kind 1/2/4 layout
+ * in, ASCII out; at most 12 bytes per code point (a surrogate pair) plus the quotes. */
+static inline int64_t sf_json_str(char *o, const void *data, int kind, int64_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *start = o;
+    int64_t i;
+    *o++ = '"';
+    for (i = 0; i < n; i++) {
+        uint32_t c = kind == 1 ? ((const uint8_t *)data)[i]
+                   : kind == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') { *o++ = (char)c; continue; }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; continue;
+        case '\\': *o++ = '\\'; continue;
+        case '\n': *o++ = 'n'; continue;
+        case '\r': *o++ = 'r'; continue;
+        case '\t': *o++ = 't'; continue;
+        case '\b': *o++ = 'b'; continue;
+        case '\f': *o++ = 'f'; continue;
+        }
+        if (c >= 0x10000) { /* a surrogate pair, as Python's json writes it */
+            uint32_t v = c - 0x10000, hi = 0xD800 | (v >> 10), lo = 0xDC00 | (v & 0x3FF);
+            *o++ = 'u';
+            *o++ = hex[hi >> 12]; *o++ = hex[(hi >> 8) & 15];
+            *o++ = hex[(hi >> 4) & 15]; *o++ = hex[hi & 15];
+            *o++ = '\\';
+            c = lo;
+        }
+        *o++ = 'u';
+        *o++ = hex[c >> 12]; *o++ = hex[(c >> 8) & 15];
+        *o++ = hex[(c >> 4) & 15]; *o++ = hex[c & 15];
+    }
+    *o++ = '"';
+    return o - start;
+}
+
+/* Bytes one output may need beyond its id's 12 per code point: the keys and punctuation
+ * (about 80), four numbers and the version. */
+#define SF_OUT_FIXED (128 + 4 * SF_OUT_NUM_MAX)
+
+/* The output JSON of one scored event, byte for byte what daemon.OUTPUT_FORMAT gives. */
+static inline int64_t sf_json_output(char *o, const void *id, int kind, int64_t id_len,
+                                     double p, double margin, double base, double resid,
+                                     const char *version, int version_len)
+{
+    char *start = o;
+#define SF_PUT(lit) (memcpy(o, lit, sizeof(lit) - 1), o += sizeof(lit) - 1)
+    SF_PUT("{\"id\":");
+    o += sf_json_str(o, id, kind, id_len);
+    SF_PUT(",\"p_click\":");
+    o += sf_fmt_g9(o, p);
+    SF_PUT(",\"margin\":");
+    o += sf_fmt_g9(o, margin);
+    SF_PUT(",\"base_margin\":");
+    o += sf_fmt_g9(o, base);
+    SF_PUT(",\"residual_margin\":");
+    o += sf_fmt_g9(o, resid);
+    SF_PUT(",\"model_version\":");
+#undef SF_PUT
+    memcpy(o, version, (size_t)version_len);
+    o += version_len;
+    *o++ = '}';
+    return o - start;
 }
 
 #endif

@@ -1,4 +1,5 @@
-"""The C JSON decoder (``_parse.json_events``) gives exactly what the reference path does.
+"""The C JSON code gives exactly what the Python reference does: the event decoder
+(``_parse.json_events``) and the output formatter (``_parse.json_outputs``).
 
 ``KafkaEncoder.decode`` (C first, the per-message Python step for what C leaves) must equal
 ``KafkaEncoder.decode_each`` (Python only) for every input: same runs, lines, ids, clicks and
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamfusion._parse import json_events
+from streamfusion._parse import json_events, json_outputs
 
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import avazu_schema, criteo_schema
+from streamfusion.kafka.daemon import format_outputs, format_outputs_py
 from streamfusion.kafka.encoding import Decoded, KafkaEncoder
 from streamfusion.kafka.messages import MAX_ID_CHARS
+from streamfusion.online import Scores
 
 SCHEMAS = {"avazu": avazu_schema(), "criteo": criteo_schema()}
 ENCODERS = {name: KafkaEncoder(Encoder(s, bits=12, seed=3)) for name, s in SCHEMAS.items()}
@@ -262,3 +265,43 @@ def test_the_c_decoder_leaves_what_it_cannot_vouch_for(value) -> None:
         value = json.dumps({**full, "id": "a"})[:-1].encode() + b',"click":1,"click":0}'
     lines, ends, ids, _, on = json_events([value], *enc._spec)
     assert list(on) == [False] and ids == [None] and lines == b"" and list(ends) == [0]
+
+
+# ----------------------------------------------------------------------------- outputs
+_FLOATS = st.one_of(st.floats(width=32), st.floats(), st.sampled_from(
+    [0.0, -0.0, 1e-45, 3.4028235e38, 0.1, 1 / 3, 5e-324, 1e16, 123456789.0, 1e-5]))
+
+
+@settings(max_examples=200)
+@given(ids=st.lists(st.one_of(st.text(max_size=8), st.sampled_from(
+    ["e1", "a b", "x" * 300, "\x7f\x00\x1f\"\\\n\t\b\f/é€😀\udfff\ud800x\U0010ffff"])),
+                    min_size=1, max_size=6),
+       data=st.data(), version=st.integers(0, 2**62))
+def test_c_outputs_are_the_python_outputs_byte_for_byte(ids, data, version) -> None:
+    n = len(ids)
+    cols = [np.array(data.draw(st.lists(_FLOATS, min_size=n, max_size=n)),
+                     dtype=data.draw(st.sampled_from([np.float32, np.float64])))
+            for _ in range(4)]
+    scores = Scores(margin=cols[1], base_margin=cols[2], residual_margin=cols[3], p=cols[0],
+                    stage_margins=np.zeros((1, n)))
+    got, keys = format_outputs(ids, scores, version)
+    want, want_keys = format_outputs_py(ids, scores, version)
+    assert got == [w.encode() for w in want] and keys == want_keys
+    finite = np.isfinite(np.stack(cols)).all(axis=0)
+    for ident, value, p, ok in zip(ids, got, cols[0], finite, strict=True):
+        if ok:  # (NaN / inf are not JSON: Python's formatting writes them bare)
+            out = json.loads(value)
+            assert out["id"] == ident and out["model_version"] == version
+            if p.dtype == np.float32:  # %.9g round-trips a float32
+                assert np.float32(out["p_click"]) == p
+
+
+def test_int_ids_keep_the_python_formatting() -> None:
+    scores = Scores(margin=np.array([0.5]), base_margin=np.array([0.25]),
+                    residual_margin=np.array([0.25]), p=np.array([0.62]),
+                    stage_margins=np.zeros((1, 1)))
+    assert json_outputs([12], *(np.zeros(1),) * 4, 1) is None
+    values, keys = format_outputs([12], scores, 3)
+    assert keys == ["12"] and json.loads(values[0]) == {
+        "id": 12, "p_click": 0.62, "margin": 0.5, "base_margin": 0.25,
+        "residual_margin": 0.25, "model_version": 3}
