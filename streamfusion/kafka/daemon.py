@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -106,6 +107,9 @@ IDLE_WAIT = 0.1  # seconds the loop blocks when no message comes (commits, signa
 # batches cost serve ~35% of a core where 2 ms ones cost ~45% (each batch has a fixed cost of a
 # few hundred us), CPU the broker on the same cores needs
 DEFAULT_POLL_TIMEOUT = 0.005
+# Tests only: seconds the scoring thread waits before each batch of events, so that a test
+# knows batches are still in flight when it signals serve (0: no wait)
+SCORE_DELAY_ENV = "STREAMFUSION_TEST_SCORE_DELAY"
 
 
 class DeliveryFailed(RuntimeError):
@@ -275,6 +279,7 @@ class Daemon:
         self._scorer: ThreadPoolExecutor | None = None
         self._inflight: deque[Future] = deque()
         self._broken = False  # a job failed: nothing may be committed any more
+        self._score_delay = float(os.environ.get(SCORE_DELAY_ENV) or 0)
 
     @property
     def encoder(self) -> Encoder | None:
@@ -602,6 +607,8 @@ class Daemon:
                       ) -> tuple[list, Scores, int] | None:
         """Scoring thread: encode, score (and learn), dead-letter what does not encode.
         Returns what ``_emit`` needs, for the main thread."""
+        if self._score_delay:
+            time.sleep(self._score_delay)
         encoded = self._kafka_encoder.parse(decoded)
         for pos, reason in encoded.rejects:
             self._dead_letter(msgs[pos], reason)
