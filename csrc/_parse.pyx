@@ -244,6 +244,8 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
     max_bytes, max_id_chars : int
         Longer messages, and ids of more characters, are off the fast path.
 
+    The messages are read without the GIL: ``values`` must not change during the call.
+
     Returns
     -------
     (lines, ends, ids, y, on)
@@ -341,7 +343,8 @@ def json_outputs(list ids, const double[::1] p, const double[::1] margin,
 
     Returns the list of message values, byte for byte what
     ``streamfusion.kafka.daemon.OUTPUT_FORMAT`` gives with ``json.dumps`` of each id; None
-    when an id is not a ``str`` (int ids are formatted in Python).
+    when an id is not a ``str`` (int ids are formatted in Python). The ids are read without
+    the GIL: ``ids`` must not change during the call.
     """
     cdef Py_ssize_t n = len(ids), i
     cdef int64_t bound = 0, pos = 0
