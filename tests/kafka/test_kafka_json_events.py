@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamfusion._parse import json_events, json_outputs
+from streamfusion._parse import format_g9, json_events, json_outputs
+from streamfusion._parse import json_string as c_json_string
 
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import avazu_schema, criteo_schema
@@ -305,3 +306,13 @@ def test_int_ids_keep_the_python_formatting() -> None:
     assert keys == ["12"] and json.loads(values[0]) == {
         "id": 12, "p_click": 0.62, "margin": 0.5, "base_margin": 0.25,
         "residual_margin": 0.25, "model_version": 3}
+
+
+@given(x=_FLOATS)
+def test_format_g9_twin_is_pythons_percent_g9(x) -> None:
+    assert format_g9(x) == b"%.9g" % x
+
+
+@given(text=st.text())
+def test_json_string_twin_is_json_dumps(text) -> None:
+    assert c_json_string(text) == json.dumps(text).encode()
