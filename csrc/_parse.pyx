@@ -5,7 +5,10 @@ Python (streamfusion/data/encoder.py) owns every array: the outputs of a Batch, 
 table, the compiled schema and a small int64 state array through which the pass reports
 where it stopped, the line number, out-of-order counts and the first malformed row.
 Each inline C helper has a Python-visible twin for tests: ``hash_value``, ``field_salt``,
-``parse_number``, ``utf8_valid``, ``parse_hour``.
+``parse_number``, ``utf8_valid``, ``parse_hour``, ``format_g9``.
+
+``json_events`` (C in json_events.h) turns a Kafka batch of JSON events into lines for the
+tokenizer; ``json_events([value], ...)`` is its one-message twin.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -49,6 +52,38 @@ cdef extern from "parse_core.h" nogil:
                          int32_t pad_row, int32_t *ind, float *val, float *dense, float *y,
                          int64_t *line_out, int64_t *time_out, int64_t *st)
 
+cdef extern from "json_events.h" nogil:
+    ctypedef struct sf_jspec:
+        int nfields
+        const unsigned char *names
+        const int64_t *name_off
+        unsigned char delim
+        const unsigned char *prefix
+        int64_t prefix_len
+        int64_t max_bytes
+        int64_t max_id_chars
+
+    int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_t len,
+                          const unsigned char **vs, const unsigned char **ve,
+                          unsigned char *seen, unsigned char *out, int64_t *id_start,
+                          int64_t *id_len, float *click)
+    int SF_OUT_NUM_MAX
+    int SF_OUT_FIXED
+    int sf_fmt_g9(char *o, double x)
+    int64_t sf_json_str(char *o, const void *data, int kind, int64_t n)
+    int64_t sf_json_output(char *o, const void *id, int kind, int64_t id_len, double p,
+                           double margin, double base, double resid, const char *version,
+                           int version_len)
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    # the code points of a str, read in place (PEP 393 layout)
+    int PyUnicode_KIND(object o)
+    void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
 from libc.stdlib cimport free, malloc
 
 STATE_SIZE = SF_ST_SIZE
@@ -191,3 +226,165 @@ def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t 
                             bits, seed, libfm, pad_row, &indices[0, 0], &values[0, 0], dptr,
                             &y[0], &line[0], &time[0], &state[0])
     return rows
+
+
+# --------------------------------------------------------------------------- Kafka JSON events
+def json_events(list values, const unsigned char[::1] names, const int64_t[::1] name_off,
+                int delim, bytes prefix, int64_t max_bytes, int64_t max_id_chars):
+    """Flat JSON events -> newline-terminated delimited lines, in one nogil pass.
+
+    Parameters
+    ----------
+    values : list of bytes
+        Message values; anything but ``bytes`` (``None``) is off the fast path.
+    names, name_off : uint8 array, int64 array
+        The feature fields' UTF-8 names concatenated; name ``i`` is
+        ``names[name_off[i]:name_off[i + 1]]`` (schema column order).
+    delim : int
+        The delimiter byte; a value holding it is off the fast path.
+    prefix : bytes
+        Written before the fields of every line (the leading id / label columns).
+    max_bytes, max_id_chars : int
+        Longer messages, and ids of more characters, are off the fast path.
+
+    The messages are read without the GIL: ``values`` must not change during the call.
+
+    Returns
+    -------
+    (lines, ends, ids, y, on)
+        ``lines`` the lines of the messages on the fast path, in message order; message
+        ``i``'s line ends at ``ends[i]`` (int64; an off-path message adds nothing);
+        ``ids`` its id (str; None off the path); ``y`` its click (float32, NaN when absent,
+        null or off the path); ``on`` (bool) whether it is on the fast path.
+    """
+    cdef Py_ssize_t n = len(values), i
+    cdef int nf = name_off.shape[0] - 1
+    cdef sf_jspec s
+    cdef int64_t bound = 0, pos = 0, got
+    cdef object v
+    if nf < 1 or names.shape[0] != name_off[nf]:
+        raise ValueError("names and name_off disagree")
+    ends = np.zeros(n, dtype=np.int64)
+    starts = np.zeros(n, dtype=np.int64)
+    lens = np.zeros(n, dtype=np.int64)
+    y = np.full(n, np.nan, dtype=np.float32)
+    on = np.zeros(n, dtype=np.bool_)
+    cdef int64_t[::1] ends_v = ends, id_s = starts, id_n = lens
+    cdef float[::1] y_v = y
+    cdef unsigned char[::1] on_v = on.view(np.uint8)
+    cdef const unsigned char **msg = <const unsigned char **>malloc((n + 1) * sizeof(void *))
+    cdef int64_t *mlen = <int64_t *>malloc((n + 1) * sizeof(int64_t))
+    cdef const unsigned char **vs = <const unsigned char **>malloc(nf * sizeof(void *))
+    cdef const unsigned char **ve = <const unsigned char **>malloc(nf * sizeof(void *))
+    cdef unsigned char *seen = <unsigned char *>malloc(nf + 2)
+    cdef unsigned char *out = NULL
+    try:
+        if msg == NULL or mlen == NULL or vs == NULL or ve == NULL or seen == NULL:
+            raise MemoryError()
+        for i in range(n):
+            v = values[i]
+            if type(v) is bytes:
+                msg[i] = <const unsigned char *>PyBytes_AS_STRING(v)
+                mlen[i] = PyBytes_GET_SIZE(v)
+                # a line is never longer than its message (each field costs the message its
+                # quoted name, a colon and quotes) plus the prefix
+                if mlen[i] <= max_bytes:
+                    bound += mlen[i] + len(prefix) + 1
+            else:
+                msg[i] = NULL
+                mlen[i] = 0
+        out = <unsigned char *>malloc(bound + 1)
+        if out == NULL:
+            raise MemoryError()
+        s.nfields = nf
+        s.names = &names[0]
+        s.name_off = &name_off[0]
+        s.delim = <unsigned char>delim
+        s.prefix = <const unsigned char *>PyBytes_AS_STRING(prefix)
+        s.prefix_len = len(prefix)
+        s.max_bytes = max_bytes
+        s.max_id_chars = max_id_chars
+        with nogil:
+            for i in range(n):
+                if msg[i] != NULL:
+                    got = sf_json_event(&s, msg[i], mlen[i], vs, ve, seen, out + pos,
+                                        &id_s[i], &id_n[i], &y_v[i])
+                    if got >= 0:
+                        pos += got
+                        on_v[i] = 1
+                ends_v[i] = pos
+        ids = [PyUnicode_DecodeUTF8(<const char *>msg[i] + id_s[i], id_n[i], NULL)
+               if on_v[i] else None for i in range(n)]
+        lines = PyBytes_FromStringAndSize(<const char *>out, pos)
+    finally:
+        free(msg); free(mlen); free(vs); free(ve); free(seen); free(out)
+    return lines, ends, ids, y, on
+
+
+def format_g9(double x) -> bytes:
+    """The C twin of Python's ``b"%.9g" % x`` (``nan`` for every NaN)."""
+    cdef char buf[64]
+    cdef int n = sf_fmt_g9(buf, x)
+    return buf[:n]
+
+
+def json_string(str text) -> bytes:
+    """The C twin of ``json.dumps(text).encode()`` (ASCII, escapes as Python's json)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef char *buf = <char *>malloc(12 * n + 2)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        return buf[:sf_json_str(buf, PyUnicode_DATA(text), PyUnicode_KIND(text), n)]
+    finally:
+        free(buf)
+
+
+def json_outputs(list ids, const double[::1] p, const double[::1] margin,
+                 const double[::1] base, const double[::1] resid, int64_t version):
+    """The output message of each scored event, formatted in one nogil pass.
+
+    Returns the list of message values, byte for byte what
+    ``streamfusion.kafka.daemon.OUTPUT_FORMAT`` gives with ``json.dumps`` of each id; None
+    when an id is not a ``str`` (int ids are formatted in Python). The ids are read without
+    the GIL: ``ids`` must not change during the call.
+    """
+    cdef Py_ssize_t n = len(ids), i
+    cdef int64_t bound = 0, pos = 0
+    cdef object ident
+    if not (p.shape[0] == margin.shape[0] == base.shape[0] == resid.shape[0] == n):
+        raise ValueError("ids and scores differ in length")
+    cdef bytes vtext = str(version).encode()
+    cdef const char *vptr = vtext
+    cdef int vlen = len(vtext)
+    cdef const void **data = <const void **>malloc((n + 1) * sizeof(void *))
+    cdef int64_t *meta = <int64_t *>malloc(2 * (n + 1) * sizeof(int64_t))
+    cdef int64_t *ends = <int64_t *>malloc((n + 1) * sizeof(int64_t))
+    cdef char *out = NULL
+    try:
+        if data == NULL or meta == NULL or ends == NULL:
+            raise MemoryError()
+        for i in range(n):
+            ident = ids[i]
+            if type(ident) is not str:
+                return None
+            data[i] = PyUnicode_DATA(ident)
+            meta[2 * i] = PyUnicode_KIND(ident)
+            meta[2 * i + 1] = PyUnicode_GET_LENGTH(ident)
+            bound += 12 * meta[2 * i + 1] + SF_OUT_FIXED + vlen
+        out = <char *>malloc(bound + 1)
+        if out == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(n):
+                pos += sf_json_output(out + pos, data[i], <int>meta[2 * i], meta[2 * i + 1],
+                                      p[i], margin[i], base[i], resid[i], vptr, vlen)
+                ends[i] = pos
+        values = [None] * n
+        pos = 0
+        for i in range(n):
+            values[i] = PyBytes_FromStringAndSize(out + pos, ends[i] - pos)
+            pos = ends[i]
+        return values
+    finally:
+        free(data); free(meta); free(ends); free(out)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -52,6 +53,7 @@ from confluent_kafka import (
 )
 
 from streamfusion import checkpoint
+from streamfusion._parse import json_outputs
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
 from streamfusion.fusion import ModelConfig
@@ -105,6 +107,9 @@ IDLE_WAIT = 0.1  # seconds the loop blocks when no message comes (commits, signa
 # batches cost serve ~35% of a core where 2 ms ones cost ~45% (each batch has a fixed cost of a
 # few hundred us), CPU the broker on the same cores needs
 DEFAULT_POLL_TIMEOUT = 0.005
+# Tests only: seconds the scoring thread waits before each batch of events, so that a test
+# knows batches are still in flight when it signals serve (0: no wait)
+SCORE_DELAY_ENV = "STREAMFUSION_TEST_SCORE_DELAY"
 
 
 class DeliveryFailed(RuntimeError):
@@ -177,6 +182,37 @@ def _json_id(ident: str | int) -> str:
     return str(int(ident))
 
 
+def format_outputs(ids: list, scores: Scores, version: int) -> tuple[list[bytes], list[str]]:
+    """The output messages of a scored batch and their keys (the ids as str).
+
+    In C (``_parse.json_outputs``, the GIL released) when every id is a str; its bytes are
+    those of ``format_outputs_py``, the Python reference, which formats int ids.
+    """
+    cols = [np.ascontiguousarray(a, dtype=np.float64) for a in
+            (scores.p, scores.margin, scores.base_margin, scores.residual_margin)]
+    values = json_outputs(ids, *cols, int(version))
+    if values is not None:
+        return values, ids
+    return format_outputs_py(ids, scores, version)
+
+
+def format_outputs_py(ids: list, scores: Scores, version: int
+                      ) -> tuple[list[bytes | str], list[str]]:
+    """``format_outputs`` in Python: ``OUTPUT_FORMAT`` with each id as JSON."""
+    fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
+    cols = (scores.p.tolist(), scores.margin.tolist(), scores.base_margin.tolist(),
+            scores.residual_margin.tolist())
+    try:  # one check for the batch: every id a string that needs no JSON escaping
+        plain = _plain_id(".".join(ids)) is not None
+    except TypeError:  # an int id
+        plain = False
+    if plain:
+        fmt = fmt.replace('"id":%s', '"id":"%s"', 1)
+        return [fmt % row for row in zip(ids, *cols, strict=True)], ids
+    values = [fmt % row for row in zip(map(_json_id, ids), *cols, strict=True)]
+    return values, [i if type(i) is str else str(i) for i in ids]
+
+
 class _Deliveries:
     """Failed deliveries reported by the producer (only errors are reported)."""
 
@@ -243,6 +279,7 @@ class Daemon:
         self._scorer: ThreadPoolExecutor | None = None
         self._inflight: deque[Future] = deque()
         self._broken = False  # a job failed: nothing may be committed any more
+        self._score_delay = float(os.environ.get(SCORE_DELAY_ENV) or 0)
 
     @property
     def encoder(self) -> Encoder | None:
@@ -570,6 +607,8 @@ class Daemon:
                       ) -> tuple[list, Scores, int] | None:
         """Scoring thread: encode, score (and learn), dead-letter what does not encode.
         Returns what ``_emit`` needs, for the main thread."""
+        if self._score_delay:
+            time.sleep(self._score_delay)
         encoded = self._kafka_encoder.parse(decoded)
         for pos, reason in encoded.rejects:
             self._dead_letter(msgs[pos], reason)
@@ -637,20 +676,7 @@ class Daemon:
 
     def _emit(self, ids: list, scores: Scores, version: int) -> None:
         """Main thread: produce one output per scored event, keyed by id."""
-        fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
-        cols = (scores.p.tolist(), scores.margin.tolist(), scores.base_margin.tolist(),
-                scores.residual_margin.tolist())
-        try:  # one check for the batch: every id a string that needs no JSON escaping
-            plain = _plain_id(".".join(ids)) is not None
-        except TypeError:  # an int id
-            plain = False
-        if plain:
-            fmt = fmt.replace('"id":%s', '"id":"%s"', 1)
-            values = [fmt % row for row in zip(ids, *cols, strict=True)]
-            keys = ids
-        else:
-            values = [fmt % row for row in zip(map(_json_id, ids), *cols, strict=True)]
-            keys = [i if type(i) is str else str(i) for i in ids]
+        values, keys = format_outputs(ids, scores, version)
         produce = self._producer.produce
         topic = self.cfg.output_topic
         for value, key in zip(values, keys, strict=True):

@@ -1,15 +1,15 @@
 """Kafka messages -> encoded Batch, fast: JSON events become file lines for the C tokenizer.
 
 ``Encoder.encode_records`` is the reference path (any value types, exact reasons); it builds
-each line cell by cell in Python. Here the common case, every field a string as ``produce``
-sends it, is joined into a line in one C call per event and the whole mini-batch goes through
-``Encoder.parse_into`` at once. Events off that path (numbers, nulls, a delimiter inside a
-value, anything invalid) take the reference path, so both encode a record identically.
+each line cell by cell in Python. Here the common case, a flat JSON object whose fields are
+strings without escapes as ``produce`` sends them, is turned into a file line by a C decoder
+(``_parse.json_events``, one nogil call per mini-batch: no Python dict, no per-event Python)
+and the whole mini-batch goes through ``Encoder.parse_into`` at once.
 
-Two tiers: a mini-batch whose events are *all* on the fast path is checked with a few
-whole-batch operations (types, lengths, delimiter and newline counts of the joined buffer)
-instead of per-event Python tests, about 2 us per event less; any batch that fails one of
-those checks is encoded event by event, where invalid messages get their exact reasons.
+The C decoder accepts only a strict subset of JSON; every other message (numbers, nulls,
+escapes, a delimiter inside a value, unknown nested keys, anything invalid) goes through
+``decode_each``'s per-message Python step, which is the reference: ``decode(values)`` always
+equals ``decode_each(values)`` (same runs, lines, ids, clicks and rejects).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from streamfusion._parse import json_events
 from streamfusion.data.encoder import ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_LINE, ST_POS, Encoder
 from streamfusion.data.encoder import new_state as new_parse_state
 from streamfusion.features import Batch
@@ -33,8 +34,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 _BAD_LINE_CHARS = ("\n", "\r", '"')  # would change how the tokenizer splits the line
-_CLICK_TYPES = {type(None), int}
-_CLICK_VALUES = {None, 0, 1}  # with _CLICK_TYPES: True / 1.0 (equal to 1) are not clicks here
+_NAN = float("nan")
+# keys the C decoder reads as the event's id and click, never as feature fields
+_RESERVED_KEYS = ("id", "click")
 
 
 @dataclass
@@ -83,12 +85,42 @@ class Decoded:
     rejects: list[tuple[int, str]]
 
 
+class _Runs:
+    """Decoded messages grouped into runs of the same path, in message order."""
+
+    def __init__(self) -> None:
+        # (fast path?, message positions, ids, clicks, line bytes or records)
+        self.runs: list[tuple[bool, list[int], list, list[float], list]] = []
+        self.rejects: list[tuple[int, str]] = []
+
+    def add(self, fast: bool, i: int, ident: str | int, click: float, item) -> None:
+        if not self.runs or self.runs[-1][0] is not fast:
+            self.runs.append((fast, [], [], [], []))
+        run = self.runs[-1]
+        run[1].append(i)
+        run[2].append(ident)
+        run[3].append(click)
+        run[4].append(item)
+
+    def decoded(self) -> Decoded:
+        out = []
+        for fast, msg, ids, clicks, items in self.runs:
+            y = np.asarray(clicks, dtype=np.float32)
+            pos = np.asarray(msg, dtype=np.int64)
+            if fast:
+                out.append(_Run(pos, ids, y, b"".join(items)))
+            else:
+                out.append(_Run(pos, ids, y, None, items))
+        return Decoded(out, self.rejects)
+
+
 class KafkaEncoder:
     """Validate and encode JSON events with an ``Encoder``.
 
-    ``encode`` = ``parse(decode(values))``: ``decode`` (JSON, validation, lines; Python) uses
-    no encoder state, so it may run for one batch while ``parse`` (the C tokenizer, which
-    advances the count tables) runs for the batch before it on another thread.
+    ``encode`` = ``parse(decode(values))``: ``decode`` (JSON, validation, lines; C, and Python
+    for the messages C leaves) uses no encoder state, so it may run for one batch while
+    ``parse`` (the C tokenizer, which advances the count tables) runs for the batch before it
+    on another thread.
 
     Parameters
     ----------
@@ -118,6 +150,20 @@ class KafkaEncoder:
             k not in ("skip", "label") for k in kinds[lead:]) else None
         self._get = itemgetter(*self.fields) if len(self.fields) > 1 else None
         self._ncols = len(kinds)
+        self._spec = self._c_spec()
+
+    def _c_spec(self) -> tuple | None:
+        """The arguments of ``json_events`` after the values, or None when this schema's
+        events cannot take the C decoder (its lines need the same prefix + join layout)."""
+        delim = self.delim.encode("utf-8")
+        if (self._prefix is None or self._get is None or len(delim) != 1
+                or any(name in _RESERVED_KEYS for name in self.fields)):
+            return None
+        names = [name.encode("utf-8") for name in self.fields]
+        offsets = np.zeros(len(names) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(b) for b in names])
+        return (np.frombuffer(b"".join(names), dtype=np.uint8), offsets, delim[0],
+                self._prefix.encode("utf-8"), MAX_MESSAGE_BYTES, MAX_ID_CHARS)
 
     def _line(self, obj: dict) -> str | None:
         """The file line of an all-strings event, or None when it needs the reference path."""
@@ -149,105 +195,73 @@ class KafkaEncoder:
     def decode(self, values: list[bytes | None]) -> Decoded:
         """Validate the JSON of the messages and build their lines; no encoder state is used
         or changed, so this may run while another thread encodes and scores an earlier batch.
+
+        The C decoder takes every message it can; the others (exact reasons, numbers, nulls,
+        escapes, ...) go through ``decode_each``'s per-message step, so the result is always
+        ``decode_each(values)``.
         """
-        if values and self._prefix is not None and self._get is not None:
-            decoded = self._decode_batch(values)
-            if decoded is not None:
-                return decoded
-        return self.decode_each(values)
+        if not values or self._spec is None:
+            return self.decode_each(values)
+        lines, ends, ids, y, on = json_events(values, *self._spec)
+        if on.all():
+            return Decoded([_Run(np.arange(len(values), dtype=np.int64), ids, y, lines)], [])
+        out = _Runs()
+        clicks = y.tolist()
+        start = 0
+        for i, (end, fast) in enumerate(zip(ends.tolist(), on.tolist(), strict=True)):
+            if fast:
+                out.add(True, i, ids[i], clicks[i], lines[start:end])
+                start = end
+            else:
+                self._decode_one(i, values[i], out)
+        return out.decoded()
 
     def _decode_batch(self, values: list[bytes | None]) -> Decoded | None:
-        """The whole batch on the fast path, or None when any event is off it."""
-        get, join = self._get, self.delim.join
-        lines: list[str] = []
-        ids: list = []
-        clicks: list = []
-        add_line, add_id, add_click = lines.append, ids.append, clicks.append
-        try:
-            if max(map(len, values)) > MAX_MESSAGE_BYTES:  # (a None value: TypeError)
-                return None
-            # one dict alive at a time: keeping a batch of them costs ~1 us per event more
-            for obj in map(_loads, values):
-                add_line(join(get(obj)))
-                add_id(obj["id"])
-                add_click(obj.get("click"))
-            # ids: non-empty strings of at most MAX_ID_CHARS (ints take the reference path)
-            if (set(map(type, ids)) != {str} or min(map(len, ids)) == 0
-                    or max(map(len, ids)) > MAX_ID_CHARS):
-                return None
-            if not (set(map(type, clicks)) <= _CLICK_TYPES and set(clicks) <= _CLICK_VALUES):
-                return None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None  # not JSON, not an object, a missing or non-string field, ...
-        prefix = self._prefix
-        text = prefix + ("\n" + prefix).join(lines) + "\n"
-        n = len(lines)
-        # every line has exactly ncols - 1 delimiters and no newline of its own: no value
-        # holds the delimiter or a line break, so line i is message i
-        if (text.count(self.delim) != n * (self._ncols - 1) or text.count("\n") != n
-                or '"' in text or "\r" in text):
+        """The whole batch through the C decoder, or None when any message is off its path."""
+        if not values or self._spec is None:
             return None
-        try:
-            buf = text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (json.loads, unlike orjson, lets it by)
+        lines, _, ids, y, on = json_events(values, *self._spec)
+        if not on.all():
             return None
-        y = np.asarray(clicks, dtype=np.float32)  # None -> NaN
-        return Decoded([_Run(np.arange(n, dtype=np.int64), ids, y, buf)], [])
+        return Decoded([_Run(np.arange(len(values), dtype=np.int64), ids, y, lines)], [])
 
     def decode_each(self, values: list[bytes | None]) -> Decoded:
-        """``decode`` event by event: exact reasons for every invalid message.
+        """``decode`` event by event in Python: the reference, with exact reasons for every
+        invalid message.
 
         Runs of fast-path lines and runs of reference-path records alternate, in message
         order.
         """
-        rejects: list[tuple[int, str]] = []
-        # runs of (fast path?, message positions, ids, clicks, lines or records)
-        runs: list[tuple[bool, list[int], list, list[float], list]] = []
-        nan = float("nan")
+        out = _Runs()
         for i, value in enumerate(values):
-            obj = None
-            if value is not None and len(value) <= MAX_MESSAGE_BYTES:
-                try:
-                    obj = _loads(value)
-                except ValueError:
-                    obj = None
-            if type(obj) is dict:
-                ident = obj.get("id")
-                click = obj.get("click", None)
-                if (type(ident) is str and 0 < len(ident) <= MAX_ID_CHARS) and (
-                        click is None or (type(click) is int and click in (0, 1))):
-                    line = self._line(obj)
-                    if line is not None:
-                        if not runs or not runs[-1][0]:
-                            runs.append((True, [], [], [], []))
-                        run = runs[-1]
-                        run[1].append(i)
-                        run[2].append(ident)
-                        run[3].append(nan if click is None else float(click))
-                        run[4].append(line)
-                        continue
-            # reference path: exact validation and reasons
+            self._decode_one(i, value, out)
+        return out.decoded()
+
+    def _decode_one(self, i: int, value: bytes | None, out: _Runs) -> None:
+        """Message ``i``: a line, a validated record, or a reject, added to ``out``."""
+        obj = None
+        if value is not None and len(value) <= MAX_MESSAGE_BYTES:
             try:
-                ident, record, click = parse_event(value, self.fields)
-            except Invalid as exc:
-                rejects.append((i, exc.header))
-                continue
-            if not runs or runs[-1][0]:
-                runs.append((False, [], [], [], []))
-            run = runs[-1]
-            run[1].append(i)
-            run[2].append(ident)
-            run[3].append(nan if click is None else float(click))
-            run[4].append(record)
-        out = []
-        for fast, msg, ids, clicks, items in runs:
-            y = np.asarray(clicks, dtype=np.float32)
-            if fast:
-                out.append(_Run(np.asarray(msg, dtype=np.int64), ids, y,
-                                ("\n".join(items) + "\n").encode("utf-8")))
-            else:
-                out.append(_Run(np.asarray(msg, dtype=np.int64), ids, y, None, items))
-        return Decoded(out, rejects)
+                obj = _loads(value)
+            except ValueError:
+                obj = None
+        if type(obj) is dict:
+            ident = obj.get("id")
+            click = obj.get("click", None)
+            if (type(ident) is str and 0 < len(ident) <= MAX_ID_CHARS) and (
+                    click is None or (type(click) is int and click in (0, 1))):
+                line = self._line(obj)
+                if line is not None:
+                    out.add(True, i, ident, _NAN if click is None else float(click),
+                            (line + "\n").encode("utf-8"))
+                    return
+        # reference path: exact validation and reasons
+        try:
+            ident, record, click = parse_event(value, self.fields)
+        except Invalid as exc:
+            out.rejects.append((i, exc.header))
+            return
+        out.add(False, i, ident, _NAN if click is None else float(click), record)
 
     def parse(self, decoded: Decoded) -> Encoded:
         """Encode decoded runs with the encoder (its count tables advance), in order."""

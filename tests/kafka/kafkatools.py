@@ -136,11 +136,13 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> li
 class Serve:
     """A ``streamfusion serve`` subprocess with its log in a file."""
 
-    def __init__(self, bootstrap: str, args: list[str], log: Path) -> None:
+    def __init__(self, bootstrap: str, args: list[str], log: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in wait()
         cmd = [*cli(), "serve", "--bootstrap-servers", bootstrap, *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def log(self) -> str:
         if not self._log.closed:

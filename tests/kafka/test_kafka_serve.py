@@ -25,11 +25,15 @@ from kafkatools import (
 )
 
 from streamfusion import checkpoint
+from streamfusion.kafka.daemon import SCORE_DELAY_ENV
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER
 
 pytestmark = pytest.mark.kafka
 
+# seconds the scoring thread waits before each batch in the SIGTERM-in-flight test: far longer
+# than serve takes from the end of its loop to its checkpoint
+SCORE_DELAY = 0.5
 OUTPUT_FIELDS = {"id", "p_click", "margin", "base_margin", "residual_margin", "model_version"}
 
 
@@ -269,7 +273,11 @@ def test_sigterm_exits_zero_and_commits(kafka_bootstrap, topic_name, tmp_path):
 
 def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_name, tmp_path):
     """SIGTERM while batches are in flight: exit 0 with every committed event scored (its
-    output on the topic) and learned exactly once (the checkpoint covers the commit)."""
+    output on the topic) and learned exactly once (the checkpoint covers the commit).
+
+    The scoring thread waits SCORE_DELAY s before each batch, so batches are still in flight
+    when the loop stops, every run: without the drain before the checkpoint, the checkpoint
+    would count events its model has not learned."""
     t = _topics(topic_name)
     path = make_log(tmp_path / "log.csv", 120_000, seed=8)
     ids = log_ids(path)
@@ -281,7 +289,7 @@ def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_
     serve = Serve(kafka_bootstrap, ["--input-topic", t["in"], "--output-topic", t["out"],
                                     "--group-id", topic_name, "--checkpoint", str(ckpt),
                                     "--batch-size", "5000", *SMALL_MODEL],
-                  tmp_path / "serve.log")
+                  tmp_path / "serve.log", env={SCORE_DELAY_ENV: str(SCORE_DELAY)})
     deadline = time.monotonic() + 120
     while first.poll(0.05) is None:  # the signal as soon as the first outputs are out
         assert time.monotonic() < deadline, serve.log()
