@@ -142,7 +142,8 @@ def parse_hour(const unsigned char[::1] text):
 # --------------------------------------------------------------------------- kernels
 def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t[::1] dslot,
                 const int32_t[::1] dmode, const uint64_t[::1] salt, const int32_t[::1] num_row,
-                int32_t[::1] counts, int64_t[::1] seen, int delim, int bits, int count_bits, bint label_missing_ok,
+                int32_t[::1] counts, int64_t[::1] seen, int delim, int bits, int count_bits,
+                bint label_missing_ok,
                 const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
                 int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
                 float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:

@@ -216,15 +216,6 @@ class KafkaEncoder:
                 self._decode_one(i, values[i], out)
         return out.decoded()
 
-    def _decode_batch(self, values: list[bytes | None]) -> Decoded | None:
-        """The whole batch through the C decoder, or None when any message is off its path."""
-        if not values or self._spec is None:
-            return None
-        lines, _, ids, y, on = json_events(values, *self._spec)
-        if not on.all():
-            return None
-        return Decoded([_Run(np.arange(len(values), dtype=np.int64), ids, y, lines)], [])
-
     def decode_each(self, values: list[bytes | None]) -> Decoded:
         """``decode`` event by event in Python: the reference, with exact reasons for every
         invalid message.
