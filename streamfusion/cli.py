@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "replay": ("streamfusion.replay", "replay a click log: progressive + holdout evaluation"),
@@ -50,8 +51,14 @@ def _not_built(name: str):
     return run
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"streamfusion: warning{kind}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamfusion`` console script."""
+    warnings.formatwarning = _format_warning  # one plain line, not a quoted source line
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

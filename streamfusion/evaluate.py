@@ -105,6 +105,25 @@ def spill_reader(spill: RecordSpill) -> Reader:
     return read
 
 
+def ranges_reader(read: Reader, ranges: list[tuple[int, int]]) -> tuple[Reader, int]:
+    """A :data:`Reader` over the concatenation of ``ranges`` of ``read``, and its length."""
+    ends = np.cumsum([b - a for a, b in ranges])
+    starts = ends - [b - a for a, b in ranges]
+
+    def joined(va: int, vb: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for i in range(int(np.searchsorted(ends, va, side="right")), len(ranges)):
+            if starts[i] >= vb:
+                break
+            lo, hi = max(va, starts[i]), min(vb, ends[i])
+            parts.append(read(ranges[i][0] + lo - starts[i], ranges[i][0] + hi - starts[i]))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+    return joined, int(ends[-1]) if ranges else 0
+
+
 def order_keys(z: np.ndarray) -> np.ndarray:
     """uint32 keys ordered like the float32 scores ``z``: equal keys exactly for tied scores.
 
@@ -391,11 +410,24 @@ class Progressive:
             starts.extend((a + np.flatnonzero(new)).tolist())
             keys.extend(key[new].tolist())
             prev = key[-1]
-        return list(zip(starts, [*starts[1:], n], keys, strict=True))
+        return list(zip(starts, [*starts[1:], n][:len(starts)], keys, strict=True))
 
     def windows(self) -> list[dict[str, float | int]]:
-        """One entry per window, in stream order: ``{"end_row", "auc", "logloss", "rows"}``."""
-        return [{"end_row": b, "key": k, **self._summary(a, b)} for a, b, k in self._runs()]
+        """One entry per window key (a day, or a run of ``window_rows`` events), in order of
+        first appearance: ``{"end_row", "key", "auc", "logloss", "rows"}``. The runs of a key
+        that recurs (an out-of-order log) are merged: ``end_row`` is where its last run ends."""
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for a, b, k in self._runs():
+            runs.setdefault(k, []).append((a, b))
+        out = []
+        for k, ranges in runs.items():
+            if len(ranges) == 1:
+                summary = self._summary(*ranges[0])
+            else:
+                read, n = ranges_reader(self._read, ranges)
+                summary = summarize_spilled(read, 0, n, self.budget, self.chunk_rows)
+            out.append({"end_row": ranges[-1][1], "key": k, **summary})
+        return out
 
     def around_swaps(self, span: int = 10_000) -> list[dict[str, float | int]]:
         """Progressive logloss in the ``span`` events before and after each tree swap."""

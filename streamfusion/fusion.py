@@ -124,8 +124,11 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             use_init_score=position > 0 or backfit,
             fade=cfg.fade,
             # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
-            # half a period of stream before the swap point joins it
-            **{"swap_lag": cfg.refit_every // 2, **cfg.extra.get("trees", {})},
+            # half a period of stream before the swap point joins it; an explicit early first
+            # fit is honoured
+            **{"swap_lag": cfg.refit_every // 2,
+               "min_fit_rows": min(1000, cfg.first_fit, cfg.refit_every),
+               **cfg.extra.get("trees", {})},
         )
     return ResidualLearner(
         model=kind,

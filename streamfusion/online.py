@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from streamfusion import argtypes as at
 from streamfusion.evaluate import sigmoid
 from streamfusion.features import Batch
 from streamfusion.fusion import MODELS, RESIDUAL_KINDS, Chain, ModelConfig
@@ -128,23 +129,23 @@ class OnlineModel:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags shared by ``replay`` and ``serve``."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default="resfusion",
+    g.add_argument("--model", choices=MODELS, default=None,
                    help="the chain: resfusion = trees then the residual learner (default)")
     g.add_argument("--residual", choices=RESIDUAL_KINDS, default="deepfm",
                    help="residual learner inside resfusion / nnres-gbdt / --iterations")
-    g.add_argument("--iterations", type=int, default=None, metavar="K",
+    g.add_argument("--iterations", type=at.nonneg_int, default=None, metavar="K",
                    help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
-    g.add_argument("--trees", type=int, default=100, help="trees per refit")
-    g.add_argument("--leaves", type=int, default=63, help="leaves per tree")
-    g.add_argument("--tree-lr", type=float, default=0.05, help="LightGBM learning rate")
-    g.add_argument("--refit-every", type=int, default=500_000, metavar="N",
+    g.add_argument("--trees", type=at.positive_int, default=100, help="trees per refit")
+    g.add_argument("--leaves", type=at.at_least(2), default=63, help="leaves per tree")
+    g.add_argument("--tree-lr", type=at.positive_float, default=0.05, help="LightGBM learning rate")
+    g.add_argument("--refit-every", type=at.positive_int, default=500_000, metavar="N",
                    help="refit the trees every N learned events (earlier on drift)")
-    g.add_argument("--first-fit", type=int, default=50_000, metavar="N",
+    g.add_argument("--first-fit", type=at.positive_int, default=50_000, metavar="N",
                    help="first tree fit after N learned events (before it: the click log-odds)")
-    g.add_argument("--window", type=int, default=200_000, metavar="W",
+    g.add_argument("--window", type=at.positive_int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
     g.add_argument("--no-drift", action="store_true", help="refit on schedule only (no ADWIN)")
-    g.add_argument("--fade", type=int, default=100_000, metavar="N",
+    g.add_argument("--fade", type=at.nonneg_int, default=100_000, metavar="N",
                    help="a refit's trees fade in over N learned events, so the residual "
                    "learner is not shocked by the swap (0 = switch at once)")
     g.add_argument("--warm-start", action="store_true",
@@ -154,20 +155,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="refit the first trees given the residual learner's margins "
                    "(init_score) instead of on the labels alone (the paper's setting)")
     g.add_argument("--bits", type=int, default=20, help="hashed table size 2**bits")
-    g.add_argument("--k", type=int, default=8, help="embedding size")
-    g.add_argument("--hidden", default="128,128", help="DeepFM MLP sizes, comma separated")
-    g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the residual")
-    g.add_argument("--l2", type=float, default=1e-6, help="L2 on touched rows")
+    g.add_argument("--k", type=at.positive_int, default=8, help="embedding size")
+    g.add_argument("--hidden", type=at.int_list, default="128,128",
+                   help="DeepFM MLP sizes, comma separated")
+    g.add_argument("--lr", type=at.positive_float, default=3e-3,
+                   help="Adam learning rate of the residual")
+    g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
     g.add_argument("--seed", type=int, default=0, help="the one seed")
 
 
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
-    """Turn the model flags into a ``ModelConfig``."""
-    hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
+    """Turn the model flags into a ``ModelConfig``.
+
+    ``--iterations K`` defines the chain itself, so it cannot be combined with a ``--model``
+    other than the default.
+    """
+    hidden = args.hidden if isinstance(args.hidden, tuple) else at.int_list(str(args.hidden))
+    if args.iterations is not None and args.model not in (None, "resfusion"):
+        raise ValueError(f"--iterations {args.iterations} builds its own chain (trees, "
+                         f"+{args.residual}, +trees, ...): drop --model {args.model}")
     return ModelConfig(
-        model=args.model, residual=args.residual, iterations=args.iterations,
+        model=args.model or "resfusion", residual=args.residual, iterations=args.iterations,
         n_trees=args.trees, num_leaves=args.leaves, tree_learning_rate=args.tree_lr,
         refit_every=args.refit_every,
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,

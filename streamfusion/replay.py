@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -25,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from streamfusion import argtypes as at
 from streamfusion import checkpoint
 from streamfusion.data import ParseError, open_source
+from streamfusion.data.schema import DEFAULT_MAX_FEATURES
 from streamfusion.evaluate import (
     PROGRESSIVE_FILE,
     Progressive,
@@ -36,6 +39,7 @@ from streamfusion.evaluate import (
 )
 from streamfusion.features import Batch
 from streamfusion.online import OnlineModel, add_model_arguments, config_from_args
+from streamfusion.outputs import check_output, write_json
 from streamfusion.spill import RecordSpill, SpillFile
 
 DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
@@ -122,17 +126,25 @@ def exact_batches(source: Any, size: int, limit: int | None, done: int) -> Itera
             return
 
 
+_BLANK_LINE = re.compile(rb"(?<=\n)\r?\n")
+
+
 def count_events(path: Path) -> int:
-    """Number of data lines in a (possibly gzipped) file: the chrono holdout needs the end."""
+    """Number of non-blank lines in a (possibly gzipped) file: the chrono holdout needs the
+    end. Malformed rows count too (that needs a parse); with ``--on-error skip`` the boundary
+    is then a few rows early."""
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     opener = gzip.open if gz else open
-    n, last = 0, b"\n"
+    n, blank, last = 0, 0, b"\n"
     with opener(path, "rb") as f:
         while chunk := f.read(1 << 24):
             n += chunk.count(b"\n")
+            blank += len(_BLANK_LINE.findall(chunk))
+            if last == b"\n" and (chunk[:1] == b"\n" or chunk[:2] == b"\r\n"):
+                blank += 1  # a blank line at the start of this chunk (or of the file)
             last = chunk[-1:]
-    return n + (last != b"\n")
+    return n + (last != b"\n") - blank
 
 
 def default_stream(rows: int, seed: int) -> Path:
@@ -157,21 +169,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--format", default="auto",
                    choices=["auto", "avazu", "criteo", "csv", "libsvm", "libfm"])
     g.add_argument("--label", help="label column of a generic CSV")
-    g.add_argument("--rows", type=int, help="stop after N events (sizes the default stream)")
-    g.add_argument("--batch-size", type=int, default=1024, help="mini-batch size")
+    g.add_argument("--rows", type=at.positive_int,
+                   help="stop after N events (sizes the default stream)")
+    g.add_argument("--batch-size", type=at.positive_int, default=1024, help="mini-batch size")
+    g.add_argument("--max-features", type=at.positive_int, default=DEFAULT_MAX_FEATURES,
+                   metavar="N", help="libsvm / libfm: most features in a row (learner slots)")
     g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                    help="malformed rows: stop with file/line/reason, or skip and count them")
     e = parser.add_argument_group("evaluation")
-    e.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (paper: 9:1)")
+    e.add_argument("--holdout", type=at.fraction, default=0.1,
+                   help="held-out fraction (paper: 9:1)")
     e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random")
-    e.add_argument("--window-rows", type=int, default=100_000,
+    e.add_argument("--window-rows", type=at.positive_int, default=100_000,
                    help="window length in events when the log has no days")
     e.add_argument("--report", type=Path, help="write the JSON report here")
     e.add_argument("--plot", type=Path, help="draw progressive AUC and logloss to this PNG")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     c = parser.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", type=Path, metavar="DIR", help="checkpoint directory")
-    c.add_argument("--checkpoint-every", type=int, default=500_000, metavar="N",
+    c.add_argument("--checkpoint-every", type=at.positive_int, default=500_000, metavar="N",
                    help="checkpoint every N events")
     c.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
     add_model_arguments(parser)
@@ -188,7 +204,8 @@ class Replay:
         self.state = checkpoint.load(args.checkpoint) if args.resume else None
         config = config_from_args(args)
         self.source = open_source(self.path, format=args.format, label=args.label,
-                                  bits=config.bits, seed=config.seed, on_error=args.on_error)
+                                  bits=config.bits, seed=config.seed, on_error=args.on_error,
+                                  max_features=args.max_features)
         n_fields = len(self.source.schema.field_names)
         # Spills live beside the checkpoint they belong to, else in a directory of this run.
         self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
@@ -288,6 +305,12 @@ class Replay:
         self.source.close()
         return report
 
+    def abort(self) -> None:
+        """Release everything after an interrupted run (checkpoints already written stay)."""
+        self.model.close()
+        self._close_spills()
+        self.source.close()
+
     def _close_spills(self) -> None:
         self.holdout.close()
         self.progressive.close()
@@ -369,42 +392,75 @@ def summary_table(report: dict[str, Any]) -> Any:
     return t
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse unusable input and output paths before any work (a long run must not lose its
+    results at the end)."""
+    if args.file is not None and not args.file.is_file():
+        what = ("no such file" if not args.file.exists() else
+                "not a regular file (replay reopens and seeks its input: no directories, "
+                "pipes or devices)")
+        raise ValueError(f"--file {args.file}: {what}")
+    for flag, path in (("--report", args.report), ("--plot", args.plot)):
+        if path is not None:
+            check_output(path, flag)
+    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint}: exists and is not a directory")
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwind as for Ctrl-C: spills are closed, temp files removed
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     try:
+        _check_paths(args)
         replay = Replay(args)
     except (ParseError, checkpoint.CheckpointError, ValueError) as exc:
-        console.print(f"[red]streamfusion replay: {exc}")
+        console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     total = args.rows
     columns = [TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed:,} events"),
                TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[auc]}"),
                TimeElapsedColumn()]
-    with Progress(*columns, console=console, disable=args.quiet, transient=True) as bar:
-        task = bar.add_task("replay", total=total, rate="", auc="")
-        last = [time.perf_counter(), replay.rows_done]
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        with Progress(*columns, console=console, disable=args.quiet, transient=True) as bar:
+            task = bar.add_task("replay", total=total, rate="", auc="")
+            last = [time.perf_counter(), replay.rows_done]
 
-        def progress(r: Replay) -> None:
-            now = time.perf_counter()
-            if now - last[0] < 1.0:
-                return
-            rate = (r.rows_done - last[1]) / (now - last[0])
-            live = r.progressive.recent(LIVE_AUC_EVENTS)
-            bar.update(task, completed=r.rows_done, rate=f"{rate:,.0f} ev/s",
-                       auc=f"AUC {live['auc']:.4f}")
-            last[:] = [now, r.rows_done]
+            def progress(r: Replay) -> None:
+                now = time.perf_counter()
+                if now - last[0] < 1.0:
+                    return
+                rate = (r.rows_done - last[1]) / (now - last[0])
+                live = r.progressive.recent(LIVE_AUC_EVENTS)
+                bar.update(task, completed=r.rows_done, rate=f"{rate:,.0f} ev/s",
+                           auc=f"AUC {live['auc']:.4f}")
+                last[:] = [now, r.rows_done]
 
-        try:
             report = replay.run(None if args.quiet else progress)
-        except ParseError as exc:
-            console.print(f"[red]streamfusion replay: {exc}")
-            return 1
+    except ParseError as exc:
+        console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        replay.abort()
+        where = (f"; --resume continues from the last checkpoint in {args.checkpoint}"
+                 if args.checkpoint else "")
+        console.print(f"[red]streamfusion replay: interrupted after {replay.rows_done:,} "
+                      f"events{where}", highlight=False, soft_wrap=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if report["progressive"]["rows"] == 0:
+        console.print("streamfusion replay: no labelled event was scored, so the progressive "
+                      "metrics are undefined (null in the report)", highlight=False,
+                      soft_wrap=True)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2))
+        write_json(args.report, report)
     if args.plot:
         plot(report, args.plot)
     if not args.quiet:

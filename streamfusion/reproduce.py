@@ -15,7 +15,6 @@ used. ``--quick`` (fewer trees, smaller DeepFM, two epochs) is meant for CI on 3
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -27,6 +26,7 @@ from typing import Any
 
 from streamfusion.baselines import CONVERGENCE, TABLE2, Experiment, default_config, dnn_kind
 from streamfusion.offline import FitOptions, load_encoded
+from streamfusion.outputs import write_json
 
 FORMATS = ("auto", "avazu", "criteo", "csv", "libsvm")
 DEFAULT_GENERATED_ROWS = 300_000
@@ -200,16 +200,6 @@ def paper_comparison(fmt: str, table2: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
 def _fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
@@ -363,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
             report["data"]["file"] = f"generated {args.generate_format} stream (seed {args.seed})"
     if args.report:
         # strict JSON: an undefined metric (a test part with one class) is null, not NaN
-        Path(args.report).write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
+        write_json(Path(args.report), report)
     if args.markdown:
         Path(args.markdown).write_text(markdown(report))
     if args.plot:

@@ -177,10 +177,12 @@ def test_spilled_logloss_is_bit_identical_over_a_deep_tree(rng):
 # --------------------------------------------------------------------------- Progressive
 
 def reference_windows(z, y, key):
+    """One window per key in order of first appearance; a recurring key's runs are merged."""
     cuts = np.flatnonzero(np.diff(key)) + 1
-    bounds = zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [key.size])), strict=True)
-    return [{"end_row": int(b), "key": int(key[a]), **summarize(z[a:b], y[a:b])}
-            for a, b in bounds]
+    ends = {int(key[b - 1]): int(b) for b in np.concatenate((cuts, [key.size]))}
+    _, first = np.unique(key, return_index=True)
+    return [{"end_row": ends[int(k)], "key": int(k), **summarize(z[key == k], y[key == k])}
+            for k in key[np.sort(first)]]
 
 
 def feed(p, z, y, day, sizes):

@@ -18,12 +18,12 @@ from streamfusion.features import Batch
 # error codes of parse_core.h -> reason texts
 REASONS = {
     1: "wrong column count",
-    2: "non-numeric value in a numeric column",
+    2: "not a finite number",
     3: "bad label (must be 0 or 1)",
     4: "bad hour (want YYMMDDHH)",
     5: "non-UTF-8 bytes",
-    6: "too many features for max_features",
-    7: "bad feature token (want idx:val or field:idx:val)",
+    6: "more features than the row slots",
+    7: "bad feature token",
 }
 # slots of the int64 state array (parse_core.h SF_ST_*)
 ST_POS, ST_LINE, ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_MAX_TIME, ST_OOO, ST_ERR_COL = range(8)
@@ -154,6 +154,10 @@ class Encoder:
             text += f" (got {col}, want {len(cols)})"
         elif code in (2, 3, 4) and 0 <= col < len(cols):
             text += f" in column {cols[col].name!r}"
+        elif code == 6:
+            text += f" (--max-features {self.schema.max_features})"
+        elif code == 7:
+            text += " (want idx:val)" if self.schema.name == "libsvm" else " (want field:idx:val)"
         return text
 
     # ------------------------------------------------------------------ Kafka records

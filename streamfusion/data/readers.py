@@ -36,6 +36,7 @@ DEFAULT_CHUNK_BYTES = 4 << 20  # big enough to amortise the Python per-chunk wor
 HEAD_BYTES = 1 << 20  # first decompressed bytes read for format detection / type inference
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is a binary file or a missing newline
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 POSITION_VERSION = 1
 
 
@@ -55,17 +56,24 @@ class _Truncated(Exception):
 
 
 class _ByteStream:
-    """Decompressed bytes of a file in chunks; gzip recognised by its magic bytes."""
+    """Decompressed bytes of a file in chunks; gzip recognised by its magic bytes.
+
+    A leading UTF-8 byte-order mark (spreadsheet exports) is not part of the stream: offsets
+    count from the byte after it, so positions and ``skip`` agree with what ``read`` returns.
+    """
 
     def __init__(self, path: Path, chunk_bytes: int) -> None:
         self.path = path
         self.chunk = chunk_bytes
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self.gzip = self._f.read(2) == GZIP_MAGIC
-        self._f.seek(0)
+        head = self._f.read(len(UTF8_BOM))
+        self.gzip = head[:2] == GZIP_MAGIC
+        self._bom = 0 if self.gzip or head != UTF8_BOM else len(UTF8_BOM)
+        self._f.seek(self._bom)
         self._d = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.gzip else None
         self._pending = b""  # compressed input not yet fed (tail of a member or next member)
         self._in_member = False
+        self._at_start = True  # a gzip stream's BOM is dropped from its first output
 
     def read(self) -> bytes:
         """Next chunk of decompressed data; b"" at the end; _Truncated on a cut gzip."""
@@ -80,6 +88,12 @@ class _ByteStream:
             self._pending = b""
             if not self._in_member and not data.strip(b"\0"):
                 continue  # zero padding after the last member (as gzip(1) tolerates)
+            if not self._in_member and not self._at_start and data[:2] != GZIP_MAGIC[:len(data)]:
+                warnings.warn(f"{self.path}: trailing garbage after the last gzip member "
+                              "ignored", stacklevel=2)
+                self._pending = b""
+                self._f.seek(0, os.SEEK_END)
+                return b""
             self._in_member = True
             try:
                 out = self._d.decompress(data, self.chunk)
@@ -91,6 +105,10 @@ class _ByteStream:
                 self._pending = self._d.unused_data
                 self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 self._in_member = False
+            if self._at_start and out:
+                self._at_start = False
+                if out.startswith(UTF8_BOM):
+                    out = out[len(UTF8_BOM):]
             if out:
                 return out
 
@@ -105,7 +123,7 @@ class _ByteStream:
     def skip(self, n: int) -> bytes:
         """Discard the first ``n`` decompressed bytes; return what was read beyond them."""
         if not self.gzip:
-            self._f.seek(n)
+            self._f.seek(n + self._bom)
             return b""
         while n > 0:
             chunk = self.read()

@@ -360,8 +360,8 @@ def _detect(first: str, label: str | None) -> str:
             return "libfm"
     if label is not None:
         return "csv"
-    raise ValueError("cannot detect the format (not Avazu, Criteo or libsvm): pass "
-                     "format='csv' with label=COLUMN, or another format")
+    raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm or libfm): give "
+                     "--format csv --label COLUMN, or another --format")
 
 
 def _criteo_from_first(first: str) -> Schema:

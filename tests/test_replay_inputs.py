@@ -1,0 +1,188 @@
+"""`streamfusion replay` at its edges: bad flags and paths refused up front, empty and odd
+inputs (header only, unlabelled, byte-order mark, gzip trailing garbage, out-of-order days),
+strict JSON reports, and interrupts that leave nothing behind."""
+
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from streamfusion.cli import main
+from streamfusion.data.generate import generate
+from streamfusion.replay import count_events
+
+SMALL = ["--trees", "10", "--leaves", "7", "--refit-every", "3000", "--first-fit", "1500",
+         "--window", "4000", "--hidden", "16", "--bits", "14", "--quiet", "--batch-size", "256"]
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "avazu.csv"
+    generate(path, format="avazu", rows=6000, seed=3)
+    return path
+
+
+def replay(tmp_path, *args):
+    report = tmp_path / "report.json"
+    code = main(["replay", *args, "--report", str(report)])
+    # strict JSON: NaN or Infinity would fail here
+    text = report.read_text() if report.exists() else None
+    return code, (json.loads(text, parse_constant=_refuse) if text else None)
+
+
+def _refuse(name):
+    raise ValueError(f"report holds {name}: not strict JSON")
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--rows", "0"), ("--rows", "-5"), ("--batch-size", "0"), ("--holdout", "1"),
+    ("--holdout", "1.5"), ("--holdout", "-0.1"), ("--holdout", "nan"),
+    ("--checkpoint-every", "0"), ("--window-rows", "-5"), ("--trees", "0"), ("--leaves", "1"),
+    ("--lr", "-1"), ("--fade", "-1"), ("--window", "0"), ("--refit-every", "0"),
+    ("--hidden", "abc"), ("--hidden", "32,0"), ("--max-features", "0"),
+])
+def test_bad_flag_values_are_refused_before_any_work(stream, flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "--file", str(stream), "--quiet", flag, value])
+    assert exc.value.code == 2
+    assert f"argument {flag}: '{value}' is not" in capsys.readouterr().err
+
+
+def test_iterations_cannot_be_combined_with_another_model(stream, tmp_path, capsys):
+    code, _ = replay(tmp_path, "--file", str(stream), *SMALL, "--model", "fm",
+                     "--iterations", "2")
+    assert code == 1
+    assert "--iterations 2 builds its own chain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "device"])
+def test_unreadable_input_is_refused_with_its_reason(tmp_path, case, capsys):
+    path = {"missing": tmp_path / "nope.csv", "directory": tmp_path,
+            "device": "/dev/null"}[case]
+    code = main(["replay", "--file", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"--file {path}:" in err
+    assert ("no such file" if case == "missing" else "not a regular file") in err
+
+
+@pytest.mark.parametrize("flag", ["--report", "--plot"])
+def test_unusable_output_paths_are_refused_before_the_run(stream, tmp_path, flag, capsys):
+    (tmp_path / "adir").mkdir()
+    code = main(["replay", "--file", str(stream), *SMALL, flag, str(tmp_path / "adir")])
+    assert code == 1 and "is a directory" in capsys.readouterr().err
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code = main(["replay", "--file", str(stream), *SMALL, flag, str(blocker / "sub" / "r")])
+    assert code == 1 and "cannot create its directory" in capsys.readouterr().err
+    code = main(["replay", "--file", str(stream), *SMALL, "--checkpoint", str(blocker)])
+    assert code == 1 and "is not a directory" in capsys.readouterr().err
+
+
+def test_header_only_file_gives_an_empty_report_in_strict_json(stream, tmp_path, capsys):
+    path = tmp_path / "header.csv"
+    path.write_text(stream.read_text().split("\n", 1)[0] + "\n")
+    code, r = replay(tmp_path, "--file", str(path), *SMALL)
+    assert code == 0 and r["rows"] == 0 and r["windows"] == []
+    assert r["progressive"] == {"auc": None, "logloss": None, "rows": 0}
+    assert r["holdout"]["auc"] is None
+    assert "no labelled event was scored" in capsys.readouterr().err
+
+
+def test_unlabelled_events_are_scored_but_give_no_metrics(tmp_path, shared_data):
+    code, r = replay(tmp_path, "--file", str(shared_data / "criteo" / "sample.test"), *SMALL)
+    assert code == 0 and r["rows"] > 0 and r["progressive"]["rows"] == 0
+    assert r["progressive"]["auc"] is None
+
+
+def test_a_window_with_one_class_is_null_not_nan(stream, tmp_path):
+    lines = stream.read_text().splitlines()
+    head, rows = lines[0], [ln for ln in lines[1:] if ln.split(",")[1] == "0"][:300]
+    path = tmp_path / "no_clicks.csv"
+    path.write_text("\n".join([head, *rows]) + "\n")
+    code, r = replay(tmp_path, "--file", str(path), *SMALL)
+    assert code == 0 and r["progressive"]["auc"] is None
+    assert math.isfinite(r["progressive"]["logloss"])
+
+
+def test_byte_order_mark_is_not_part_of_the_stream(stream, tmp_path):
+    _, plain = replay(tmp_path, "--file", str(stream), *SMALL)
+    data = b"\xef\xbb\xbf" + stream.read_bytes()
+    (tmp_path / "bom.csv").write_bytes(data)
+    with gzip.open(tmp_path / "bom.csv.gz", "wb") as f:
+        f.write(data)
+    for name in ("bom.csv", "bom.csv.gz"):
+        code, r = replay(tmp_path, "--file", str(tmp_path / name), *SMALL)
+        assert code == 0
+        assert r["progressive"] == plain["progressive"] and r["holdout"] == plain["holdout"]
+
+
+def test_trailing_garbage_after_gzip_is_ignored_with_a_warning(stream, tmp_path):
+    _, plain = replay(tmp_path, "--file", str(stream), *SMALL)
+    path = tmp_path / "tail.csv.gz"
+    path.write_bytes(gzip.compress(stream.read_bytes()) + b"not gzip\n")
+    with pytest.warns(UserWarning, match="trailing garbage after the last gzip member"):
+        code, r = replay(tmp_path, "--file", str(path), *SMALL)
+    assert code == 0 and r["progressive"] == plain["progressive"]
+
+
+def test_out_of_order_days_get_one_window_each(stream, tmp_path):
+    # exactness of merged windows: tests/test_evaluate.py, test_progressive_equals_...
+    lines = stream.read_text().splitlines()
+    rows = lines[1:]
+    order = np.random.default_rng(5).permutation(len(rows))
+    path = tmp_path / "shuffled.csv"
+    path.write_text("\n".join([lines[0], *(rows[i] for i in order)]) + "\n")
+    code, r = replay(tmp_path, "--file", str(path), *SMALL, "--holdout", "0")
+    assert code == 0 and r["out_of_order"] > 0
+    days = {int(row.split(",")[2]) // 100 for row in rows}
+    assert sorted(w["key"] for w in r["windows"]) == sorted(days)
+    assert sum(w["rows"] for w in r["windows"]) == len(rows)
+
+
+def test_count_events_skips_blank_lines(tmp_path):
+    cases = {b"a\nb\n": 2, b"a\nb": 2, b"\n\na\n\nb\n\n": 2, b"a\r\n\r\nb\r\n": 2, b"": 0,
+             b"\n": 0, b"a": 1}
+    for data, want in cases.items():
+        (tmp_path / "c.txt").write_bytes(data)
+        assert count_events(tmp_path / "c.txt") == want, data
+
+
+def test_chrono_holdout_ignores_blank_lines(stream, tmp_path):
+    lines = stream.read_text().splitlines()
+    path = tmp_path / "blanks.csv"
+    path.write_text("\n".join([lines[0], *[""] * 3000, *lines[1:]]) + "\n")
+    code, r = replay(tmp_path, "--file", str(path), *SMALL, "--holdout-mode", "chrono")
+    assert code == 0 and r["holdout"]["rows"] == 600
+
+
+def test_an_early_first_fit_is_honoured(stream, tmp_path):
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL, "--model", "gbdt",
+                     "--first-fit", "300", "--refit-every", "100000", "--no-drift",
+                     "--rows", "1000", "--batch-size", "100")
+    assert code == 0 and r["model"]["refits"] >= 1  # 900 learned rows: below the old 1000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_ends_cleanly_and_removes_temporary_files(stream, tmp_path, sig):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamfusion.cli", "replay", "--file", str(stream), *SMALL,
+         "--batch-size", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(tmp.iterdir()) and time.monotonic() < deadline:  # the run has started
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted after" in err and "Traceback" not in err
+    assert list(tmp.iterdir()) == []
