@@ -23,7 +23,7 @@ enum { SF_DENSE_NONE = 0, SF_DENSE_INT = 1, SF_DENSE_COUNT = 2 };
 /* per-row error codes (Python mirror: streamfusion/data/encoder.py REASONS) */
 enum {
     SF_OK = 0, SF_E_COLUMNS = 1, SF_E_NUMERIC = 2, SF_E_LABEL = 3, SF_E_HOUR = 4,
-    SF_E_UTF8 = 5, SF_E_TOO_MANY = 6, SF_E_TOKEN = 7
+    SF_E_UTF8 = 5, SF_E_TOO_MANY = 6, SF_E_TOKEN = 7, SF_E_QUOTE = 8
 };
 /* slots of the int64 state array shared with Python */
 enum {
@@ -229,6 +229,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
         const unsigned char *le = nl ? nl : e, *next = nl ? nl + 1 : e;
         const unsigned char *q, *f0;
         unsigned char hi = 0, delim = s->delim;
+        const int quoting = delim == ',';
         int nc = 0, c, err = SF_OK, errcol = 0, hod = 0, wd = 0;
         int64_t t = -1;
         double label = NAN;
@@ -237,20 +238,30 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
         if (le == p) { p = next; continue; } /* blank line: not a row */
 
         /* phase 1: split and validate; nothing is written, so a bad row leaves no trace
-         * (in particular no count-table update) */
-        f0 = p;
-        for (q = p; q < le; q++) {
-            unsigned char ch = *q;
-            hi |= ch;
-            if (ch == delim) {
+         * (in particular no count-table update). A comma-separated field that starts with
+         * a double quote is quoted (RFC 4180): its value is what lies between the quotes,
+         * with any doubled quote inside kept as is (hashing needs identity, not unescaping). */
+        for (q = p;;) {
+            f0 = q;
+            if (quoting && q < le && *q == '"') {
+                const unsigned char *r = q + 1;
+                while (r < le && (*r != '"' || (r + 1 < le && r[1] == '"'))) {
+                    hi |= *r;
+                    r += (*r == '"') ? 2 : 1;
+                }
+                if (r >= le || (r + 1 < le && r[1] != delim)) { err = SF_E_QUOTE; break; }
+                if (nc < ncols) { fs[nc] = q + 1; fe[nc] = r; }
+                q = r + 1;
+            } else {
+                while (q < le && *q != delim) hi |= *q++;
                 if (nc < ncols) { fs[nc] = f0; fe[nc] = q; }
-                nc++;
-                f0 = q + 1;
             }
+            nc++;
+            if (q >= le) break;
+            q++; /* past the delimiter: a field follows, possibly empty */
         }
-        if (nc < ncols) { fs[nc] = f0; fe[nc] = le; }
-        nc++;
-        if ((hi & 0x80) && !sf_utf8_valid(p, le)) err = SF_E_UTF8;
+        if (err != SF_OK) errcol = nc;
+        else if ((hi & 0x80) && !sf_utf8_valid(p, le)) err = SF_E_UTF8;
         else if (nc != ncols) { err = SF_E_COLUMNS; errcol = nc; }
         for (c = 0; c < ncols && err == SF_OK; c++) {
             int k = s->kind[c];

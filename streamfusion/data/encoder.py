@@ -24,6 +24,8 @@ REASONS = {
     5: "non-UTF-8 bytes",
     6: "more features than the row slots",
     7: "bad feature token",
+    8: "bad quoting (a quoted field ends with a quote right before the next comma; quoted "
+       "line breaks are not supported)",
 }
 # slots of the int64 state array (parse_core.h SF_ST_*)
 ST_POS, ST_LINE, ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_MAX_TIME, ST_OOO, ST_ERR_COL = range(8)
@@ -152,7 +154,7 @@ class Encoder:
         cols = self.schema.columns
         if code == 1:
             text += f" (got {col}, want {len(cols)})"
-        elif code in (2, 3, 4) and 0 <= col < len(cols):
+        elif code in (2, 3, 4, 8) and 0 <= col < len(cols):
             text += f" in column {cols[col].name!r}"
         elif code == 6:
             text += f" (--max-features {self.schema.max_features})"
@@ -166,8 +168,9 @@ class Encoder:
 
         The label column is optional (absent or None -> y NaN); skipped columns (ids) are
         ignored; every other column must be present (None = missing value). A record with a
-        missing field, a value of the wrong type or one containing the delimiter or a
-        newline is returned in ``errors`` as ``(position, reason)`` and left out. Batch rows
+        missing field, a value of the wrong type, a line break, or the delimiter of a
+        tab-separated schema (comma-separated ones quote it, as a CSV file would) is returned
+        in ``errors`` as ``(position, reason)`` and left out. Batch rows
         carry ``line`` = position in ``records`` and ``ids`` = each record's ``"id"``.
         """
         if self.schema.is_svm:
@@ -292,7 +295,11 @@ def _cell(name: str, kind: str, v: object, delim: str) -> str:
             return str(int(v))
         raise ValueError(f"wrong type for field {name!r}: non-integer float for a {kind} column")
     if isinstance(v, str):
-        if delim in v or "\n" in v or "\r" in v:
-            raise ValueError(f"value of field {name!r} contains the delimiter or a newline")
+        if "\n" in v or "\r" in v:
+            raise ValueError(f"value of field {name!r} contains a line break")
+        if delim == "," and (delim in v or v.startswith('"')):
+            return '"' + v.replace('"', '""') + '"'  # as a quoting CSV writer stores it
+        if delim in v:
+            raise ValueError(f"value of field {name!r} contains the delimiter")
         return v
     raise ValueError(f"wrong type for field {name!r}: {type(v).__name__}")

@@ -6,6 +6,7 @@ grows with the file or with the number of distinct categories.
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 import zlib
@@ -29,6 +30,7 @@ from streamfusion.data.schema import (
     DEFAULT_SAMPLE_ROWS,
     Schema,
     detect_schema,
+    split_cells,
 )
 from streamfusion.features import Batch
 
@@ -412,9 +414,11 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
 def _check_header(path: Path, head: bytes, schema: Schema) -> None:
     first = head.split(b"\n", 1)[0].rstrip(b"\r")
     try:
-        names = first.decode("utf-8").split(schema.delimiter)
+        names = split_cells(first.decode("utf-8"), schema.delimiter)
     except UnicodeDecodeError:
         raise ParseError(path, 1, "non-UTF-8 bytes in the header") from None
+    except csv.Error as exc:
+        raise ParseError(path, 1, f"bad quoting in the header ({exc})") from None
     want = [c.name for c in schema.columns]
     if names != want:
         raise ParseError(path, 1, f"header does not match the {schema.name} schema: got "

@@ -21,6 +21,7 @@ column order. Per column kind:
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -284,6 +285,21 @@ def infer_csv_schema(names: list[str], rows: Iterable[list[str]], label: str,
     return Schema("csv", tuple(cols), delimiter, True).with_types(types)
 
 
+def split_cells(line: str, delimiter: str) -> list[str]:
+    """The cells of one line as the C tokenizer splits it: comma-separated lines may quote
+    a cell (RFC 4180), other delimiters never quote."""
+    if delimiter != "," or '"' not in line:
+        return line.split(delimiter)
+    return next(csv.reader([line], delimiter=delimiter, strict=True), [])
+
+
+def _sample_cells(line: str, delimiter: str) -> list[str]:
+    try:
+        return split_cells(line, delimiter)
+    except csv.Error:
+        return []  # malformed: the parser reports it with its line number later
+
+
 def _split_lines(head: bytes, complete: bool) -> list[bytes]:
     lines = head.split(b"\n")
     if not complete:
@@ -325,8 +341,8 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     elif fmt == "csv":
         if label is None:
             raise ValueError("format='csv' needs label=COLUMN")
-        names = first.split(delimiter)
-        sample = (ln.decode("utf-8", "replace").split(delimiter)
+        names = split_cells(first, delimiter)
+        sample = (_sample_cells(ln.decode("utf-8", "replace"), delimiter)
                   for ln in lines[1:1 + sample_rows])
         return infer_csv_schema(names, sample, label, types, delimiter)
     else:

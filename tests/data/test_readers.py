@@ -288,7 +288,7 @@ def test_encode_records_errors_and_missing_label():
     records = [
         good,
         {k: v for k, v in good.items() if k != "site_id"},          # missing field
-        {**good, "site_id": "a,b"},                                  # delimiter inside
+        {**good, "site_id": "a,b"},                                  # quoted, as in a CSV
         {**good, "device_ip": "x\ny"},                               # newline inside
         {**good, "C1": [1005]},                                      # wrong type
         {**good, "C14": 1.5},                                        # non-integer code
@@ -299,16 +299,17 @@ def test_encode_records_errors_and_missing_label():
         "not a dict",
     ]
     batch, errors = enc.encode_records(records)
-    assert [p for p, _ in errors] == [1, 2, 3, 4, 5, 6, 7, 10]
+    assert [p for p, _ in errors] == [1, 3, 4, 5, 6, 7, 10]
     reasons = dict(errors)
     assert "missing field 'site_id'" in reasons[1]
-    assert "delimiter" in reasons[2] and "newline" in reasons[3]
+    assert "line break" in reasons[3]
     assert "wrong type" in reasons[4] and "wrong type" in reasons[5]
     assert "bad hour" in reasons[6] and "bad label" in reasons[7]
-    assert list(batch.line) == [0, 8, 9]
-    assert batch.y[0] == 1 and np.isnan(batch.y[1])
+    assert list(batch.line) == [0, 2, 8, 9]
+    assert batch.y[0] == 1 and np.isnan(batch.y[2])
     f = avazu_schema().field_names.index("site_id")
-    assert batch.indices[2, f] == _parse.hash_value(f, b"", 20, 0)
+    assert batch.indices[1, f] == _parse.hash_value(f, b"a,b", 20, 0)
+    assert batch.indices[3, f] == _parse.hash_value(f, b"", 20, 0)
 
 
 # ----------------------------------------------------------------- bounded memory, state
@@ -350,3 +351,42 @@ def test_encoder_state_dict_validation():
         with pytest.raises(ValueError):
             fresh.load_state_dict(bad)
         assert fresh.counts.sum() == 0 and fresh.seen[0] == 0  # nothing half-loaded
+
+
+def test_quoted_csv_fields(tmp_path):
+    """RFC 4180 quoting: a quoted cell is one field whatever commas it holds, and a quoted
+    plain value is the same value as its bare form."""
+    head = "a,target,colour,n\n"
+    rows = [f'{i},{i % 2},"c{i % 3}, dark",{i % 7}' for i in range(40)]
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text(head + "\n".join(rows) + '\n41,1,"say ""hi""","3"\n')
+    bare = tmp_path / "bare.csv"
+    bare.write_text(head + "\n".join(r.replace('"', "").replace(", ", "_") for r in rows)
+                    + '\n41,1,say ""hi"",3\n')
+    q, b = read_all(quoted, label="target"), read_all(bare, label="target")
+    assert len(q) == 41 and q.y.tolist() == b.y.tolist()
+    # same fields apart from the colour's spelling: the quoted number parses as a number
+    cols = [f for f in range(q.indices.shape[1]) if f != 1]
+    assert (q.indices[:, cols] == b.indices[:, cols]).all()
+    assert len(set(q.indices[:40, 1].tolist())) == 3  # "cK, dark" stays one value per K
+    assert np.array_equal(q.values, b.values)
+
+
+@pytest.mark.parametrize("line", ['1,1,"open', '1,1,"closed"late', '1,"1"x,2'])
+def test_bad_quoting_names_line_and_column(tmp_path, line):
+    p = tmp_path / "bad.csv"
+    p.write_text("a,target,c\n1,0,x\n" + line + "\n")
+    with pytest.raises(ParseError, match=r"bad.csv, line 3: bad quoting .* in column"):
+        read_all(p, label="target")
+
+
+def test_kafka_record_with_a_comma_matches_the_quoted_file_line(tmp_path):
+    p = tmp_path / "f.csv"
+    p.write_text(HEADER + "\n" + avazu_line(1).replace(",1fbe01", ',"1f,be01', 1)
+                 .replace(",f384", '",f384', 1) + "\n")
+    from_file = read_all(p)
+    enc = Encoder(avazu_schema(), bits=20)
+    rec = dict(zip(AVAZU_COLUMNS, avazu_line(1).split(","), strict=True))
+    rec["site_id"] = "1f," + rec["site_id"][2:]
+    batch, errors = enc.encode_records([rec])
+    assert errors == [] and np.array_equal(batch.indices, from_file.indices)
