@@ -48,3 +48,15 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of integers >= 1")
     return values
+
+
+def column_types(text: str) -> dict[str, str]:
+    """``COL=num|cat|skip`` pairs, comma separated, e.g. ``zip=cat,score=num``."""
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, kind = part.rpartition("=")
+        if not sep or not name or kind not in ("num", "cat", "skip"):
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not COLUMN=num, COLUMN=cat or COLUMN=skip")
+        out[name] = kind
+    return out

@@ -169,6 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--format", default="auto",
                    choices=["auto", "avazu", "criteo", "csv", "libsvm", "libfm"])
     g.add_argument("--label", help="label column of a generic CSV")
+    g.add_argument("--types", type=at.column_types, metavar="COL=KIND,...",
+                   help="column kinds (num, cat or skip) overriding those a generic CSV's "
+                   "first rows suggest, e.g. zip=cat,score=num")
     g.add_argument("--rows", type=at.positive_int,
                    help="stop after N events (sizes the default stream)")
     g.add_argument("--batch-size", type=at.positive_int, default=1024, help="mini-batch size")
@@ -204,6 +207,7 @@ class Replay:
         self.state = checkpoint.load(args.checkpoint) if args.resume else None
         config = config_from_args(args)
         self.source = open_source(self.path, format=args.format, label=args.label,
+                                  types=args.types,
                                   bits=config.bits, seed=config.seed, on_error=args.on_error,
                                   max_features=args.max_features)
         n_fields = len(self.source.schema.field_names)

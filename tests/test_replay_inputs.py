@@ -186,3 +186,16 @@ def test_an_interrupt_ends_cleanly_and_removes_temporary_files(stream, tmp_path,
     assert proc.returncode == 130, err
     assert "interrupted after" in err and "Traceback" not in err
     assert list(tmp.iterdir()) == []
+
+
+def test_types_override_a_wrongly_inferred_column(tmp_path, capsys):
+    rows = ["a,target,n", *(f"{i},{i % 2},{i % 17}" for i in range(1500)), "1501,1,N/A"]
+    path = tmp_path / "infer.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, _ = replay(tmp_path, "--file", str(path), "--label", "target", *SMALL)
+    err = capsys.readouterr().err
+    assert code == 1 and "line 1502: not a finite number in column 'n'" in err
+    assert "--types n=cat" in err
+    code, r = replay(tmp_path, "--file", str(path), "--label", "target", *SMALL,
+                     "--types", "n=cat")
+    assert code == 0 and r["rows"] == 1501

@@ -156,6 +156,9 @@ class Encoder:
             text += f" (got {col}, want {len(cols)})"
         elif code in (2, 3, 4, 8) and 0 <= col < len(cols):
             text += f" in column {cols[col].name!r}"
+            if code == 2 and self.schema.name == "csv":
+                text += (f" (its kind was inferred from the first rows; --types "
+                         f"{cols[col].name}=cat reads it as a category)")
         elif code == 6:
             text += f" (--max-features {self.schema.max_features})"
         elif code == 7:
