@@ -231,6 +231,10 @@ class FileSource:
             except _Truncated:
                 self.truncated = True
                 got = 0
+            except ParseError as exc:  # corrupt compressed data: say how far the rows got
+                lines = buf.count(b"\n", self._off, self._len)
+                raise ParseError(self.path, None, f"{exc.reason}, after line "
+                                 f"{int(self._state[ST_LINE]) + lines}") from None
             if not got:
                 self._eof = True
                 # a last line without newline is a row, unless the gzip stream was cut in it
