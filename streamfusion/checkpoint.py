@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return _join(header["state"], arrays)
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {path} has a malformed payload ({exc!r})") from None
 
 
