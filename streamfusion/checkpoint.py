@@ -3,11 +3,15 @@
 A state is a nested dict whose leaves are numpy arrays or JSON values. The file is
 
     MAGIC (8 bytes) | header length (8 bytes, little endian) | JSON header | npz payload
+    | SHA-256 of every byte before it (32 bytes)
 
-The header carries the format version, the payload's SHA-256 and the JSON part of the state
-(arrays replaced by references into the payload). Files are written to a temporary name,
-fsynced, then renamed, so a reader sees the old checkpoint or the new one, never a mix; a
-file that fails any check is refused whole with ``CheckpointError``.
+The header carries the format version, the payload's length and the JSON part of the state
+(arrays replaced by references into the payload). The trailing checksum covers the header as
+well as the payload: rows done, source positions and booster texts live in the header. The
+prefix up to the header is the same in every version, so a file of another version is named
+as such. Files are written to a temporary name, fsynced, then renamed, so a reader sees the
+old checkpoint or the new one, never a mix; a file that fails any check is refused whole with
+``CheckpointError``.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ import json
 import os
 import struct
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MAGIC = b"SFCKPT\x00\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the header too (1: the payload only)
 STATE_FILE = "state.sfck"  # the checkpoint inside a checkpoint directory
 _ARRAY_TAG = "__array__"
+_DIGEST_BYTES = 32  # the trailing SHA-256
 
 
 class CheckpointError(ValueError):
@@ -78,17 +84,17 @@ def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     header = json.dumps({
         "format": "streamfusion-checkpoint",
         "version": FORMAT_VERSION,
-        "sha256": hashlib.sha256(payload).hexdigest(),
         "payload_bytes": len(payload),
         "created": time.time(),
         "state": tree,
     }).encode()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    digest = hashlib.sha256()
     with open(tmp, "wb") as f:
-        f.write(MAGIC)
-        f.write(struct.pack("<Q", len(header)))
-        f.write(header)
-        f.write(payload)
+        for part in (MAGIC, struct.pack("<Q", len(header)), header, payload):
+            digest.update(part)
+            f.write(part)
+        f.write(digest.digest())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -105,30 +111,59 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     if not raw.startswith(MAGIC):
         raise CheckpointError(f"{path} is not a streamfusion checkpoint (bad magic bytes)")
-    if len(raw) < len(MAGIC) + 8:
-        raise CheckpointError(f"checkpoint {path} is truncated")
-    (hlen,) = struct.unpack("<Q", raw[len(MAGIC) : len(MAGIC) + 8])
     start = len(MAGIC) + 8
+    if len(raw) < start:
+        raise CheckpointError(f"checkpoint {path} is truncated")
+    (hlen,) = struct.unpack("<Q", raw[len(MAGIC) : start])
     try:
         header = json.loads(raw[start : start + hlen])
     except ValueError:
         raise CheckpointError(f"checkpoint {path} has a corrupt header") from None
-    if header.get("format") != "streamfusion-checkpoint":
+    if not isinstance(header, dict) or header.get("format") != "streamfusion-checkpoint":
         raise CheckpointError(f"{path} is not a streamfusion checkpoint")
+    # the version first: a file of another version has another layout after its header
     if header.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {header.get('version')}, "
             f"this streamfusion reads version {FORMAT_VERSION}")
-    payload = raw[start + hlen :]
-    if len(payload) != header["payload_bytes"]:
+    body, digest = raw[:-_DIGEST_BYTES], raw[-_DIGEST_BYTES:]
+    if len(raw) < start + hlen + _DIGEST_BYTES or hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
+    # Past the checksum the file is as written; these checks refuse a file written by a
+    # buggy or foreign writer with a clear message instead of a KeyError.
+    payload = body[start + hlen :]
+    expected = header.get("payload_bytes")
+    if not isinstance(expected, int) or not isinstance(header.get("state"), dict):
+        raise CheckpointError(f"checkpoint {path} has a malformed header "
+                              "(payload_bytes must be an int, state a dict)")
+    if len(payload) != expected:
         raise CheckpointError(
             f"checkpoint {path} is truncated: payload has {len(payload)} bytes, "
-            f"header says {header['payload_bytes']}")
-    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return _join(header["state"], arrays)
+            f"header says {expected}")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return _join(header["state"], arrays)
+    except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"checkpoint {path} has a malformed payload ({exc!r})") from None
+
+
+def require(state: Any, key: str, kind: type | tuple[type, ...], what: str = "checkpoint") -> Any:
+    """``state[key]`` if it is a ``kind``; else a ``CheckpointError`` naming the key.
+
+    For the drivers' own state keys: a state from another writer is refused with a message,
+    not a ``KeyError`` or ``TypeError`` half-way through a restore.
+    """
+    if not isinstance(state, dict) or key not in state:
+        raise CheckpointError(f"{what} is malformed: {key!r} is missing")
+    value = state[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python, never a count or a position here
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise CheckpointError(f"{what} is malformed: {key!r} should be {names}, "
+                              f"got {type(value).__name__}")
+    return value
 
 
 def save(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -142,4 +177,5 @@ def load(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def exists(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a checkpoint file (valid or not)."""
     return (Path(directory) / STATE_FILE).is_file()

@@ -129,7 +129,7 @@ class OnlineModel:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags shared by ``replay`` and ``serve``."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=MODELS, default=None,
+    g.add_argument("--model", choices=MODELS, default="resfusion",
                    help="the chain: resfusion = trees then the residual learner (default)")
     g.add_argument("--residual", choices=RESIDUAL_KINDS, default="deepfm",
                    help="residual learner inside resfusion / nnres-gbdt / --iterations")
@@ -170,14 +170,14 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     """Turn the model flags into a ``ModelConfig``.
 
     ``--iterations K`` defines the chain itself, so it cannot be combined with a ``--model``
-    other than the default.
+    other than the default, ``resfusion`` (the K = 1 chain).
     """
     hidden = args.hidden if isinstance(args.hidden, tuple) else at.int_list(str(args.hidden))
-    if args.iterations is not None and args.model not in (None, "resfusion"):
+    if args.iterations is not None and args.model != "resfusion":
         raise ValueError(f"--iterations {args.iterations} builds its own chain (trees, "
                          f"+{args.residual}, +trees, ...): drop --model {args.model}")
     return ModelConfig(
-        model=args.model or "resfusion", residual=args.residual, iterations=args.iterations,
+        model=args.model, residual=args.residual, iterations=args.iterations,
         n_trees=args.trees, num_leaves=args.leaves, tree_learning_rate=args.tree_lr,
         refit_every=args.refit_every,
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import numpy as np
 from streamfusion import argtypes as at
 from streamfusion import checkpoint
 from streamfusion.data import ParseError, open_source
+from streamfusion.data.readers import InputFingerprint
 from streamfusion.data.schema import DEFAULT_MAX_FEATURES
 from streamfusion.evaluate import (
     PROGRESSIVE_FILE,
@@ -199,10 +201,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Replay:
     """One replay run: source, model, metrics, holdout and checkpoints."""
 
+    # Flags that may differ on --resume: they change how far or how visibly a run goes, not
+    # what it computes (--threads: the user asked for speed over bit-for-bit). --file is
+    # checked on its own; every other replay flag defines the run.
+    RESUMABLE_FLAGS = frozenset({"file", "rows", "checkpoint", "checkpoint_every", "resume",
+                                 "report", "plot", "quiet", "threads"})
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         if args.resume and not args.checkpoint:
             raise SystemExit("streamfusion replay: --resume needs --checkpoint DIR")
+        if args.checkpoint and not args.resume and checkpoint.exists(args.checkpoint):
+            # refused before any file is touched: a new run would truncate the spills of
+            # the checkpoint it leaves behind
+            raise checkpoint.CheckpointError(
+                f"{args.checkpoint} already holds {self._describe_checkpoint()}; pass --resume "
+                "to continue it, or choose another directory (or delete it)")
         self.path = args.file or default_stream(args.rows or DEFAULT_ROWS, args.seed)
         self.state = checkpoint.load(args.checkpoint) if args.resume else None
         config = config_from_args(args)
@@ -210,6 +224,15 @@ class Replay:
                                   types=args.types,
                                   bits=config.bits, seed=config.seed, on_error=args.on_error,
                                   max_features=args.max_features)
+        self.fingerprint = InputFingerprint(self.path)
+        self.chrono_start = None
+        if args.holdout_mode == "chrono":
+            total = count_events(self.path) - int(self.source.schema.has_header)
+            if args.rows:
+                total = min(total, args.rows)
+            self.chrono_start = int(round(total * (1.0 - args.holdout)))
+        if self.state is not None:
+            self._check_resumable(self.state)  # everything is checked before a file is touched
         n_fields = len(self.source.schema.field_names)
         # Spills live beside the checkpoint they belong to, else in a directory of this run.
         self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
@@ -224,31 +247,81 @@ class Replay:
             self.rows_done, self.seconds_before = 0, 0.0
         else:
             self._restore(self.state)
-        self.chrono_start = None
-        if args.holdout_mode == "chrono":
-            total = count_events(self.path) - int(self.source.schema.has_header)
-            if args.rows:
-                total = min(total, args.rows)
-            self.chrono_start = int(round(total * (1.0 - args.holdout)))
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _describe_checkpoint(self) -> str:
+        """'a checkpoint of N events of FILE', for the refusal of a run without --resume."""
+        try:
+            state = checkpoint.load(self.args.checkpoint)
+            return (f"a checkpoint of {checkpoint.require(state, 'rows_done', int):,} events "
+                    f"of {checkpoint.require(state, 'file', str)}")
+        except checkpoint.CheckpointError as exc:
+            return f"a checkpoint ({exc})"
+
+    def run_flags(self) -> dict[str, Any]:
+        """The flags that define this run (all but ``RESUMABLE_FLAGS``), JSON-ready."""
+        parser = argparse.ArgumentParser(add_help=False)
+        add_arguments(parser)
+        defaults = vars(parser.parse_args([]))
+        return {k: _plain(getattr(self.args, k, v)) for k, v in sorted(defaults.items())
+                if k not in self.RESUMABLE_FLAGS}
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint this run cannot continue exactly; loads nothing."""
+        req = checkpoint.require
         if state.get("kind") != "replay":
             raise checkpoint.CheckpointError("checkpoint was not written by streamfusion replay")
+        for key, kind in (("file", str), ("rows_done", int), ("seconds", (int, float)),
+                          ("position", dict), ("encoder", dict), ("model", dict),
+                          ("progressive", dict), ("holdout", dict), ("flags", dict),
+                          ("input", dict)):
+            req(state, key, kind)
+        req(state["position"], "bytes", int, "checkpoint position")
         if Path(state["file"]).resolve() != Path(self.path).resolve():
             raise checkpoint.CheckpointError(
                 f"checkpoint belongs to {state['file']}, not {self.path}")
-        # Both spill files are checked before anything else is loaded.
-        self.progressive = Progressive.resume(self.spill_dir / PROGRESSIVE_FILE,
-                                              state.get("progressive", {}))
+        # Defaults stand in for flags the checkpoint predates: such runs behaved like them.
+        saved, now = state["flags"], self.run_flags()
+        diffs = [f"--{k.replace('_', '-')}: checkpoint {saved.get(k, v)!r}, now {v!r}"
+                 for k, v in now.items() if saved.get(k, v) != v]
+        if diffs:
+            raise checkpoint.CheckpointError(
+                "--resume with flags that differ from the checkpoint's run: "
+                + "; ".join(diffs) + ". Resume with the checkpoint's flags, or start a new "
+                "run in another directory")
+        if state.get("chrono_start") != self.chrono_start:
+            raise checkpoint.CheckpointError(
+                f"the chronological holdout of the checkpoint's run starts at event "
+                f"{state.get('chrono_start')}, this run's would start at {self.chrono_start} "
+                "(--rows or the file's length differ): resume with the first run's --rows")
+        reason = self.fingerprint.verify(state["input"], state["position"]["bytes"])
+        if reason:
+            raise checkpoint.CheckpointError(
+                f"{self.path} is not the input the checkpoint consumed: {reason}")
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        # What only reads comes first; reopening the spills truncates them to the checkpoint.
         try:
-            self.holdout = HoldoutStore.resume(self.spill_dir / HOLDOUT_FILE,
-                                               state.get("holdout", {}))
+            # --threads may change on resume: it sets speed, not the state
+            config = {**state["model"]["config"], "threads": self.args.threads,
+                      "tree_threads": self.args.threads}
+            model = OnlineModel.from_state({**state["model"], "config": config})
+            self.source.encoder.load_state_dict(state["encoder"])
+            self.source.seek(state["position"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise checkpoint.CheckpointError(f"checkpoint state is malformed: {exc}") from None
+        self.model = model
+        try:
+            self.progressive = Progressive.resume(self.spill_dir / PROGRESSIVE_FILE,
+                                                  state["progressive"])
+        except checkpoint.CheckpointError:
+            model.close()
+            raise
+        try:
+            self.holdout = HoldoutStore.resume(self.spill_dir / HOLDOUT_FILE, state["holdout"])
         except checkpoint.CheckpointError:
             self.progressive.close()
+            model.close()
             raise
-        self.model = OnlineModel.from_state(state["model"])
-        self.source.encoder.load_state_dict(state["encoder"])
-        self.source.seek(state["position"])
         self.rows_done = int(state["rows_done"])
         self.seconds_before = float(state["seconds"])
 
@@ -266,12 +339,16 @@ class Replay:
         return None
 
     def save_checkpoint(self, elapsed: float) -> None:
+        position = self.source.position()
         checkpoint.save(self.args.checkpoint, {
             "kind": "replay",
             "file": str(Path(self.path).resolve()),
+            "flags": self.run_flags(),
+            "chrono_start": self.chrono_start,
+            "input": self.fingerprint.state(position["bytes"]),
             "rows_done": self.rows_done,
             "seconds": self.seconds_before + elapsed,
-            "position": self.source.position(),
+            "position": position,
             "encoder": self.source.encoder.state_dict(),
             "model": self.model.state_dict(),
             "progressive": self.progressive.state_dict(),
@@ -281,8 +358,9 @@ class Replay:
     def run(self, progress: Any = None) -> dict[str, Any]:
         args = self.args
         t0 = time.perf_counter()
-        next_ckpt = (self.rows_done // args.checkpoint_every + 1) * args.checkpoint_every
-        for batch in exact_batches(self.source, args.batch_size, args.rows, self.rows_done):
+        size, every = args.batch_size, args.checkpoint_every
+        next_ckpt = (self.rows_done // every + 1) * every
+        for batch in exact_batches(self.source, size, args.rows, self.rows_done):
             if self.model.poll():
                 self.progressive.mark_swap(self.model.version)
             held = self._held_out(batch, self.rows_done)
@@ -298,15 +376,26 @@ class Replay:
             self.rows_done += len(batch)
             if progress is not None:
                 progress(self)
-            if args.checkpoint and self.rows_done >= next_ckpt:
+            if not args.checkpoint:
+                continue
+            # Checkpoints only at boundaries of the uninterrupted batch schedule (after a
+            # full batch, or a short one at the end of the file), so a resumed run takes the
+            # same batches. A --rows stop cuts the last batch short: checkpoint before it
+            # (and at a stop on a boundary), so a resume with a larger --rows redoes little.
+            eof = len(batch) < size and (args.rows is None or self.rows_done < args.rows)
+            left = None if args.rows is None else args.rows - self.rows_done
+            if ((self.rows_done % size == 0 or eof)
+                    and (self.rows_done >= next_ckpt or eof or (left is not None
+                                                                and left < size))):
                 self.save_checkpoint(time.perf_counter() - t0)
-                next_ckpt += args.checkpoint_every
+                next_ckpt = (self.rows_done // every + 1) * every
         self.model.chain.poll()
         seconds = self.seconds_before + time.perf_counter() - t0
         report = self.report(seconds)
         self.model.close()
         self._close_spills()
         self.source.close()
+        self.fingerprint.close()
         return report
 
     def abort(self) -> None:
@@ -314,6 +403,7 @@ class Replay:
         self.model.close()
         self._close_spills()
         self.source.close()
+        self.fingerprint.close()
 
     def _close_spills(self) -> None:
         self.holdout.close()
@@ -354,6 +444,11 @@ class Replay:
             "skipped_rows": int(pos.get("skipped_rows", 0)),
             "out_of_order": int(pos.get("out_of_order", 0)),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A flag value as the checkpoint's JSON gives it back (paths as text, tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -94,14 +94,21 @@ def test_resume_after_a_crash_ends_with_the_same_report(stream, tmp_path, monkey
     assert strip_timing(resumed) == strip_timing(whole)
 
 
-def test_corrupt_checkpoint_is_refused(stream, tmp_path, capsys):
+@pytest.mark.parametrize("where", ["middle", "rows_done"])
+def test_corrupt_checkpoint_is_refused(stream, tmp_path, capsys, where):
     ckpt = tmp_path / "ckpt"
     code, _ = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
                      "--checkpoint", str(ckpt), "--checkpoint-every", "5000")
     assert code == 0
     state = ckpt / "state.sfck"
     raw = bytearray(state.read_bytes())
-    raw[len(raw) // 2] ^= 0x55
+    if where == "middle":
+        raw[len(raw) // 2] ^= 0x55
+    else:  # a same-length edit of the JSON header: the checksum covers it too
+        done = checkpoint.load(ckpt)["rows_done"]
+        old = f'"rows_done": {done}'.encode()
+        assert raw.count(old) == 1
+        raw = raw.replace(old, f'"rows_done": {done + 1}'.encode())
     state.write_bytes(bytes(raw))
     code, _ = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--checkpoint", str(ckpt),
                      "--resume", name="r2.json")
@@ -137,8 +144,9 @@ def test_resume_refuses_a_checkpoint_whose_spill_is_damaged(
         assert len(raw) > 1000
         if damage == "missing":
             path.unlink()
-        elif damage == "short":
-            path.write_bytes(raw[:-9])
+        elif damage == "short":  # shorter than the prefix the checkpoint pinned
+            pinned = checkpoint.load(ckpt)["progressive"]["spill"]["bytes"]
+            path.write_bytes(raw[:pinned - 9])
         else:
             raw[len(raw) // 2] ^= 0x10
             path.write_bytes(bytes(raw))
@@ -194,3 +202,169 @@ def test_real_samples_replay(shared_data, tmp_path, name, fmt):
                      "--refit-every", "3000", "--window", "5000")
     assert code == 0 and r["format"] == fmt and r["rows"] > 8000
     assert r["progressive"]["auc"] > 0.6
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_run_without_resume_leaves_an_existing_checkpoint_alone(
+        finished_checkpoint, stream, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_checkpoint[0], ckpt)
+    before = snapshot(ckpt)
+    done = checkpoint.load(ckpt)["rows_done"]
+    capsys.readouterr()
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(ckpt))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and r is None
+    assert f"already holds a checkpoint of {done:,} events of {stream}" in err
+    assert "pass --resume" in err
+    assert snapshot(ckpt) == before  # no spill truncated, nothing written
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(ckpt), "--resume")
+    assert code == 0 and strip_timing(r) == strip_timing(finished_checkpoint[1])
+
+
+@pytest.mark.parametrize("flags,messages", [
+    (["--model", "fm"], ["--model: checkpoint 'resfusion', now 'fm'"]),
+    (["--holdout", "0.2"], ["--holdout: checkpoint 0.1, now 0.2"]),
+    (["--holdout-mode", "chrono"], ["--holdout-mode: checkpoint 'random', now 'chrono'"]),
+    (["--batch-size", "256", "--window-rows", "5000", "--on-error", "skip", "--trees", "30"],
+     ["--batch-size: checkpoint 512, now 256", "--window-rows: checkpoint 100000, now 5000",
+      "--on-error: checkpoint 'fail', now 'skip'", "--trees: checkpoint 20, now 30"]),
+    (["--seed", "3"], ["--seed: checkpoint 0, now 3"]),
+])
+def test_resume_refuses_changed_flags(finished_checkpoint, stream, tmp_path, capsys, flags,
+                                      messages):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_checkpoint[0], ckpt)
+    before = snapshot(ckpt)
+    capsys.readouterr()
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(ckpt), "--resume", *flags)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and r is None
+    assert "differ from the checkpoint's run" in err
+    for message in messages:
+        assert message in err, err
+    assert snapshot(ckpt) == before
+
+
+def test_resume_may_change_rows_threads_and_output_flags(finished_checkpoint, stream,
+                                                         tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_checkpoint[0], ckpt)
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "12000",
+                     "--checkpoint", str(ckpt), "--resume", "--checkpoint-every", "3000",
+                     "--threads", "2", "--plot", str(tmp_path / "p.png"))
+    assert code == 0 and r["rows"] == 12000
+    assert r["model"]["config"]["threads"] == 2
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("change,message", [
+    (None, None),
+    ("grown", None),  # rows appended after the consumed part: fine
+    ("prefix", "is shorter .* than the checkpoint's position"),
+    ("regenerated", "its first MiB differs"),
+    ("edited", "the MiB before the checkpoint's position .* differs"),
+])
+def test_resume_refuses_a_changed_input(stream, tmp_path, capsys, gz, change, message):
+    lines = stream.read_bytes().splitlines(keepends=True)
+    path = tmp_path / ("in.csv.gz" if gz else "in.csv")
+
+    def write(rows):
+        data = b"".join(rows)
+        path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+
+    write(lines[:20_000])
+    args = ["--file", str(path), *SMALL_MODEL, "--rows", "10000", "--checkpoint",
+            str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
+    code, first = replay(tmp_path, *args)
+    assert code == 0
+    done = checkpoint.load(tmp_path / "ckpt")["rows_done"]
+    if change == "grown":
+        write(lines)
+    elif change == "prefix":
+        write(lines[: done // 2])
+    elif change == "regenerated":
+        other = tmp_path / "other.csv"
+        generate(other, format="avazu", rows=20_000, seed=8)
+        write(other.read_bytes().splitlines(keepends=True))
+    elif change == "edited":  # a row just before the checkpoint's position, past the first MiB
+        assert sum(map(len, lines[:done - 5])) > (1 << 20)
+        edited = lines[done - 5].replace(b",1,", b",0,", 1)
+        assert edited != lines[done - 5]
+        write([*lines[:done - 5], edited, *lines[done - 4:20_000]])
+    capsys.readouterr()
+    code, resumed = replay(tmp_path, *args, "--resume", name="resumed.json")
+    err = " ".join(capsys.readouterr().err.split())
+    if message is None:
+        assert code == 0 and strip_timing(resumed) == strip_timing(first)
+    else:
+        assert code == 1 and resumed is None
+        assert "is not the input the checkpoint consumed" in err
+        assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("drop,kind", [("encoder", None), ("rows_done", None),
+                                       ("flags", None), ("rows_done", "str"),
+                                       ("position", "list")])
+def test_a_replay_state_missing_a_key_is_a_clear_error(finished_checkpoint, stream, tmp_path,
+                                                        capsys, drop, kind):
+    """A well-formed checkpoint file whose replay state lacks a key or has a wrong type."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(finished_checkpoint[0], ckpt)
+    state = checkpoint.load(ckpt)
+    if kind is None:
+        del state[drop]
+        expected = f"'{drop}' is missing"
+    else:
+        state[drop] = str(state[drop]) if kind == "str" else [1, 2]
+        expected = f"'{drop}' should be"
+    checkpoint.save(ckpt, state)
+    capsys.readouterr()
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--rows", "10000",
+                     "--checkpoint", str(ckpt), "--resume")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and r is None
+    assert "checkpoint is malformed" in err and expected in err, err
+
+
+RESUME_MODEL = [*SMALL_MODEL, "--refit-every", "8000", "--fade", "2000"]
+
+
+@pytest.mark.parametrize("mode,first_rows,rows", [("random", "10000", "20000"),
+                                                  ("random", "7777", "15000"),
+                                                  ("chrono", "10000", "10000")])
+def test_a_rows_stop_then_resume_ends_as_an_uninterrupted_run(
+        stream, tmp_path, mode, first_rows, rows):
+    """--rows N (not a multiple of --batch-size), then --resume, gives the report of one run."""
+    assert int(first_rows) % 512
+    opts = ["--file", str(stream), *RESUME_MODEL, "--holdout-mode", mode]
+    code, whole = replay(tmp_path, *opts, "--rows", rows, name="whole.json")
+    assert code == 0
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
+    code, _ = replay(tmp_path, *opts, "--rows", first_rows, *ckpt, name="first.json")
+    assert code == 0
+    # the last checkpoint is the last full batch before the cut: the resume redoes the rest
+    assert checkpoint.load(tmp_path / "ckpt")["rows_done"] == int(first_rows) // 512 * 512
+    code, resumed = replay(tmp_path, *opts, "--rows", rows, *ckpt, "--resume",
+                           name="resumed.json")
+    assert code == 0 and resumed["model"]["refits"] >= 1
+    assert strip_timing(resumed) == strip_timing(whole)
+
+
+def test_resume_refuses_a_moved_chrono_boundary(stream, tmp_path, capsys):
+    opts = ["--file", str(stream), *SMALL_MODEL, "--holdout-mode", "chrono",
+            "--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
+    code, _ = replay(tmp_path, *opts, "--rows", "10000")
+    assert code == 0
+    capsys.readouterr()
+    code, r = replay(tmp_path, *opts, "--rows", "20000", "--resume", name="r2.json")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and r is None
+    assert "chronological holdout of the checkpoint's run starts at event 9000" in err, err
+    assert "would start at 18000" in err

@@ -7,11 +7,13 @@ grows with the file or with the number of distinct categories.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from streamfusion.data.encoder import (
     DEFAULT_COUNT_BITS,
@@ -138,6 +140,88 @@ class _ByteStream:
 
     def close(self) -> None:
         self._f.close()
+
+
+FINGERPRINT_BYTES = 1 << 20  # hashed at the start and just before a checkpoint's position
+
+
+class InputFingerprint:
+    """Identifies the part of an input a checkpoint consumed, cheaply.
+
+    SHA-256 of the first MiB and of the MiB before a position (an offset in the
+    decompressed stream, as in ``source.position()``). A plain file is read with ``pread``;
+    a gzip file is decompressed once per run, onwards from the last fingerprinted position,
+    so checkpoints stay cheap and a resume pays one pass over the consumed part.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            self.gzip = f.read(2) == GZIP_MAGIC
+        self._stream: _ByteStream | None = None
+        self._done = 0  # decompressed bytes consumed so far
+        self._head = self._tail = self._carry = b""
+
+    def _advance(self, pos: int) -> bool:
+        """Read the decompressed stream up to ``pos``; False when it ends before."""
+        if self._stream is None or pos < self._done:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream = _ByteStream(self.path, FINGERPRINT_BYTES)
+            self._done, self._head, self._tail, self._carry = 0, b"", b"", b""
+        while self._done < pos:
+            try:
+                chunk = self._carry or self._stream.read()
+            except _Truncated:
+                chunk = b""
+            if not chunk:
+                return False
+            take, self._carry = chunk[: pos - self._done], chunk[pos - self._done :]
+            if len(self._head) < FINGERPRINT_BYTES:
+                self._head += take[: FINGERPRINT_BYTES - len(self._head)]
+            self._tail = (self._tail + take)[-FINGERPRINT_BYTES:]
+            self._done += len(take)
+        return True
+
+    def _ends(self, pos: int) -> tuple[bytes, bytes] | None:
+        """The first MiB and the MiB before ``pos``; None when the input is shorter."""
+        if self.gzip:
+            if not self._advance(pos):
+                return None
+            return self._head, self._tail
+        if os.path.getsize(self.path) < pos:
+            return None
+        with open(self.path, "rb") as f:
+            head = os.pread(f.fileno(), min(pos, FINGERPRINT_BYTES), 0)
+            start = max(0, pos - FINGERPRINT_BYTES)
+            return head, os.pread(f.fileno(), pos - start, start)
+
+    def state(self, pos: int) -> dict[str, Any]:
+        ends = self._ends(pos)
+        if ends is None:  # the source read up to pos: only a file changed under us gets here
+            raise ParseError(self.path, None, "shorter than the position read so far: the file "
+                             "changed during the run")
+        return {"size": os.path.getsize(self.path), "gzip": self.gzip,
+                "head_sha256": hashlib.sha256(ends[0]).hexdigest(),
+                "tail_sha256": hashlib.sha256(ends[1]).hexdigest()}
+
+    def verify(self, saved: dict[str, Any], pos: int) -> str | None:
+        """Why the input is not the one ``saved`` describes up to ``pos``; None when it is."""
+        ends = self._ends(pos)
+        if ends is None:
+            return (f"it is shorter ({os.path.getsize(self.path):,} bytes on disk) than the "
+                    f"checkpoint's position ({pos:,} bytes"
+                    + (" decompressed" if self.gzip else "") + ")")
+        if hashlib.sha256(ends[0]).hexdigest() != saved.get("head_sha256"):
+            return "its first MiB differs"
+        if hashlib.sha256(ends[1]).hexdigest() != saved.get("tail_sha256"):
+            return f"the MiB before the checkpoint's position ({pos:,} bytes) differs"
+        return None
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 def _read_head(path: Path, limit: int) -> tuple[bytes, bool]:
