@@ -37,6 +37,11 @@ def at_least(low: int) -> Callable[[str], int]:
     return _number(int, lambda v: v >= low, f"an integer >= {low}")
 
 
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """An integer type in ``[low, high]``."""
+    return _number(int, lambda v: low <= v <= high, f"an integer in [{low}, {high}]")
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """Comma-separated positive integers, e.g. ``128,128`` (empty: no items)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -59,8 +59,12 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``streamfusion`` console script."""
     warnings.formatwarning = _format_warning  # one plain line, not a quoted source line
-    args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
+        print("streamfusion: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

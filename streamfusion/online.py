@@ -154,16 +154,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backfit", action="store_true",
                    help="refit the first trees given the residual learner's margins "
                    "(init_score) instead of on the labels alone (the paper's setting)")
-    g.add_argument("--bits", type=int, default=20, help="hashed table size 2**bits")
+    g.add_argument("--bits", type=at.int_range(1, 31), default=20, help="hashed table size 2**bits")
     g.add_argument("--k", type=at.positive_int, default=8, help="embedding size")
     g.add_argument("--hidden", type=at.int_list, default="128,128",
                    help="DeepFM MLP sizes, comma separated")
     g.add_argument("--lr", type=at.positive_float, default=3e-3,
                    help="Adam learning rate of the residual")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
-    g.add_argument("--seed", type=int, default=0, help="the one seed")
+    g.add_argument("--seed", type=at.nonneg_int, default=0, help="the one seed")
 
 
 def config_from_args(args: argparse.Namespace) -> ModelConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,14 @@ def check_output(path: Path, flag: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{flag} {path}: cannot create its directory ({exc.strerror})") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"{flag} {path}: not writable")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):  # the only sure test (permissions, /proc, read-only mounts)
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: not writable ({exc.strerror})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def finite(x: Any) -> Any:

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=at.positive_int, default=1024, help="mini-batch size")
     g.add_argument("--max-features", type=at.positive_int, default=DEFAULT_MAX_FEATURES,
                    metavar="N", help="libsvm / libfm: most features in a row (learner slots)")
+    g.add_argument("--dense-features", type=at.nonneg_int, default=0, metavar="N",
+                   help="libsvm / libfm: feature indices below N are the trees' columns "
+                   "(0: the trees see none and keep the click prior)")
     g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                    help="malformed rows: stop with file/line/reason, or skip and count them")
     e = parser.add_argument_group("evaluation")
@@ -223,7 +227,12 @@ class Replay:
         self.source = open_source(self.path, format=args.format, label=args.label,
                                   types=args.types,
                                   bits=config.bits, seed=config.seed, on_error=args.on_error,
-                                  max_features=args.max_features)
+                                  max_features=args.max_features,
+                                  dense_features=args.dense_features)
+        schema = self.source.schema
+        if schema.is_svm and not schema.dense_features and "trees" in config.stage_kinds():
+            warnings.warn(f"{schema.name} input with --dense-features 0 gives the trees no "
+                          "columns: they keep the click prior", stacklevel=2)
         self.fingerprint = InputFingerprint(self.path)
         self.chrono_start = None
         if args.holdout_mode == "chrono":
@@ -472,7 +481,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"streamfusion replay: {Path(report['file']).name}, "
                  f"{'+'.join(report['model']['stages'])}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the path as given, no ".png" added
     plt.close(fig)
 
 
@@ -502,8 +511,14 @@ def _check_paths(args: argparse.Namespace) -> None:
     for flag, path in (("--report", args.report), ("--plot", args.plot)):
         if path is not None:
             check_output(path, flag)
-    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
-        raise ValueError(f"--checkpoint {args.checkpoint}: exists and is not a directory")
+    if args.checkpoint is not None:
+        if args.checkpoint.exists() and not args.checkpoint.is_dir():
+            raise ValueError(f"--checkpoint {args.checkpoint}: exists and is not a directory")
+        try:
+            args.checkpoint.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--checkpoint {args.checkpoint}: cannot create it "
+                             f"({exc.strerror})") from None
 
 
 def _sigterm(signum: int, frame: Any) -> None:
@@ -558,10 +573,15 @@ def run(args: argparse.Namespace) -> int:
         console.print("streamfusion replay: no labelled event was scored, so the progressive "
                       "metrics are undefined (null in the report)", highlight=False,
                       soft_wrap=True)
-    if args.report:
-        write_json(args.report, report)
-    if args.plot:
-        plot(report, args.plot)
+    for flag, path, write in (("--report", args.report, write_json),
+                              ("--plot", args.plot, lambda p, r: plot(r, p))):
+        try:
+            if path:
+                write(path, report)
+        except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
+            console.print(f"[red]streamfusion replay: cannot write {flag} {path}: "
+                          f"{exc.strerror}", highlight=False, soft_wrap=True)
+            return 1
     if not args.quiet:
         console.print(summary_table(report))
     return 0

@@ -46,7 +46,8 @@ def _refuse(name):
     ("--holdout", "1.5"), ("--holdout", "-0.1"), ("--holdout", "nan"),
     ("--checkpoint-every", "0"), ("--window-rows", "-5"), ("--trees", "0"), ("--leaves", "1"),
     ("--lr", "-1"), ("--fade", "-1"), ("--window", "0"), ("--refit-every", "0"),
-    ("--hidden", "abc"), ("--hidden", "32,0"), ("--max-features", "0"),
+    ("--hidden", "abc"), ("--hidden", "32,0"), ("--max-features", "0"), ("--bits", "0"),
+    ("--bits", "40"), ("--threads", "0"), ("--seed", "-1"), ("--dense-features", "-1"),
 ])
 def test_bad_flag_values_are_refused_before_any_work(stream, flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -83,6 +84,33 @@ def test_unusable_output_paths_are_refused_before_the_run(stream, tmp_path, flag
     assert code == 1 and "cannot create its directory" in capsys.readouterr().err
     code = main(["replay", "--file", str(stream), *SMALL, "--checkpoint", str(blocker)])
     assert code == 1 and "is not a directory" in capsys.readouterr().err
+    code = main(["replay", "--file", str(stream), *SMALL, "--checkpoint", str(blocker / "ck")])
+    assert code == 1 and "cannot create it" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("flag", ["--report", "--plot"])
+def test_an_output_that_fails_at_the_end_is_an_error_not_a_traceback(stream, flag, capsys):
+    code = main(["replay", "--file", str(stream), *SMALL, "--rows", "2000", flag, "/dev/full"])
+    assert code == 1
+    assert f"cannot write {flag} /dev/full: No space left on device" in capsys.readouterr().err
+    assert not os.path.exists("/dev/full.png")  # the plot goes to the path as given
+
+
+def test_libsvm_trees_need_dense_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(4000):
+        feats = np.sort(rng.choice(200, 10, replace=False))
+        lines.append(f"{int(feats[0] % 3 == 0)} " + " ".join(f"{j}:1" for j in feats))
+    path = tmp_path / "w.libsvm"
+    path.write_text("\n".join(lines) + "\n")
+    args = ["--file", str(path), *SMALL, "--first-fit", "500"]
+    with pytest.warns(UserWarning, match="--dense-features 0 gives the trees no columns"):
+        code, r = replay(tmp_path, *args)
+    assert code == 0 and r["model"]["refits"] == 0
+    code, r = replay(tmp_path, *args, "--dense-features", "200")
+    assert code == 0 and r["model"]["version"] >= 1
 
 
 def test_header_only_file_gives_an_empty_report_in_strict_json(stream, tmp_path, capsys):

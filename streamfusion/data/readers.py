@@ -41,6 +41,7 @@ HEAD_BYTES = 1 << 20  # first decompressed bytes read for format detection / typ
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is a binary file or a missing newline
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
+GZIP_SLICE = 1 << 16  # compressed bytes fed to zlib at a time
 POSITION_VERSION = 1
 
 
@@ -84,7 +85,9 @@ class _ByteStream:
         if not self.gzip:
             return self._f.read(self.chunk)
         while True:
-            data = self._pending or self._f.read(self.chunk)
+            # compressed input in small slices: output already made survives a corrupt
+            # block, so an error can say how many lines came through intact
+            data = self._pending or self._f.read(min(self.chunk, GZIP_SLICE))
             if not data:
                 if self._in_member:
                     raise _Truncated
@@ -239,9 +242,16 @@ def _read_head(path: Path, limit: int) -> tuple[bytes, bool]:
     except _Truncated:
         if not parts:
             raise ParseError(path, 1, "truncated gzip stream") from None
+    except ParseError as exc:  # corrupt compressed data within the head
+        raise _after_line(exc, sum(p.count(b"\n") for p in parts)) from None
     finally:
         stream.close()
     return b"".join(parts), complete
+
+
+def _after_line(exc: ParseError, lines: int) -> ParseError:
+    """A stream error that happened after ``lines`` intact lines, saying so."""
+    return ParseError(exc.path, None, f"{exc.reason}, after line {lines}")
 
 
 class FileSource:
@@ -316,9 +326,8 @@ class FileSource:
                 self.truncated = True
                 got = 0
             except ParseError as exc:  # corrupt compressed data: say how far the rows got
-                lines = buf.count(b"\n", self._off, self._len)
-                raise ParseError(self.path, None, f"{exc.reason}, after line "
-                                 f"{int(self._state[ST_LINE]) + lines}") from None
+                lines = int(self._state[ST_LINE]) + buf.count(b"\n", self._off, self._len)
+                raise _after_line(exc, lines) from None
             if not got:
                 self._eof = True
                 # a last line without newline is a row, unless the gzip stream was cut in it

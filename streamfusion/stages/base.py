@@ -11,6 +11,7 @@ thread timing, a single-threaded run therefore replays bit for bit.
 from __future__ import annotations
 
 import threading
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -301,6 +302,8 @@ class TreeStage:
     def _maybe_refit(self) -> None:
         if self._pending is not None or self._count < self.min_fit_rows:
             return
+        if not self._n_features:  # nothing to split on (e.g. libsvm without dense columns):
+            return                # the stage keeps the click prior
         due = self.since_refit >= self._interval(self.refits)
         drifted = (self.drift and self._drift_now and self.booster is not None
                    and self.since_refit >= self.drift_min_gap)
@@ -409,8 +412,13 @@ class TreeStage:
             self._join(self._pending)
 
     def close(self) -> None:
-        """Finish any running refit thread; the stage stays usable."""
+        """Finish any running refit thread; the stage stays usable. A refit that failed and
+        never reached its swap point is reported as a warning, not dropped in silence."""
         self.wait()
+        job = self._pending
+        if job is not None and job["error"] is not None:
+            warnings.warn(f"the last tree refit (not yet live) failed: {job['error']!r}",
+                          stacklevel=2)
 
     def fit(self, dense: np.ndarray, y: np.ndarray, init_score: np.ndarray | None = None,
             valid: tuple | None = None) -> TreeStage:

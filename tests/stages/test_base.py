@@ -293,3 +293,26 @@ def test_bad_fade_state_raises_and_changes_nothing(breaker, rng):
         target.load_state_dict(bad)
     assert np.array_equal(target.margin(b), m_before)
     assert target.n_seen == 1600
+
+
+def test_a_failed_refit_that_never_went_live_is_reported_at_close(monkeypatch):
+    stage = _stage(drift=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("LightGBM said no")
+
+    monkeypatch.setattr(stage, "_train", broken)
+    _feed(stage, _stream(0, 11))  # the refit starts at 1000 rows and fails before its swap
+    assert stage.refits == 1 and stage.version == 0
+    with pytest.warns(UserWarning, match="last tree refit .* failed: RuntimeError"):
+        stage.close()
+
+
+def test_no_columns_no_refit():
+    stage = _stage(drift=False)
+    rng = np.random.default_rng(1)
+    for _ in range(15):
+        b = SimpleNamespace(dense=np.zeros((100, 0), np.float32),
+                            y=(rng.random(100) < 0.3).astype(np.float32))
+        stage.observe(b, np.zeros(100, np.float32), np.ones(100, bool))
+    assert stage.refits == 0 and np.isfinite(stage.margin(b)).all()
