@@ -63,5 +63,8 @@ def column_types(text: str) -> dict[str, str]:
         if not sep or not name or kind not in ("num", "cat", "skip"):
             raise argparse.ArgumentTypeError(
                 f"{part!r} is not COLUMN=num, COLUMN=cat or COLUMN=skip")
+        if name in out:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a list of distinct columns ({name!r} twice)")
         out[name] = kind
     return out

@@ -13,6 +13,7 @@ import argparse
 import gzip
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -284,7 +285,8 @@ class Replay:
                           ("progressive", dict), ("holdout", dict), ("flags", dict),
                           ("input", dict)):
             req(state, key, kind)
-        req(state["position"], "bytes", int, "checkpoint position")
+        if req(state["position"], "bytes", int, "checkpoint position") < 0:
+            raise checkpoint.CheckpointError("checkpoint position is negative")
         if Path(state["file"]).resolve() != Path(self.path).resolve():
             raise checkpoint.CheckpointError(
                 f"checkpoint belongs to {state['file']}, not {self.path}")
@@ -493,7 +495,8 @@ def summary_table(report: dict[str, Any]) -> Any:
         t.add_column(col, justify="right")
     for name in ("progressive", "holdout"):
         m = report[name]
-        t.add_row(name, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['rows']:,}")
+        t.add_row(name, *(f"{m[k]:.4f}" if math.isfinite(m[k]) else "n/a"
+                          for k in ("auc", "logloss")), f"{m['rows']:,}")
     t.caption = (f"{report['rows']:,} events in {report['seconds']:.1f} s = "
                  f"{report['events_per_second']:,.0f} events/s; tree refits: "
                  f"{report['model']['refits']}; skipped rows: {report['skipped_rows']}")
