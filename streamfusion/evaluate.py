@@ -410,7 +410,7 @@ class Progressive:
             starts.extend((a + np.flatnonzero(new)).tolist())
             keys.extend(key[new].tolist())
             prev = key[-1]
-        return list(zip(starts, [*starts[1:], n][:len(starts)], keys, strict=True))
+        return list(zip(starts, [*starts[1:], n], keys, strict=True)) if starts else []
 
     def windows(self) -> list[dict[str, float | int]]:
         """One entry per window key (a day, or a run of ``window_rows`` events), in order of
@@ -421,12 +421,9 @@ class Progressive:
             runs.setdefault(k, []).append((a, b))
         out = []
         for k, ranges in runs.items():
-            if len(ranges) == 1:
-                summary = self._summary(*ranges[0])
-            else:
-                read, n = ranges_reader(self._read, ranges)
-                summary = summarize_spilled(read, 0, n, self.budget, self.chunk_rows)
-            out.append({"end_row": ranges[-1][1], "key": k, **summary})
+            read, n = ranges_reader(self._read, ranges)
+            out.append({"end_row": ranges[-1][1], "key": k,
+                        **summarize_spilled(read, 0, n, self.budget, self.chunk_rows)})
         return out
 
     def around_swaps(self, span: int = 10_000) -> list[dict[str, float | int]]:

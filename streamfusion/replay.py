@@ -394,10 +394,9 @@ class Replay:
             # same batches. A --rows stop cuts the last batch short: checkpoint before it
             # (and at a stop on a boundary), so a resume with a larger --rows redoes little.
             eof = len(batch) < size and (args.rows is None or self.rows_done < args.rows)
-            left = None if args.rows is None else args.rows - self.rows_done
+            cut_next = args.rows is not None and args.rows - self.rows_done < size
             if ((self.rows_done % size == 0 or eof)
-                    and (self.rows_done >= next_ckpt or eof or (left is not None
-                                                                and left < size))):
+                    and (self.rows_done >= next_ckpt or eof or cut_next)):
                 self.save_checkpoint(time.perf_counter() - t0)
                 next_ckpt = (self.rows_done // every + 1) * every
         self.model.chain.poll()
