@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from streamfusion.features import Batch
-from streamfusion.stages.base import TreeStage
+from streamfusion.stages.trees import TreeStage
 from streamfusion.stages.residual import ResidualLearner
 
 MODELS = ("resfusion", "gbdt", "fm", "deepfm", "lr", "nnres-gbdt")

@@ -22,7 +22,7 @@ from streamfusion.offline import (
     load_encoded,
     stage_margin,
 )
-from streamfusion.stages.base import TreeStage
+from streamfusion.stages.trees import TreeStage
 
 BITS = 15
 

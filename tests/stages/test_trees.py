@@ -1,294 +1,318 @@
-"""The compiled tree evaluator against its oracle, LightGBM's raw score."""
+"""TreeStage: prior, refit schedule, deterministic swaps, purity, state round trip."""
 
 from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
 
 import lightgbm as lgb
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from streamfusion._trees import (
-    HAVE_AVX512,
-    TreeEnsemble,
-    decision,
-    float_threshold,
-    kernel_threshold,
-)
 
-# Every test runs the scalar kernel and, where the CPU has it, the AVX-512 one.
-KERNELS = ["scalar"] + (["avx512"] if HAVE_AVX512 else [])
-KZ = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (the float 1e-35f)
+from streamfusion.stages.trees import TreeStage
+
+T = 4
 
 
-def _data(rng: np.random.Generator, n: int, t: int, nan_rate: float, zero_rate: float):
-    X = rng.standard_normal((n, t)).astype(np.float32)
-    X[rng.random((n, t)) < zero_rate] = 0.0
-    X[rng.random((n, t)) < nan_rate] = np.nan
-    Z = np.nan_to_num(X)
-    y = (Z[:, 0] + Z[:, -1] * Z[:, t // 2] + 0.5 * rng.standard_normal(n) > 0).astype(float)
-    return X, y
+def _batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> SimpleNamespace:
+    X = rng.random((n, T), dtype=np.float32)
+    logit = 3 * (X[:, 0] - 0.5) + 2 * (X[:, 1] > 0.7) + shift - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return SimpleNamespace(dense=X, y=y)
 
 
-def _check(booster: lgb.Booster, X: np.ndarray) -> None:
-    """Both kernels, 1 and 2 threads, equal LightGBM's raw score bit for bit."""
-    ens = TreeEnsemble.from_booster(booster)
-    ref = booster.predict(X, raw_score=True)
-    for kernel in KERNELS:
-        ens.kernel = kernel
-        for threads in (1, 2):
-            got = ens.predict_margin(X, threads=threads)
-            assert got.dtype == np.float64
-            np.testing.assert_array_equal(got, ref, err_msg=f"{kernel}, {threads} threads")
+def _stage(**kw) -> TreeStage:
+    args = dict(n_trees=10, num_leaves=7, refit_every=1000, window=1500, min_data_in_leaf=20,
+                min_fit_rows=200, swap_lag=300, seed=3, drift=True)
+    args.update(kw)
+    return TreeStage(**args)
 
 
-@settings(max_examples=15)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 400),
-    t=st.integers(1, 8),
-    trees=st.integers(1, 40),
-    leaves=st.sampled_from([2, 3, 7, 31, 63]),
-    nan_rate=st.sampled_from([0.0, 0.1, 0.5]),
-    zero_rate=st.sampled_from([0.0, 0.3]),
-    missing=st.sampled_from(["nan", "zero", "none"]),
-    objective=st.sampled_from(["binary", "regression"]),
-)
-def test_matches_lightgbm_raw_score(seed, n, t, trees, leaves, nan_rate, zero_rate, missing,
-                                    objective):
+def _feed(stage: TreeStage, batches: list, log: list | None = None) -> None:
+    for b in batches:
+        z = np.zeros(len(b.y), np.float32)
+        stage.observe(b, z, np.ones(len(b.y), bool))
+        swapped = stage.poll()
+        if log is not None:
+            log.append((stage.n_seen, swapped, stage.version, stage.refits))
+
+
+def _stream(seed: int, n_batches: int, size: int = 100) -> list:
     rng = np.random.default_rng(seed)
-    X, y = _data(rng, 600, t, nan_rate, zero_rate)
-    params = dict(objective=objective, num_leaves=leaves, min_data_in_leaf=5, verbose=-1,
-                  num_threads=1, seed=seed, zero_as_missing=missing == "zero",
-                  use_missing=missing != "none")
-    booster = lgb.train(params, lgb.Dataset(X, y), trees)
-    X_test, _ = _data(np.random.default_rng(seed + 1), n, t, nan_rate, zero_rate)
-    _check(booster, X_test)
-    _check(booster, X)
+    return [_batch(rng, size) for _ in range(n_batches)]
 
 
-def test_categorical_splits_match(rng):
-    n = 3000
-    X = rng.standard_normal((n, 3)).astype(np.float32)
-    X[:, 1] = rng.integers(0, 70, n)
-    X[rng.random(n) < 0.05, 1] = np.nan
-    y = ((X[:, 1] % 7 < 3) ^ (X[:, 0] > 0.5)).astype(float)
-    params = dict(objective="binary", num_leaves=15, min_data_in_leaf=5, verbose=-1,
-                  num_threads=1, min_data_per_group=5, cat_smooth=1)
-    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[1]), 30)
-    assert "==" in str(booster.dump_model())
-    X_test = X.copy()
-    X_test[:50, 1] = -3.0  # negative categories go right, like LightGBM
-    X_test[50:100, 1] = 200.0  # unseen category
-    _check(booster, X_test)
+def test_prior_before_first_fit(rng):
+    stage = _stage()
+    b = _batch(rng, 50)
+    assert np.allclose(stage.margin(b), 0.0)  # (0 + 1) / (0 + 2)
+    b.y[:] = 0
+    b.y[:10] = 1
+    stage.observe(b, np.zeros(50, np.float32), np.ones(50, bool))
+    expect = np.log(11 / 41)
+    assert stage.margin(b).dtype == np.float32
+    np.testing.assert_allclose(stage.margin(b), expect, rtol=1e-6)
+    assert _stage(use_init_score=True).margin(b).tolist() == [0.0] * 50
 
 
-def test_many_deep_trees(rng):
-    X, y = _data(rng, 5000, 10, 0.05, 0.1)
-    params = dict(objective="binary", num_leaves=127, min_data_in_leaf=2, verbose=-1,
-                  num_threads=1, learning_rate=0.3)
-    _check(lgb.train(params, lgb.Dataset(X, y), 150), X)
+def test_mask_and_missing_labels_are_not_learned(rng):
+    stage = _stage()
+    b = _batch(rng, 100)
+    b.y[:10] = np.nan
+    mask = np.ones(100, bool)
+    mask[10:40] = False
+    stage.observe(b, np.zeros(100, np.float32), mask)
+    assert stage.n_seen == 60
 
 
-def test_init_is_added_and_threads_do_not_change_results(rng):
-    X, y = _data(rng, 2000, 4, 0.1, 0.0)
-    booster = lgb.train(dict(objective="binary", verbose=-1, num_threads=1),
-                        lgb.Dataset(X, y), 20)
-    ens = TreeEnsemble.from_booster(booster)
-    init = rng.standard_normal(len(X))
-    base = ens.predict_margin(X)
-    np.testing.assert_allclose(ens.predict_margin(X, init=init), base + init, atol=1e-12)
-    assert np.array_equal(ens.predict_margin(X, threads=1), ens.predict_margin(X, threads=2))
-    assert ens.predict_margin(X[:0]).shape == (0,)
+def test_refit_at_n_and_swap_at_the_deterministic_point():
+    stage = _stage(drift=False)
+    log: list = []
+    _feed(stage, _stream(0, 20), log)
+    # the refit starts once 1000 rows are seen, swaps at the first poll after 300 more
+    assert [r for r in log if r[0] == 900][0][3] == 0
+    assert [r for r in log if r[0] == 1000][0][2:] == (0, 1)
+    swaps = [r[0] for r in log if r[1]]
+    assert swaps == [1300]
+    assert stage.version == 1 and stage.refits == 2  # second refit started at 2000
+    stage.wait()
+    assert stage.version == 1  # waiting does not swap
+    b = _batch(np.random.default_rng(9), 300)
+    stage.observe(b, np.zeros(300, np.float32), None)
+    assert stage.poll() and stage.version == 2
 
 
-def test_shape_errors(rng):
-    X, y = _data(rng, 500, 4, 0.0, 0.0)
-    ens = TreeEnsemble.from_booster(
-        lgb.train(dict(objective="binary", verbose=-1), lgb.Dataset(X, y), 3))
-    with pytest.raises(ValueError, match="columns"):
-        ens.predict_margin(X[:, :2])
-    with pytest.raises(ValueError, match="2-D"):
-        ens.predict_margin(X[0])
+def test_swaps_identical_whatever_the_thread_timing():
+    runs = []
+    for background in (True, False):
+        stage = _stage(background=background)
+        log: list = []
+        _feed(stage, _stream(1, 40), log)
+        b = _batch(np.random.default_rng(5), 200)
+        runs.append((log, stage.margin(b).tobytes()))
+    assert runs[0] == runs[1]
 
 
-def test_float_threshold_is_exact_for_float_inputs(rng):
-    thr = rng.standard_normal(1000) * 10.0 ** rng.integers(-5, 5, 1000)
-    f = float_threshold(thr)
-    assert np.all(f.astype(np.float64) <= thr)
-    # float inputs at and just above each rounded threshold compare the same both ways
-    x = np.concatenate([f, np.nextafter(f, np.float32(np.inf))])
-    ff = np.concatenate([f, f])
-    assert np.array_equal(x.astype(np.float64) <= np.concatenate([thr, thr]), x <= ff)
+def test_margin_is_pure_and_matches_lightgbm():
+    stage = _stage(drift=False)
+    _feed(stage, _stream(2, 14))
+    assert stage.version == 1
+    b = _batch(np.random.default_rng(4), 500)
+    before = copy.deepcopy(stage.state_dict())
+    m1 = stage.margin(b)
+    m2 = stage.margin(b)
+    assert np.array_equal(m1, m2)
+    after = stage.state_dict()
+    assert before["n_seen"] == after["n_seen"]
+    assert np.array_equal(before["window_X"], after["window_X"])
+    ref = stage.booster.predict(b.dense, raw_score=True).astype(np.float32)
+    np.testing.assert_allclose(m1, ref, atol=1e-6)
 
 
-def test_fast_decision_twin():
-    nan = float("nan")
-    assert decision(1.0, 0, 0.5) == 1 and decision(0.5, 0, 0.5) == 0
-    assert decision(nan, 0, 0.5) == 0 and decision(nan, 2, 0.5) == 1  # 2 = NaN goes right
+def test_use_init_score_fits_the_residual(rng):
+    stage = _stage(use_init_score=True, drift=False, swap_lag=0)
+    for _ in range(10):
+        b = _batch(rng, 100)
+        z = np.full(100, 5.0, np.float32)  # earlier stages already predict "click"
+        stage.observe(b, z, np.ones(100, bool))
+    assert stage.poll()
+    # a residual on top of +5 must pull the margin strongly down
+    assert stage.margin(_batch(rng, 200)).mean() < -3
 
 
-# ---- hand-built ensembles against a plain-Python LightGBM reference -------------------------
+def test_state_round_trip_same_margins_and_future_swaps():
+    stream = _stream(3, 50)
+    full = _stage()
+    log_full: list = []
+    _feed(full, stream, log_full)
 
-def _reference(model: dict, X: np.ndarray) -> np.ndarray:
-    """LightGBM's Tree::Decision and predict, one row and one node at a time.
-
-    Its predict first turns inputs with |x| <= kZeroThreshold into 0.0; trees are summed in
-    double in tree order.
-    """
-    out = np.zeros(len(X))
-    for r, row in enumerate(X.astype(np.float64)):
-        vals = np.where(np.abs(row) <= KZ, 0.0, row)  # NaN stays NaN
-        total = 0.0
-        for info in model["tree_info"]:
-            nd = info["tree_structure"]
-            while "leaf_value" not in nd:
-                fval = float(vals[nd["split_feature"]])
-                if nd["decision_type"] == "==":
-                    cats = {int(c) for c in str(nd["threshold"]).split("||") if c != ""}
-                    # static_cast<int>: truncation; out of range gives INT_MIN (right)
-                    iv = int(fval) if not np.isnan(fval) and abs(fval) < 2**31 else -1
-                    left = iv >= 0 and iv in cats
-                else:
-                    miss = nd["missing_type"]
-                    if np.isnan(fval) and miss != "NaN":
-                        fval = 0.0
-                    if (miss == "Zero" and -KZ <= fval <= KZ) or (
-                            miss == "NaN" and np.isnan(fval)):
-                        left = nd["default_left"]
-                    else:
-                        left = fval <= nd["threshold"]
-                nd = nd["left_child"] if left else nd["right_child"]
-            total += nd["leaf_value"]
-        out[r] = total
-    return out
+    part = _stage()
+    log_part: list = []
+    cut = 0
+    while cut < 12 or part._pending is None:  # stop while a refit is pending
+        _feed(part, stream[cut:cut + 1], log_part)
+        cut += 1
+    state = part.state_dict()
+    resumed = _stage(threads=2)  # threads may differ between runs
+    resumed.load_state_dict(state)
+    b = _batch(np.random.default_rng(6), 300)
+    assert np.array_equal(resumed.margin(b), part.margin(b))
+    _feed(resumed, stream[cut:], log_part)
+    assert log_part == log_full
+    assert np.array_equal(resumed.margin(b), full.margin(b))
+    assert resumed.state_dict()["adwin_history"].tolist() == \
+        full.state_dict()["adwin_history"].tolist()
 
 
-# Values that sit on LightGBM's edge cases: NaN, signed zeros, +-kZeroThreshold and values
-# just inside / outside it, thresholds themselves, categories (negative, huge, fractional).
-EDGE_VALUES = [np.nan, 0.0, -0.0, KZ, -KZ, 1e-36, -1e-36, 2e-35, -2e-35, 0.5, -0.5, 1.0, 3.0,
-               7.0, 3.7, -3.0, 40.0, 65.0, 1e10, -1e10, 3e9, np.inf, -np.inf]
-THRESHOLDS = [0.0, KZ, -KZ, 5e-36, -5e-36, 0.5, -0.5, 1.0, 3.0, 1.5, -2.0, 1e300, 0.1]
+def test_refit_interval_doubles_from_first_fit_to_refit_every():
+    stage = _stage(refit_every=8000, first_fit=1000, swap_lag=3000, drift=False)
+    log: list = []
+    _feed(stage, _stream(6, 260), log)
+    before = [(0, False, 0, 0)] + log[:-1]
+    starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
+    # each swap comes the next interval (at most swap_lag) after its refit starts; a refit
+    # falling due while the previous one is still pending starts at the batch after its swap
+    swaps = [r[0] for r in log if r[1]]
+    assert swaps == [2000, 4100, 7200, 11200, 19200]
+    assert starts == [1000, 2100, 4200, 8200, 16200, 24200]
 
 
-@st.composite
-def _tree(draw, n_features: int, shape: str, max_leaves: int):
-    """A random tree in dump_model() form; shape 'chain' makes it as deep as it is wide."""
-    leaves = draw(st.integers(1, max_leaves))
-    value = st.floats(-2.0, 2.0, allow_nan=False, width=64)
-
-    def split():
-        if draw(st.integers(0, 5)) == 0:
-            cats = draw(st.lists(st.integers(0, 70), min_size=0, max_size=6))
-            return dict(decision_type="==", split_feature=draw(st.integers(0, n_features - 1)),
-                        threshold="||".join(map(str, sorted(set(cats)))), default_left=False,
-                        missing_type="None")
-        return dict(decision_type="<=", split_feature=draw(st.integers(0, n_features - 1)),
-                    threshold=draw(st.sampled_from(THRESHOLDS + [draw(value)])),
-                    default_left=draw(st.booleans()),
-                    missing_type=draw(st.sampled_from(["None", "Zero", "NaN"])))
-
-    root = {"leaf_value": draw(value)}
-    frontier = [root]
-    for _ in range(leaves - 1):  # split a leaf: the last one for a chain, any one otherwise
-        i = len(frontier) - 1 if shape == "chain" else draw(st.integers(0, len(frontier) - 1))
-        nd = frontier.pop(i)
-        del nd["leaf_value"]
-        nd.update(split())
-        nd["left_child"], nd["right_child"] = {"leaf_value": draw(value)}, {
-            "leaf_value": draw(value)}
-        frontier += [nd["right_child"], nd["left_child"]] if draw(st.booleans()) else [
-            nd["left_child"], nd["right_child"]]
-    return {"tree_structure": root}
+def test_drift_triggers_an_early_refit():
+    rng = np.random.default_rng(7)
+    kw = dict(refit_every=20_000, window=3000, first_fit=1000, swap_lag=100,
+              drift_min_gap=200, drift_delta=0.01)
+    stage, quiet = _stage(**kw), _stage(**kw)
+    start = [_batch(rng, 100) for _ in range(30)]
+    drifted, steady = [], []
+    _feed(stage, start)
+    _feed(quiet, start)
+    _feed(stage, [_batch(rng, 100, shift=3.0) for _ in range(9)], drifted)  # clicks jump
+    _feed(quiet, [_batch(rng, 100) for _ in range(9)], steady)
+    assert steady[-1][3] == 2  # the schedule alone: at 1000 and 2000 rows, next at 4000
+    assert drifted[-1][3] == 3  # the drift refit came before row 4000
 
 
-@st.composite
-def _ensemble(draw):
-    n_features = draw(st.integers(1, 6))
-    trees = []
-    for _ in range(draw(st.integers(1, 8))):
-        shape = draw(st.sampled_from(["random", "chain"]))
-        max_leaves = draw(st.sampled_from([1, 2, 33, 64, 65, 150]))
-        trees.append(draw(_tree(n_features, shape, max_leaves)))
-    return {"max_feature_idx": n_features - 1, "tree_info": trees}
+def test_fit_one_shot_with_early_stopping(rng):
+    b, v = _batch(rng, 3000), _batch(rng, 1000)
+    stage = _stage(n_trees=200)
+    stage.fit(b.dense, b.y, valid=(v.dense, v.y, None))
+    assert stage.version == 1
+    assert stage.booster.num_trees() < 200
+    init = rng.standard_normal(3000).astype(np.float32)
+    s2 = _stage(use_init_score=True).fit(b.dense, b.y, init_score=init)
+    assert isinstance(s2.booster, lgb.Booster)
 
 
-@settings(max_examples=40)
-@given(model=_ensemble(), n=st.sampled_from([0, 1, 3, 15, 16, 17, 63, 64, 65, 100, 530]),
-       extra_cols=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
-def test_kernels_match_reference_on_hand_built_trees(model, n, extra_cols, seed):
-    """Categorical, NaN / Zero / None missing types, single-leaf trees, chains 149 deep, tables
-    of every size (permutes and gathers), row counts around the 16-lane groups, 0 rows."""
-    rng = np.random.default_rng(seed)
-    cols = model["max_feature_idx"] + 1 + extra_cols
-    X = np.where(rng.random((n, cols)) < 0.6,
-                 rng.choice(np.array(EDGE_VALUES, np.float32), (n, cols)),
-                 rng.standard_normal((n, cols)) * 2).astype(np.float32)
-    ref = _reference(model, X)
-    ens = TreeEnsemble(model)
-    for kernel in KERNELS:
-        ens.kernel = kernel
-        for threads in (1, 2):
-            got = ens.predict_margin(X, threads=threads)
-            np.testing.assert_array_equal(got, ref, err_msg=f"{kernel}, {threads} threads")
+def test_warm_start_keeps_old_trees(rng):
+    stage = _stage(warm_start=True, warm_trees=3, drift=False)
+    _feed(stage, _stream(8, 35))
+    assert stage.version >= 2
+    assert stage.booster.num_trees() == 10 + 3 * (stage.version - 1)
 
 
-def test_tiny_inputs_count_as_zero_like_lightgbm(rng):
-    """|x| <= kZeroThreshold is 0.0 for LightGBM's predict, with or without zero_as_missing."""
-    X = rng.standard_normal((3000, 2)).astype(np.float32)
-    X[rng.random(3000) < 0.3, 0] = 0.0
-    y = (np.where(X[:, 0] == 0, 1, X[:, 0] > 0.3) ^ (rng.random(3000) < 0.1)).astype(float)
-    tiny = np.float32(KZ)
-    probe = np.array([0.0, -0.0, tiny, -tiny, 1e-36, -1e-36, np.nextafter(tiny, np.inf),
-                      -np.nextafter(tiny, np.inf), np.nan, 2e-35], np.float32)
-    X_test = np.stack([np.resize(probe, 200), rng.standard_normal(200)], 1).astype(np.float32)
-    for zero_as_missing in (False, True):
-        params = dict(objective="binary", verbose=-1, num_leaves=4, num_threads=1,
-                      zero_as_missing=zero_as_missing)
-        booster = lgb.train(params, lgb.Dataset(X, y), 5)
-        thresholds = str(booster.dump_model())
-        assert ("Zero" in thresholds) == zero_as_missing
-        # the reference is LightGBM's rules: check it against LightGBM itself
-        np.testing.assert_array_equal(_reference(booster.dump_model(), X_test),
-                                      booster.predict(X_test, raw_score=True))
-        _check(booster, X_test)
+@pytest.mark.parametrize("breaker", [
+    lambda s: s.update(format="other"),
+    lambda s: s["config"].update(window=7),
+    lambda s: s.update(n_seen=-1),
+    lambda s: s.update(clicks=10**9),
+    lambda s: s.update(window_y=s["window_y"][:-1]),
+    lambda s: s.update(window_X=s["window_X"].astype(np.float64)),
+    lambda s: s.update(booster="not a model"),
+    lambda s: s.update(adwin_history=[1.0]),
+    lambda s: s.update(pending={"swap_at": 5, "booster": None}),
+])
+def test_bad_state_raises_and_changes_nothing(breaker):
+    src = _stage()
+    _feed(src, _stream(4, 15))
+    target = _stage()
+    _feed(target, _stream(5, 14))
+    before = target.state_dict()
+    b = _batch(np.random.default_rng(0), 100)
+    m_before = target.margin(b)
+    bad = src.state_dict()
+    breaker(bad)
+    with pytest.raises(ValueError):
+        target.load_state_dict(bad)
+    after = target.state_dict()
+    assert np.array_equal(target.margin(b), m_before)
+    for key in ("n_seen", "version", "refits", "booster", "clicks"):
+        assert before[key] == after[key]
+    assert np.array_equal(before["window_X"], after["window_X"])
 
 
-def test_kernel_threshold_moves_only_near_zero_thresholds():
-    kz = np.float32(KZ)
-    thr = np.array([-1.0, -KZ, -5e-36, 0.0, 5e-36, KZ, 1.0])
-    f = kernel_threshold(thr)
-    below = np.nextafter(-kz, np.float32(-np.inf))
-    assert f.tolist() == [-1.0, below, below, kz, kz, kz, 1.0]
+def _fading_stage() -> TreeStage:
+    # first fit at 1000 rows, live at 1200, fading in until 2200 (the next interval, 1000)
+    return _stage(fade=5000, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_categorical_zero_and_nan_missing_boosters(rng, kernel):
-    """A LightGBM booster mixing categorical, zero_as_missing and NaN inputs."""
-    n = 4000
-    X = rng.standard_normal((n, 4)).astype(np.float32)
-    X[:, 2] = rng.integers(0, 40, n)
-    X[rng.random((n, 4)) < 0.1] = np.nan
-    X[rng.random((n, 4)) < 0.2] = 0.0
-    y = ((np.nan_to_num(X[:, 2]) % 5 < 2) ^ (np.nan_to_num(X[:, 0]) > 0.3)).astype(float)
-    params = dict(objective="binary", num_leaves=40, min_data_in_leaf=5, verbose=-1,
-                  num_threads=1, zero_as_missing=True, min_data_per_group=5, cat_smooth=1)
-    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[2]), 25)
-    ens = TreeEnsemble.from_booster(booster)
-    ens.kernel = kernel
-    X_test = X[:1001].copy()
-    X_test[:30, 2] = -1.0
-    X_test[30:60, 2] = 3e9  # beyond int range: goes right
-    ref = booster.predict(X_test, raw_score=True)
-    np.testing.assert_array_equal(_reference(booster.dump_model(), X_test), ref)
-    np.testing.assert_array_equal(ens.predict_margin(X_test), ref)
+def test_a_swap_fades_in_linearly_from_the_old_margin(rng):
+    stage, sudden = _fading_stage(), _stage(drift=False, refit_every=2000, first_fit=1000,
+                                            swap_lag=200)
+    b = _batch(rng, 500)
+    stream = _stream(11, 17)
+    _feed(stage, stream[:12])
+    _feed(sudden, stream[:12])
+    assert stage.version == sudden.version == 1 and stage.n_seen == 1200
+    prior = stage._fade_prior
+    assert np.array_equal(stage.margin(b), np.full(500, prior, np.float32))  # w = 0
+    new = sudden.margin(b)  # the same trees, switched at once
+    assert not np.allclose(new, prior)
+    for n_seen, batch in zip(range(1300, 1800, 100), stream[12:], strict=True):
+        _feed(stage, [batch])
+        _feed(sudden, [batch])
+        w = (n_seen - 1200) / 1000
+        assert stage.fade_weight == pytest.approx(w)
+        np.testing.assert_allclose(stage.margin(b), prior + w * (new - prior), rtol=1e-5,
+                                   atol=1e-6)
+    s2 = _fading_stage()
+    _feed(s2, _stream(11, 22))  # 2200 rows: the second refit swaps in, fading from the first
+    assert s2.fade_weight == 0.0 and s2.version == 2
+    first = s2._fade_from.predict_margin(b.dense).astype(np.float32)
+    assert np.array_equal(s2.margin(b), first)
+    short = _stage(fade=500, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
+    _feed(short, stream[:18])  # live at 1200, faded in at 1700: the old model is dropped
+    assert short.fade_weight == 1.0 and short.state_dict()["fade_from"] is None
+    _feed(sudden, stream[17:18])
+    assert np.array_equal(short.margin(b), sudden.margin(b))
 
 
-def test_default_kernel_and_forced_scalar(monkeypatch):
-    X = np.random.default_rng(0).random((300, 3), dtype=np.float32)
-    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, X[:, 0] > .5), 5)
-    assert TreeEnsemble.from_booster(booster).kernel == ("avx512" if HAVE_AVX512 else "scalar")
-    monkeypatch.setenv("STREAMFUSION_TREES_KERNEL", "scalar")
-    assert TreeEnsemble.from_booster(booster).kernel == "scalar"
-    monkeypatch.setenv("STREAMFUSION_TREES_KERNEL", "fast")
-    with pytest.raises(ValueError, match="STREAMFUSION_TREES_KERNEL"):
-        TreeEnsemble.from_booster(booster)
+def test_state_round_trip_in_the_middle_of_a_fade(rng):
+    stream = _stream(12, 30)
+    full, part = _fading_stage(), _fading_stage()
+    _feed(full, stream)
+    _feed(part, stream[:15])
+    assert 0 < part.fade_weight < 1
+    resumed = _fading_stage()
+    resumed.load_state_dict(copy.deepcopy(part.state_dict()))
+    b = _batch(rng, 300)
+    assert np.array_equal(resumed.margin(b), part.margin(b))
+    log_full, log_resumed = [], []
+    _feed(resumed, stream[15:], log_resumed)
+    _feed(part, stream[15:], log_full)
+    assert log_resumed == log_full
+    assert np.array_equal(resumed.margin(b), full.margin(b))
+
+
+@pytest.mark.parametrize("breaker", [
+    lambda f: f.update(start=10**9),
+    lambda f: f.update(len=0),
+    lambda f: f.update(len=10**9),
+    lambda f: f.update(prior="0"),
+    lambda f: f.update(booster="not a model"),
+])
+def test_bad_fade_state_raises_and_changes_nothing(breaker, rng):
+    src, target = _fading_stage(), _fading_stage()
+    _feed(src, _stream(13, 15))
+    _feed(target, _stream(14, 16))
+    b = _batch(rng, 100)
+    m_before = target.margin(b)
+    bad = src.state_dict()
+    assert bad["fade_from"] is not None
+    breaker(bad["fade_from"])
+    with pytest.raises(ValueError, match="fade_from"):
+        target.load_state_dict(bad)
+    assert np.array_equal(target.margin(b), m_before)
+    assert target.n_seen == 1600
+
+
+def test_a_failed_refit_that_never_went_live_is_reported_at_close(monkeypatch):
+    stage = _stage(drift=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("LightGBM said no")
+
+    monkeypatch.setattr(stage, "_train", broken)
+    _feed(stage, _stream(0, 11))  # the refit starts at 1000 rows and fails before its swap
+    assert stage.refits == 1 and stage.version == 0
+    with pytest.warns(UserWarning, match="last tree refit .* failed: RuntimeError"):
+        stage.close()
+
+
+def test_no_columns_no_refit():
+    stage = _stage(drift=False)
+    rng = np.random.default_rng(1)
+    for _ in range(15):
+        b = SimpleNamespace(dense=np.zeros((100, 0), np.float32),
+                            y=(rng.random(100) < 0.3).astype(np.float32))
+        stage.observe(b, np.zeros(100, np.float32), np.ones(100, bool))
+    assert stage.refits == 0 and np.isfinite(stage.margin(b)).all()
