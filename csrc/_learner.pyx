@@ -42,6 +42,13 @@ cdef extern from "learner_ops.h" nogil:
     int64_t sf_adam_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
                          const float *gsum, float l2, float *table, float *m, float *v,
                          float step_size, float b1, float b2, float eps, int32_t *marker)
+    int64_t sf_adagrad_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
+                            const float *gsum, float scale, float l2, float *table, float *v,
+                            float lr, float lr_emb, float eps, int32_t *marker)
+    int64_t sf_mixed_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
+                          const float *gsum, float scale, float l2, float *table, float *m,
+                          float *v, float lr, float step_size, float b1, float b2, float eps,
+                          int32_t *marker)
     int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad, float *p, float *m,
                           float *v, float step_size, float b1, float b2, float eps_hat)
     void sf_bias_relu(int64_t lo, int64_t hi, int d, float *H, const float *b)
@@ -58,6 +65,10 @@ cdef enum:
     MAX_LAYERS = 16
 
 MODELS = {"lr": 0, "fm": 1, "deepfm": 2}
+# How table rows step: lazy Adam (one bounded step per batch), per-coordinate AdaGrad on the
+# summed per-example gradients (steps shrink with each row's own history), or mixed: AdaGrad
+# for the first-order weight, lazy Adam for the embedding.
+ROW_OPTIMIZERS = {"adam": 0, "adagrad": 1, "mixed": 2}
 MAX_K = SF_MAX_K
 # Below this many examples a batch runs on one thread: OpenMP start-up would cost more.
 PARALLEL_MIN_ROWS = 256
@@ -557,13 +568,29 @@ cdef object _prepare(Net *net, const int32_t[:, ::1] indices, const float[:, ::1
         _check_work(net, n, True, work, iwork)
 
 
+cdef inline int64_t _row_step(int opt, int64_t lo, int64_t hi, int D, Work *w, int64_t n,
+                              float l2, float *table, float *m, float *v, float step_size,
+                              float row_lr, float emb_lr, float b1, float b2, float eps,
+                              int32_t *marker) noexcept nogil:
+    """Update the touched rows [lo, hi) with the chosen row optimizer."""
+    if opt == 1:
+        return sf_adagrad_rows(lo, hi, D, w.touched, w.gsum, <float>n, l2, table, v, row_lr,
+                               emb_lr, eps, marker)
+    if opt == 2:
+        return sf_mixed_rows(lo, hi, D, w.touched, w.gsum, <float>n, l2, table, m, v, row_lr,
+                             step_size, b1, b2, eps, marker)
+    return sf_adam_rows(lo, hi, D, w.touched, w.gsum, l2, table, m, v, step_size, b1, b2, eps,
+                        marker)
+
+
 def train(int model, int k, hidden, const int32_t[:, ::1] indices,
           const float[:, ::1] values, const float[::1] base_margin, const float[::1] y,
           const float[::1] sample_weight, float[:, ::1] table, float[:, ::1] table_m,
           float[:, ::1] table_v, float[::1] dense, float[::1] dense_m, float[::1] dense_v,
           int64_t[::1] step, int32_t[::1] marker, float[::1] work, int32_t[::1] iwork,
           float lr, float beta1, float beta2, float eps, float l2, float clip, int threads=1,
-          float[::1] margin_out=None):
+          float[::1] margin_out=None, int row_optimizer=0, float row_lr=0.0,
+          float emb_lr=0.0):
     """One Adam step on the batch. Returns (loss_sum, skipped_examples, skipped_updates, rows).
 
     ``margin_out``, when given, receives the learner's own margins *before* the step (the
@@ -571,8 +598,10 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
 
     loss_sum is sum_i w_i logloss_i over the examples not skipped; skipped_updates counts
     table rows and dense parameters whose update would have been non-finite (left unchanged).
-    Table rows follow lazy Adam (torch SparseAdam), dense parameters torch Adam; the step
-    counter ``step[0]`` advances once per non-empty batch.
+    Table rows follow lazy Adam (torch SparseAdam) or, with ``row_optimizer`` 1, AdaGrad with
+    step ``row_lr`` on the summed per-example gradients (``table_m`` unused, ``table_v`` the
+    accumulator); dense parameters torch Adam; the step counter ``step[0]`` advances once per
+    non-empty batch.
     """
     cdef Net net = _make_net(model, indices.shape[1], k, hidden)
     cdef int64_t n = indices.shape[0], nt, t64, skipped_upd = 0, P
@@ -595,6 +624,11 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         raise ValueError("step must be an int64 array of length 1")
     if margin_out is not None and margin_out.shape[0] != n:
         raise ValueError(f"margin_out has {margin_out.shape[0]} entries, expected {n}")
+    if row_optimizer not in (0, 1, 2):
+        raise ValueError(f"row_optimizer must be 0 (adam), 1 (adagrad) or 2 (mixed), got "
+                         f"{row_optimizer}")
+    if row_optimizer == 1 and not (row_lr > 0 and emb_lr > 0):
+        raise ValueError(f"AdaGrad rows need row_lr, emb_lr > 0, got {row_lr}, {emb_lr}")
     if n == 0:
         return 0.0, 0, 0, 0
     if values is not None:
@@ -619,19 +653,20 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         eps_hat = <float>(eps * sqrt(bc2))
         if nth > 1:
             for t in prange(nth, num_threads=nth, schedule="static"):
-                skipped_upd += sf_adam_rows(nt * t // nth, nt * (t + 1) // nth, net.D,
-                                            w.touched, w.gsum, l2, &table[0, 0],
-                                            &table_m[0, 0], &table_v[0, 0], step_size, beta1,
-                                            beta2, eps, &marker[0])
+                skipped_upd += _row_step(row_optimizer, nt * t // nth, nt * (t + 1) // nth,
+                                         net.D, &w, n, l2, &table[0, 0], &table_m[0, 0],
+                                         &table_v[0, 0], step_size, row_lr, emb_lr, beta1, beta2,
+                                         eps,
+                                         &marker[0])
             for t in prange(nth, num_threads=nth, schedule="static"):
                 _dense_sum(&net, n, P * t // nth, P * (t + 1) // nth, &w)
                 skipped_upd += sf_adam_dense(P * t // nth, P * (t + 1) // nth, w.dgrad,
                                              &dense[0], &dense_m[0], &dense_v[0], step_size,
                                              beta1, beta2, eps_hat)
         else:
-            skipped_upd += sf_adam_rows(0, nt, net.D, w.touched, w.gsum, l2, &table[0, 0],
-                                        &table_m[0, 0], &table_v[0, 0], step_size, beta1,
-                                        beta2, eps, &marker[0])
+            skipped_upd += _row_step(row_optimizer, 0, nt, net.D, &w, n, l2, &table[0, 0],
+                                     &table_m[0, 0], &table_v[0, 0], step_size, row_lr, emb_lr,
+                                     beta1, beta2, eps, &marker[0])
             _dense_sum(&net, n, 0, P, &w)
             skipped_upd += sf_adam_dense(0, P, w.dgrad, &dense[0], &dense_m[0], &dense_v[0],
                                          step_size, beta1, beta2, eps_hat)

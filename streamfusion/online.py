@@ -18,6 +18,27 @@ from streamfusion.evaluate import sigmoid
 from streamfusion.features import Batch
 from streamfusion.fusion import MODELS, RESIDUAL_KINDS, Chain, ModelConfig
 
+# The mini-batch schedule: a batch holds about 1/BATCH_GROWTH of the events seen before it,
+# between MIN_BATCH and the largest size, in powers of two. Early events take many small steps
+# (a 10k-event log learns from hundreds of updates, not ten) and at scale batches are full size
+# (1,024 from about half a million events on), so learning fast early costs no throughput.
+MIN_BATCH = 32
+BATCH_GROWTH = 512
+
+
+def batch_size_at(events: int, max_size: int) -> int:
+    """The size of the mini-batch that starts after ``events`` events: deterministic, so a
+    resumed run cuts the same batches as an uninterrupted one."""
+    size = MIN_BATCH
+    while size < max_size and size * BATCH_GROWTH <= events:
+        size *= 2
+    return min(size, max_size)
+
+
+def batch_schedule(max_size: int) -> dict[str, int]:
+    """The schedule of ``batch_size_at`` as the report's model block states it."""
+    return {"min": min(MIN_BATCH, max_size), "max": max_size, "growth": BATCH_GROWTH}
+
 
 @dataclass
 class Scores:
@@ -71,6 +92,11 @@ class OnlineModel:
         """Swap in finished tree refits; call between mini-batches. True when one went live."""
         return self.chain.poll()
 
+    def finish(self) -> bool:
+        """At the end of a stream: pending refits go live now and the trees are refit on their
+        whole window (see ``TreeStage.finish``). True when a model changed."""
+        return self.chain.finish()
+
     def step(self, batch: Batch, learn_mask: np.ndarray | None = None) -> Scores:
         """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``."""
         mask = ~np.isnan(batch.y)
@@ -94,6 +120,9 @@ class OnlineModel:
         return {
             "stages": list(self.chain.kinds),
             "refits": self.refits,
+            "refits_started": self.refits,
+            "refits_live": self.chain.refits_live,
+            "refits_rejected": self.chain.refits_rejected,
             "version": self.version,
             "events_learned": self.events_learned,
             "skipped_updates": self.skipped_updates,
@@ -140,7 +169,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-lr", type=at.positive_float, default=0.05, help="LightGBM learning rate")
     g.add_argument("--refit-every", type=at.positive_int, default=500_000, metavar="N",
                    help="refit the trees every N learned events (earlier on drift)")
-    g.add_argument("--first-fit", type=at.positive_int, default=50_000, metavar="N",
+    g.add_argument("--first-fit", type=at.positive_int, default=1_000, metavar="N",
                    help="first tree fit after N learned events (before it: the click log-odds)")
     g.add_argument("--window", type=at.positive_int, default=200_000, metavar="W",
                    help="the trees are refit on the last W learned events")
@@ -160,6 +189,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="DeepFM MLP sizes, comma separated")
     g.add_argument("--lr", type=at.positive_float, default=3e-3,
                    help="Adam learning rate of the residual")
+    g.add_argument("--row-optimizer", choices=("mixed", "adagrad", "adam"), default="mixed",
+                   help="steps of the hashed table rows: mixed = AdaGrad first-order weights "
+                   "and Adam embeddings; adagrad = AdaGrad for both; adam = lazy Adam")
+    g.add_argument("--row-lr", type=at.positive_float, default=0.05,
+                   help="AdaGrad step of the table rows' first-order weights")
+    g.add_argument("--emb-lr", type=at.positive_float, default=0.005,
+                   help="AdaGrad step of the table rows' embeddings (FM / DeepFM)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
@@ -182,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         refit_every=args.refit_every,
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
+        row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
         extra={"trees": {"warm_start": True}} if args.warm_start else {},
     )

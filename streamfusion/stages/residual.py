@@ -21,11 +21,11 @@ from streamfusion import _learner
 from streamfusion.stages import state_config
 
 FORMAT = "streamfusion.residual"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 # Structural settings: a state can only be loaded into a learner that agrees on all of them.
-_STRUCTURE = ("model", "n_fields", "bits", "k", "hidden")
+_STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior")
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
-_HYPER = ("lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
+_HYPER = ("lr", "row_lr", "emb_lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
 
 
@@ -76,7 +76,21 @@ class ResidualLearner:
     hidden : tuple of int
         MLP hidden sizes (DeepFM only).
     lr, beta1, beta2, eps : float
-        Adam settings: lazy (SparseAdam) for table rows, dense Adam for bias and MLP.
+        Adam settings of the dense parameters (bias, MLP), and of the table rows when
+        ``row_optimizer="adam"`` (lazy, as torch's SparseAdam).
+    row_optimizer : {"mixed", "adagrad", "adam"}
+        How the hashed table rows step. ``"adagrad"``: per-coordinate steps
+        ``row_lr / sqrt(sum of squared gradients)`` on the summed per-example gradients (McMahan
+        et al. 2013): a rare id learns from its first events at any batch size, a frequent one
+        settles. ``"adam"``: one lazy Adam step of about ``lr`` per batch. ``"mixed"``: AdaGrad
+        for the first-order weight, lazy Adam for the embedding (which keeps adapting).
+    row_lr, emb_lr : float
+        AdaGrad steps of the table rows' first-order weight and of their embedding. Embeddings
+        take smaller steps: every pair of fields crosses, so F fields moving by ``emb_lr`` move
+        the margin by about ``F**2 * emb_lr**2``, and large early steps make noise.
+    prior : bool
+        Add the smoothed log-odds of the clicks learned so far to the margin: a learner that is
+        the first stage of its chain starts at the click rate, not at p = 0.5.
     l2 : float
         L2 penalty on the table rows a batch touches.
     clip : float
@@ -117,6 +131,10 @@ class ResidualLearner:
         beta2: float = 0.999,
         eps: float = 1e-8,
         init_std: float = 0.01,
+        row_optimizer: str = "mixed",
+        row_lr: float = 0.05,
+        emb_lr: float = 0.005,
+        prior: bool = False,
     ) -> None:
         if model not in _learner.MODELS:
             raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
@@ -124,6 +142,11 @@ class ResidualLearner:
             raise ValueError(f"bits must be in [1, 30], got {bits}")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if row_optimizer not in _learner.ROW_OPTIMIZERS:
+            raise ValueError(f"row_optimizer must be one of {sorted(_learner.ROW_OPTIMIZERS)}, "
+                             f"got {row_optimizer!r}")
+        if not (row_lr > 0 and emb_lr > 0):
+            raise ValueError(f"row_lr and emb_lr must be > 0, got {row_lr}, {emb_lr}")
         if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
                 and clip > 0 and init_std >= 0):
             raise ValueError("need lr > 0, 0 <= beta1, beta2 < 1, eps > 0, l2 >= 0, clip > 0")
@@ -135,6 +158,10 @@ class ResidualLearner:
         self.lr, self.l2, self.clip = float(lr), float(l2), float(clip)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.init_std = float(init_std)
+        self.row_optimizer, self.row_lr, self.emb_lr = row_optimizer, float(row_lr), float(emb_lr)
+        self.prior = bool(prior)
+        self.clicks = 0.0  # labels learned so far (the prior's counts)
+        self.seen = 0
         self.seed = int(seed)
         self.threads = int(threads)
         self._code = _learner.MODELS[model]
@@ -196,7 +223,17 @@ class ResidualLearner:
         _set_blas_threads(1)
         _learner.forward(self._code, self.k, self.hidden, indices, values, self.table,
                          self.dense, out, work, self.threads)
+        if self.prior:
+            out += self.prior_margin
         return out
+
+    @property
+    def prior_margin(self) -> np.float32:
+        """Smoothed log-odds of the labels learned so far, (clicks + 1) / (n + 2); 0 without
+        ``prior``."""
+        if not self.prior:
+            return np.float32(0.0)
+        return np.float32(np.log((self.clicks + 1.0) / (self.seen - self.clicks + 1.0)))
 
     def partial_fit(self, batch: Any, base_margin: Any, y: Any,
                     sample_weight: Any = None, margin_out: np.ndarray | None = None) -> dict:
@@ -216,11 +253,21 @@ class ResidualLearner:
             return {"loss": 0.0, "n": 0, "skipped": 0}
         work, iwork = self._scratch(n, True)
         _set_blas_threads(1)
+        prior = self.prior_margin
+        if self.prior:
+            base = base + prior
         loss, skip_ex, skip_upd, _ = _learner.train(
             self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
             self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
             self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
-            self.clip, self.threads, margin_out)
+            self.clip, self.threads, margin_out, _learner.ROW_OPTIMIZERS[self.row_optimizer],
+            self.row_lr, self.emb_lr)
+        if self.prior:
+            if margin_out is not None:
+                margin_out += prior
+            labelled = yy[np.isfinite(yy)]
+            self.clicks += float(labelled.sum())
+            self.seen += int(labelled.size)
         used = n - skip_ex
         return {"loss": loss / used if used else float("nan"), "n": n,
                 "skipped": int(skip_ex + skip_upd)}
@@ -253,12 +300,14 @@ class ResidualLearner:
                 "k": self.k, "hidden": list(self.hidden), "lr": self.lr, "l2": self.l2,
                 "clip": self.clip, "seed": self.seed, "threads": self.threads,
                 "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-                "init_std": self.init_std}
+                "init_std": self.init_std, "row_optimizer": self.row_optimizer,
+                "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
         state: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                 "config": self.config(), "step": int(self.step[0])}
+                                 "config": self.config(), "step": int(self.step[0]),
+                                 "clicks": self.clicks, "seen": self.seen}
         for name in _ARRAYS:
             state[name] = getattr(self, name).copy()
         return state
@@ -278,6 +327,11 @@ class ResidualLearner:
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"residual state step must be a non-negative int, got {step!r}")
+        seen, clicks = state.get("seen"), state.get("clicks")
+        if (not isinstance(seen, (int, np.integer)) or seen < 0
+                or not isinstance(clicks, (int, float)) or not 0 <= clicks <= seen):
+            raise ValueError(f"residual state prior counts must be 0 <= clicks <= seen, got "
+                             f"{clicks!r} / {seen!r}")
         for name in _ARRAYS:
             arr, ref = state.get(name), getattr(self, name)
             if not isinstance(arr, np.ndarray) or arr.shape != ref.shape or arr.dtype != ref.dtype:
@@ -288,6 +342,7 @@ class ResidualLearner:
         for name in _ARRAYS:
             np.copyto(getattr(self, name), state[name])
         self.step[0] = int(step)
+        self.seen, self.clicks = int(seen), float(clicks)
         for key in _HYPER:
             setattr(self, key, float(cfg[key]))
         self.seed = int(cfg.get("seed", self.seed))
@@ -296,7 +351,8 @@ class ResidualLearner:
         """Write a standalone file (npz with a JSON header); atomic via a temporary rename."""
         path = Path(path)
         state = self.state_dict()
-        header = {k: state[k] for k in ("format", "format_version", "config", "step")}
+        header = {k: state[k] for k in ("format", "format_version", "config", "step", "clicks",
+                                        "seen")}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, header=np.array(json.dumps(header)),

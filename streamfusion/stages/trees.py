@@ -6,6 +6,11 @@ river's ADWIN sees the stage's mini-batch logloss drift) in a background thread 
 the window, and swaps the new trees in at a deterministic point: the first ``poll()`` after
 ``swap_lag`` more observed rows, and fades them in over the next ``fade`` rows. Whatever the
 thread timing, a single-threaded run therefore replays bit for bit.
+
+Each refit early-stops on the newest ``valid_fraction`` of its window and goes live only if it
+is not worse there than the live model (a guarded swap): both are scored on rows neither was
+fitted on. ``finish()`` at the end of a stream installs the pending refit and, when enough new
+rows arrived, fits the whole window once more, so a replay's final model has seen its data.
 """
 
 from __future__ import annotations
@@ -17,25 +22,51 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from lightgbm.basic import _LIB, _safe_call
 from river.drift import ADWIN
 
 from streamfusion._trees import TreeEnsemble
 from streamfusion.stages import state_config
 
 FORMAT = "streamfusion.TreeStage"
-FORMAT_VERSION = 2  # 2: the fade-in of the last swap
+FORMAT_VERSION = 3  # 2: the fade-in of the last swap; 3: offsets, guard, rejected refits
 ADWIN_CLOCK = 32  # ADWIN checks for a cut every 32 values (river's default)
 DRIFT_LOSS_CAP = 4.0  # per-row logloss clipped here before ADWIN (which wants [0, 1])
 # Config keys a checkpoint must agree on (threads is machine-specific and may differ).
 _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window", "drift",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
-              "drift_delta", "drift_min_gap", "drift_samples", "fade")
+              "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
+              "guard")
+MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
+LEAF_ROWS = 200  # a window of n rows grows trees of at most n / LEAF_ROWS leaves (small
+                 # windows overfit: the prototype's 1k-row refits were worse than the prior)
 
 
 def _logodds(clicks: int, n: int) -> float:
     """Smoothed log-odds of the click rate, (clicks + 1) / (n + 2)."""
     return float(np.log((clicks + 1.0) / (n - clicks + 1.0)))
+
+
+def _mean_logloss(y: np.ndarray, z: np.ndarray) -> float:
+    zz = np.asarray(z, np.float64)
+    return float(np.mean(np.logaddexp(0.0, zz) - y * zz))
+
+
+def _offset(y: np.ndarray, z: np.ndarray) -> float:
+    """The constant ``c`` with ``mean(sigmoid(z + c)) = mean(y)`` (Newton steps, smoothed).
+
+    A fit with ``init_score`` does not boost from the average: this constant stands in for it,
+    so a stage fitted on other stages' margins still starts from the click rate."""
+    c = 0.0
+    target = (float(np.sum(y)) + 0.5) / (len(y) + 1.0)
+    for _ in range(20):
+        p = 1.0 / (1.0 + np.exp(-(z + c)))
+        step = (target - float(p.mean())) / max(float(np.mean(p * (1 - p))), 1e-6)
+        c += float(np.clip(step, -5.0, 5.0))
+        if abs(step) < 1e-7:
+            break
+    return c
 
 
 def _sample_rows(n: int, k: int) -> np.ndarray:
@@ -99,6 +130,12 @@ class TreeStage:
         in loss at every refit. A swap during a fade starts from the model that was fading in.
     background : bool
         Fit in a background thread (default); False fits inside ``observe`` (same results).
+    valid_fraction : float
+        Each refit holds back the newest share of its window: LightGBM early-stops on it, and
+        the guard compares the new and the live model on it. 0 fits the whole window.
+    guard : bool
+        A refit goes live only if its logloss on the held-back rows is not above the live
+        model's (rejected refits are counted, the live model stays).
 
     Examples
     --------
@@ -127,7 +164,8 @@ class TreeStage:
                  warm_start: bool = False, warm_trees: int | None = None,
                  max_trees: int | None = None, drift_delta: float = 0.002,
                  drift_min_gap: int | None = None, drift_samples: int = 64,
-                 fade: int = 0, background: bool = True) -> None:
+                 fade: int = 0, background: bool = True, valid_fraction: float = 0.1,
+                 guard: bool = True) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
             raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
                              "fade >= 0")
@@ -154,6 +192,10 @@ class TreeStage:
         self.drift_samples = max(1, int(drift_samples))
         self.fade = int(fade)
         self.background = bool(background)
+        if not 0.0 <= valid_fraction < 0.5:
+            raise ValueError(f"valid_fraction must be in [0, 0.5), got {valid_fraction}")
+        self.valid_fraction = float(valid_fraction)
+        self.guard = bool(guard)
         self._reset_state()
 
     # -- configuration -------------------------------------------------------------------------
@@ -164,11 +206,17 @@ class TreeStage:
         cfg["background"] = self.background
         return cfg
 
-    def lgb_params(self) -> dict:
-        """LightGBM parameters of every fit."""
+    def lgb_params(self, rows: int | None = None) -> dict:
+        """LightGBM parameters of a fit on ``rows`` rows (None: the configured sizes).
+
+        Small windows get fewer leaves and smaller leaves, so early trees do not memorise."""
+        leaves, min_leaf = self.num_leaves, self.min_data_in_leaf
+        if rows is not None:
+            leaves = int(min(leaves, max(4, rows // LEAF_ROWS)))
+            min_leaf = int(min(min_leaf, max(20, rows // 100)))
         return {
-            "objective": "binary", "num_leaves": self.num_leaves,
-            "learning_rate": self.learning_rate, "min_data_in_leaf": self.min_data_in_leaf,
+            "objective": "binary", "num_leaves": leaves,
+            "learning_rate": self.learning_rate, "min_data_in_leaf": min_leaf,
             "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2,
             "seed": self.seed, "feature_fraction_seed": self.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": self.threads, "verbose": -1,
@@ -178,7 +226,9 @@ class TreeStage:
         self.booster: lgb.Booster | None = None
         self._ensemble: TreeEnsemble | None = None
         self.version = 0
-        self.refits = 0
+        self.refits = 0          # refits started
+        self.rejected = 0        # refits the guard kept from going live
+        self.offset = 0.0        # constant added to the live booster's margin (init-score fits)
         self.n_seen = 0          # learnable rows observed
         self.clicks = 0
         self.since_refit = 0     # learnable rows since the last refit started (or since start)
@@ -195,7 +245,7 @@ class TreeStage:
         # the fade-in of the last swap: the model before it (None: the constant prior)
         self._fade_from: TreeEnsemble | None = None
         self._fade_booster: lgb.Booster | None = None
-        self._fade_prior = 0.0
+        self._fade_prior = 0.0   # the replaced model's constant: prior, or its offset
         self._fade_start = -1    # n_seen at the last swap; -1: no fade
         self._fade_len = 0
 
@@ -214,11 +264,14 @@ class TreeStage:
         if self._ensemble is None:
             return np.full(dense.shape[0], self.prior, dtype=np.float32)
         m = self._ensemble.predict_margin(dense, threads=self.threads).astype(np.float32)
+        if self.offset:
+            m += np.float32(self.offset)
         w = self.fade_weight
         if w < 1.0:
-            old = (np.full(dense.shape[0], self._fade_prior, dtype=np.float32)
-                   if self._fade_from is None else
-                   self._fade_from.predict_margin(dense, threads=self.threads).astype(np.float32))
+            old = np.full(dense.shape[0], self._fade_prior, dtype=np.float32)
+            if self._fade_from is not None:
+                old += self._fade_from.predict_margin(dense, threads=self.threads).astype(
+                    np.float32)
             m -= old
             m *= np.float32(w)
             m += old
@@ -317,7 +370,13 @@ class TreeStage:
             return self.first_fit
         return min(self.refit_every, self.first_fit << min(refits - 1, 40))
 
-    def _start_refit(self, reason: str) -> None:
+    def _live_margin(self, X: np.ndarray) -> np.ndarray:
+        """The live model's margin (after any fade), float64, for the guard."""
+        if self._ensemble is None:
+            return np.full(len(X), self.prior, np.float64)
+        return self._ensemble.predict_margin(X, threads=self.threads) + self.offset
+
+    def _start_refit(self, reason: str, lag: int | None = None) -> dict[str, Any]:
         X, y, z = self._snapshot()
         init = z if self.use_init_score else None
         base = None
@@ -325,15 +384,43 @@ class TreeStage:
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
-        lag = min(self.swap_lag, self._interval(self.refits + 1))
+        if lag is None:
+            # a quarter of the way to the next refit: small early fits go live soon
+            lag = min(self.swap_lag, self._interval(self.refits + 1) // 4)
+        n_valid = int(len(y) * self.valid_fraction)
+        if n_valid < MIN_VALID_ROWS:
+            n_valid = 0
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
-                               "booster": None, "error": None, "thread": None}
+                               "booster": None, "error": None, "thread": None,
+                               "offset": 0.0, "accept": True}
+        # the live model as of now, for the guard (it cannot change before the swap: one
+        # refit is pending at a time)
+        live_offset, live_ensemble, prior = self.offset, self._ensemble, self.prior
+        base_offset = self.offset if base is not None else 0.0
 
         def fit() -> None:
             try:
-                job["booster"] = self._train(X, y, init, rounds, base)
+                cut = len(y) - n_valid
+                valid = None
+                vz = init[cut:] if init is not None else np.zeros(n_valid)
+                off = 0.0
+                if init is not None:
+                    off = base_offset or _offset(y[:cut], init[:cut])
+                    valid = (X[cut:], y[cut:], vz + off) if n_valid else None
+                elif n_valid:
+                    valid = (X[cut:], y[cut:], None)
+                fit_init = None if init is None else init[:cut] + off
+                booster = self._train(X[:cut], y[:cut], fit_init, rounds, base, valid)
+                job["booster"], job["offset"] = booster, off
                 # compile the evaluator here too, off the stream's thread
-                job["ensemble"] = TreeEnsemble.from_booster(job["booster"])
+                job["ensemble"] = TreeEnsemble.from_booster(booster)
+                if self.guard and n_valid:
+                    xv, yv = X[cut:], y[cut:]
+                    new = vz + off + job["ensemble"].predict_margin(xv, threads=self.threads)
+                    old = vz + (np.full(n_valid, prior) if live_ensemble is None else
+                                live_ensemble.predict_margin(xv, threads=self.threads)
+                                + live_offset)
+                    job["accept"] = _mean_logloss(yv, new) <= _mean_logloss(yv, old)
             except BaseException as exc:  # reported by poll(), in the caller's thread
                 job["error"] = exc
 
@@ -345,15 +432,22 @@ class TreeStage:
             job["thread"].start()
         else:
             fit()
+        return job
 
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None) -> lgb.Booster:
-        params = self.lgb_params()
-        if base is not None:
-            # warm start: fit a correction on top of the live trees' scores, then append it
-            prior = base.predict(X, raw_score=True, num_threads=self.threads)
-            init = prior if init is None else init + prior
-        ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=True)
+        params = self.lgb_params(len(y))
+        merge = base is not None and init is not None
+        if merge:
+            # warm start over other stages' margins: LightGBM's init_model would replace them
+            # by the live trees' scores, so fit on both and merge the boosters (LightGBM's own
+            # LGBM_BoosterMerge), as init_model does
+            init = init + base.predict(X, raw_score=True, num_threads=self.threads)
+            if valid is not None:
+                vx, vy, vinit = valid
+                valid = (vx, vy, vinit + base.predict(np.asarray(vx, np.float32),
+                                                      raw_score=True, num_threads=self.threads))
+        ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=False)
         kwargs: dict[str, Any] = {}
         if valid is not None:
             vx, vy, vinit = valid
@@ -361,12 +455,16 @@ class TreeStage:
                                                 np.asarray(vy, np.float64), init_score=vinit,
                                                 reference=ds)]
             kwargs["callbacks"] = [lgb.early_stopping(max(5, rounds // 10), verbose=False)]
+        if base is not None and not merge:
+            kwargs["init_model"] = base  # LightGBM continues the live trees
         booster = lgb.train(params, ds, num_boost_round=rounds, **kwargs)
-        if base is not None:
-            return _concat_boosters(base, booster)
         if valid is not None and booster.best_iteration > 0:
             booster = lgb.Booster(model_str=booster.model_to_string(
                 num_iteration=booster.best_iteration))
+        if merge:
+            merged = lgb.Booster(model_str=booster.model_to_string())
+            _safe_call(_LIB.LGBM_BoosterMerge(merged._handle, base._handle))
+            booster = merged
         return booster
 
     def poll(self) -> bool:
@@ -381,16 +479,43 @@ class TreeStage:
         job = self._pending
         if job is None or self.n_seen < job["swap_at"]:
             return False
+        return self._swap(job)
+
+    def _swap(self, job: dict[str, Any]) -> bool:
         self._join(job)
         self._pending = None
         if job["error"] is not None:
             raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
+        if not job["accept"]:
+            self.rejected += 1
+            return False
         if self.fade:
             self._fade_from, self._fade_booster = self._ensemble, self.booster
-            self._fade_prior, self._fade_start = self.prior, self.n_seen
+            self._fade_prior = self.prior if self._ensemble is None else self.offset
+            self._fade_start = self.n_seen
             self._fade_len = min(self.fade, self._interval(self.refits))
+        self.offset = float(job["offset"])
         self._install(job["booster"], job.get("ensemble"))
         return True
+
+    def finish(self) -> bool:
+        """At the end of a stream: install the pending refit now, and when at least the
+        held-back share of the window is newer than the last refit, fit the whole window once
+        more (guarded, installed at once). True when the model changed."""
+        changed = False
+        if self._pending is not None:
+            changed = self._swap(self._pending)
+        enough = max(MIN_VALID_ROWS, int(self._count * self.valid_fraction))
+        if (self._n_features and self._count >= self.min_fit_rows
+                and self.since_refit >= enough):
+            was, self.background = self.background, False
+            try:
+                changed |= self._swap(self._start_refit("end", lag=0))
+            finally:
+                self.background = was
+        self._fade_start = -1  # no fade: the final model scores whatever follows
+        self._fade_from = self._fade_booster = None
+        return changed
 
     def _install(self, booster: lgb.Booster, ensemble: TreeEnsemble | None = None) -> None:
         self._ensemble = ensemble if ensemble is not None else TreeEnsemble.from_booster(booster)
@@ -450,7 +575,8 @@ class TreeStage:
             if job["error"] is not None:
                 raise RuntimeError(f"tree refit failed: {job['error']!r}") from job["error"]
             pending = {"booster": job["booster"].model_to_string(),
-                       "swap_at": int(job["swap_at"]), "reason": job["reason"]}
+                       "swap_at": int(job["swap_at"]), "reason": job["reason"],
+                       "offset": float(job["offset"]), "accept": bool(job["accept"])}
         if self._X is not None:
             X, y, z = self._snapshot()
         else:
@@ -459,7 +585,8 @@ class TreeStage:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(),
             "booster": None if self.booster is None else self.booster.model_to_string(),
-            "version": self.version, "refits": self.refits, "n_seen": self.n_seen,
+            "version": self.version, "refits": self.refits, "rejected": self.rejected,
+            "offset": self.offset, "n_seen": self.n_seen,
             "clicks": self.clicks, "since_refit": self.since_refit,
             "n_features": self._n_features,
             "window_X": X.copy(), "window_y": y.astype(np.float32),
@@ -483,13 +610,16 @@ class TreeStage:
                 raise ValueError(f"tree stage state has {key}={cfg.get(key)!r}, this stage has "
                                  f"{getattr(self, key)!r}")
         ints = {}
-        for key in ("version", "refits", "n_seen", "clicks", "since_refit"):
+        for key in ("version", "refits", "rejected", "n_seen", "clicks", "since_refit"):
             v = state.get(key)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"tree stage state {key} must be a non-negative int, got {v!r}")
             ints[key] = int(v)
         if ints["clicks"] > ints["n_seen"]:
             raise ValueError("tree stage state has more clicks than rows")
+        offset = state.get("offset")
+        if not isinstance(offset, float) or not np.isfinite(offset):
+            raise ValueError(f"tree stage state offset must be a finite float, got {offset!r}")
         nf = state.get("n_features")
         if nf is not None and (not isinstance(nf, (int, np.integer)) or nf < 0):
             raise ValueError(f"tree stage state n_features must be an int or None, got {nf!r}")
@@ -514,9 +644,12 @@ class TreeStage:
         pending = state.get("pending")
         pend_booster = None
         if pending is not None:
-            if not isinstance(pending, dict) or not isinstance(pending.get("swap_at"),
-                                                               (int, np.integer)):
-                raise ValueError("tree stage state pending must be a dict with an int swap_at")
+            if (not isinstance(pending, dict)
+                    or not isinstance(pending.get("swap_at"), (int, np.integer))
+                    or not isinstance(pending.get("offset"), float)
+                    or not isinstance(pending.get("accept"), bool)):
+                raise ValueError("tree stage state pending must be a dict with an int swap_at, "
+                                 "a float offset and a bool accept")
             pend_booster = _parse_booster(pending.get("booster"), "pending booster")
             if pend_booster is None:
                 raise ValueError("tree stage state pending refit has no booster")
@@ -555,6 +688,7 @@ class TreeStage:
             self._fade_len = int(fade_from["len"])
         for key, v in ints.items():
             setattr(self, key, v)
+        self.offset = float(offset)
         if nf is not None:
             self._n_features = None
             self._ensure_buffers(int(nf))
@@ -564,7 +698,9 @@ class TreeStage:
         if pending is not None:
             self._pending = {"swap_at": int(pending["swap_at"]),
                              "reason": str(pending.get("reason", "schedule")),
-                             "booster": pend_booster, "error": None, "thread": None}
+                             "booster": pend_booster, "error": None, "thread": None,
+                             "offset": float(pending["offset"]),
+                             "accept": bool(pending["accept"])}
 
 
 def _parse_booster(text: Any, what: str) -> lgb.Booster | None:
@@ -577,23 +713,3 @@ def _parse_booster(text: Any, what: str) -> lgb.Booster | None:
     except Exception as exc:  # LightGBM raises its own error type on a bad model string
         raise ValueError(f"tree stage state {what} is not a valid LightGBM model: {exc}") from None
 
-
-def _concat_boosters(first: lgb.Booster, second: lgb.Booster) -> lgb.Booster:
-    """A booster whose raw score is ``first``'s plus ``second``'s (trees appended)."""
-    a = first.model_to_string()
-    b = second.model_to_string()
-    head, a_trees = a.split("\nTree=", 1)
-    a_trees = "Tree=" + a_trees.split("\nend of trees", 1)[0]
-    b_body = b.split("\nTree=", 1)[1].split("\nend of trees", 1)[0]
-    n_a = first.num_trees()
-    # renumber the second model's trees after the first's
-    parts = ("Tree=" + b_body).split("Tree=")[1:]
-    renum = []
-    for p in parts:
-        idx, rest = p.split("\n", 1)
-        renum.append(f"Tree={int(idx) + n_a}\n{rest}")
-    tail = a.split("\nend of trees", 1)[1]
-    text = head + "\n" + a_trees + "\n" + "".join(renum).rstrip("\n") + "\n\nend of trees" + tail
-    # tree_sizes in the header would be stale: drop it (LightGBM parses without it)
-    text = "\n".join(line for line in text.split("\n") if not line.startswith("tree_sizes="))
-    return lgb.Booster(model_str=text)

@@ -147,7 +147,7 @@ def test_gradient_clipping_bounds_each_example(rng):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
-    m = learner(model, l2=0.01, lr=0.05)
+    m = learner(model, l2=0.01, lr=0.05, row_optimizer="adam")
     batch = make_batch(rng, 16, 5, 64)
     base = rng.normal(0, 1, 16).astype(np.float32)
     y = (rng.random(16) < 0.5).astype(np.float32)
@@ -177,6 +177,61 @@ def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
         np.testing.assert_allclose(m.dense, expect, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(m.table, before["table"])
     assert (m._marker == -1).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_partial_fit_is_adagrad_on_the_summed_gradients(model, rng):
+    m = learner(model, l2=0.01, lr=0.05, row_optimizer="adagrad", row_lr=0.1, emb_lr=0.02)
+    n = 16
+    batch = make_batch(rng, n, 5, 64)
+    base = rng.normal(0, 1, n).astype(np.float32)
+    y = (rng.random(n) < 0.5).astype(np.float32)
+    for _ in (1, 2):
+        g = m.gradients(batch, base, y)
+        table, tv = m.table.copy(), m.table_v.copy()
+        m.partial_fit(batch, base, y)
+        r = g["rows"]
+        # gradients() includes l2 * row once; AdaGrad steps on n * (mean-loss gradient) + l2 row
+        gt = (g["table_grad"].astype(np.float64) - m.l2 * table[r]) * n + m.l2 * table[r]
+        ev = tv[r] + gt ** 2
+        lr = np.full(table.shape[1], m.emb_lr)
+        lr[-1] = m.row_lr  # the first-order weight is the row's last column
+        np.testing.assert_allclose(m.table_v[r], ev, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(m.table[r], table[r] - lr * gt / (np.sqrt(ev) + m.eps),
+                                   rtol=1e-4, atol=1e-6)
+        untouched = np.setdiff1d(np.arange(table.shape[0]), r)
+        assert np.array_equal(m.table[untouched], table[untouched])
+    assert (m._marker == -1).all()
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm"])
+def test_mixed_rows_are_adagrad_weights_and_adam_embeddings(model, rng):
+    batch = make_batch(rng, 16, 5, 64)
+    base = rng.normal(0, 1, 16).astype(np.float32)
+    y = (rng.random(16) < 0.5).astype(np.float32)
+    kw = dict(l2=0.01, lr=0.05, row_lr=0.1, emb_lr=0.02)
+    fits = {opt: learner(model, row_optimizer=opt, **kw) for opt in ("mixed", "adam", "adagrad")}
+    for m in fits.values():
+        m.partial_fit(batch, base, y)
+    np.testing.assert_array_equal(fits["mixed"].table[:, :-1], fits["adam"].table[:, :-1])
+    np.testing.assert_array_equal(fits["mixed"].table[:, -1], fits["adagrad"].table[:, -1])
+    np.testing.assert_array_equal(fits["mixed"].dense, fits["adam"].dense)
+
+
+def test_first_stage_learner_starts_at_the_click_log_odds(rng):
+    m = learner("fm", prior=True)
+    batch = make_batch(rng, 40, 5, 64)
+    y = np.zeros(40, np.float32)
+    y[:10] = 1.0
+    z0 = m.margin(batch)
+    out = np.empty(40, np.float32)
+    m.partial_fit(batch, np.zeros(40, np.float32), y, margin_out=out)
+    np.testing.assert_array_equal(out, z0)  # the pre-step margins, prior included
+    assert m.prior_margin == pytest.approx(np.log(11 / 31), rel=1e-6)
+    state = m.state_dict()
+    other = learner("fm", prior=True)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.margin(batch), m.margin(batch))
 
 
 # -- invariants ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def _batch(rng: np.random.Generator, n: int, shift: float = 0.0) -> SimpleNamesp
 
 def _stage(**kw) -> TreeStage:
     args = dict(n_trees=10, num_leaves=7, refit_every=1000, window=1500, min_data_in_leaf=20,
-                min_fit_rows=200, swap_lag=300, seed=3, drift=True)
+                min_fit_rows=200, swap_lag=300, seed=3, drift=True, guard=False)
     args.update(kw)
     return TreeStage(**args)
 
@@ -150,11 +150,10 @@ def test_refit_interval_doubles_from_first_fit_to_refit_every():
     _feed(stage, _stream(6, 260), log)
     before = [(0, False, 0, 0)] + log[:-1]
     starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
-    # each swap comes the next interval (at most swap_lag) after its refit starts; a refit
-    # falling due while the previous one is still pending starts at the batch after its swap
+    # each swap comes a quarter of the next interval (at most swap_lag) after its refit starts
     swaps = [r[0] for r in log if r[1]]
-    assert swaps == [2000, 4100, 7200, 11200, 19200]
-    assert starts == [1000, 2100, 4200, 8200, 16200, 24200]
+    assert swaps == [1300, 2500, 5000, 10000, 18000, 26000]
+    assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
 
 
 def test_drift_triggers_an_early_refit():
@@ -316,3 +315,55 @@ def test_no_columns_no_refit():
                             y=(rng.random(100) < 0.3).astype(np.float32))
         stage.observe(b, np.zeros(100, np.float32), np.ones(100, bool))
     assert stage.refits == 0 and np.isfinite(stage.margin(b)).all()
+
+
+def test_a_refit_worse_on_the_newest_rows_never_goes_live(monkeypatch):
+    stage = _stage(drift=False, guard=True)
+    _feed(stage, _stream(11, 14))  # first refit at 1000, live at 1300
+    assert stage.version == 1
+    good = stage.margin(_batch(np.random.default_rng(1), 200))
+    real_train = stage._train
+
+    def flipped(X, y, init, rounds, base, valid=None):  # a real LightGBM fit, labels inverted
+        return real_train(X, 1.0 - y, init, rounds, base, None)
+
+    monkeypatch.setattr(stage, "_train", flipped)
+    log: list = []
+    _feed(stage, _stream(12, 10), log)
+    assert stage.refits == 2 and stage.rejected == 1 and stage.version == 1
+    assert not any(r[1] for r in log)
+    np.testing.assert_array_equal(stage.margin(_batch(np.random.default_rng(1), 200)), good)
+
+
+def test_guarded_refits_go_live_when_they_help():
+    stage = _stage(drift=False, guard=True)
+    _feed(stage, _stream(13, 40))
+    assert stage.version >= 2 and stage.rejected + stage.version <= stage.refits
+
+
+def test_finish_installs_the_pending_refit_and_fits_the_whole_window():
+    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
+    _feed(stage, _stream(14, 11))  # the refit started at 1000 would go live at 1300
+    assert stage._pending is not None and stage.version == 0
+    assert stage.finish()  # the end of the stream: it goes live now
+    assert stage._pending is None and stage.version == 1 and stage.refits == 1
+    assert not stage.finish()  # 100 new rows < 10% of the window: nothing more to fit
+    _feed(stage, _stream(15, 5))  # 600 rows since the refit, the next is due at 1000
+    assert stage.refits == 1 and stage.version == 1
+    assert stage.finish()  # refit on the whole 1600-row window, installed at once
+    assert stage.refits == 2 and stage.version == 2 and stage.since_refit == 0
+    assert stage.fade_weight == 1.0 and stage._pending is None
+
+
+def test_init_score_fits_start_from_the_click_rate(rng):
+    # a stage fitted on other stages' margins gets the constant LightGBM's init_score skips
+    stage = _stage(drift=False, use_init_score=True, first_fit=1000, refit_every=1000)
+    batches = _stream(17, 13)
+    for b in batches:
+        stage.observe(b, np.full(len(b.y), -3.0, np.float32), np.ones(len(b.y), bool))
+        stage.poll()
+    assert stage.version == 1
+    rate = float(np.mean(np.concatenate([b.y for b in batches])))
+    z = -3.0 + stage.margin(_batch(rng, 4000)).astype(np.float64)
+    assert abs(float(np.mean(1 / (1 + np.exp(-z)))) - rate) < 0.05
+    assert stage.offset > 1.0
