@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from streamfusion.features import Batch
-from streamfusion.stages.trees import TreeStage
 from streamfusion.stages.residual import ResidualLearner
+from streamfusion.stages.trees import TreeStage
 
 MODELS = ("resfusion", "gbdt", "fm", "deepfm", "lr", "nnres-gbdt")
 RESIDUAL_KINDS = ("fm", "deepfm", "lr")
