@@ -71,6 +71,7 @@ class ModelConfig:
     row_optimizer: str = "mixed"
     row_lr: float = 0.05  # AdaGrad steps: 0.05 best of 0.03-0.2 on three real samples
     emb_lr: float = 0.005  # embeddings: 0.1 x row_lr (0.02-0.3 x tried; larger adds noise)
+    standardize: bool = True  # numbers as running z-scores for the learner
     l2: float = 1e-6
     threads: int = 1
     seed: int = 0
@@ -149,6 +150,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         row_optimizer=cfg.row_optimizer,
         row_lr=cfg.row_lr,
         emb_lr=cfg.emb_lr,
+        standardize=cfg.standardize,
         prior=position == 0,  # a first stage starts at the click log-odds, as trees do
     )
 

@@ -196,6 +196,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="AdaGrad step of the table rows' first-order weights")
     g.add_argument("--emb-lr", type=at.positive_float, default=0.005,
                    help="AdaGrad step of the table rows' embeddings (FM / DeepFM)")
+    g.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="feed the learner numbers as log-scaled values only, not as running "
+                   "z-scores of them (default: z-scores, as a StandardScaler would)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
@@ -219,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
+        standardize=args.standardize,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
         extra={"trees": {"warm_start": True}} if args.warm_start else {},
     )

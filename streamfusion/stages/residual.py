@@ -23,7 +23,11 @@ from streamfusion.stages import state_config
 FORMAT = "streamfusion.residual"
 FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 # Structural settings: a state can only be loaded into a learner that agrees on all of them.
-_STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior")
+_STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
+              "standardize")
+_ARRAYS_STATS = ("value_mean", "value_m2")
+# A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
+VARYING_M2 = 1e-12
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
 _HYPER = ("lr", "row_lr", "emb_lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
@@ -88,6 +92,11 @@ class ResidualLearner:
         AdaGrad steps of the table rows' first-order weight and of their embedding. Embeddings
         take smaller steps: every pair of fields crosses, so F fields moving by ``emb_lr`` move
         the margin by about ``F**2 * emb_lr**2``, and large early steps make noise.
+    standardize : bool
+        Feed the kernel each varying field's values as z-scores under running statistics
+        (mean and variance of the values learned so far, updated after each step), as a
+        ``StandardScaler`` would; fields whose values never varied (categoricals, value 1) pass
+        as they are. Numeric-heavy logs then learn as fast as with a scaler.
     prior : bool
         Add the smoothed log-odds of the clicks learned so far to the margin: a learner that is
         the first stage of its chain starts at the click rate, not at p = 0.5.
@@ -134,6 +143,7 @@ class ResidualLearner:
         row_optimizer: str = "mixed",
         row_lr: float = 0.05,
         emb_lr: float = 0.005,
+        standardize: bool = False,
         prior: bool = False,
     ) -> None:
         if model not in _learner.MODELS:
@@ -160,6 +170,11 @@ class ResidualLearner:
         self.init_std = float(init_std)
         self.row_optimizer, self.row_lr, self.emb_lr = row_optimizer, float(row_lr), float(emb_lr)
         self.prior = bool(prior)
+        self.standardize = bool(standardize)
+        # running value statistics per field (Chan et al.'s parallel update, float64)
+        self.value_count = 0
+        self.value_mean = np.zeros(self.n_fields, np.float64)
+        self.value_m2 = np.zeros(self.n_fields, np.float64)
         self.clicks = 0.0  # labels learned so far (the prior's counts)
         self.seen = 0
         self.seed = int(seed)
@@ -203,7 +218,29 @@ class ResidualLearner:
             values = np.ascontiguousarray(values, dtype=np.float32)
             if values.shape != indices.shape:
                 raise ValueError(f"values must have shape {indices.shape}, got {values.shape}")
+            if self.standardize and self.value_count > 1:
+                varying = self.value_m2 > VARYING_M2 * self.value_count
+                if varying.any():
+                    sd = np.sqrt(self.value_m2[varying] / self.value_count)
+                    values = values.copy()
+                    values[:, varying] = ((values[:, varying] - self.value_mean[varying])
+                                          / sd).astype(np.float32)
         return indices, values
+
+    def _update_value_stats(self, batch: Any) -> None:
+        """Merge the raw values of a learned batch into the running statistics."""
+        values = getattr(batch, "values", None)
+        if not self.standardize or values is None or len(values) == 0:
+            return
+        v = np.asarray(values, np.float64)
+        n, na = len(v), self.value_count
+        mean = v.mean(axis=0)
+        m2 = ((v - mean) ** 2).sum(axis=0)
+        delta = mean - self.value_mean
+        total = na + n
+        self.value_mean += delta * (n / total)
+        self.value_m2 += m2 + delta ** 2 * (na * n / total)
+        self.value_count = total
 
     @staticmethod
     def _vector(x: Any, n: int, name: str) -> np.ndarray:
@@ -262,6 +299,7 @@ class ResidualLearner:
             self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
             self.clip, self.threads, margin_out, _learner.ROW_OPTIMIZERS[self.row_optimizer],
             self.row_lr, self.emb_lr)
+        self._update_value_stats(batch)
         if self.prior:
             if margin_out is not None:
                 margin_out += prior
@@ -301,13 +339,17 @@ class ResidualLearner:
                 "clip": self.clip, "seed": self.seed, "threads": self.threads,
                 "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "init_std": self.init_std, "row_optimizer": self.row_optimizer,
-                "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior}
+                "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
+                "standardize": self.standardize}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
         state: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                                  "config": self.config(), "step": int(self.step[0]),
-                                 "clicks": self.clicks, "seen": self.seen}
+                                 "clicks": self.clicks, "seen": self.seen,
+                                 "value_count": self.value_count}
+        for name in _ARRAYS_STATS:
+            state[name] = getattr(self, name).copy()
         for name in _ARRAYS:
             state[name] = getattr(self, name).copy()
         return state
@@ -327,6 +369,15 @@ class ResidualLearner:
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"residual state step must be a non-negative int, got {step!r}")
+        count = state.get("value_count")
+        if not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"residual state value_count must be a non-negative int, got "
+                             f"{count!r}")
+        for name in _ARRAYS_STATS:
+            arr = state.get(name)
+            if (not isinstance(arr, np.ndarray) or arr.shape != (self.n_fields,)
+                    or arr.dtype != np.float64 or not np.isfinite(arr).all()):
+                raise ValueError(f"residual state {name} must be {self.n_fields} finite float64")
         seen, clicks = state.get("seen"), state.get("clicks")
         if (not isinstance(seen, (int, np.integer)) or seen < 0
                 or not isinstance(clicks, (int, float)) or not 0 <= clicks <= seen):
@@ -343,6 +394,9 @@ class ResidualLearner:
             np.copyto(getattr(self, name), state[name])
         self.step[0] = int(step)
         self.seen, self.clicks = int(seen), float(clicks)
+        self.value_count = int(count)
+        for name in _ARRAYS_STATS:
+            np.copyto(getattr(self, name), state[name])
         for key in _HYPER:
             setattr(self, key, float(cfg[key]))
         self.seed = int(cfg.get("seed", self.seed))
@@ -352,11 +406,11 @@ class ResidualLearner:
         path = Path(path)
         state = self.state_dict()
         header = {k: state[k] for k in ("format", "format_version", "config", "step", "clicks",
-                                        "seen")}
+                                        "seen", "value_count")}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, header=np.array(json.dumps(header)),
-                     **{name: state[name] for name in _ARRAYS})
+                     **{name: state[name] for name in _ARRAYS + _ARRAYS_STATS})
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -367,7 +421,7 @@ class ResidualLearner:
         try:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
-                arrays = {name: data[name] for name in _ARRAYS}
+                arrays = {name: data[name] for name in _ARRAYS + _ARRAYS_STATS}
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a residual learner file ({exc})") from None
         cfg = header.get("config")

@@ -218,6 +218,44 @@ def test_mixed_rows_are_adagrad_weights_and_adam_embeddings(model, rng):
     np.testing.assert_array_equal(fits["mixed"].dense, fits["adam"].dense)
 
 
+def test_standardize_feeds_varying_fields_as_running_z_scores(rng):
+    m = learner("fm", standardize=True)
+    plain = learner("fm")
+    batches = [make_batch(rng, 32, 5, 64) for _ in range(3)]
+    for b in batches:
+        b.values[:, 0] = 1.0  # a categorical field: never varies, passes as it is
+        b.values[:, 1] = rng.normal(50.0, 7.0, 32).astype(np.float32)
+    z = np.zeros(32, np.float32)
+    y = (rng.random(32) < 0.5).astype(np.float32)
+    m.partial_fit(batches[0], z, y)  # learns the statistics after its step
+    seen = np.concatenate([b.values for b in batches[:2]]).astype(np.float64)
+    m.partial_fit(batches[1], z, y)
+    np.testing.assert_allclose(m.value_mean, seen.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(m.value_m2 / m.value_count, seen.var(axis=0), rtol=1e-9)
+    expect = batches[2].values.astype(np.float64).copy()
+    varying = seen.var(axis=0) > 0
+    assert not varying[0] and varying[1:].all()
+    expect[:, varying] = (expect[:, varying] - seen.mean(axis=0)[varying]) / seen.std(
+        axis=0)[varying]
+    plain.table[:], plain.dense[:] = m.table, m.dense
+    std_batch = SimpleNamespace(indices=batches[2].indices, values=expect.astype(np.float32))
+    np.testing.assert_allclose(m.margin(batches[2]), plain.margin(std_batch), rtol=1e-5,
+                               atol=1e-6)
+    other = learner("fm", standardize=True)
+    other.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(other.margin(batches[2]), m.margin(batches[2]))
+
+
+def test_extreme_values_never_give_a_nan_margin(rng):
+    m = learner("deepfm", standardize=True, prior=True)
+    for scale in (0.0, 1e-30, 1e30):
+        b = make_batch(rng, 16, 5, 64)
+        b.values[:, 2] = scale
+        b.values[::2, 3] = -scale
+        m.partial_fit(b, np.zeros(16, np.float32), (rng.random(16) < 0.5).astype(np.float32))
+        assert np.isfinite(m.margin(b)).all()
+
+
 def test_first_stage_learner_starts_at_the_click_log_odds(rng):
     m = learner("fm", prior=True)
     batch = make_batch(rng, 40, 5, 64)
