@@ -5,7 +5,7 @@ Python (streamfusion/data/encoder.py) owns every array: the outputs of a Batch, 
 table, the compiled schema and a small int64 state array through which the pass reports
 where it stopped, the line number, out-of-order counts and the first malformed row.
 Each inline C helper has a Python-visible twin for tests: ``hash_value``, ``field_salt``,
-``parse_number``, ``utf8_valid``, ``parse_hour``, ``format_g9``.
+``parse_number``, ``utf8_valid``, ``parse_hour``, ``dense_slot``, ``format_g9``.
 
 ``json_events`` (C in json_events.h) turns a Kafka batch of JSON events into lines for the
 tokenizer; ``json_events([value], ...)`` is its one-message twin.
@@ -18,6 +18,7 @@ import numpy as np
 
 cdef extern from "parse_core.h" nogil:
     int SF_ST_SIZE
+    int32_t sf_bin(double x)
     ctypedef struct sf_spec:
         int ncols
         unsigned char delim
@@ -32,8 +33,10 @@ cdef extern from "parse_core.h" nogil:
         const int32_t *dmode
         const uint64_t *salt
         const int32_t *num_row
+        const int32_t *lenient
         int32_t *counts
         int64_t *seen
+        int64_t *unparsed
 
     uint64_t sf_murmur64(const unsigned char *p, int64_t n, uint64_t seed)
     uint64_t sf_salt(uint64_t seed, int64_t field)
@@ -47,9 +50,11 @@ cdef extern from "parse_core.h" nogil:
                            float *dense, float *y, int64_t *line_out, int64_t *time_out,
                            const unsigned char **fs, const unsigned char **fe, double *num,
                            int64_t *st)
+    int64_t sf_dense_slot(int64_t idx, const int64_t *ids, int64_t T)
     int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end,
-                         int64_t max_rows, int F, int T, int bits, uint64_t seed, int libfm,
-                         int32_t pad_row, int32_t *ind, float *val, float *dense, float *y,
+                         int64_t max_rows, int F, int T, int bits, uint64_t seed,
+                         int field_aware, const int64_t *dense_ids, int32_t pad_row,
+                         int32_t *ind, float *val, float *dense, float *y,
                          int64_t *line_out, int64_t *time_out, int64_t *st)
 
 cdef extern from "json_events.h" nogil:
@@ -123,6 +128,12 @@ def parse_number(const unsigned char[::1] text):
     return None
 
 
+def number_bin(double x) -> int:
+    """Twin of the learner's bin of a number (hashed as 4 little-endian bytes with the salt of
+    the field after the number's value field; a missing number's bin is -2**31)."""
+    return sf_bin(x)
+
+
 def utf8_valid(const unsigned char[::1] text) -> bool:
     """True when ``text`` is valid UTF-8 (the C validator)."""
     cdef const unsigned char *p = _ptr(text)
@@ -139,10 +150,19 @@ def parse_hour(const unsigned char[::1] text):
     return None
 
 
+def dense_slot(int64_t idx, const int64_t[::1] ids, int64_t width) -> int:
+    """The tree column of libsvm feature id ``idx`` (-1: none): ``idx`` itself below
+    ``width`` when ``ids`` is empty, else its position in the sorted ``ids``."""
+    if ids.shape[0]:
+        return sf_dense_slot(idx, &ids[0], ids.shape[0])
+    return sf_dense_slot(idx, NULL, width)
+
+
 # --------------------------------------------------------------------------- kernels
 def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t[::1] dslot,
                 const int32_t[::1] dmode, const uint64_t[::1] salt, const int32_t[::1] num_row,
-                int32_t[::1] counts, int64_t[::1] seen, int delim, int bits, int count_bits,
+                const int32_t[::1] lenient, int32_t[::1] counts, int64_t[::1] seen,
+                int64_t[::1] unparsed, int delim, int bits, int count_bits,
                 bint label_missing_ok,
                 const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
                 int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
@@ -150,12 +170,14 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
     """Parse delimited lines of ``buf[start:end]`` into the output rows; see parse_core.h.
 
     Returns the number of rows written. ``state`` (int64 [STATE_SIZE]) carries the line
-    number and time bookkeeping in and out, and the first malformed row if any.
+    number and time bookkeeping in and out, and the first malformed row if any; ``unparsed``
+    (int64 [ncols]) counts the words read as missing in ``lenient`` numeric columns.
     """
     cdef sf_spec s
     cdef int64_t rows, n = max_rows
     cdef int ncols = kind.shape[0]
     if (field.shape[0] != ncols or dslot.shape[0] != ncols or dmode.shape[0] != ncols
+            or lenient.shape[0] != ncols or unparsed.shape[0] != ncols
             or salt.shape[0] != indices.shape[1] or num_row.shape[0] != indices.shape[1]):
         raise ValueError("inconsistent compiled schema arrays")
     if (counts.shape[0] != (1 << count_bits) or seen.shape[0] != 1
@@ -180,8 +202,10 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
     s.dmode = &dmode[0]
     s.salt = &salt[0] if salt.shape[0] else NULL
     s.num_row = &num_row[0] if num_row.shape[0] else NULL
+    s.lenient = &lenient[0]
     s.counts = &counts[0]
     s.seen = &seen[0]
+    s.unparsed = &unparsed[0]
     cdef const unsigned char **fs = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef const unsigned char **fe = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef double *num = <double *>malloc(ncols * sizeof(double))
@@ -203,15 +227,23 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
 
 
 def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
-              int bits, uint64_t seed, bint libfm, int32_t pad_row,
-              int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
-              float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:
-    """Parse libsvm / libfm lines of ``buf[start:end]``; see parse_core.h."""
+              int bits, uint64_t seed, bint field_aware, const int64_t[::1] dense_ids,
+              int32_t pad_row, int32_t[:, ::1] indices, float[:, ::1] values,
+              float[:, ::1] dense, float[::1] y, int64_t[::1] line, int64_t[::1] time,
+              int64_t[::1] state) -> int:
+    """Parse libsvm / libFM (``field_aware`` false) or libffm lines of ``buf[start:end]``.
+
+    ``dense_ids`` (sorted) are the feature ids that fill the ``dense`` columns, in order;
+    empty: the ids below ``dense.shape[1]`` fill their own column. See parse_core.h.
+    """
     cdef int64_t rows, n = max_rows
     cdef float dummy_f = 0
     cdef float *dptr = &dense[0, 0] if dense.shape[0] and dense.shape[1] else &dummy_f
+    cdef const int64_t *ids = &dense_ids[0] if dense_ids.shape[0] else NULL
     if state.shape[0] != SF_ST_SIZE:
         raise ValueError("state array of the wrong size")
+    if dense_ids.shape[0] not in (0, dense.shape[1]):
+        raise ValueError("dense_ids and the dense width differ")
     if not (0 <= start <= end <= buf.shape[0]):
         raise ValueError("start/end outside the buffer")
     if indices.shape[1] < 1 or values.shape[1] != indices.shape[1]:
@@ -224,8 +256,8 @@ def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t 
         return 0
     with nogil:
         rows = sf_parse_svm(&buf[0], start, end, n, <int>indices.shape[1], <int>dense.shape[1],
-                            bits, seed, libfm, pad_row, &indices[0, 0], &values[0, 0], dptr,
-                            &y[0], &line[0], &time[0], &state[0])
+                            bits, seed, field_aware, ids, pad_row, &indices[0, 0],
+                            &values[0, 0], dptr, &y[0], &line[0], &time[0], &state[0])
     return rows
 
 

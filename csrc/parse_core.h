@@ -140,6 +140,16 @@ static inline float sf_scale(double x)
     return (float)(x >= 0 ? log1p(x) : -log1p(-x));
 }
 
+/* The learner's bin of a number: steps of SF_BIN_WIDTH in symmetric log1p space, so small
+ * integers keep their own bins (0, 1, 2, 3 -> 0, 3, 5, 6) and counts up to 1e6 share about
+ * 70 bins, coarser as they grow (what Criteo's winners did with floor(log(x)^2)). */
+#define SF_BINS_PER_UNIT 5.0
+static inline int32_t sf_bin(double x)
+{
+    double b = floor((double)sf_scale(x) * SF_BINS_PER_UNIT);
+    return (int32_t)(b > 1e6 ? 1e6 : b < -1e6 ? -1e6 : b);
+}
+
 /* Strict UTF-8 (no overlongs, no surrogates, <= U+10FFFF). Only called on lines that have a
  * byte >= 0x80, so plain ASCII logs never pay for it. */
 static int sf_utf8_valid(const unsigned char *p, const unsigned char *e)
@@ -204,8 +214,10 @@ typedef struct {
     const int32_t *dmode; /* [ncols] SF_DENSE_* for SF_CAT */
     const uint64_t *salt; /* [F] per learner field */
     const int32_t *num_row; /* [F] learner row of a numeric field (hash of the field alone) */
+    const int32_t *lenient; /* [ncols] SF_NUM: a word in the cell is missing, not an error */
     int32_t *counts;      /* [2**count_bits] saturating frequency counts */
     int64_t *seen;        /* [1] rows encoded so far: counts become shares of them */
+    int64_t *unparsed;    /* [ncols] lenient cells read as missing, per column */
 } sf_spec;
 
 /* Parse whole lines of buf[start:end) into rows [0, max_rows) of the outputs. Stops at the
@@ -267,7 +279,12 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
             int k = s->kind[c];
             if (k == SF_NUM) {
                 if (fs[c] == fe[c]) num[c] = NAN; /* missing */
-                else if (!sf_parse_num(fs[c], fe[c], &num[c])) { err = SF_E_NUMERIC; errcol = c; }
+                else if (!sf_parse_num(fs[c], fe[c], &num[c])) {
+                    /* a rare word in a numeric column ("?", "unknown") is a missing value
+                     * there; phase 2 counts it, so a row rejected later leaves no count */
+                    if (s->lenient[c]) num[c] = NAN;
+                    else { err = SF_E_NUMERIC; errcol = c; }
+                }
             } else if (k == SF_LABEL) {
                 if (fs[c] == fe[c]) {
                     if (!s->label_missing_ok) { err = SF_E_LABEL; errcol = c; }
@@ -313,8 +330,17 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                 } else if (k == SF_NUM) {
                     double x = num[c];
                     int miss = isnan(x);
+                    if (miss && fs[c] != fe[c]) s->unparsed[c]++; /* non-empty, not a number */
                     ri[f] = s->num_row[f];
                     rv[f] = miss ? 0.0f : sf_scale(x);
+                    /* and the number's bin as a category of its own: a weight per range
+                     * learns what one slope cannot (counts, ages, U-shapes) */
+                    {
+                        int32_t bin = miss ? INT32_MIN : sf_bin(x);
+                        ri[f + 1] = sf_row(sf_murmur64((const unsigned char *)&bin, 4,
+                                                       s->salt[f + 1]), s->bits);
+                        rv[f + 1] = 1.0f;
+                    }
                     /* the learner gets the paper's fill rule (0); the trees see the gap as
                      * NaN, LightGBM's missing value, since missingness itself can predict */
                     if (d >= 0) rd[d] = miss ? NAN : (float)x;
@@ -345,13 +371,30 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
     return rows;
 }
 
-/* libsvm (`label idx:val ...`) and libfm (`label field:idx:val ...`) lines. Each feature goes
- * to one of F slots in order; the rest get `pad_row` with value 0. The index token is hashed
- * as bytes with the salt of its field (0 for libsvm); values are used as given. Integer
- * indices below T also fill dense[idx] (0 elsewhere) so trees can use small libsvm data. */
+/* Dense slot of feature id `idx`: the ids below T themselves when `ids` is NULL, else the
+ * position of idx in the T sorted `ids` (binary search: T is a few hundred at most); -1 when
+ * the trees do not see it. */
+static inline int64_t sf_dense_slot(int64_t idx, const int64_t *ids, int64_t T)
+{
+    int64_t lo = 0, hi = T;
+    if (ids == NULL) return idx < T ? idx : -1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (ids[mid] < idx) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < T && ids[lo] == idx ? lo : -1;
+}
+
+/* libsvm / libFM (`label idx:val ...`) and libffm (`label field:idx:val ...`) lines. Each
+ * feature goes to one of F slots in order; the rest get `pad_row` with value 0. The index
+ * token is hashed as bytes with the salt of its field (0 without fields); values are used as
+ * given. A label is 0/1 or -1/+1 (-1 is 0). Feature ids the trees see (sf_dense_slot) fill
+ * their dense column; an absent feature is 0 there, libsvm's own meaning of a sparse gap. */
 static int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end,
-                            int64_t max_rows, int F, int T, int bits, uint64_t seed, int libfm,
-                            int32_t pad_row, int32_t *ind, float *val, float *dense, float *y,
+                            int64_t max_rows, int F, int T, int bits, uint64_t seed,
+                            int field_aware, const int64_t *dense_ids, int32_t pad_row,
+                            int32_t *ind, float *val, float *dense, float *y,
                             int64_t *line_out, int64_t *time_out, int64_t *st)
 {
     const unsigned char *p = buf + start, *e = buf + end;
@@ -375,7 +418,7 @@ static int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end
         if (q == le) { p = next; continue; } /* blank line */
         if ((hi & 0x80) && !sf_utf8_valid(p, le)) err = SF_E_UTF8;
         for (i = 0; i < T; i++) rd[i] = 0.0f;
-        /* label: 0/1, or -1/+1 as libsvm writes it */
+        /* label: 0/1, or -1/+1 as libsvm and libFM write it */
         t0 = q;
         while (q < le && *q != ' ' && *q != '\t') q++;
         if (err == SF_OK && (!sf_parse_num(t0, q, &label) || (label != 0 && label != 1 && label != -1)))
@@ -393,7 +436,7 @@ static int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end
                 q++;
             }
             if (err) break;
-            if (libfm) {
+            if (field_aware) {
                 double fld;
                 if (!c2 || !sf_parse_num(s0, c1, &fld) || fld < 0 || fld != floor(fld)) { err = SF_E_TOKEN; break; }
                 salt = sf_salt(seed, (int64_t)fld);
@@ -410,10 +453,11 @@ static int64_t sf_parse_svm(const unsigned char *buf, int64_t start, int64_t end
             ri[nf] = sf_row(sf_murmur64(s0, ie - s0, salt), bits);
             rv[nf] = (float)x;
             nf++;
-            if (T > 0 && ie - s0 <= 9) {
-                double idx = 0;
-                sf_parse_num(s0, ie, &idx);
-                if (idx < T) rd[(int)idx] = (float)x;
+            if (T > 0 && ie - s0 <= 18) { /* longer ids overflow int64: never a tree column */
+                int64_t idx = 0, slot;
+                for (t0 = s0; t0 < ie; t0++) idx = idx * 10 + (*t0 - '0');
+                slot = sf_dense_slot(idx, dense_ids, T);
+                if (slot >= 0) rd[slot] = (float)x;
             }
         }
         if (err != SF_OK) {

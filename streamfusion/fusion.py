@@ -72,6 +72,9 @@ class ModelConfig:
     row_lr: float = 0.05  # AdaGrad steps: 0.05 best of 0.03-0.2 on three real samples
     emb_lr: float = 0.005  # embeddings: 0.1 x row_lr (0.02-0.3 x tried; larger adds noise)
     standardize: bool = True  # numbers as running z-scores for the learner
+    # trees also split on categorical codes of each field's most frequent values (LightGBM
+    # categorical features; 0: counts only)
+    tree_codes: int = 0
     l2: float = 1e-6
     threads: int = 1
     seed: int = 0
@@ -130,6 +133,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             threads=cfg.tree_threads,
             use_init_score=position > 0 or backfit,
             fade=cfg.fade,
+            codes=cfg.tree_codes,
             # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
             # half a period of stream before the swap point joins it; an explicit early first
             # fit is honoured

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,8 @@ class Encoded:
     dense_names: list[str]
     skipped_rows: int = 0
     format: str = "auto"
+    column_kinds: dict[str, str] = field(default_factory=dict)
+    unparsed_numbers: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -186,8 +188,12 @@ _malloc_trim: Any = None
 
 def load_encoded(path: str, format: str = "auto", label: str | None = None, bits: int = 20,
                  seed: int = 0, rows: int | None = None, split: str = "random",
-                 on_error: str = "fail", progress: Callable[[int], None] | None = None) -> Encoded:
+                 on_error: str = "fail", progress: Callable[[int], None] | None = None,
+                 **source: Any) -> Encoded:
     """Stream a click log through ``open_source`` into an ``Encoded`` (never a DataFrame).
+
+    ``source`` holds further ``open_source`` options (``types``, ``max_features``,
+    ``dense_features``, ...).
 
     ``split="random"``: each line goes to test with probability 0.1 and to the validation
     slice with probability 0.09 (a seeded hash of its line number); ``"chrono"``: the last 10%
@@ -201,7 +207,7 @@ def load_encoded(path: str, format: str = "auto", label: str | None = None, bits
     parts: _Parts | None = None
     seen = 0
     with open_source(path, format=format, label=label, bits=bits, seed=seed,
-                     on_error=on_error) as src:
+                     on_error=on_error, **source) as src:
         while rows is None or seen < rows:
             want = READ_ROWS if rows is None else min(READ_ROWS, rows - seen)
             batch = src.next_batch(want)
@@ -230,6 +236,8 @@ def load_encoded(path: str, format: str = "auto", label: str | None = None, bits
         dense_names = list(src.schema.dense_names)
         skipped = int(getattr(src, "skipped_rows", 0) or 0)
         fmt = str(getattr(src.schema, "name", None) or getattr(src, "format", None) or format)
+        kinds = src.schema.column_kinds()
+        unparsed = src.encoder.unparsed_numbers()
     if parts is None or not any(parts.chunks):
         raise ValueError(f"{path}: no labelled rows to reproduce on")
     sizes = [sum(len(c[4]) for c in part) for part in parts.chunks]
@@ -244,7 +252,7 @@ def load_encoded(path: str, format: str = "auto", label: str | None = None, bits
     if n_train < 2 or n_valid < 1 or n - n_train - n_valid < 1:
         raise ValueError(f"{path}: {n} labelled rows are too few to split 9:1")
     return Encoded(indices, values, value_cols, dense, y, n_train, n_valid,
-                   field_names, dense_names, skipped, fmt)
+                   field_names, dense_names, skipped, fmt, kinds, unparsed)
 
 
 # ----------------------------------------------------------------------------- learner inputs

@@ -33,7 +33,6 @@ from streamfusion import argtypes as at
 from streamfusion import checkpoint
 from streamfusion.data import ParseError, open_source
 from streamfusion.data.readers import InputFingerprint
-from streamfusion.data.schema import DEFAULT_MAX_FEATURES
 from streamfusion.evaluate import (
     PROGRESSIVE_FILE,
     Progressive,
@@ -42,7 +41,14 @@ from streamfusion.evaluate import (
     summarize_spilled,
 )
 from streamfusion.features import Batch
-from streamfusion.online import OnlineModel, add_model_arguments, config_from_args
+from streamfusion.inputs import add_input_arguments
+from streamfusion.online import (
+    OnlineModel,
+    add_model_arguments,
+    batch_schedule,
+    batch_size_at,
+    config_from_args,
+)
 from streamfusion.outputs import check_output, write_json
 from streamfusion.spill import RecordSpill, SpillFile
 
@@ -106,12 +112,16 @@ class HoldoutStore:
         self.file.close()
 
 
-def exact_batches(source: Any, size: int, limit: int | None, done: int) -> Iterator[Batch]:
-    """Batches of exactly ``size`` events (the last may be short), stopping after ``limit``.
+def exact_batches(source: Any, max_size: int, limit: int | None,
+                  done: int) -> Iterator[Batch]:
+    """Batches of exactly ``batch_size_at(done, max_size)`` events (the last may be short),
+    stopping after ``limit``.
 
-    Fixed batch boundaries make a resumed run take the same Adam steps as an uninterrupted one.
+    Batch boundaries that depend on the stream position alone make a resumed run take the same
+    steps as an uninterrupted one.
     """
     while limit is None or done < limit:
+        size = batch_size_at(done, max_size)
         want = size if limit is None else min(size, limit - done)
         parts: list[Batch] = []
         have = 0
@@ -170,22 +180,12 @@ def default_stream(rows: int, seed: int) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("input")
     g.add_argument("--file", type=Path, help="click log to replay (default: a generated stream)")
-    g.add_argument("--format", default="auto",
-                   choices=["auto", "avazu", "criteo", "csv", "libsvm", "libfm"])
-    g.add_argument("--label", help="label column of a generic CSV")
-    g.add_argument("--types", type=at.column_types, metavar="COL=KIND,...",
-                   help="column kinds (num, cat or skip) overriding those a generic CSV's "
-                   "first rows suggest, e.g. zip=cat,score=num")
+    add_input_arguments(g)
     g.add_argument("--rows", type=at.positive_int,
                    help="stop after N events (sizes the default stream)")
-    g.add_argument("--batch-size", type=at.positive_int, default=1024, help="mini-batch size")
-    g.add_argument("--max-features", type=at.positive_int, default=DEFAULT_MAX_FEATURES,
-                   metavar="N", help="libsvm / libfm: most features in a row (learner slots)")
-    g.add_argument("--dense-features", type=at.nonneg_int, default=0, metavar="N",
-                   help="libsvm / libfm: feature indices below N are the trees' columns "
-                   "(0: the trees see none and keep the click prior)")
-    g.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                   help="malformed rows: stop with file/line/reason, or skip and count them")
+    g.add_argument("--batch-size", type=at.positive_int, default=1024,
+                   help="largest mini-batch: batches start small and double with the events "
+                   "seen up to this size (see the report's model.batch_schedule)")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--holdout", type=at.fraction, default=0.1,
                    help="held-out fraction (paper: 9:1)")
@@ -369,9 +369,10 @@ class Replay:
     def run(self, progress: Any = None) -> dict[str, Any]:
         args = self.args
         t0 = time.perf_counter()
-        size, every = args.batch_size, args.checkpoint_every
+        every = args.checkpoint_every
         next_ckpt = (self.rows_done // every + 1) * every
-        for batch in exact_batches(self.source, size, args.rows, self.rows_done):
+        for batch in exact_batches(self.source, args.batch_size, args.rows, self.rows_done):
+            size = batch_size_at(self.rows_done, args.batch_size)
             if self.model.poll():
                 self.progressive.mark_swap(self.model.version)
             held = self._held_out(batch, self.rows_done)
@@ -394,12 +395,16 @@ class Replay:
             # same batches. A --rows stop cuts the last batch short: checkpoint before it
             # (and at a stop on a boundary), so a resume with a larger --rows redoes little.
             eof = len(batch) < size and (args.rows is None or self.rows_done < args.rows)
-            cut_next = args.rows is not None and args.rows - self.rows_done < size
-            if ((self.rows_done % size == 0 or eof)
+            cut_next = (args.rows is not None
+                        and args.rows - self.rows_done < batch_size_at(self.rows_done,
+                                                                       args.batch_size))
+            if ((len(batch) == size or eof)
                     and (self.rows_done >= next_ckpt or eof or cut_next)):
                 self.save_checkpoint(time.perf_counter() - t0)
                 next_ckpt = (self.rows_done // every + 1) * every
-        self.model.chain.poll()
+        # the end of the file: the pending refit goes live now and the trees are refit on the
+        # whole window, so the model that scores the holdout has seen the data
+        self.model.finish()
         seconds = self.seconds_before + time.perf_counter() - t0
         report = self.report(seconds)
         self.model.close()
@@ -446,13 +451,16 @@ class Replay:
             "rows": self.rows_done,
             "seconds": seconds,
             "events_per_second": self.rows_done / seconds if seconds > 0 else float("nan"),
-            "model": self.model.describe(),
+            "model": {**self.model.describe(),
+                      "batch_schedule": batch_schedule(self.args.batch_size)},
             "progressive": self.progressive.overall(),
             "holdout": self.holdout_metrics(),
             "windows": self.progressive.windows(),
             "refit_windows": self.progressive.around_swaps(),
             "skipped_rows": int(pos.get("skipped_rows", 0)),
             "out_of_order": int(pos.get("out_of_order", 0)),
+            "column_kinds": self.source.schema.column_kinds(),
+            "unparsed_numbers": self.source.encoder.unparsed_numbers(),
         }
 
 
@@ -498,7 +506,8 @@ def summary_table(report: dict[str, Any]) -> Any:
                           for k in ("auc", "logloss")), f"{m['rows']:,}")
     t.caption = (f"{report['rows']:,} events in {report['seconds']:.1f} s = "
                  f"{report['events_per_second']:,.0f} events/s; tree refits: "
-                 f"{report['model']['refits']}; skipped rows: {report['skipped_rows']}")
+                 f"{report['model']['refits_live']} live of {report['model']['refits_started']}"
+                 f"; skipped rows: {report['skipped_rows']}")
     return t
 
 

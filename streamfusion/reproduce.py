@@ -1,15 +1,18 @@
 """``streamfusion reproduce``: the paper's Tables 2 and 3 in its batch setting.
 
-    streamfusion reproduce --file train.csv [--format auto|avazu|criteo|csv|libsvm]
-        [--label COL] [--table 2|3|all] [--split random|chrono] [--epochs N] [--quick]
-        [--oof F] [--rows N] [--models LR,GBDT,...] [--report out.json]
-        [--markdown out.md] [--plot out.png] [--seed S]
+    streamfusion reproduce --file train.csv [--format auto|avazu|criteo|csv|libsvm|libfm|libffm]
+        [--label COL] [--types COL=KIND,...] [--on-error fail|skip] [--table 2|3|all]
+        [--split random|chrono] [--epochs N] [--quick] [--oof F] [--rows N]
+        [--models LR,GBDT,...] [--report out.json] [--markdown out.md] [--plot out.png]
+        [--seed S]
 
 The file is streamed once through the C reader into compact arrays, split 9:1 (seeded random
 or chronological) with a validation slice of the training part for early stopping, and the
 ten Table 2 models / the Table 3 iterations are fitted as chains (``streamfusion.baselines``).
 Without ``--file`` a generated Avazu-format stream with planted tree and latent structure is
 used. ``--quick`` (fewer trees, smaller DeepFM, two epochs) is meant for CI on 300k rows.
+The input flags are replay's (``streamfusion.inputs``); a malformed input ends the run with a
+one-line error and exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from streamfusion.baselines import CONVERGENCE, TABLE2, Experiment, default_config, dnn_kind
+from streamfusion.data import ParseError
+from streamfusion.inputs import add_input_arguments, source_options
 from streamfusion.offline import FitOptions, load_encoded
-from streamfusion.outputs import write_json
+from streamfusion.outputs import check_output, write_json
 
-FORMATS = ("auto", "avazu", "criteo", "csv", "libsvm")
 DEFAULT_GENERATED_ROWS = 300_000
 # The ResFusion paper's (Bao et al., CCIR 2020) absolute Table 2/3 figures could not be found
 # in any public source reachable here (the chapter is paywalled); only its headline gains are
@@ -45,10 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Attach ``reproduce``'s options to ``parser``."""
     parser.add_argument("--file", default=None,
                         help="click log to reproduce on (default: a generated Avazu stream)")
-    parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
-    parser.add_argument("--label", default=None, help="label column (csv)")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="a malformed row stops the run, or is counted and skipped")
+    add_input_arguments(parser)
     parser.add_argument("--table", choices=("2", "3", "all"), default="all",
                         help="which of the paper's tables to produce")
     parser.add_argument("--split", choices=("random", "chrono"), default="random",
@@ -120,8 +121,14 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
               batch_size: int | None = None, quick: bool = False, oof: int = 0,
               rows: int | None = None, models: tuple[str, ...] = TABLE2,
               bits: int | None = None, threads: int = 1, seed: int = 0,
-              progress: Any = None, on_error: str = "fail") -> dict[str, Any]:
-    """Run the reproduction and return the report dict (see ``run`` for the CLI)."""
+              progress: Any = None, on_error: str = "fail",
+              source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the reproduction and return the report dict (see ``run`` for the CLI).
+
+    ``source`` holds further :func:`~streamfusion.data.open_source` options (``types``,
+    ``max_features``, ``dense_features``; :func:`streamfusion.inputs.source_options`); it
+    wins over ``fmt``, ``label`` and ``on_error``.
+    """
     cfg, opts = default_config(quick, seed)
     changes: dict[str, Any] = {"threads": threads, "tree_threads": threads}
     if bits is not None:
@@ -141,8 +148,9 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
         if progress is not None:
             progress.advance(read_task, n)
 
-    data = load_encoded(path, format=fmt, label=label, bits=cfg.bits, seed=seed, rows=rows,
-                        split=split, on_error=on_error, progress=on_rows)
+    options = {"format": fmt, "label": label, "on_error": on_error, **(source or {})}
+    data = load_encoded(path, bits=cfg.bits, seed=seed, rows=rows, split=split,
+                        progress=on_rows, **options)
     load_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.update(read_task, visible=False)
@@ -166,6 +174,7 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
             "fields": data.n_fields, "tree_features": int(data.dense.shape[1]),
             "ctr_test": float(data.y[data.test].mean()), "split": split,
             "skipped_rows": data.skipped_rows, "encoded_bytes": data.nbytes(),
+            "column_kinds": data.column_kinds, "unparsed_numbers": data.unparsed_numbers,
         },
         "settings": {
             "quick": quick, "seed": seed, "epochs": opts.epochs, "patience": opts.patience,
@@ -301,8 +310,32 @@ def print_summary(report: dict[str, Any], console: Any) -> None:
                   f"peak RSS {report['peak_rss_mb']:.0f} MB, leakage {report['leakage']['mode']}")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``streamfusion reproduce``; returns the exit code."""
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse an unreadable input and unwritable outputs before any work (ValueError)."""
+    if args.file is not None and not os.path.isfile(args.file):
+        what = "no such file" if not os.path.exists(args.file) else "not a regular file"
+        raise ValueError(f"--file {args.file}: {what}")
+    for flag, path in (("--report", args.report), ("--markdown", args.markdown),
+                       ("--plot", args.plot)):
+        if path is not None:
+            check_output(Path(path), flag)
+
+
+def _input(args: argparse.Namespace, tmp: str) -> tuple[str, int | None, dict[str, Any]]:
+    """The file to read, its row cap and its ``open_source`` options: the given ``--file``, or
+    a generated stream written to ``tmp``."""
+    options = source_options(args)
+    if args.file is not None:
+        return args.file, args.rows, options
+    from streamfusion.data.generate import generate
+
+    rows = args.rows or DEFAULT_GENERATED_ROWS
+    path = os.path.join(tmp, f"generated.{args.generate_format}.csv")
+    generate(path, format=args.generate_format, rows=rows, seed=args.seed)
+    return path, rows, {**options, "format": args.generate_format}
+
+
+def _progress() -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -312,45 +345,50 @@ def run(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
     )
 
-    console = Console()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``streamfusion reproduce``; returns the exit code.
+
+    Bad input (a missing file, a malformed row, flags that do not fit the file) and unwritable
+    outputs end the run with one line on stderr and exit code 1, never a traceback.
+    """
+    from rich.console import Console
+
     models = _models(args.models)
     if args.oof == 1 or args.oof < 0:
         print("--oof needs at least 2 folds", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="sf-reproduce-") as tmp:
-        path = args.file
-        rows = args.rows
-        if path is None:
-            from streamfusion.data.generate import generate
-
-            rows = rows or DEFAULT_GENERATED_ROWS
-            path = os.path.join(tmp, f"generated.{args.generate_format}.csv")
-            generate(path, format=args.generate_format, rows=rows, seed=args.seed)
-            fmt = args.generate_format
-        else:
-            if not os.path.exists(path):
-                print(f"streamfusion reproduce: no such file: {path}", file=sys.stderr)
-                return 2
-            fmt = args.format
-        progress = None
-        if not args.no_progress:
-            progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=True)
-        try:
+    progress = None if args.no_progress else _progress()
+    try:
+        _check_paths(args)
+        with tempfile.TemporaryDirectory(prefix="sf-reproduce-") as tmp:
+            path, rows, options = _input(args, tmp)
             if progress is not None:
                 progress.start()
-            report = reproduce(path, fmt=fmt, label=args.label, table=args.table,
-                               split=args.split, epochs=args.epochs, patience=args.patience,
-                               batch_size=args.batch_size,
-                               quick=args.quick, oof=args.oof, rows=rows, models=models,
-                               bits=args.bits, threads=args.threads, seed=args.seed,
-                               progress=progress, on_error=args.on_error)
-        finally:
-            if progress is not None:
-                progress.stop()
+            try:
+                report = reproduce(path, table=args.table, split=args.split,
+                                   epochs=args.epochs, patience=args.patience,
+                                   batch_size=args.batch_size, quick=args.quick, oof=args.oof,
+                                   rows=rows, models=models, bits=args.bits,
+                                   threads=args.threads, seed=args.seed, progress=progress,
+                                   source=options)
+            finally:
+                if progress is not None:
+                    progress.stop()
         if args.file is None:
             report["data"]["file"] = f"generated {args.generate_format} stream (seed {args.seed})"
+        _write_outputs(args, report)
+    except (ParseError, ValueError, OSError) as exc:
+        print(f"streamfusion reproduce: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print_summary(report, Console())
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.report:
         # strict JSON: an undefined metric (a test part with one class) is null, not NaN
         write_json(Path(args.report), report)
@@ -358,5 +396,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(markdown(report))
     if args.plot:
         plot(report, args.plot)
-    print_summary(report, console)
-    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line (an OSError by its reason and file name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return " ".join(str(exc).split())

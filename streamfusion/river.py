@@ -410,7 +410,9 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             first_fit=int(self.first_fit),
             extra={"trees": {"min_fit_rows": min(int(self.first_fit), int(self.window)),
                              "swap_lag": int(self.refit_every) // 10,  # small fits are quick
-                             "min_data_in_leaf": int(self.min_data_in_leaf)}},
+                             "min_data_in_leaf": int(self.min_data_in_leaf),
+                             # leaves of a few min_data_in_leaf: windows are small here
+                             "leaf_rows": 2 * int(self.min_data_in_leaf)}},
         )
 
     # ------------------------------------------------------------------ encoding

@@ -98,20 +98,28 @@ def test_an_output_that_fails_at_the_end_is_an_error_not_a_traceback(stream, fla
     assert not os.path.exists("/dev/full.png")  # the plot goes to the path as given
 
 
-def test_libsvm_trees_need_dense_columns(tmp_path):
+@pytest.mark.parametrize("fmt,token", [("libsvm", "{j}:1"), ("libfm", "{j}:1"),
+                                       ("libffm", "{f}:{j}:1")])
+def test_libsvm_like_input_gives_the_trees_columns_by_default(tmp_path, fmt, token):
     rng = np.random.default_rng(0)
     lines = []
     for _ in range(4000):
         feats = np.sort(rng.choice(200, 10, replace=False))
-        lines.append(f"{int(feats[0] % 3 == 0)} " + " ".join(f"{j}:1" for j in feats))
-    path = tmp_path / "w.libsvm"
+        label = "+1" if feats[0] % 3 == 0 else "-1"  # libsvm's and libFM's own labels
+        lines.append(label + " " + " ".join(token.format(f=k, j=j) for k, j in enumerate(feats)))
+    path = tmp_path / f"w.{fmt}"
     path.write_text("\n".join(lines) + "\n")
-    args = ["--file", str(path), *SMALL, "--first-fit", "500"]
+    args = ["--file", str(path), *SMALL, "--first-fit", "500", "--model", "gbdt"]
+    code, r = replay(tmp_path, *args, "--format", fmt)
+    assert code == 0 and r["format"] == fmt
+    # every id of the sample is a tree column, and the trees learn from them
+    assert len(r["column_kinds"]) == 201 and r["column_kinds"]["x0"] == "num"
+    assert r["model"]["version"] >= 1 and r["holdout"]["auc"] > 0.75
     with pytest.warns(UserWarning, match="--dense-features 0 gives the trees no columns"):
-        code, r = replay(tmp_path, *args)
-    assert code == 0 and r["model"]["refits"] == 0
-    code, r = replay(tmp_path, *args, "--dense-features", "200")
-    assert code == 0 and r["model"]["version"] >= 1
+        code, r = replay(tmp_path, *args, "--dense-features", "0")
+    assert code == 0 and r["holdout"]["auc"] == 0.5 and r["column_kinds"] == {"label": "label"}
+    code, r = replay(tmp_path, *args, "--dense-features", "100")
+    assert code == 0 and len(r["column_kinds"]) == 101
 
 
 def test_header_only_file_gives_an_empty_report_in_strict_json(stream, tmp_path, capsys):
@@ -217,17 +225,48 @@ def test_an_interrupt_ends_cleanly_and_removes_temporary_files(stream, tmp_path,
     assert list(tmp.iterdir()) == []
 
 
-def test_types_override_a_wrongly_inferred_column(tmp_path, capsys):
-    rows = ["a,target,n", *(f"{i},{i % 2},{i % 17}" for i in range(1500)), "1501,1,N/A"]
+def test_rare_words_are_counted_in_the_report_and_types_override(tmp_path):
+    rows = ["a,target,n,user_id", *(f"{i},{i % 2},{i % 17},{i % 50}" for i in range(1500)),
+            "1501,1,N/A,3", "1502,0,unknown,4"]
     path = tmp_path / "infer.csv"
     path.write_text("\n".join(rows) + "\n")
-    code, _ = replay(tmp_path, "--file", str(path), "--label", "target", *SMALL)
-    err = capsys.readouterr().err
-    assert code == 1 and "line 1502: not a finite number in column 'n'" in err
-    assert "--types n=cat" in err
+    with pytest.warns(UserWarning, match="column 'n': values that are not numbers"):
+        code, r = replay(tmp_path, "--file", str(path), "--label", "target", *SMALL)
+    assert code == 0 and r["rows"] == 1502
+    # a: distinct integers (a row key), user_id: an id by its name; n stays numeric
+    assert r["column_kinds"] == {"a": "cat", "target": "label", "n": "num", "user_id": "cat"}
+    assert r["unparsed_numbers"] == {"n": 2}
     code, r = replay(tmp_path, "--file", str(path), "--label", "target", *SMALL,
-                     "--types", "n=cat")
-    assert code == 0 and r["rows"] == 1501
+                     "--types", "n=cat,user_id=num,a=skip")
+    assert code == 0 and r["rows"] == 1502 and r["unparsed_numbers"] == {}
+    assert r["column_kinds"] == {"a": "skip", "target": "label", "n": "cat", "user_id": "num"}
+
+
+def test_unparsed_counts_survive_a_resume(tmp_path):
+    rows = ["target,score", *(f"{i % 2},{'?' if i % 101 == 0 else i * 0.5}" for i in range(6000))]
+    path = tmp_path / "words.csv"
+    path.write_text("\n".join(rows) + "\n")
+    opts = ["--file", str(path), "--label", "target", *SMALL, "--model", "lr"]
+    with pytest.warns(UserWarning, match="column 'score'"):
+        code, whole = replay(tmp_path, *opts)
+    assert code == 0 and whole["unparsed_numbers"] == {"score": 60}
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "1024"]
+    with pytest.warns(UserWarning, match="column 'score'"):
+        code, first = replay(tmp_path, *opts, *ckpt, "--rows", "3000")
+    assert code == 0 and 0 < first["unparsed_numbers"]["score"] < 60
+    code, resumed = replay(tmp_path, *opts, *ckpt, "--resume")
+    assert code == 0 and resumed["unparsed_numbers"] == {"score": 60}
+
+
+def test_avazu_and_criteo_kinds_are_in_the_report(stream, tmp_path, shared_data):
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL, "--rows", "1000")
+    assert code == 0 and r["unparsed_numbers"] == {}
+    assert (r["column_kinds"]["id"], r["column_kinds"]["click"], r["column_kinds"]["hour"],
+            r["column_kinds"]["site_id"]) == ("skip", "label", "hour", "cat")
+    code, r = replay(tmp_path, "--file", str(shared_data / "criteo" / "sample.train"), *SMALL,
+                     "--rows", "1000")
+    assert code == 0 and len(r["column_kinds"]) == 40
+    assert r["column_kinds"]["I1"] == "num" and r["column_kinds"]["C1"] == "cat"
 
 
 def test_corrupt_gzip_says_how_far_the_rows_got(tmp_path):

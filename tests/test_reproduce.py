@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -186,12 +188,111 @@ def test_cli_writes_report_markdown_and_plot(tmp_path, log_file):
     assert "**Table 2**" in (tmp_path / "r.md").read_text()
 
 
-def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path):
+def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path, capsys):
     from streamfusion.cli import main
 
-    assert main(["reproduce", "--file", str(tmp_path / "nope.csv"), "--no-progress"]) == 2
+    assert main(["reproduce", "--file", str(tmp_path / "nope.csv"), "--no-progress"]) == 1
+    assert "nope.csv: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["reproduce", "--models", "GBDT,XGBoost", "--no-progress"])
+
+
+def _reproduce_cli(*args: str) -> subprocess.CompletedProcess:
+    """`streamfusion reproduce` in its own process, so that a traceback would be seen."""
+    return subprocess.run([sys.executable, "-m", "streamfusion.cli", "reproduce", *args,
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+
+
+def _word_log(path, bad_line: str | None = None) -> None:
+    rng = np.random.default_rng(1)
+    lines = ["clk,site,age,user_id"]
+    for i in range(600):
+        age = "unknown" if i % 150 == 7 else str(int(rng.integers(18, 80)))
+        lines.append(f"{int(rng.random() < 0.3)},s{rng.integers(0, 9)},{age},{i % 40}")
+    if bad_line is not None:
+        lines.insert(300, bad_line)
+    path.write_text("\n".join(lines) + "\n")
+
+
+QUICK = ["--quick", "--epochs", "1", "--table", "2", "--models", "GBDT,LR", "--bits", "12"]
+
+
+@pytest.mark.parametrize("bad,reason", [
+    ("1,s3,40", "line 301: wrong column count (got 3, want 4)"),
+    ("2,s3,40,1", "line 301: bad label (must be 0 or 1) in column 'clk'"),
+])
+def test_cli_a_bad_row_is_one_line_not_a_traceback(tmp_path, bad, reason):
+    path = tmp_path / "log.csv"
+    _word_log(path, bad)
+    out = _reproduce_cli("--file", str(path), "--format", "csv", "--label", "clk", *QUICK)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and all(ln.startswith("streamfusion") for ln in lines)
+    assert lines[-1] == f"streamfusion reproduce: {path}, {reason}"
+    # replay's input flags: --on-error skip goes on, the row counted
+    report = tmp_path / "r.json"
+    out = _reproduce_cli("--file", str(path), "--format", "csv", "--label", "clk", *QUICK,
+                         "--on-error", "skip", "--report", str(report))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(report.read_text())["data"]["skipped_rows"] == 1
+
+
+def test_cli_bad_input_flags_are_one_line_errors(tmp_path):
+    path = tmp_path / "log.csv"
+    _word_log(path)
+    for args, message in (
+            (["--format", "csv"], "format='csv' needs label=COLUMN"),
+            (["--label", "clk", "--types", "nope=cat"], "no column 'nope'"),
+            (["--format", "avazu"], "not an Avazu file"),
+            (["--label", "clk", "--report", str(tmp_path)], "is a directory")):
+        out = _reproduce_cli("--file", str(path), *QUICK, *args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+
+
+def test_cli_takes_replay_input_flags(tmp_path):
+    path = tmp_path / "log.csv"
+    _word_log(path)
+    report = tmp_path / "r.json"
+    code = main_cli("--file", str(path), "--label", "clk", *QUICK, "--report", str(report))
+    assert code == 0
+    data = json.loads(report.read_text())["data"]
+    assert data["column_kinds"] == {"clk": "label", "site": "cat", "age": "num",
+                                    "user_id": "cat"}
+    assert data["unparsed_numbers"] == {"age": 4}  # words are missing values, not errors
+    code = main_cli("--file", str(path), "--label", "clk", *QUICK, "--report", str(report),
+                    "--types", "age=cat,user_id=skip")
+    data = json.loads(report.read_text())["data"]
+    assert code == 0 and data["unparsed_numbers"] == {}
+    assert (data["column_kinds"]["age"], data["column_kinds"]["user_id"]) == ("cat", "skip")
+    assert data["fields"] == 2
+
+
+def test_reproduce_and_replay_share_the_input_flags():
+    import argparse
+
+    from streamfusion import replay, reproduce
+    from streamfusion.inputs import SOURCE_OPTIONS
+
+    def options(module) -> dict:
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.dest: (a.default, a.choices, a.help) for a in parser._actions
+                if a.dest in SOURCE_OPTIONS}
+
+    assert set(options(replay)) == set(SOURCE_OPTIONS)
+    assert options(replay) == options(reproduce)
+    assert "libffm" in options(reproduce)["format"][1]
+
+
+def main_cli(*args: str) -> int:
+    import warnings
+
+    from streamfusion.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(["reproduce", *args, "--no-progress"])
 
 
 def test_a_csv_log_with_a_one_class_test_part_gives_null_auc(tmp_path):

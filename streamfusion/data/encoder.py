@@ -7,6 +7,7 @@ format, so a record encodes identically whichever way it arrives.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -80,6 +81,9 @@ class Encoder:
         self.count_bits = int(count_bits)
         self.counts = np.zeros(1 << count_bits, dtype=np.int32)
         self.seen = np.zeros(1, dtype=np.int64)  # rows encoded: the denominator of the shares
+        # per input column: numeric cells that were not numbers, read as missing (lenient)
+        self.unparsed = np.zeros(len(schema.columns), dtype=np.int64)
+        self._warned = np.zeros(len(schema.columns), dtype=bool)
         self.F = len(schema.field_names)
         self.T = len(schema.dense_names)
         self._compile()
@@ -96,9 +100,9 @@ class Encoder:
                 field.append(f)
                 has_dense = c.kind != "cat" or c.dense != "none"
                 dslot.append(d if has_dense else -1)
-                width = 2 if c.kind == "hour" else 1
-                f += width
-                d += width if has_dense else 0
+                # hour: hour of day and weekday; num: the value and its bin (learner only)
+                f += 2 if c.kind in ("hour", "num") else 1
+                d += (2 if c.kind == "hour" else 1) if has_dense else 0
             else:
                 field.append(-1)
                 dslot.append(-1)
@@ -107,6 +111,8 @@ class Encoder:
         self._field = np.array(field, dtype=np.int32)
         self._dslot = np.array(dslot, dtype=np.int32)
         self._dmode = np.array(dmode, dtype=np.int32)
+        self._lenient = np.array([c.lenient for c in s.columns], dtype=np.int32)
+        self._dense_ids = np.array(s.dense_ids, dtype=np.int64)
         self._salt = np.array([_parse.field_salt(i, self.seed) for i in range(self.F)],
                               dtype=np.uint64)
         self._num_row = np.array([_parse.hash_value(i, b"", self.bits, self.seed)
@@ -137,14 +143,33 @@ class Encoder:
         o = {k: v[offset:] for k, v in out.items()}
         if self.schema.is_svm:
             return _parse.parse_svm(buf, start, end, max_rows, self.bits, self.seed,
-                                    self.schema.name == "libfm", self.pad_row, o["indices"],
-                                    o["values"], o["dense"], o["y"], o["line"], o["time"],
-                                    state)
-        return _parse.parse_delim(
+                                    self.schema.field_aware, self._dense_ids, self.pad_row,
+                                    o["indices"], o["values"], o["dense"], o["y"], o["line"],
+                                    o["time"], state)
+        rows = _parse.parse_delim(
             self._kind, self._field, self._dslot, self._dmode, self._salt, self._num_row,
-            self.counts, self.seen, self._delim, self.bits, self.count_bits, label_missing_ok,
-            buf, start, end, max_rows, o["indices"], o["values"], o["dense"], o["y"], o["line"],
-            o["time"], state)
+            self._lenient, self.counts, self.seen, self.unparsed, self._delim, self.bits,
+            self.count_bits, label_missing_ok, buf, start, end, max_rows, o["indices"],
+            o["values"], o["dense"], o["y"], o["line"], o["time"], state)
+        if rows and self.unparsed.any():
+            self._warn_unparsed()
+        return rows
+
+    def _warn_unparsed(self) -> None:
+        """Warn once per column about its first word read as a missing number."""
+        new = (self.unparsed > 0) & ~self._warned
+        for j in np.flatnonzero(new):
+            name = self.schema.columns[j].name
+            warnings.warn(f"column {name!r}: values that are not numbers are read as missing "
+                          f"(counted in the report's unparsed_numbers; --types {name}=cat reads "
+                          "the column as categories)", stacklevel=3)
+        self._warned |= new
+
+    def unparsed_numbers(self) -> dict[str, int]:
+        """``{column: count}`` of the numeric cells read as missing because they were not
+        numbers (lenient columns only; columns without any are left out)."""
+        return {self.schema.columns[j].name: int(self.unparsed[j])
+                for j in np.flatnonzero(self.unparsed)}
 
     def reason(self, state: np.ndarray) -> str:
         """The message of the error recorded in ``state``."""
@@ -156,13 +181,14 @@ class Encoder:
             text += f" (got {col}, want {len(cols)})"
         elif code in (2, 3, 4, 8) and 0 <= col < len(cols):
             text += f" in column {cols[col].name!r}"
-            if code == 2 and self.schema.name == "csv":
-                text += (f" (its kind was inferred from the first rows; --types "
-                         f"{cols[col].name}=cat reads it as a category)")
+            if code == 2:
+                text += (f" (--types {cols[col].name}=num reads such values as missing, "
+                         f"--types {cols[col].name}=cat as categories)")
         elif code == 6:
             text += f" (--max-features {self.schema.max_features})"
         elif code == 7:
-            text += " (want idx:val)" if self.schema.name == "libsvm" else " (want field:idx:val)"
+            text += (" (want field:idx:val: libffm)" if self.schema.field_aware
+                     else " (want idx:val: libsvm / libfm; field:idx:val is --format libffm)")
         return text
 
     # ------------------------------------------------------------------ Kafka records
@@ -242,13 +268,17 @@ class Encoder:
             "count_bits": self.count_bits,
             "counts": self.counts.copy(),
             "seen": int(self.seen[0]),
+            "unparsed": self.unparsed.copy(),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore the count table; the config must match this encoder's (else ValueError)."""
+        """Restore the count table and the unparsed-number counts; the config must match this
+        encoder's (else ValueError). A column already counted is not warned about again."""
         self._validate(state)
         self.counts[:] = state["counts"]
         self.seen[0] = state["seen"]
+        self.unparsed[:] = state.get("unparsed", 0)  # absent from states that predate it
+        self._warned[:] = self.unparsed > 0
 
     @classmethod
     def from_state_dict(cls, state: Mapping) -> Encoder:
@@ -280,6 +310,11 @@ class Encoder:
         seen = state.get("seen")
         if not isinstance(seen, (int, np.integer)) or isinstance(seen, bool) or seen < 0:
             raise ValueError(f"encoder state: seen must be a non-negative int, got {seen!r}")
+        unparsed = state.get("unparsed", self.unparsed)
+        if (not isinstance(unparsed, np.ndarray) or unparsed.dtype != np.int64
+                or unparsed.shape != self.unparsed.shape or (unparsed < 0).any()):
+            raise ValueError(f"encoder state: unparsed must be non-negative int64 "
+                             f"{self.unparsed.shape}")
 
 
 def _cell(name: str, kind: str, v: object, delim: str) -> str:

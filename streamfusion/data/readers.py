@@ -37,7 +37,9 @@ from streamfusion.data.schema import (
 from streamfusion.features import Batch
 
 DEFAULT_CHUNK_BYTES = 4 << 20  # big enough to amortise the Python per-chunk work
-HEAD_BYTES = 1 << 20  # first decompressed bytes read for format detection / type inference
+# first decompressed bytes read for format detection and type inference: room for the
+# sample's DEFAULT_SAMPLE_ROWS rows of a wide log (400 bytes a row), a few ms to read
+HEAD_BYTES = 8 << 20
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is a binary file or a missing newline
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -463,7 +465,7 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
                 types: Mapping[str, str] | None = None, bits: int = 20, seed: int = 0,
                 on_error: str = "fail", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                 count_bits: int = DEFAULT_COUNT_BITS, delimiter: str = ",",
-                max_features: int = DEFAULT_MAX_FEATURES, dense_features: int = 0,
+                max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
                 sample_rows: int = DEFAULT_SAMPLE_ROWS,
                 encoder: Encoder | None = None) -> FileSource:
     """Open a click log as a :class:`FileSource`.
@@ -473,11 +475,13 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
     path : path-like
         Plain or gzip-compressed (recognised by its magic bytes) text file.
     format : str
-        ``"auto"`` (Avazu, Criteo or libsvm/libfm from the first lines), ``"avazu"``,
-        ``"criteo"``, ``"csv"`` (needs ``label``), ``"libsvm"`` or ``"libfm"``.
+        ``"auto"`` (Avazu, Criteo, libsvm/libfm or libffm from the first lines), ``"avazu"``,
+        ``"criteo"``, ``"csv"`` (needs ``label``), ``"libsvm"``, ``"libfm"`` (libFM's
+        ``label idx:val``, the libsvm syntax) or ``"libffm"`` (``label field:idx:val``).
     label, types, delimiter, sample_rows
         CSV: the label column, kind overrides ``{"col": "num" | "cat" | "skip"}``, the
-        separator and how many rows the type inference reads. ``types`` also applies to the
+        separator and how many rows the type inference reads (see
+        :func:`~streamfusion.data.schema.infer_csv_schema`). ``types`` also applies to the
         Avazu / Criteo schemas.
     bits, seed, count_bits
         Hashing config of a new :class:`Encoder` (ignored when ``encoder`` is given).
@@ -486,7 +490,9 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
     chunk_bytes : int
         Read size; memory is bounded by it.
     max_features, dense_features
-        libsvm / libfm: learner slots per row (F) and dense width (T).
+        libsvm / libfm / libffm: learner slots per row (F), and the trees' columns: feature
+        ids ``0..dense_features-1``, or with None (default) the ids chosen from the sample
+        (:func:`~streamfusion.data.schema.svm_dense_ids`).
     encoder : Encoder, optional
         Reuse an encoder (its schema, config and counts), e.g. one restored from a checkpoint.
     """

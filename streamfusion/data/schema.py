@@ -1,14 +1,17 @@
 """Schemas: what each input column becomes for the learner (fields) and the trees (dense).
 
 A delimited schema is a tuple of :class:`Column`; the compiled form that the C pass reads is
-built by :class:`streamfusion.data.encoder.Encoder`. libsvm / libfm have no columns: each row
-fills up to ``max_features`` learner slots in order.
+built by :class:`streamfusion.data.encoder.Encoder`. libsvm / libfm / libffm have no columns:
+each row fills up to ``max_features`` learner slots in order, and the feature ids the trees see
+(``dense_features`` / ``dense_ids``) fill one tree column each.
 
 Learner fields (``field_names``, F of them) and tree features (``dense_names``, T) follow the
 column order. Per column kind:
 
 - ``num``:  one learner field (row = hash of the field alone, value = sign(x) * log1p(|x|),
-  0 when missing) and one dense feature (x as is, 0 when missing).
+  0 when missing) and one dense feature (x as is, NaN when missing). A ``lenient`` column (a
+  generic CSV's) reads a cell that is not a number as missing and counts it; elsewhere such a
+  cell makes the row malformed.
 - ``cat``:  one learner field (row = hash of the value with the field's salt, value 1.0; a
   missing value is the empty-string token) and, by ``dense``, one tree feature: ``"int"``
   (the value read as a number; 0 if missing or not a number), ``"count"`` (how often the value
@@ -17,14 +20,21 @@ column order. Per column kind:
 - ``hour``: Avazu YYMMDDHH: learner fields and dense features ``hour_of_day`` and ``weekday``
   (Monday = 0); the row's ``time`` is YYMMDDHH as an integer.
 - ``label``: 0/1 click; ``skip``: ignored (ids).
+
+A generic CSV's kinds are inferred from a sample of up to ``DEFAULT_SAMPLE_ROWS`` rows (see
+:func:`infer_csv_schema`); ``types`` overrides them.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from streamfusion import _parse
 
@@ -45,27 +55,56 @@ AVAZU_INT_COLUMNS = frozenset(
 CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
 
-# CSV type inference: a column whose non-empty values all parse as numbers is numeric only if
-# it has at least this many distinct values in the sample (few distinct = codes, not amounts)
+# Input formats as users name them: libfm is libFM's own `label idx:val` (the libsvm syntax),
+# libffm the field-aware `label field:idx:val`
+FORMATS = ("auto", "avazu", "criteo", "csv", "libsvm", "libfm", "libffm")
+SVM_FORMATS = ("libsvm", "libfm", "libffm")
+
+# CSV type inference. A column whose values parse as numbers is numeric only if it has at
+# least this many distinct values in the sample (few distinct = codes, not amounts)
 NUMERIC_MIN_DISTINCT = 16
-DEFAULT_SAMPLE_ROWS = 1000
+# words in a numeric column ("?", "unknown") up to this share of its sampled values are
+# missing values, not categories: real logs carry a few such placeholders
+MAX_WORD_SHARE = 0.02
+# placeholders that mean "missing" whatever their share (compared lower-cased and stripped)
+MISSING_WORDS = frozenset({"", "?", "-", "na", "n/a", "nan", "null", "none", "unknown", "#n/a"})
+# Integer ids without an id-like name, by their values: at least ID_MIN_DISTINCT distinct
+# (fewer are codes or small amounts, whatever their spread), none negative, and either all of
+# 5+ digits (hashes, offset ids) or spread evenly: mean at most ID_MAX_SKEW x the median, where
+# counts and amounts pile up at small values (Criteo's counts: mean 2-40x the median)
+ID_MIN_DISTINCT = 100
+ID_MIN_VALUE = 10_000
+ID_MAX_SKEW = 1.5
+# names that say "id": `*id` (user_id, userId, adgroupid) or containing `hash`
+ID_NAME = re.compile(r"(?i).*id|.*hash.*")
+# rows read for type inference: enough for rare words and id cardinality to show, for about
+# 0.2 s of Python on a 15-column log
+DEFAULT_SAMPLE_ROWS = 20_000
 DEFAULT_MAX_FEATURES = 64
+# libsvm / libfm / libffm: at most this many feature ids become tree columns by default (a
+# 200k-event tree window of them is 200 MB of float32)
+DENSE_AUTO_MAX = 256
+SVM_DETECT_LINES = 20  # lines whose tokens tell libsvm (idx:val) from libffm (field:idx:val)
 SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Column:
-    """One input column: ``kind`` in KINDS, ``dense`` in DENSE_MODES (categoricals only)."""
+    """One input column: ``kind`` in KINDS, ``dense`` in DENSE_MODES (categoricals only);
+    ``lenient`` (numeric only): a cell that is not a number is a missing value, counted."""
 
     name: str
     kind: str
     dense: str = "none"
+    lenient: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"column {self.name!r}: unknown kind {self.kind!r}")
         if self.dense not in DENSE_MODES:
             raise ValueError(f"column {self.name!r}: unknown dense mode {self.dense!r}")
+        if self.lenient and self.kind != "num":
+            raise ValueError(f"column {self.name!r}: only a numeric column is lenient")
 
 
 @dataclass(frozen=True)
@@ -75,17 +114,21 @@ class Schema:
     Parameters
     ----------
     name : str
-        ``"avazu"``, ``"criteo"``, ``"csv"``, ``"libsvm"`` or ``"libfm"``.
+        ``"avazu"``, ``"criteo"``, ``"csv"``, ``"libsvm"``, ``"libfm"`` or ``"libffm"``.
     columns : tuple of Column
-        Input columns in file order (empty for libsvm / libfm).
+        Input columns in file order (empty for libsvm / libfm / libffm).
     delimiter : str
         One-byte field separator.
     header : bool
         Whether the first line names the columns (and is skipped).
     max_features : int
-        libsvm / libfm: learner slots per row (F); shorter rows are padded.
+        libsvm / libfm / libffm: learner slots per row (F); shorter rows are padded.
     dense_features : int
-        libsvm / libfm: integer feature indices below this fill dense[idx] (T); default 0.
+        libsvm / libfm / libffm: the number of tree columns (T). Without ``dense_ids``,
+        feature id ``i < T`` fills column ``i``; default 0.
+    dense_ids : tuple of int
+        libsvm / libfm / libffm: the T sorted feature ids that fill the tree columns, in
+        order (empty: the ids below ``dense_features``).
 
     Examples
     --------
@@ -100,6 +143,7 @@ class Schema:
     header: bool = False
     max_features: int = 0
     dense_features: int = 0
+    dense_ids: tuple[int, ...] = ()
     field_names: tuple[str, ...] = field(init=False, compare=False)
     dense_names: tuple[str, ...] = field(init=False, compare=False)
 
@@ -113,17 +157,24 @@ class Schema:
             raise ValueError("more than one label column")
         fields: list[str] = []
         dense: list[str] = []
+        ids = tuple(int(i) for i in self.dense_ids)
+        object.__setattr__(self, "dense_ids", ids)
+        if ids and (len(ids) != self.dense_features or list(ids) != sorted(set(ids))
+                    or ids[0] < 0):
+            raise ValueError("dense_ids must be dense_features sorted, distinct ids >= 0")
         if self.is_svm:
             if self.max_features < 1:
-                raise ValueError("libsvm / libfm need max_features >= 1")
+                raise ValueError(f"{self.name} needs max_features >= 1")
             fields = [f"f{i}" for i in range(self.max_features)]
-            dense = [f"x{i}" for i in range(self.dense_features)]
+            dense = [f"x{i}" for i in (ids or range(self.dense_features))]
+        elif ids or self.dense_features:
+            raise ValueError("dense_features / dense_ids are for libsvm-like formats only")
         for c in self.columns:
             if c.kind == "hour":
                 fields += ["hour_of_day", "weekday"]
                 dense += ["hour_of_day", "weekday"]
             elif c.kind == "num":
-                fields.append(c.name)
+                fields += [c.name, f"{c.name}#bin"]
                 dense.append(c.name)
             elif c.kind == "cat":
                 fields.append(c.name)
@@ -136,7 +187,20 @@ class Schema:
 
     @property
     def is_svm(self) -> bool:
-        return self.name in ("libsvm", "libfm")
+        """A libsvm-like format (libsvm, libfm, libffm): features as ``idx:val`` tokens."""
+        return self.name in SVM_FORMATS
+
+    @property
+    def field_aware(self) -> bool:
+        """libffm: each token is ``field:idx:val``."""
+        return self.name == "libffm"
+
+    def column_kinds(self) -> dict[str, str]:
+        """The kind each input column is read as (for reports); for libsvm-like formats the
+        label and the feature ids the trees see (``x<id>``, numeric)."""
+        if self.is_svm:
+            return {"label": "label", **{name: "num" for name in self.dense_names}}
+        return {c.name: c.kind for c in self.columns}
 
     @property
     def label(self) -> str | None:
@@ -163,6 +227,7 @@ class Schema:
             "header": self.header,
             "max_features": self.max_features,
             "dense_features": self.dense_features,
+            "dense_ids": list(self.dense_ids),
         }
 
     @staticmethod
@@ -177,10 +242,15 @@ class Schema:
             header=bool(d["header"]),
             max_features=int(d["max_features"]),
             dense_features=int(d["dense_features"]),
+            dense_ids=tuple(d.get("dense_ids", ())),
         )
 
     def with_types(self, types: Mapping[str, str] | None) -> Schema:
-        """Override column kinds: ``{"col": "num" | "cat" | "skip"}``."""
+        """Override column kinds: ``{"col": "num" | "cat" | "skip"}``.
+
+        A column made numeric is lenient: the user chose the kind, so its words are counted
+        missing values, not malformed rows.
+        """
         if not types:
             return self
         known = {c.name: c for c in self.columns}
@@ -194,14 +264,14 @@ class Schema:
                 raise ValueError(f"types[{name!r}] must be 'num', 'cat' or 'skip'")
         for c in self.columns:
             t = types.get(c.name)
-            if t is None or t == c.kind:
+            if t is None or (t == c.kind and t != "num"):
                 cols.append(c)
             elif t == "cat":
                 cols.append(Column(c.name, "cat", "count"))
             else:
-                cols.append(Column(c.name, t))
+                cols.append(Column(c.name, t, lenient=t == "num"))
         return Schema(self.name, tuple(cols), self.delimiter, self.header,
-                      self.max_features, self.dense_features)
+                      self.max_features, self.dense_features, self.dense_ids)
 
 
 def avazu_schema(header: bool = True) -> Schema:
@@ -237,51 +307,139 @@ def criteo_schema(delimiter: str = "\t", header: bool = False, id_column: str | 
 
 
 def libsvm_schema(max_features: int = DEFAULT_MAX_FEATURES, dense_features: int = 0,
-                  libfm: bool = False) -> Schema:
-    """libsvm ``label idx:val ...`` / libfm ``label field:idx:val ...``: F = max_features.
+                  format: str = "libsvm", dense_ids: Sequence[int] = ()) -> Schema:
+    """libsvm / libfm ``label idx:val ...`` or libffm ``label field:idx:val ...``.
 
-    Trees get ``dense[idx] = val`` for integer indices below ``dense_features`` (T), nothing
-    else: with the default T = 0 the tree stage only contributes its prior.
+    F = ``max_features`` learner slots. The trees get ``dense[slot] = val`` for the feature
+    ids they see: the ``dense_ids`` (sorted) when given, else the ids below
+    ``dense_features``; with neither, the tree stage only contributes its prior.
     """
-    return Schema("libfm" if libfm else "libsvm", (), " ", False, max_features, dense_features)
+    if format not in SVM_FORMATS:
+        raise ValueError(f"not a libsvm-like format: {format!r}")
+    ids = tuple(dense_ids)
+    if ids == tuple(range(len(ids))):  # the ids 0..T-1 themselves: no lookup needed
+        return Schema(format, (), " ", False, max_features, len(ids) or dense_features)
+    return Schema(format, (), " ", False, max_features, len(ids), ids)
 
 
-def infer_csv_schema(names: list[str], rows: Iterable[list[str]], label: str,
+@dataclass(frozen=True)
+class ColumnProfile:
+    """What a sample says about one CSV column.
+
+    Attributes
+    ----------
+    values : int
+        Sampled cells that hold something (not empty, not a MISSING_WORDS placeholder).
+    words : int
+        Of those, cells that are not numbers.
+    distinct : int
+        Distinct numbers among them (as written: ``1`` and ``1.0`` are two); 0 when the words
+        alone made the profile stop early.
+    integer : bool
+        Every number is a whole number.
+    low, median, mean : float
+        Smallest, median and mean number (NaN without numbers).
+    """
+
+    values: int
+    words: int
+    distinct: int
+    integer: bool
+    low: float = math.nan
+    median: float = math.nan
+    mean: float = math.nan
+
+    @classmethod
+    def of(cls, cells: Sequence[str]) -> ColumnProfile:
+        """Profile the sampled cells of one column (each distinct cell is parsed once).
+
+        Stops early once the words alone make the column categorical: a column of strings
+        costs one look at its first distinct values, not a parse of all of them.
+        """
+        values = words = 0
+        numbers: list[float] = []
+        weights: list[int] = []
+        too_many = MAX_WORD_SHARE * len(cells)
+        for cell, n in Counter(cells).items():
+            x = _parse.parse_number(cell.encode())
+            if x is not None:
+                numbers.append(x)
+                weights.append(n)
+            elif cell.strip().lower() not in MISSING_WORDS:
+                words += n
+                if words > too_many:
+                    return cls(values + words, words, 0, False)
+            else:
+                continue
+            values += n
+        if not numbers:
+            return cls(values, words, 0, False)
+        x, w = np.array(numbers), np.array(weights)
+        order = np.argsort(x, kind="stable")
+        x, cum = x[order], np.cumsum(w[order])
+        median = float(x[np.searchsorted(cum, cum[-1] / 2)])
+        return cls(values, words, len(numbers), bool((x == np.floor(x)).all()), float(x[0]),
+                   median, float(x @ w[order] / cum[-1]))
+
+    @property
+    def numeric(self) -> bool:
+        """Numbers, with at most MAX_WORD_SHARE of words (read as missing values)."""
+        return self.distinct > 0 and self.words <= MAX_WORD_SHARE * self.values
+
+    @property
+    def ids(self) -> bool:
+        """Integers whose values look like ids: many, none negative, and all of 5+ digits or
+        spread evenly (see ID_MIN_DISTINCT, ID_MIN_VALUE, ID_MAX_SKEW)."""
+        if not (self.integer and self.distinct >= ID_MIN_DISTINCT and self.low >= 0):
+            return False
+        return self.low >= ID_MIN_VALUE or 0 < self.mean <= ID_MAX_SKEW * self.median
+
+
+def infer_column(name: str, profile: ColumnProfile) -> Column:
+    """The kind of one feature column of a generic CSV (see :func:`infer_csv_schema`)."""
+    if name.lower() == "id":
+        return Column(name, "skip")
+    if not profile.numeric:
+        return Column(name, "cat", "count")
+    if profile.integer and profile.distinct < NUMERIC_MIN_DISTINCT:  # codes
+        return Column(name, "cat", "int")
+    if profile.integer and ID_NAME.fullmatch(name):
+        return Column(name, "cat", "count")
+    if profile.ids:
+        # ids by their values alone: the trees keep the number, as they would an amount
+        return Column(name, "cat", "int")
+    if profile.distinct < NUMERIC_MIN_DISTINCT:
+        return Column(name, "cat", "count")
+    return Column(name, "num", lenient=True)
+
+
+def infer_csv_schema(names: list[str], rows: Iterable[Sequence[str]], label: str,
                      types: Mapping[str, str] | None = None, delimiter: str = ",") -> Schema:
-    """A CSV schema from its header and a sample of rows (see module docstring).
+    """A CSV schema from its header and a sample of rows.
 
-    A column is numeric when every non-empty sampled value parses as a number and it has at
-    least NUMERIC_MIN_DISTINCT distinct values; otherwise categorical (trees get the integer
-    when every value is an integer, else the count). A column named ``id`` is skipped.
+    Per column (empty cells and MISSING_WORDS placeholders are missing values):
+
+    - named ``id``: skipped; the label column: the label;
+    - numbers with few distinct values (< NUMERIC_MIN_DISTINCT): categorical codes (trees get
+      the integer when all are integers, else the count);
+    - integers in a column whose name says id (``*id``, ``*hash*``): categorical, counts for
+      the trees; integers whose values look like ids (:attr:`ColumnProfile.ids`: many
+      distinct, all of 5+ digits or spread evenly, unlike counts and amounts): categorical,
+      the trees get the integer;
+    - other numbers: numeric and lenient: words up to MAX_WORD_SHARE of the column's values
+      (``unknown``, ``?``) are read as missing values and counted, never an error;
+    - anything else: categorical (trees get the count).
+
+    ``types`` overrides the result. Rows whose cell count differs from the header's are left
+    out (the parser reports them with their line number).
     """
     if label not in names:
         raise ValueError(f"label column {label!r} not in the header {names}")
-    distinct: list[set[str]] = [set() for _ in names]
-    numeric = [True] * len(names)
-    integer = [True] * len(names)
-    for row in rows:
-        if len(row) != len(names):
-            continue  # malformed: the parser reports it with its line number later
-        for j, v in enumerate(row):
-            if v == "" or (not numeric[j] and not integer[j] and len(distinct[j]) > 64):
-                continue
-            if len(distinct[j]) <= NUMERIC_MIN_DISTINCT:
-                distinct[j].add(v)
-            x = _parse.parse_number(v.encode())
-            if x is None:
-                numeric[j] = integer[j] = False
-            elif not re.fullmatch(r"[+-]?\d+", v):
-                integer[j] = False
-    cols = []
-    for j, name in enumerate(names):
-        if name == label:
-            cols.append(Column(name, "label"))
-        elif name.lower() == "id":
-            cols.append(Column(name, "skip"))
-        elif numeric[j] and len(distinct[j]) >= NUMERIC_MIN_DISTINCT:
-            cols.append(Column(name, "num"))
-        else:
-            cols.append(Column(name, "cat", "int" if integer[j] and distinct[j] else "count"))
+    good = [r for r in rows if len(r) == len(names)]
+    columns = list(zip(*good, strict=True)) if good else [() for _ in names]
+    cols = [Column(name, "label") if name == label
+            else infer_column(name, ColumnProfile.of(cells))
+            for name, cells in zip(names, columns, strict=True)]
     return Schema("csv", tuple(cols), delimiter, True).with_types(types)
 
 
@@ -293,37 +451,70 @@ def split_cells(line: str, delimiter: str) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter, strict=True), [])
 
 
-def _sample_cells(line: str, delimiter: str) -> list[str]:
+def split_sample(lines: Sequence[str], delimiter: str) -> list[list[str]]:
+    """The cells of each sampled line, as the C tokenizer splits them; a line with bad
+    quoting gives no cells (the parser reports it with its line number later)."""
+    if delimiter != "," or not any('"' in ln for ln in lines):
+        return [ln.split(delimiter) for ln in lines]
+    try:  # one reader over all lines: far faster than one per line
+        return list(csv.reader(lines, delimiter=delimiter, strict=True))
+    except csv.Error:
+        return [_cells_or_none(ln, delimiter) for ln in lines]
+
+
+def _cells_or_none(line: str, delimiter: str) -> list[str]:
     try:
         return split_cells(line, delimiter)
     except csv.Error:
-        return []  # malformed: the parser reports it with its line number later
+        return []
 
 
-def _split_lines(head: bytes, complete: bool) -> list[bytes]:
-    lines = head.split(b"\n")
-    if not complete:
-        lines = lines[:-1]  # the last one may be cut
+def _split_lines(head: bytes, complete: bool, limit: int) -> list[bytes]:
+    """Up to ``limit`` whole lines of ``head``, blank ones left out."""
+    lines = head.split(b"\n", limit)
+    if len(lines) > limit or not complete:
+        lines = lines[:-1]  # the unsplit rest, or a line the head may have cut
     return [ln.rstrip(b"\r") for ln in lines if ln.strip()]
+
+
+def svm_dense_ids(lines: Sequence[bytes], field_aware: bool,
+                  limit: int = DENSE_AUTO_MAX) -> tuple[int, ...]:
+    """The feature ids of a libsvm-like sample that become tree columns: every id seen when
+    there are at most ``limit``, else the ``limit`` most frequent (ties: the smaller id)."""
+    token = _FFM_ID if field_aware else _SVM_ID
+    counts: Counter[int] = Counter()
+    for idx, n in Counter(token.findall(b"\n".join(lines))).items():
+        counts[int(idx)] += n
+    if len(counts) > limit:
+        counts = Counter(dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]))
+    return tuple(sorted(counts))
+
+
+# the id of each feature token; longer ids than 18 digits overflow the C parser's int64
+_SVM_ID = re.compile(rb"(?:^|(?<=[ \t]))(\d{1,18}):[^ \t:]*(?=[ \t]|$)", re.M)
+_FFM_ID = re.compile(rb"(?:^|(?<=[ \t]))\d+:(\d{1,18}):[^ \t:]*(?=[ \t]|$)", re.M)
 
 
 def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str | None = None,
                   types: Mapping[str, str] | None = None, delimiter: str = ",",
-                  max_features: int = DEFAULT_MAX_FEATURES, dense_features: int = 0,
+                  max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
                   sample_rows: int = DEFAULT_SAMPLE_ROWS) -> Schema:
     """Pick the schema of a file from its first bytes.
 
     ``format="auto"`` recognises Avazu (header names, or 24 comma fields with a 0/1 click and a
-    YYMMDDHH hour), Criteo (40 or 39 tab-separated fields, or the Kaggle csv headers) and
-    libsvm / libfm (``idx:val`` tokens); any other file needs ``format="csv"`` or a label.
+    YYMMDDHH hour), Criteo (40 or 39 tab-separated fields, or the Kaggle csv headers), libsvm
+    (``idx:val`` tokens, reported as ``libsvm``; libFM files are the same) and libffm
+    (``field:idx:val``); any other file needs ``format="csv"`` or a label. Up to
+    ``sample_rows`` lines type a CSV's columns and, with ``dense_features=None``, choose a
+    libsvm-like file's tree columns (:func:`svm_dense_ids`).
     """
-    lines = _split_lines(head, complete)
+    lines = _split_lines(head, complete, sample_rows + 1)
     if not lines:
         raise ValueError("no complete line in the first bytes")
     first = lines[0].decode("utf-8", "replace")
     fmt = format
     if fmt == "auto":
-        fmt = _detect(first, label)
+        fmt = _detect(first, lines, label)
     if fmt == "avazu":
         cells = first.split(",")
         if tuple(cells) == AVAZU_COLUMNS:
@@ -336,24 +527,25 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
             raise ValueError(f"not an Avazu file: first line has {len(cells)} fields, want 24")
     elif fmt == "criteo":
         schema = _criteo_from_first(first)
-    elif fmt in ("libsvm", "libfm"):
-        schema = libsvm_schema(max_features, dense_features, libfm=fmt == "libfm")
+    elif fmt in SVM_FORMATS:
+        ids = () if dense_features is not None else svm_dense_ids(lines, fmt == "libffm")
+        schema = libsvm_schema(max_features, dense_features or 0, fmt, ids)
     elif fmt == "csv":
         if label is None:
             raise ValueError("format='csv' needs label=COLUMN")
         names = split_cells(first, delimiter)
-        sample = (_sample_cells(ln.decode("utf-8", "replace"), delimiter)
-                  for ln in lines[1:1 + sample_rows])
-        return infer_csv_schema(names, sample, label, types, delimiter)
+        text = b"\n".join(lines[1:]).decode("utf-8", "replace")
+        rows = split_sample(text.split("\n") if text else [], delimiter)
+        return infer_csv_schema(names, rows, label, types, delimiter)
     else:
-        raise ValueError(f"unknown format {format!r}: auto, avazu, criteo, csv, libsvm, libfm")
+        raise ValueError(f"unknown format {format!r}: {', '.join(FORMATS)}")
     if label is not None and not schema.is_svm and label != schema.label:
         raise ValueError(f"label={label!r}, but the {schema.name} label column is "
                          f"{schema.label!r}")
     return schema.with_types(types)
 
 
-def _detect(first: str, label: str | None) -> str:
+def _detect(first: str, lines: Sequence[bytes], label: str | None) -> str:
     cells = first.split(",")
     if tuple(cells) == AVAZU_COLUMNS or (
         len(cells) == len(AVAZU_COLUMNS) and cells[1] in ("0", "1")
@@ -367,17 +559,25 @@ def _detect(first: str, label: str | None) -> str:
         lower[:-39] in (["label"], ["id", "label"])
     ):
         return "criteo"
-    tokens = first.split()
-    if len(tokens) >= 2 and _parse.parse_number(tokens[0].encode()) is not None:
-        colons = {t.count(":") for t in tokens[1:]}
-        if colons == {1}:
-            return "libsvm"
-        if colons == {2}:
-            return "libfm"
+    svm = _svm_format(lines[:SVM_DETECT_LINES])
+    if svm is not None:
+        return svm
     if label is not None:
         return "csv"
-    raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm or libfm): give "
-                     "--format csv --label COLUMN, or another --format")
+    raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm or libffm): "
+                     "give --format csv --label COLUMN, or another --format")
+
+
+def _svm_format(lines: Sequence[bytes]) -> str | None:
+    """``libsvm`` when every feature token of ``lines`` is ``idx:val``, ``libffm`` when every
+    one is ``field:idx:val``, else None (each line must start with a numeric label)."""
+    colons: set[int] = set()
+    for line in lines:
+        tokens = line.split()
+        if not tokens or _parse.parse_number(tokens[0]) is None:
+            return None
+        colons.update(t.count(b":") for t in tokens[1:])
+    return {frozenset({1}): "libsvm", frozenset({2}): "libffm"}.get(frozenset(colons))
 
 
 def _criteo_from_first(first: str) -> Schema:

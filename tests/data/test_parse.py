@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from streamfusion.data import (
     read_all,
 )
 from streamfusion.data.encoder import PAD_FIELD
-from streamfusion.data.schema import AVAZU_COLUMNS, AVAZU_INT_COLUMNS
+from streamfusion.data.schema import AVAZU_COLUMNS, AVAZU_INT_COLUMNS, DENSE_AUTO_MAX
 
 M64 = (1 << 64) - 1
 
@@ -216,23 +217,28 @@ def test_criteo_tsv_row_matches_rules(tmp_path):
     assert line.count("\t") == 39
     p = write(tmp_path, "train.txt", line + "\n" + line + "\n")
     b = read_all(p, seed=3)
-    assert b.indices.shape == (2, 39) and b.dense.shape == (2, 39)
+    # learner: each number's value and its bin, then the categoricals; trees: 13 + 26
+    assert b.indices.shape == (2, 52) and b.dense.shape == (2, 39)
     cells = line.split("\t")
     for j in range(13):
         raw = cells[1 + j]
-        assert b.indices[0, j] == _parse.hash_value(j, b"", 20, 3)  # numeric: the field alone
+        f = 2 * j
+        assert b.indices[0, f] == _parse.hash_value(f, b"", 20, 3)  # numeric: the field alone
         want = slog(float(raw)) if raw else 0.0
-        assert b.values[0, j] == pytest.approx(want, rel=1e-6)
+        assert b.values[0, f] == pytest.approx(want, rel=1e-6)
+        bin_ = _parse.number_bin(float(raw)) if raw else -2**31
+        assert b.indices[0, f + 1] == _parse.hash_value(f + 1, struct.pack("<i", bin_), 20, 3)
+        assert b.values[0, f + 1] == 1.0
         if raw:
             assert b.dense[0, j] == float(raw)
         else:  # the trees see a missing number as missing (NaN), the learner as 0
-            assert np.isnan(b.dense[0, j]) and b.values[0, j] == 0.0
+            assert np.isnan(b.dense[0, j]) and b.values[0, j * 2] == 0.0
     for j in range(26):
-        f = 13 + j
+        f = 26 + j
         assert b.indices[0, f] == _parse.hash_value(f, cells[14 + j].encode(), 20, 3)
         assert b.values[0, f] == 1.0
         # counts per million rows seen: 1 of 1, then 2 of 2
-        assert b.dense[0, f] == 1e6 and b.dense[1, f] == 1e6
+        assert b.dense[0, 13 + j] == 1e6 and b.dense[1, 13 + j] == 1e6
     assert list(b.y) == [1.0, 1.0] and list(b.time) == [-1, -1]
 
 
@@ -256,7 +262,7 @@ def test_criteo_unlabelled_test_file(tmp_path):
     src = open_source(write(tmp_path, "test.txt", line + "\n"))
     assert src.schema.label is None
     b = src.next_batch(10)
-    assert np.isnan(b.y).all() and b.indices.shape == (1, 39)
+    assert np.isnan(b.y).all() and b.indices.shape == (1, 52)
 
 
 def test_csv_type_inference_and_overrides(tmp_path):
@@ -271,11 +277,12 @@ def test_csv_type_inference_and_overrides(tmp_path):
     assert kinds["price"][0] == "num"
     assert kinds["level"] == ("cat", "int")  # numbers, but few distinct values
     assert kinds["city"] == ("cat", "count")
-    assert src.schema.field_names == ("price", "level", "city", "when")
+    assert src.schema.field_names == ("price", "price#bin", "level", "city", "when")
+    assert src.schema.dense_names == ("price", "level", "city", "when")
     b = read_all(p, label="clk")
-    f_price, f_level = 0, 1
+    f_price, d_level = 0, 1
     assert b.values[3, f_price] == pytest.approx(slog(4.75))
-    assert b.dense[3, f_price] == 4.75 and b.dense[3, f_level] == 0
+    assert b.dense[3, f_price] == 4.75 and b.dense[3, d_level] == 0
     # missing numeric: 0 for the learner (the fill rule), NaN (missing) for the trees
     assert b.values[40, f_price] == 0.0 and np.isnan(b.dense[40, f_price])
     over = open_source(p, label="clk", types={"price": "cat", "when": "skip", "id": "num"})
@@ -311,13 +318,34 @@ def test_libsvm_rows(tmp_path):
         read_all(write(tmp_path, "e.svm", "1 1:1\n1 1:1 2:1 3:1\n"), max_features=2)
 
 
-def test_libfm_rows(tmp_path):
-    p = write(tmp_path, "d.fm", "1 0:3:0.5 2:3:1\n0 1:9:1\n")
-    b = read_all(p, max_features=3)
+def test_libffm_rows(tmp_path):
+    p = write(tmp_path, "d.ffm", "1 0:3:0.5 2:3:1\n-1 1:9:1\n")
+    src = open_source(p, max_features=3)
+    assert src.schema.name == "libffm"
+    b = read_all(p, max_features=3, dense_features=0)
+    assert list(b.y) == [1, 0]
     assert list(b.indices[0, :2]) == [row(0, b"3", 20, 0), row(2, b"3", 20, 0)]
     assert list(b.values[0]) == [0.5, 1.0, 0.0]
     assert b.indices[1, 0] == row(1, b"9", 20, 0)
     assert b.dense.shape == (2, 0)
+
+
+def test_libfm_is_libsvm_syntax_with_plus_minus_one_labels(tmp_path):
+    text = "+1 3:0.5 10:2\n-1 7:1\n1 2:1\n0 5:4\n"
+    p = write(tmp_path, "d.libfm", text)
+    fm = read_all(p, format="libfm", max_features=3, seed=2)
+    svm = read_all(p, format="libsvm", max_features=3, seed=2)
+    assert list(fm.y) == [1, 0, 1, 0]
+    for name in ("indices", "values", "dense", "y"):
+        np.testing.assert_array_equal(getattr(fm, name), getattr(svm, name), err_msg=name)
+    assert fm.indices[0, 0] == row(0, b"3", 20, 2)  # no field: the salt of field 0
+    with open_source(p, format="libfm") as src:
+        assert src.schema.name == "libfm" and not src.schema.field_aware
+    ffm = write(tmp_path, "d.ffm", "1 0:3:1\n")
+    with pytest.raises(ParseError, match=r"line 1: bad feature token .*--format libffm"):
+        read_all(ffm, format="libfm")
+    with pytest.raises(ParseError, match=r"line 1: bad feature token \(want field:idx:val"):
+        read_all(p, format="libffm")
 
 
 @pytest.mark.parametrize("first,fmt", [
@@ -325,7 +353,9 @@ def test_libfm_rows(tmp_path):
     (AVAZU_ROWS[0], "avazu"),
     (CRITEO_ROW, "criteo"),
     ("1 3:0.5 10:2", "libsvm"),
-    ("0 1:3:1 2:4:1", "libfm"),
+    ("-1 3:0.5 10:2", "libsvm"),
+    ("0 1:3:1 2:4:1", "libffm"),
+    ("-1 1:3:1 2:4:1", "libffm"),
 ])
 def test_auto_detection(tmp_path, first, fmt):
     rest = {"avazu": AVAZU_ROWS[0], "criteo": CRITEO_ROW}.get(fmt, first)
@@ -333,6 +363,53 @@ def test_auto_detection(tmp_path, first, fmt):
     with open_source(p) as src:
         assert src.schema.name == fmt
         assert len(src.next_batch(10)) == (1 if first.startswith("id,") else 2)
+
+
+def test_auto_detection_looks_past_a_line_without_features(tmp_path):
+    p = write(tmp_path, "f", "0\n1 2:7:1 3:8:1\n")
+    assert open_source(p).schema.name == "libffm"
+    mixed = write(tmp_path, "g", "0 1:1\n1 2:7:1\n")  # libsvm and libffm tokens: neither
+    with pytest.raises(ParseError, match="cannot detect the format"):
+        open_source(mixed)
+
+
+def test_svm_tree_columns_are_chosen_from_the_sample(tmp_path):
+    # small ids: each id seen is its own column, in id order
+    p = write(tmp_path, "s.svm", "1 3:0.5 10:2\n0 7:1\n1 1:2 3:1\n")
+    src = open_source(p)
+    assert src.schema.dense_names == ("x1", "x3", "x7", "x10")
+    b = read_all(p)
+    np.testing.assert_array_equal(b.dense, [[0, 0.5, 0, 2], [0, 0, 1, 0], [2, 1, 0, 0]])
+    # ids 0..T-1 all seen: the identity layout, no lookup
+    q = write(tmp_path, "t.svm", "1 0:1 1:2\n0 2:3\n")
+    assert open_source(q).schema.dense_ids == () and read_all(q).dense.shape == (2, 3)
+    # --dense-features N is still an explicit override (ids below N, 0 = none)
+    assert read_all(p, dense_features=4).dense.tolist()[0] == [0, 0, 0, 0.5]
+    assert read_all(p, dense_features=0).dense.shape == (3, 0)
+
+
+def test_svm_tree_columns_are_the_most_frequent_ids_when_there_are_many(tmp_path):
+    rare = [f"0 {1000 + i}:1" for i in range(DENSE_AUTO_MAX)]
+    common = [f"1 5:2 {10**9 + 1}:3 {10**6}:4"] * 3
+    p = write(tmp_path, "m.svm", "\n".join(common + rare) + "\n")
+    schema = open_source(p).schema
+    assert schema.dense_features == DENSE_AUTO_MAX
+    assert schema.dense_ids[:3] == (5, 1000, 1001) and schema.dense_ids[-2:] == (10**6, 10**9 + 1)
+    assert 1000 + DENSE_AUTO_MAX - 1 not in schema.dense_ids  # ties go to the smaller ids
+    b = read_all(p)
+    slot = {i: k for k, i in enumerate(schema.dense_ids)}
+    assert b.dense[0, slot[5]] == 2 and b.dense[0, slot[10**9 + 1]] == 3
+    assert b.dense[0, slot[10**6]] == 4 and b.dense[0].sum() == 9
+
+
+@given(st.lists(st.integers(0, 10**12), unique=True, max_size=40),
+       st.integers(0, 10**12 + 5), st.integers(0, 50))
+def test_dense_slot_twin_matches_python(ids, idx, width):
+    ids = sorted(ids)
+    arr = np.array(ids, dtype=np.int64)
+    want = ids.index(idx) if idx in ids else -1
+    assert _parse.dense_slot(idx, arr, 0) == want
+    assert _parse.dense_slot(idx, arr[:0], width) == (idx if idx < width else -1)
 
 
 def test_explicit_format_mismatch_is_an_error(tmp_path):
@@ -343,6 +420,14 @@ def test_explicit_format_mismatch_is_an_error(tmp_path):
 
 def test_encoder_direct_parse_matches_schema_width():
     enc = Encoder(criteo_schema(), bits=12)
-    assert (enc.F, enc.T) == (39, 39)
+    assert (enc.F, enc.T) == (52, 39)  # each number is a value and a bin for the learner
     enc = Encoder(libsvm_schema(max_features=5))
     assert (enc.F, enc.T) == (5, 0)
+
+
+def test_number_bins_keep_small_integers_apart_and_grow_coarser():
+    bins = [_parse.number_bin(x) for x in (0, 1, 2, 3, 10, 1e3, 1e6, -1, -2)]
+    assert bins[:4] == [0, 3, 5, 6]  # small integers: a bin each
+    assert len(set(bins)) == len(bins) and bins[-2:] == [-4, -6]  # symmetric
+    assert _parse.number_bin(1e6) == _parse.number_bin(1.1e6)  # large counts share bins
+    assert _parse.number_bin(float("inf")) == 10**6  # clamped, never undefined

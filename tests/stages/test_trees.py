@@ -324,8 +324,8 @@ def test_a_refit_worse_on_the_newest_rows_never_goes_live(monkeypatch):
     good = stage.margin(_batch(np.random.default_rng(1), 200))
     real_train = stage._train
 
-    def flipped(X, y, init, rounds, base, valid=None):  # a real LightGBM fit, labels inverted
-        return real_train(X, 1.0 - y, init, rounds, base, None)
+    def flipped(X, y, init, rounds, base, valid=None, cats=None):  # real fit, labels inverted
+        return real_train(X, 1.0 - y, init, rounds, base, None, cats)
 
     monkeypatch.setattr(stage, "_train", flipped)
     log: list = []
