@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 from streamfusion import checkpoint
@@ -373,3 +374,50 @@ def test_resume_refuses_a_moved_chrono_boundary(stream, tmp_path, capsys):
     assert code == 1 and r is None
     assert "chronological holdout of the checkpoint's run starts at event 9000" in err, err
     assert "would start at 18000" in err
+
+
+# -------------------------------------------------------------- learning from the first events
+def test_the_batch_schedule_grows_from_small_batches_to_the_largest():
+    sizes, done = [], 0
+    while done < 200_000:
+        sizes.append(batch_size_at(done, 1024))
+        done += sizes[-1]
+    assert sizes[0] == 32 and sizes[-1] == 512  # 200k events: not yet at full size
+    assert all(b in (a, 2 * a) for a, b in zip(sizes, sizes[1:], strict=False))
+    assert batch_size_at(10**7, 1024) == 1024 and batch_size_at(0, 8) == 8
+    assert [batch_size_at(n, 1024) for n in (16383, 16384)] == [32, 64]
+
+
+def test_trees_are_live_on_a_small_file_and_the_report_counts_them(stream, tmp_path):
+    # the default tree schedule on 6,000 events: before, the first fit waited for 50k
+    code, r = replay(tmp_path, "--file", str(stream), "--rows", "6000", "--model", "gbdt",
+                     "--quiet")
+    assert code == 0
+    m = r["model"]
+    assert m["refits_started"] >= 3 and 1 <= m["refits_live"] <= m["refits_started"]
+    assert m["refits_live"] + m["refits_rejected"] <= m["refits_started"]
+    assert r["holdout"]["auc"] > 0.55  # not the constant prior (0.5)
+    assert m["batch_schedule"] == {"min": 32, "max": 1024, "growth": 512}
+
+
+def test_first_stage_learners_start_at_the_click_rate(stream, tmp_path):
+    # before any learning a first-stage learner predicts the smoothed click rate, not 0.5:
+    # its progressive logloss beats a constant 0.5 by far on the very first events
+    code, r = replay(tmp_path, "--file", str(stream), "--rows", "2000", "--model", "lr",
+                     "--quiet")
+    assert code == 0 and r["progressive"]["logloss"] < 0.55  # log(2) = 0.693 at p = 0.5
+
+
+def test_extreme_numbers_never_give_nan(tmp_path):
+    rows = ["label,x,y,c"]
+    rng = np.random.default_rng(0)
+    for i in range(3000):
+        x = rng.choice([0.0, 1e-300, -1e-300, 1e300, -1e300, 3.0e38, float(i)])
+        rows.append(f"{int(rng.random() < 0.3)},{x!r},{rng.normal()},c{i % 7}")
+    path = tmp_path / "extreme.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, r = replay(tmp_path, "--file", str(path), "--format", "csv", "--label", "label",
+                     "--quiet")
+    assert code == 0 and r["model"]["skipped_updates"] == 0
+    for part in ("progressive", "holdout"):
+        assert np.isfinite(r[part]["auc"]) and np.isfinite(r[part]["logloss"])
