@@ -485,8 +485,10 @@ class TreeStage:
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
         if lag is None:
-            # a quarter of the way to the next refit: small early fits go live soon
-            lag = min(self.swap_lag, self._interval(self.refits + 1) // 4)
+            # half way to the next refit: early fits go live soon, a fit has time to finish
+            # (1M generated events: 0.7150 / 0.7157 / 0.7157 progressive AUC at a full / a
+            # half / a quarter interval)
+            lag = min(self.swap_lag, self._interval(self.refits + 1) // 2)
         n_valid = int(len(y) * self.valid_fraction)
         if n_valid < MIN_VALID_ROWS:
             n_valid = 0
@@ -558,7 +560,7 @@ class TreeStage:
                 vx, vy, vinit = valid
                 valid = (vx, vy, vinit + base.predict(np.asarray(vx, np.float32),
                                                       raw_score=True, num_threads=self.threads))
-        ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=False,
+        ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=True,
                          categorical_feature=categorical or "auto")
         kwargs: dict[str, Any] = {}
         if valid is not None:

@@ -150,9 +150,9 @@ def test_refit_interval_doubles_from_first_fit_to_refit_every():
     _feed(stage, _stream(6, 260), log)
     before = [(0, False, 0, 0)] + log[:-1]
     starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
-    # each swap comes a quarter of the next interval (at most swap_lag) after its refit starts
+    # each swap comes half the next interval (at most swap_lag) after its refit starts
     swaps = [r[0] for r in log if r[1]]
-    assert swaps == [1300, 2500, 5000, 10000, 18000, 26000]
+    assert swaps == [1500, 3000, 6000, 11000, 19000]
     assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
 
 
