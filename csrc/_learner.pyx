@@ -39,16 +39,10 @@ cdef extern from "learner_ops.h" nogil:
                    const float *gw, float *gsum)
     void sf_add_l2(int64_t lo, int64_t hi, int D, const int32_t *touched, const float *table,
                    float l2, float *gsum)
-    int64_t sf_adam_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                         const float *gsum, float l2, float *table, float *m, float *v,
-                         float step_size, float b1, float b2, float eps, int32_t *marker)
-    int64_t sf_adagrad_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                            const float *gsum, float scale, float l2, float *table, float *v,
-                            float lr, float lr_emb, float eps, int32_t *marker)
-    int64_t sf_mixed_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                          const float *gsum, float scale, float l2, float *table, float *m,
-                          float *v, float lr, float step_size, float b1, float b2, float eps,
-                          int32_t *marker)
+    int64_t sf_row_updates(int64_t lo, int64_t hi, int D, int first_ada,
+                           const int32_t *touched, const float *gsum, float scale, float l2,
+                           float *table, float *m, float *v, float step_size, float b1,
+                           float b2, float eps, float lr_w, float lr_emb, int32_t *marker)
     int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad, float *p, float *m,
                           float *v, float step_size, float b1, float b2, float eps_hat)
     void sf_bias_relu(int64_t lo, int64_t hi, int d, float *H, const float *b)
@@ -572,15 +566,11 @@ cdef inline int64_t _row_step(int opt, int64_t lo, int64_t hi, int D, Work *w, i
                               float l2, float *table, float *m, float *v, float step_size,
                               float row_lr, float emb_lr, float b1, float b2, float eps,
                               int32_t *marker) noexcept nogil:
-    """Update the touched rows [lo, hi) with the chosen row optimizer."""
-    if opt == 1:
-        return sf_adagrad_rows(lo, hi, D, w.touched, w.gsum, <float>n, l2, table, v, row_lr,
-                               emb_lr, eps, marker)
-    if opt == 2:
-        return sf_mixed_rows(lo, hi, D, w.touched, w.gsum, <float>n, l2, table, m, v, row_lr,
-                             step_size, b1, b2, eps, marker)
-    return sf_adam_rows(lo, hi, D, w.touched, w.gsum, l2, table, m, v, step_size, b1, b2, eps,
-                        marker)
+    """Update the touched rows [lo, hi) with the chosen row optimizer (columns from the
+    first AdaGrad one on: all for adagrad, the first-order weight for mixed, none for adam)."""
+    cdef int first_ada = 0 if opt == 1 else D - 1 if opt == 2 else D
+    return sf_row_updates(lo, hi, D, first_ada, w.touched, w.gsum, <float>n, l2, table, m, v,
+                          step_size, b1, b2, eps, row_lr, emb_lr, marker)
 
 
 def train(int model, int k, hidden, const int32_t[:, ::1] indices,

@@ -127,7 +127,7 @@ SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, i
 }
 
 /* Map every occurrence to a slot of distinct touched rows. marker[row] is -1 for rows not yet
- * seen in this batch; it holds the slot while the batch runs and is reset by sf_adam_rows or
+ * seen in this batch; it holds the slot while the batch runs and is reset by sf_row_updates or
  * sf_reset_marker. Order of slots = order of first appearance, so the result is deterministic. */
 static int64_t sf_dedupe(int64_t n_occ, const int32_t *idx, int32_t *marker, int32_t *touched,
                          int32_t *slot) {
@@ -177,95 +177,27 @@ static void sf_add_l2(int64_t lo, int64_t hi, int D, const int32_t *touched, con
     }
 }
 
-/* Lazy Adam over touched rows [lo, hi) with torch SparseAdam semantics:
- * m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 ; p -= step_size * m / (sqrt(v) + eps),
+/* Lazy per-row updates over the touched rows [lo, hi); resets the marker. Columns below
+ * `first_ada` take Adam with torch SparseAdam semantics:
+ *   g = gsum + l2 p ; m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2 ;
+ *   p -= step_size * m / (sqrt(v) + eps),
  * step_size = lr * sqrt(1 - b2^t) / (1 - b1^t) computed once per batch by the caller.
- * A row whose new values are not all finite is left untouched and counted. Resets the marker. */
-SF_CLONES static int64_t sf_adam_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                                      const float *gsum, float l2, float *table, float *m,
-                                      float *v, float step_size, float b1, float b2, float eps,
-                                      int32_t *marker) {
-    int64_t skipped = 0;
-    float nm[SF_MAX_K + 1], nv[SF_MAX_K + 1], np_[SF_MAX_K + 1];
-    for (int64_t t = lo; t < hi; t++) {
-        const int64_t r = touched[t];
-        float *p = table + r * D, *pm = m + r * D, *pv = v + r * D;
-        if (t + SF_PF_ROWS < hi) {
-            const int64_t rn = (int64_t)touched[t + SF_PF_ROWS] * D;
-            SF_PREFETCH(table + rn, 1); SF_PREFETCH(table + rn + D - 1, 1);
-            SF_PREFETCH(m + rn, 1); SF_PREFETCH(m + rn + D - 1, 1);
-            SF_PREFETCH(v + rn, 1); SF_PREFETCH(v + rn + D - 1, 1);
-        }
-        const float *gt = gsum + t * D;
-        int ok = 1;
-        for (int j = 0; j < D; j++) {
-            float gj = gt[j] + l2 * p[j];
-            nm[j] = b1 * pm[j] + (1.0f - b1) * gj;
-            nv[j] = b2 * pv[j] + (1.0f - b2) * gj * gj;
-            np_[j] = p[j] - step_size * nm[j] / (sqrtf(nv[j]) + eps);
-            ok &= isfinite(np_[j]) & isfinite(nv[j]);
-        }
-        if (ok) {
-            for (int j = 0; j < D; j++) { p[j] = np_[j]; pm[j] = nm[j]; pv[j] = nv[j]; }
-        } else {
-            skipped++;
-        }
-        if (marker) marker[r] = -1;
-    }
-    return skipped;
-}
-
-/* Per-coordinate AdaGrad over touched rows [lo, hi) (McMahan et al. 2013, section 3.1):
- * g = scale * gsum + l2 p ; v += g^2 ; p -= lr * g / (sqrt(v) + eps), with lr for the
- * first-order weight (the row's last column) and lr_emb for the embedding.
+ * Columns from `first_ada` on take per-coordinate AdaGrad (McMahan et al. 2013, section 3.1):
+ *   g = scale * gsum + l2 p ; v += g^2 ; p -= lr * g / (sqrt(v) + eps),
+ * lr = lr_w for the first-order weight (the row's last column), lr_emb for embedding columns.
  * gsum is the gradient of the batch's *mean* loss; scale = n turns it back into the sum of
  * per-example gradients, so a row seen once moves as far in a batch of 1,024 as in a batch of
- * one and the step shrinks with how often the row itself was seen, not with the stream's
- * length (lazy Adam takes one fixed-size step per batch whatever the row's history). The
- * accumulator v lives in the Adam second-moment array; m is unused. Resets the marker. */
-SF_CLONES static int64_t sf_adagrad_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                                         const float *gsum, float scale, float l2, float *table,
-                                         float *v, float lr, float lr_emb, float eps,
-                                         int32_t *marker) {
-    int64_t skipped = 0;
-    float nv[SF_MAX_K + 1], np_[SF_MAX_K + 1];
-    for (int64_t t = lo; t < hi; t++) {
-        const int64_t r = touched[t];
-        float *p = table + r * D, *pv = v + r * D;
-        if (t + SF_PF_ROWS < hi) {
-            const int64_t rn = (int64_t)touched[t + SF_PF_ROWS] * D;
-            SF_PREFETCH(table + rn, 1); SF_PREFETCH(table + rn + D - 1, 1);
-            SF_PREFETCH(v + rn, 1); SF_PREFETCH(v + rn + D - 1, 1);
-        }
-        const float *gt = gsum + t * D;
-        int ok = 1;
-        for (int j = 0; j < D; j++) {
-            float gj = scale * gt[j] + l2 * p[j];
-            nv[j] = pv[j] + gj * gj;
-            np_[j] = p[j] - (j == D - 1 ? lr : lr_emb) * gj / (sqrtf(nv[j]) + eps);
-            ok &= isfinite(np_[j]) & isfinite(nv[j]);
-        }
-        if (ok) {
-            for (int j = 0; j < D; j++) { p[j] = np_[j]; pv[j] = nv[j]; }
-        } else {
-            skipped++;
-        }
-        if (marker) marker[r] = -1;
-    }
-    return skipped;
-}
-
-/* The two row rules in one pass: AdaGrad (as sf_adagrad_rows, step lr) for the first-order
- * weight in the row's last column, lazy Adam (as sf_adam_rows) for the embedding columns.
- * A linear weight is a per-id statistic that should settle as its id is seen (McMahan et
- * al.), while embeddings keep adapting the crosses on a drifting stream. Resets the marker. */
-SF_CLONES static int64_t sf_mixed_rows(int64_t lo, int64_t hi, int D, const int32_t *touched,
-                                       const float *gsum, float scale, float l2, float *table,
-                                       float *m, float *v, float lr, float step_size, float b1,
-                                       float b2, float eps, int32_t *marker) {
+ * one and its steps shrink with how often the row itself was seen, not with the stream's
+ * length (lazy Adam takes one bounded step per batch whatever the row's history); m is unused
+ * there. first_ada = D: Adam rows; 0: AdaGrad rows; D - 1: AdaGrad weights, Adam embeddings.
+ * A row whose new values are not all finite is left untouched and counted. */
+SF_CLONES static int64_t sf_row_updates(int64_t lo, int64_t hi, int D, int first_ada,
+                                        const int32_t *touched, const float *gsum, float scale,
+                                        float l2, float *table, float *m, float *v,
+                                        float step_size, float b1, float b2, float eps,
+                                        float lr_w, float lr_emb, int32_t *marker) {
     int64_t skipped = 0;
     float nm[SF_MAX_K + 1], nv[SF_MAX_K + 1], np_[SF_MAX_K + 1];
-    const int last = D - 1;
     for (int64_t t = lo; t < hi; t++) {
         const int64_t r = touched[t];
         float *p = table + r * D, *pm = m + r * D, *pv = v + r * D;
@@ -277,18 +209,20 @@ SF_CLONES static int64_t sf_mixed_rows(int64_t lo, int64_t hi, int D, const int3
         }
         const float *gt = gsum + t * D;
         int ok = 1;
-        for (int j = 0; j < last; j++) {
+        for (int j = 0; j < first_ada; j++) {
             float gj = gt[j] + l2 * p[j];
             nm[j] = b1 * pm[j] + (1.0f - b1) * gj;
             nv[j] = b2 * pv[j] + (1.0f - b2) * gj * gj;
             np_[j] = p[j] - step_size * nm[j] / (sqrtf(nv[j]) + eps);
             ok &= isfinite(np_[j]) & isfinite(nv[j]);
         }
-        float gl = scale * gt[last] + l2 * p[last];
-        nm[last] = pm[last];
-        nv[last] = pv[last] + gl * gl;
-        np_[last] = p[last] - lr * gl / (sqrtf(nv[last]) + eps);
-        ok &= isfinite(np_[last]) & isfinite(nv[last]);
+        for (int j = first_ada; j < D; j++) {
+            float gj = scale * gt[j] + l2 * p[j];
+            nm[j] = pm[j];
+            nv[j] = pv[j] + gj * gj;
+            np_[j] = p[j] - (j == D - 1 ? lr_w : lr_emb) * gj / (sqrtf(nv[j]) + eps);
+            ok &= isfinite(np_[j]) & isfinite(nv[j]);
+        }
         if (ok) {
             for (int j = 0; j < D; j++) { p[j] = np_[j]; pm[j] = nm[j]; pv[j] = nv[j]; }
         } else {
