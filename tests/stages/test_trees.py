@@ -9,6 +9,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from streamfusion.stages import trees
 from streamfusion.stages.trees import TreeStage
 
 T = 4
@@ -144,17 +145,29 @@ def test_state_round_trip_same_margins_and_future_swaps():
         full.state_dict()["adwin_history"].tolist()
 
 
-def test_refit_interval_doubles_from_first_fit_to_refit_every():
+def _schedule(seed: int = 6) -> tuple[list, list]:
     stage = _stage(refit_every=8000, first_fit=1000, swap_lag=3000, drift=False)
     log: list = []
-    _feed(stage, _stream(6, 260), log)
+    _feed(stage, _stream(seed, 260), log)
     before = [(0, False, 0, 0)] + log[:-1]
     starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
-    # each swap comes the next interval (at most swap_lag) after its refit starts; a refit
-    # falling due while the previous one is still pending starts at the batch after its swap
-    swaps = [r[0] for r in log if r[1]]
-    assert swaps == [2000, 4100, 7200, 11200, 19200]
+    return starts, [r[0] for r in log if r[1]]
+
+
+def test_refit_interval_doubles_from_first_fit_to_refit_every():
+    # a small fit swaps a quarter of the next interval (at most swap_lag) after it starts
+    starts, swaps = _schedule()
+    assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
+    assert swaps == [1300, 2500, 5000, 10000, 18000, 26000]
+
+
+def test_large_fits_swap_at_the_next_refit(monkeypatch):
+    # a large fit swaps the next interval (at most swap_lag) after it starts; a refit falling
+    # due while the previous one is pending starts at the batch after its swap
+    monkeypatch.setattr(trees, "FAST_FIT_ROWS", 500)
+    starts, swaps = _schedule()
     assert starts == [1000, 2100, 4200, 8200, 16200, 24200]
+    assert swaps == [2000, 4100, 7200, 11200, 19200]
 
 
 def test_drift_triggers_an_early_refit():
