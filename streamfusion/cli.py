@@ -21,6 +21,14 @@ COMMANDS = {
 EXIT_NOT_BUILT = 2
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every sub-command attached."""
     parser = argparse.ArgumentParser(
@@ -28,9 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Online ResFusion CTR prediction: LightGBM trees + a compiled FM/DeepFM "
         "residual learner.",
     )
+    from streamfusion import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, summary) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary)
+        p = sub.add_parser(name, help=summary, description=summary,
+                           formatter_class=DefaultsHelpFormatter)
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -28,7 +28,7 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     ``--dense-features`` to a parser or an argument group."""
     group.add_argument(
         "--format", default="auto", choices=FORMATS,
-        help="input format (default auto: Avazu, Criteo, libsvm = libfm 'label idx:val' or "
+        help="input format (default: auto, Avazu, Criteo, libsvm = libfm 'label idx:val' or "
         "libffm 'label field:idx:val' from the first lines; other files: csv with --label)")
     group.add_argument("--label", help="label column of a generic CSV")
     group.add_argument(

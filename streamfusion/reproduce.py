@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=None,
                         help="epochs without validation improvement before stopping")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="mini-batch size of the neural models (default 1024)")
+                        help="mini-batch size of the neural models (default: 1024)")
     parser.add_argument("--quick", action="store_true",
                         help="CI setting: fewer trees, a smaller DeepFM, two epochs")
     parser.add_argument("--oof", type=int, default=0, metavar="F",

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log format (default: detect from the first line)")
     parser.add_argument("--label", default=None, help="label column of a generic CSV")
     parser.add_argument("--rate", type=float, default=0.0,
-                        help="events per second (default 0: as fast as possible)")
+                        help="events per second (default: 0, as fast as possible)")
     parser.add_argument("--rows", type=int, default=None, help="stop after N events")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE",

@@ -1,0 +1,28 @@
+"""The command line: every --help shows every default, and --version."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamfusion import __version__
+from streamfusion.cli import COMMANDS, build_parser, main
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_shows_its_default(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    formatter = sub._get_formatter()
+    flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert flags
+    for action in flags:
+        shown = formatter._get_help_string(action)
+        assert shown.replace("%(default)s", "X").count("(default") == 1, (action.option_strings,
+                                                                        shown)
+    assert "(default" in sub.format_help()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"streamfusion {__version__}"
