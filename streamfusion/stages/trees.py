@@ -38,7 +38,6 @@ _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
               "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
               "guard", "codes", "leaf_rows")
-FAST_FIT_ROWS = 50_000  # fits on fewer rows take well under a second of one core
 MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
 # a window of n rows grows trees of at most n / LEAF_ROWS leaves: small windows overfit (click
 # log samples: 0.7252 / 0.6838 progressive AUC on Criteo / Avazu, uncapped 0.7213 / 0.6819)
@@ -486,12 +485,10 @@ class TreeStage:
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
         if lag is None:
-            # a small fit is quick: its trees go live a quarter interval later (small logs
-            # learn from them sooner: Avazu sample 0.6838 progressive AUC, 0.6796 a full
-            # interval later); a large one goes live at the next refit's start, so the stream
-            # never waits for it (1M generated: 0.7150 vs 0.7157, 14% more events/s)
-            interval = self._interval(self.refits + 1)
-            lag = min(self.swap_lag, interval // 4 if len(y) < FAST_FIT_ROWS else interval)
+            # half way to the next refit: early fits go live soon, a fit has time to finish
+            # (1M generated events: 0.7150 / 0.7157 / 0.7157 progressive AUC at a full / a
+            # half / a quarter interval)
+            lag = min(self.swap_lag, self._interval(self.refits + 1) // 2)
         n_valid = int(len(y) * self.valid_fraction)
         if n_valid < MIN_VALID_ROWS:
             n_valid = 0
@@ -611,9 +608,7 @@ class TreeStage:
             self._fade_codes = self._codes
             self._fade_prior = self.prior if self._ensemble is None else self.offset
             self._fade_start = self.n_seen
-            # a quarter of the interval: a fading stage scores two models (1M generated events:
-            # 0.7152 progressive AUC, 0.7150 with fades over the whole interval)
-            self._fade_len = max(1, min(self.fade, self._interval(self.refits) // 4))
+            self._fade_len = min(self.fade, self._interval(self.refits))
         self.offset = float(job["offset"])
         self._codes = job.get("codes")
         self._install(job["booster"], job.get("ensemble"))

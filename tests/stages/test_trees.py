@@ -9,7 +9,6 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from streamfusion.stages import trees
 from streamfusion.stages.trees import TreeStage
 
 T = 4
@@ -145,29 +144,16 @@ def test_state_round_trip_same_margins_and_future_swaps():
         full.state_dict()["adwin_history"].tolist()
 
 
-def _schedule(seed: int = 6) -> tuple[list, list]:
+def test_refit_interval_doubles_from_first_fit_to_refit_every():
     stage = _stage(refit_every=8000, first_fit=1000, swap_lag=3000, drift=False)
     log: list = []
-    _feed(stage, _stream(seed, 260), log)
+    _feed(stage, _stream(6, 260), log)
     before = [(0, False, 0, 0)] + log[:-1]
     starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
-    return starts, [r[0] for r in log if r[1]]
-
-
-def test_refit_interval_doubles_from_first_fit_to_refit_every():
-    # a small fit swaps a quarter of the next interval (at most swap_lag) after it starts
-    starts, swaps = _schedule()
+    # each swap comes half the next interval (at most swap_lag) after its refit starts
+    swaps = [r[0] for r in log if r[1]]
+    assert swaps == [1500, 3000, 6000, 11000, 19000]
     assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
-    assert swaps == [1300, 2500, 5000, 10000, 18000, 26000]
-
-
-def test_large_fits_swap_at_the_next_refit(monkeypatch):
-    # a large fit swaps the next interval (at most swap_lag) after it starts; a refit falling
-    # due while the previous one is pending starts at the batch after its swap
-    monkeypatch.setattr(trees, "FAST_FIT_ROWS", 500)
-    starts, swaps = _schedule()
-    assert starts == [1000, 2100, 4200, 8200, 16200, 24200]
-    assert swaps == [2000, 4100, 7200, 11200, 19200]
 
 
 def test_drift_triggers_an_early_refit():
@@ -234,8 +220,7 @@ def test_bad_state_raises_and_changes_nothing(breaker):
 
 
 def _fading_stage() -> TreeStage:
-    # first fit at 1000 rows, live at 1200, fading in until 1450 (a quarter of the next
-    # interval, 1000)
+    # first fit at 1000 rows, live at 1200, fading in until 2200 (the next interval, 1000)
     return _stage(fade=5000, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
 
 
@@ -251,10 +236,10 @@ def test_a_swap_fades_in_linearly_from_the_old_margin(rng):
     assert np.array_equal(stage.margin(b), np.full(500, prior, np.float32))  # w = 0
     new = sudden.margin(b)  # the same trees, switched at once
     assert not np.allclose(new, prior)
-    for n_seen, batch in zip(range(1300, 1500, 100), stream[12:14], strict=True):
+    for n_seen, batch in zip(range(1300, 1800, 100), stream[12:], strict=True):
         _feed(stage, [batch])
         _feed(sudden, [batch])
-        w = (n_seen - 1200) / 250
+        w = (n_seen - 1200) / 1000
         assert stage.fade_weight == pytest.approx(w)
         np.testing.assert_allclose(stage.margin(b), prior + w * (new - prior), rtol=1e-5,
                                    atol=1e-6)
@@ -264,7 +249,7 @@ def test_a_swap_fades_in_linearly_from_the_old_margin(rng):
     first = s2._fade_from.predict_margin(b.dense).astype(np.float32)
     assert np.array_equal(s2.margin(b), first)
     short = _stage(fade=500, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
-    _feed(short, stream[:18])  # live at 1200, faded in at 1450: the old model is dropped
+    _feed(short, stream[:18])  # live at 1200, faded in at 1700: the old model is dropped
     assert short.fade_weight == 1.0 and short.state_dict()["fade_from"] is None
     _feed(sudden, stream[17:18])
     assert np.array_equal(short.margin(b), sudden.margin(b))
@@ -274,15 +259,15 @@ def test_state_round_trip_in_the_middle_of_a_fade(rng):
     stream = _stream(12, 30)
     full, part = _fading_stage(), _fading_stage()
     _feed(full, stream)
-    _feed(part, stream[:13])
+    _feed(part, stream[:15])
     assert 0 < part.fade_weight < 1
     resumed = _fading_stage()
     resumed.load_state_dict(copy.deepcopy(part.state_dict()))
     b = _batch(rng, 300)
     assert np.array_equal(resumed.margin(b), part.margin(b))
     log_full, log_resumed = [], []
-    _feed(resumed, stream[13:], log_resumed)
-    _feed(part, stream[13:], log_full)
+    _feed(resumed, stream[15:], log_resumed)
+    _feed(part, stream[15:], log_full)
     assert log_resumed == log_full
     assert np.array_equal(resumed.margin(b), full.margin(b))
 
@@ -296,7 +281,7 @@ def test_state_round_trip_in_the_middle_of_a_fade(rng):
 ])
 def test_bad_fade_state_raises_and_changes_nothing(breaker, rng):
     src, target = _fading_stage(), _fading_stage()
-    _feed(src, _stream(13, 13))  # in the middle of the fade (1200-1450)
+    _feed(src, _stream(13, 15))
     _feed(target, _stream(14, 16))
     b = _batch(rng, 100)
     m_before = target.margin(b)
