@@ -548,8 +548,9 @@ class TreeStage:
 
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None,
-               categorical: list[int] | None = None) -> lgb.Booster:
-        params = self.lgb_params(len(y))
+               categorical: list[int] | None = None, window: bool = True) -> lgb.Booster:
+        # a window's refit is sized to its rows; a one-shot batch fit takes the sizes as given
+        params = self.lgb_params(len(y) if window else None)
         merge = base is not None and init is not None
         if merge:
             # warm start over other stages' margins: LightGBM's init_model would replace them
@@ -671,7 +672,8 @@ class TreeStage:
         self._pending = None
         dense = np.ascontiguousarray(dense, np.float32)
         init = None if init_score is None else np.asarray(init_score, np.float64)
-        booster = self._train(dense, np.asarray(y, np.float64), init, self.n_trees, None, valid)
+        booster = self._train(dense, np.asarray(y, np.float64), init, self.n_trees, None, valid,
+                              window=False)
         self._n_features = self._n_features or dense.shape[1]
         self.refits += 1
         self._fade_start = -1  # installed at once
