@@ -407,14 +407,12 @@ class TreeStage:
         self._pos = (self._pos + n) % self.window
         self._count = min(self.window, self._count + n)
 
-    def _order(self) -> np.ndarray:
-        if self._count < self.window:
-            return np.arange(self._count)
-        return (self._pos + np.arange(self.window)) % self.window
-
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Copy of the window in chronological order (X, y, z, learner indices or None)."""
-        idx = self._order()
+        if self._count < self.window:
+            idx = np.arange(self._count)
+        else:
+            idx = (self._pos + np.arange(self.window)) % self.window
         return (self._X[idx], self._y[idx].astype(np.float64), self._z[idx].astype(np.float64),
                 None if self._I is None else self._I[idx])
 
