@@ -1,6 +1,14 @@
-"""The stages of a chain: ``base`` (LightGBM trees) and ``residual`` (the compiled learner)."""
+"""The stages of a chain: ``trees`` (LightGBM) and ``residual`` (the compiled learner)."""
 
 from __future__ import annotations
+
+import math
+
+
+def click_logodds(clicks: float, n: int) -> float:
+    """Smoothed log-odds of the click rate, (clicks + 1) / (n + 2): a first stage's margin
+    before it has learned anything (trees before their first fit, a learner's prior)."""
+    return math.log((clicks + 1.0) / (n - clicks + 1.0))
 
 
 def state_config(state: object, fmt: str, version: int, what: str) -> dict:

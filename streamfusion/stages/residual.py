@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from streamfusion import _learner
-from streamfusion.stages import state_config
+from streamfusion.stages import click_logodds, state_config
 
 FORMAT = "streamfusion.residual"
 FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
@@ -270,11 +270,12 @@ class ResidualLearner:
         ``prior``."""
         if not self.prior:
             return np.float32(0.0)
-        return np.float32(np.log((self.clicks + 1.0) / (self.seen - self.clicks + 1.0)))
+        return np.float32(click_logodds(self.clicks, self.seen))
 
     def partial_fit(self, batch: Any, base_margin: Any, y: Any,
                     sample_weight: Any = None, margin_out: np.ndarray | None = None) -> dict:
-        """One Adam step on ``logloss(y, sigmoid(base_margin + margin(batch)))``.
+        """One step (``row_optimizer`` for the table rows, Adam for the dense parameters) on
+        ``logloss(y, sigmoid(base_margin + margin(batch)))``.
 
         Returns ``dict(loss=mean loss of the batch before the step, n=events, skipped=events
         with a non-finite margin, label or weight plus parameter updates that would have been

@@ -26,7 +26,8 @@ from lightgbm.basic import _LIB, _safe_call
 from river.drift import ADWIN
 
 from streamfusion._trees import TreeEnsemble
-from streamfusion.stages import state_config
+from streamfusion.evaluate import logloss_from_margin
+from streamfusion.stages import click_logodds, state_config
 
 FORMAT = "streamfusion.TreeStage"
 FORMAT_VERSION = 3  # 2: the fade-in of the last swap; 3: offsets, guard, rejected refits
@@ -42,11 +43,6 @@ MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a
 # a window of n rows grows trees of at most n / LEAF_ROWS leaves: small windows overfit (click
 # log samples: 0.7252 / 0.6838 progressive AUC on Criteo / Avazu, uncapped 0.7213 / 0.6819)
 LEAF_ROWS = 200
-
-
-def _logodds(clicks: int, n: int) -> float:
-    """Smoothed log-odds of the click rate, (clicks + 1) / (n + 2)."""
-    return float(np.log((clicks + 1.0) / (n - clicks + 1.0)))
 
 
 class CodeTable:
@@ -122,11 +118,6 @@ def _features(dense: np.ndarray, indices: np.ndarray | None,
     if indices is None:
         raise ValueError("these trees split on categorical codes: the batch needs indices")
     return np.hstack([np.asarray(dense, np.float32), codes.transform(indices)])
-
-
-def _mean_logloss(y: np.ndarray, z: np.ndarray) -> float:
-    zz = np.asarray(z, np.float64)
-    return float(np.mean(np.logaddexp(0.0, zz) - y * zz))
 
 
 def _offset(y: np.ndarray, z: np.ndarray) -> float:
@@ -342,7 +333,7 @@ class TreeStage:
     @property
     def prior(self) -> float:
         """The margin before the first fit."""
-        return 0.0 if self.use_init_score else _logodds(self.clicks, self.n_seen)
+        return 0.0 if self.use_init_score else click_logodds(self.clicks, self.n_seen)
 
     def margin(self, batch: Any) -> np.ndarray:
         """The trees' raw score on ``batch.dense`` (and ``batch.indices`` when the trees split
@@ -474,7 +465,8 @@ class TreeStage:
             return self.first_fit
         return min(self.refit_every, self.first_fit << min(refits - 1, 40))
 
-    def _start_refit(self, reason: str, lag: int | None = None) -> dict[str, Any]:
+    def _start_refit(self, reason: str, lag: int | None = None,
+                     wait: bool = False) -> dict[str, Any]:
         X, y, z, ind = self._snapshot()
         init = z if self.use_init_score else None
         base = None
@@ -530,14 +522,14 @@ class TreeStage:
                                 live_ensemble.predict_margin(
                                     _features(X[cut:], iv, live_codes), threads=self.threads)
                                 + live_offset)
-                    job["accept"] = _mean_logloss(yv, new) <= _mean_logloss(yv, old)
+                    job["accept"] = logloss_from_margin(new, yv) <= logloss_from_margin(old, yv)
             except BaseException as exc:  # reported by poll(), in the caller's thread
                 job["error"] = exc
 
         self.refits += 1
         self.since_refit = 0
         self._pending = job
-        if self.background:
+        if self.background and not wait:
             job["thread"] = threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
             job["thread"].start()
         else:
@@ -623,11 +615,7 @@ class TreeStage:
         enough = max(MIN_VALID_ROWS, int(self._count * self.valid_fraction))
         if (self._n_features and self._count >= self.min_fit_rows
                 and self.since_refit >= enough):
-            was, self.background = self.background, False
-            try:
-                changed |= self._swap(self._start_refit("end", lag=0))
-            finally:
-                self.background = was
+            changed |= self._swap(self._start_refit("end", lag=0, wait=True))
         self._fade_start = -1  # no fade: the final model scores whatever follows
         self._fade_from = self._fade_booster = self._fade_codes = None
         return changed
