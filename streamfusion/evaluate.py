@@ -281,15 +281,25 @@ def summarize_spilled(read: Reader, start: int, stop: int, budget: int = AUC_BUD
 
 # --------------------------------------------------------------------------- progressive state
 
-class _Recent:
-    """The last ``capacity`` margins and labels, in a ring."""
+class Rolling:
+    """The last ``capacity`` margins and labels, in a ring: the live figures of the replay's
+    progress bar and the daemon's rolling AUC / logloss gauges.
+
+    Examples
+    --------
+    >>> r = Rolling(4)
+    >>> r.add(np.array([-1.0, 2.0, 0.5], np.float32), np.array([0, 1, 1]))
+    >>> r.summary()["rows"], r.summary()["auc"]
+    (3, 1.0)
+    """
 
     def __init__(self, capacity: int) -> None:
         self.z = np.zeros(capacity, np.float32)
         self.y = np.zeros(capacity, np.uint8)
         self.seen = 0
 
-    def extend(self, z: np.ndarray, y: np.ndarray) -> None:
+    def add(self, z: np.ndarray, y: np.ndarray) -> None:
+        """Append margins ``z`` of events labelled ``y`` (0/1); the oldest fall out."""
         cap, n = self.z.size, len(z)
         z, y = z[-cap:], y[-cap:]
         at = (self.seen + n - len(z)) % cap
@@ -298,10 +308,18 @@ class _Recent:
         self.z[: len(z) - first], self.y[: len(z) - first] = z[first:], y[first:]
         self.seen += n
 
+    def __len__(self) -> int:
+        return min(self.seen, self.z.size)
+
     def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Margins and labels of the last ``n`` events (fewer when fewer were added)."""
         n = max(0, min(n, self.seen, self.z.size))
         idx = (self.seen - n + np.arange(n)) % self.z.size
         return self.z[idx], self.y[idx]
+
+    def summary(self, n: int | None = None) -> dict[str, float | int]:
+        """:func:`summarize` over the last ``n`` events (all of the ring by default)."""
+        return summarize(*self.last(self.z.size if n is None else n))
 
 
 class Progressive:
@@ -348,7 +366,7 @@ class Progressive:
         self.budget, self.chunk_rows = int(budget), int(chunk_rows)
         self._spill = spill
         self._read = spill_reader(spill)
-        self._recent = _Recent(RECENT_EVENTS)
+        self._recent = Rolling(RECENT_EVENTS)
         self.swaps: list[dict[str, int]] = []
 
     @classmethod
@@ -369,7 +387,7 @@ class Progressive:
         self._setup(window_rows, spill, budget, chunk_rows)
         self.swaps = swaps
         tail = spill.read(len(spill) - RECENT_EVENTS, len(spill))
-        self._recent.extend(tail["z"], tail["y"])
+        self._recent.add(tail["z"], tail["y"])
         return self
 
     def add(self, z: np.ndarray, y: np.ndarray, day: np.ndarray | None = None) -> None:
@@ -377,7 +395,7 @@ class Progressive:
         if day is None:
             day = (len(self) + np.arange(len(z))) // self.window_rows
         self._spill.append(z, y, day)
-        self._recent.extend(z, y)
+        self._recent.add(z, y)
 
     def mark_swap(self, version: int) -> None:
         """Note that a new tree model went live before the next recorded event."""
@@ -396,7 +414,7 @@ class Progressive:
     def recent(self, n: int) -> dict[str, float | int]:
         """Metrics over the last ``n`` events (the progress bar's live figures)."""
         if n <= RECENT_EVENTS:
-            return summarize(*self._recent.last(n))
+            return self._recent.summary(n)
         return self._summary(max(0, len(self) - n), len(self))
 
     def _runs(self) -> list[tuple[int, int, int]]:

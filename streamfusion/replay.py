@@ -43,10 +43,11 @@ from streamfusion.evaluate import (
 from streamfusion.features import Batch
 from streamfusion.inputs import add_input_arguments
 from streamfusion.online import (
+    OnlineLoop,
     OnlineModel,
+    Scores,
     add_model_arguments,
     batch_schedule,
-    batch_size_at,
     config_from_args,
 )
 from streamfusion.outputs import check_output, write_json
@@ -110,34 +111,6 @@ class HoldoutStore:
 
     def close(self) -> None:
         self.file.close()
-
-
-def exact_batches(source: Any, max_size: int, limit: int | None,
-                  done: int) -> Iterator[Batch]:
-    """Batches of exactly ``batch_size_at(done, max_size)`` events (the last may be short),
-    stopping after ``limit``.
-
-    Batch boundaries that depend on the stream position alone make a resumed run take the same
-    steps as an uninterrupted one.
-    """
-    while limit is None or done < limit:
-        size = batch_size_at(done, max_size)
-        want = size if limit is None else min(size, limit - done)
-        parts: list[Batch] = []
-        have = 0
-        while have < want:  # a reader may return fewer rows at its chunk boundaries
-            b = source.next_batch(want - have)
-            if b is None or len(b) == 0:
-                break
-            parts.append(b)
-            have += len(b)
-        if not parts:
-            return
-        out = parts[0] if len(parts) == 1 else Batch.concat(parts)
-        done += len(out)
-        yield out
-        if len(out) < want:
-            return
 
 
 _BLANK_LINE = re.compile(rb"(?<=\n)\r?\n")
@@ -254,9 +227,10 @@ class Replay:
             self.model = OnlineModel(config, n_fields)
             self.progressive = Progressive(args.window_rows, self.spill_dir / PROGRESSIVE_FILE)
             self.holdout = HoldoutStore(self.spill_dir / HOLDOUT_FILE)
-            self.rows_done, self.seconds_before = 0, 0.0
+            events, self.seconds_before = 0, 0.0
         else:
-            self._restore(self.state)
+            events = self._restore(self.state)
+        self.loop = OnlineLoop(self.model, holdout=self._held_out, events=events)
 
     def _describe_checkpoint(self) -> str:
         """'a checkpoint of N events of FILE', for the refusal of a run without --resume."""
@@ -309,7 +283,8 @@ class Replay:
             raise checkpoint.CheckpointError(
                 f"{self.path} is not the input the checkpoint consumed: {reason}")
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any]) -> int:
+        """Restore the model, encoder, source position and spills; returns the events done."""
         # What only reads comes first; reopening the spills truncates them to the checkpoint.
         try:
             # --threads may change on resume: it sets speed, not the state
@@ -333,8 +308,8 @@ class Replay:
             self.progressive.close()
             model.close()
             raise
-        self.rows_done = int(state["rows_done"])
         self.seconds_before = float(state["seconds"])
+        return int(state["rows_done"])
 
     def _held_out(self, batch: Batch, first_event: int) -> np.ndarray:
         if self.args.holdout <= 0:
@@ -369,39 +344,11 @@ class Replay:
     def run(self, progress: Any = None) -> dict[str, Any]:
         args = self.args
         t0 = time.perf_counter()
-        every = args.checkpoint_every
-        next_ckpt = (self.rows_done // every + 1) * every
-        for batch in exact_batches(self.source, args.batch_size, args.rows, self.rows_done):
-            size = batch_size_at(self.rows_done, args.batch_size)
-            if self.model.poll():
-                self.progressive.mark_swap(self.model.version)
-            held = self._held_out(batch, self.rows_done)
-            if held.any():
-                self.holdout.append(batch.take(held))
-            live = batch.take(~held) if held.any() else batch
-            if len(live):
-                scores = self.model.step(live)
-                labelled = ~np.isnan(live.y)
-                day = self._day(live)
-                self.progressive.add(scores.margin[labelled], live.y[labelled],
-                                     None if day is None else day[labelled])
-            self.rows_done += len(batch)
-            if progress is not None:
-                progress(self)
-            if not args.checkpoint:
-                continue
-            # Checkpoints only at boundaries of the uninterrupted batch schedule (after a
-            # full batch, or a short one at the end of the file), so a resumed run takes the
-            # same batches. A --rows stop cuts the last batch short: checkpoint before it
-            # (and at a stop on a boundary), so a resume with a larger --rows redoes little.
-            eof = len(batch) < size and (args.rows is None or self.rows_done < args.rows)
-            cut_next = (args.rows is not None
-                        and args.rows - self.rows_done < batch_size_at(self.rows_done,
-                                                                       args.batch_size))
-            if ((len(batch) == size or eof)
-                    and (self.rows_done >= next_ckpt or eof or cut_next)):
-                self.save_checkpoint(time.perf_counter() - t0)
-                next_ckpt = (self.rows_done // every + 1) * every
+        self.loop.run(self.source, self, max_batch=args.batch_size, limit=args.rows,
+                      checkpoint=(lambda: self.save_checkpoint(time.perf_counter() - t0))
+                      if args.checkpoint else None,
+                      every=args.checkpoint_every,
+                      progress=None if progress is None else lambda: progress(self))
         # the end of the file: the pending refit goes live now and the trees are refit on the
         # whole window, so the model that scores the holdout has seen the data
         self.model.finish()
@@ -412,6 +359,24 @@ class Replay:
         self.source.close()
         self.fingerprint.close()
         return report
+
+    # ------------------------------------------------------------------ the loop's sink
+    def swapped(self, version: int) -> None:
+        self.progressive.mark_swap(version)
+
+    def held_out(self, batch: Batch) -> None:
+        self.holdout.append(batch)
+
+    def scored(self, batch: Batch, scores: Scores) -> None:
+        labelled = ~np.isnan(batch.y)
+        day = self._day(batch)
+        self.progressive.add(scores.margin[labelled], batch.y[labelled],
+                             None if day is None else day[labelled])
+
+    @property
+    def rows_done(self) -> int:
+        """Events behind the run (held-out ones included)."""
+        return self.loop.events
 
     def abort(self) -> None:
         """Release everything after an interrupted run (checkpoints already written stay)."""
