@@ -37,6 +37,14 @@ ENCODER_VERSION = 2  # 2: count features are shares of the rows seen
 _MISSING = object()
 
 
+def skip_error(state: np.ndarray) -> int:
+    """Clear the malformed row recorded in ``state``; returns where parsing goes on (the line
+    after it), so every parse loop resumes the same way."""
+    state[ST_LINE] = state[ST_ERR_LINE]
+    state[ST_ERR] = 0
+    return int(state[ST_ERR_NEXT])
+
+
 def new_state() -> np.ndarray:
     """A fresh parse state: line 0, no time seen yet."""
     st = np.zeros(_parse.STATE_SIZE, dtype=np.int64)
@@ -155,6 +163,27 @@ class Encoder:
             self._warn_unparsed()
         return rows
 
+    def parse_lines(self, buf: bytes, n: int) -> tuple[Batch, list[tuple[int, str]]]:
+        """Encode the ``n`` newline-terminated lines of ``buf``, going on after bad ones.
+
+        The one parse loop of in-memory lines (Kafka events, records). Returns the good rows
+        (``line`` = each row's 1-based line in ``buf``; a missing label is NaN) and
+        ``(line index, reason)`` of each bad one.
+        """
+        out = self.new_arrays(n)
+        state = new_state()
+        rows = start = 0
+        errors: list[tuple[int, str]] = []
+        while start < len(buf):
+            rows += self.parse_into(buf, start, len(buf), n - rows, out, rows, state,
+                                    label_missing_ok=True)
+            if state[ST_ERR]:
+                errors.append((int(state[ST_ERR_LINE]) - 1, self.reason(state)))
+                start = skip_error(state)
+            else:
+                start = int(state[ST_POS])
+        return Batch(**{k: v[:rows] for k, v in out.items()}), errors
+
     def _warn_unparsed(self) -> None:
         """Warn once per column about its first word read as a missing number."""
         new = (self.unparsed > 0) & ~self._warned
@@ -213,27 +242,13 @@ class Encoder:
                 kept.append(pos)
             except ValueError as exc:
                 errors.append((pos, str(exc)))
-        n = len(lines)
-        out = self.new_arrays(n)
         buf = b"\n".join(lines) + b"\n" if lines else b""
-        state = new_state()
-        rows, start = 0, 0
-        good: list[int] = []
-        while start < len(buf):
-            got = self.parse_into(buf, start, len(buf), n - rows, out, rows, state,
-                                  label_missing_ok=True)
-            good.extend(kept[int(i) - 1] for i in out["line"][rows:rows + got])
-            rows += got
-            if state[ST_ERR]:
-                errors.append((kept[int(state[ST_ERR_LINE]) - 1], self.reason(state)))
-                start = int(state[ST_ERR_NEXT])
-                state[ST_LINE] = state[ST_ERR_LINE]
-            else:
-                start = int(state[ST_POS])
+        batch, bad = self.parse_lines(buf, len(lines))
+        errors += [(kept[i], reason) for i, reason in bad]
         errors.sort()
-        out["line"][:rows] = good
-        batch = Batch(**{k: v[:rows] for k, v in out.items()},
-                      ids=[records[p].get("id") for p in good])
+        good = [kept[int(i) - 1] for i in batch.line]
+        batch.line = np.asarray(good, dtype=np.int64)
+        batch.ids = [records[p].get("id") for p in good]
         return batch, errors
 
     def _record_line(self, rec: Mapping) -> bytes:

@@ -19,13 +19,13 @@ from streamfusion.data.encoder import (
     DEFAULT_COUNT_BITS,
     ST_ERR,
     ST_ERR_LINE,
-    ST_ERR_NEXT,
     ST_LINE,
     ST_MAX_TIME,
     ST_OOO,
     ST_POS,
     Encoder,
     new_state,
+    skip_error,
 )
 from streamfusion.data.schema import (
     DEFAULT_MAX_FEATURES,
@@ -390,9 +390,7 @@ class FileSource:
                         break  # hand back the good rows; the next call raises
                     raise ParseError(self.path, int(st[ST_ERR_LINE]), enc.reason(st))
                 self.skipped_rows += 1
-                self._off = int(st[ST_ERR_NEXT])
-                st[ST_LINE] = st[ST_ERR_LINE]
-                st[ST_ERR] = 0
+                self._off = skip_error(st)
         if n == 0:
             return None
         self.rows += n

@@ -21,8 +21,7 @@ from operator import itemgetter
 import numpy as np
 
 from streamfusion._parse import json_events
-from streamfusion.data.encoder import ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_LINE, ST_POS, Encoder
-from streamfusion.data.encoder import new_state as new_parse_state
+from streamfusion.data.encoder import Encoder
 from streamfusion.features import Batch
 from streamfusion.kafka.messages import MAX_ID_CHARS, MAX_MESSAGE_BYTES, Invalid, parse_event
 
@@ -261,10 +260,11 @@ class KafkaEncoder:
         index: list[np.ndarray] = []
         for run in decoded.runs:
             if run.records is None:
-                batch, ok, errors = self._parse_lines(run.lines, len(run.ids))
+                batch, errors = self.encoder.parse_lines(run.lines, len(run.ids))
+                ok = batch.line - 1  # 1-based lines -> positions in the run
             else:
                 batch, errors = self.encoder.encode_records(run.records)
-                ok = np.asarray(batch.line, dtype=np.int64)  # positions in the run
+                ok = batch.line  # positions in the run
             rejects += [(int(run.msg[j]), f"encode: {reason}") for j, reason in errors]
             batch.y = run.y[ok]
             batch.ids = run.ids if len(ok) == len(run.ids) else [run.ids[j] for j in ok]
@@ -276,25 +276,3 @@ class KafkaEncoder:
         batch = parts[0] if len(parts) == 1 else Batch.concat(parts)
         rejects.sort()
         return Encoded(batch, np.concatenate(index), rejects)
-
-    def _parse_lines(self, buf: bytes, n: int) -> tuple[Batch, np.ndarray, list[tuple[int, str]]]:
-        """Run the C tokenizer over ``n`` newline-terminated lines; returns rows, their line
-        positions, errors."""
-        out = self.encoder.new_arrays(n)
-        state = new_parse_state()
-        rows = start = 0
-        errors: list[tuple[int, str]] = []
-        while start < len(buf):
-            got = self.encoder.parse_into(buf, start, len(buf), n - rows, out, rows, state,
-                                          label_missing_ok=True)
-            rows += got
-            if state[ST_ERR]:
-                errors.append((int(state[ST_ERR_LINE]) - 1, self.encoder.reason(state)))
-                start = int(state[ST_ERR_NEXT])
-                state[ST_LINE] = state[ST_ERR_LINE]
-                state[ST_ERR] = 0
-            else:
-                start = int(state[ST_POS])
-        ok = out["line"][:rows] - 1  # 1-based line numbers -> positions in the run
-        batch = Batch(**{k: v[:rows] for k, v in out.items()})
-        return batch, ok.astype(np.int64), errors
