@@ -63,8 +63,8 @@ cdef extern from "json_events.h" nogil:
         const unsigned char *names
         const int64_t *name_off
         unsigned char delim
-        const unsigned char *prefix
-        int64_t prefix_len
+        int ncols
+        const int32_t *layout
         int64_t max_bytes
         int64_t max_id_chars
 
@@ -263,7 +263,7 @@ def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t 
 
 # --------------------------------------------------------------------------- Kafka JSON events
 def json_events(list values, const unsigned char[::1] names, const int64_t[::1] name_off,
-                int delim, bytes prefix, int64_t max_bytes, int64_t max_id_chars):
+                int delim, const int32_t[::1] layout, int64_t max_bytes, int64_t max_id_chars):
     """Flat JSON events -> newline-terminated delimited lines, in one nogil pass.
 
     Parameters
@@ -275,8 +275,9 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
         ``names[name_off[i]:name_off[i + 1]]`` (schema column order).
     delim : int
         The delimiter byte; a value holding it is off the fast path.
-    prefix : bytes
-        Written before the fields of every line (the leading id / label columns).
+    layout : int32 array
+        The columns of a line in file order: the field written in each, or -1 for an empty
+        cell (the id and label columns). A field the message lacks is an empty cell too.
     max_bytes, max_id_chars : int
         Longer messages, and ids of more characters, are off the fast path.
 
@@ -295,8 +296,11 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
     cdef sf_jspec s
     cdef int64_t bound = 0, pos = 0, got
     cdef object v
+    cdef Py_ssize_t ncols = layout.shape[0]
     if nf < 1 or names.shape[0] != name_off[nf]:
         raise ValueError("names and name_off disagree")
+    if ncols < 1 or any(f < -1 or f >= nf for f in layout):
+        raise ValueError("layout names a field that does not exist")
     ends = np.zeros(n, dtype=np.int64)
     starts = np.zeros(n, dtype=np.int64)
     lens = np.zeros(n, dtype=np.int64)
@@ -320,9 +324,9 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
                 msg[i] = <const unsigned char *>PyBytes_AS_STRING(v)
                 mlen[i] = PyBytes_GET_SIZE(v)
                 # a line is never longer than its message (each field costs the message its
-                # quoted name, a colon and quotes) plus the prefix
+                # quoted name, a colon and quotes) plus a delimiter per column
                 if mlen[i] <= max_bytes:
-                    bound += mlen[i] + len(prefix) + 1
+                    bound += mlen[i] + ncols + 1
             else:
                 msg[i] = NULL
                 mlen[i] = 0
@@ -333,8 +337,8 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
         s.names = &names[0]
         s.name_off = &name_off[0]
         s.delim = <unsigned char>delim
-        s.prefix = <const unsigned char *>PyBytes_AS_STRING(prefix)
-        s.prefix_len = len(prefix)
+        s.ncols = <int>ncols
+        s.layout = &layout[0]
         s.max_bytes = max_bytes
         s.max_id_chars = max_id_chars
         with nogil:

@@ -1,10 +1,11 @@
 /* JSON click events -> delimited file lines, the Kafka daemon's fast path.
  *
  * One flat JSON object per message, every feature field a string, becomes one newline-
- * terminated line for the tokenizer in parse_core.h (leading id / label columns as a fixed
- * prefix, then the fields in schema order). Only a strict subset of JSON is accepted: a
- * message that is anything else (an escape anywhere, a number or null as a feature, a nested
- * value, a duplicate key, a missing field, invalid JSON or UTF-8, ...) is reported as "off the
+ * terminated line for the tokenizer in parse_core.h: the schema's columns in file order, each
+ * a field's value or empty (the id and label columns, and a field the event does not carry:
+ * a missing value). Only a strict subset of JSON is accepted: a message that is anything else
+ * (an escape anywhere, a number or null as a feature, a nested value, a duplicate key, a
+ * missing id, invalid JSON or UTF-8, ...) is reported as "off the
  * fast path" and Python decodes it with the reference path, which gives exact reasons. The
  * subset is chosen so that every message accepted here decodes to exactly what the reference
  * path builds from it: being conservative costs speed, never correctness.
@@ -32,8 +33,8 @@ typedef struct {
     const unsigned char *names;  /* their names, concatenated */
     const int64_t *name_off;     /* name i is names[name_off[i] .. name_off[i + 1]) */
     unsigned char delim;
-    const unsigned char *prefix; /* written before the fields (the id / label columns) */
-    int64_t prefix_len;
+    int ncols;                   /* columns of a line */
+    const int32_t *layout;       /* per column: the field written there, or -1 (empty) */
     int64_t max_bytes;           /* longer messages are off the path (reference: oversized) */
     int64_t max_id_chars;
 } sf_jspec;
@@ -175,20 +176,20 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
         if (p >= e || *p != '"') return -1; /* also a trailing comma */
     }
     if (sf_jskip(p + 1, e) != e) return -1; /* anything after the object */
-    for (i = 0; i <= nf; i++)
-        if (!seen[i]) return -1; /* a missing field or id */
+    if (!seen[nf]) return -1; /* no id */
     /* the id: 1..max_id_chars characters (code points, as Python's len) */
     chars = 0;
     for (n = 0; n < *id_len; n++) chars += (msg[*id_start + n] & 0xC0) != 0x80;
     if (chars < 1 || chars > s->max_id_chars) return -1;
     o = out;
-    memcpy(o, s->prefix, (size_t)s->prefix_len);
-    o += s->prefix_len;
-    for (i = 0; i < nf; i++) {
-        n = ve[i] - vs[i];
-        memcpy(o, vs[i], (size_t)n);
-        o += n;
-        *o++ = i + 1 < nf ? s->delim : '\n';
+    for (i = 0; i < s->ncols; i++) {
+        key = s->layout[i];
+        if (key >= 0 && seen[key]) { /* else an empty cell: the column's missing value */
+            n = ve[key] - vs[key];
+            memcpy(o, vs[key], (size_t)n);
+            o += n;
+        }
+        *o++ = i + 1 < s->ncols ? s->delim : '\n';
     }
     *click = clk;
     return o - out;

@@ -34,7 +34,6 @@ ST_POS, ST_LINE, ST_ERR, ST_ERR_LINE, ST_ERR_NEXT, ST_MAX_TIME, ST_OOO, ST_ERR_C
 PAD_FIELD = 1 << 30
 DEFAULT_COUNT_BITS = 20  # 4 MiB of int32 counts: fixed whatever the number of categories
 ENCODER_VERSION = 2  # 2: count features are shares of the rows seen
-_MISSING = object()
 
 
 def skip_error(state: np.ndarray) -> int:
@@ -222,17 +221,17 @@ class Encoder:
 
     # ------------------------------------------------------------------ Kafka records
     def encode_records(self, records: Sequence[Mapping]) -> tuple[Batch, list[tuple[int, str]]]:
-        """Encode dicts of raw fields (the dataset's own column names) like file lines.
+        """Encode dicts of raw fields (``Schema.event_fields``, the columns' own names) like
+        file lines.
 
         The label column is optional (absent or None -> y NaN); skipped columns (ids) are
-        ignored; every other column must be present (None = missing value). A record with a
-        missing field, a value of the wrong type, a line break, or the delimiter of a
-        tab-separated schema (comma-separated ones quote it, as a CSV file would) is returned
-        in ``errors`` as ``(position, reason)`` and left out. Batch rows
-        carry ``line`` = position in ``records`` and ``ids`` = each record's ``"id"``.
+        ignored; a field that is absent or None is a missing value (libsvm-like schemas: the
+        ``features`` string of ``idx:val`` tokens). A record with a value of the wrong type, a
+        line break, or the delimiter of a tab-separated schema (comma-separated ones quote
+        it, as a CSV file would) is returned in ``errors`` as ``(position, reason)`` and left
+        out. Batch rows carry ``line`` = position in ``records`` and ``ids`` = each record's
+        ``"id"``.
         """
-        if self.schema.is_svm:
-            raise NotImplementedError("encode_records needs a delimited schema, not libsvm")
         errors: list[tuple[int, str]] = []
         lines: list[bytes] = []
         kept: list[int] = []
@@ -249,24 +248,28 @@ class Encoder:
         good = [kept[int(i) - 1] for i in batch.line]
         batch.line = np.asarray(good, dtype=np.int64)
         batch.ids = [records[p].get("id") for p in good]
+        if self.schema.is_svm:  # placeholder labels (see _record_line)
+            batch.y[[records[p].get(self.schema.label) is None for p in good]] = np.nan
         return batch, errors
 
     def _record_line(self, rec: Mapping) -> bytes:
         if not isinstance(rec, Mapping):
             raise ValueError(f"record is a {type(rec).__name__}, not a dict")
+        if self.schema.is_svm:
+            (name,) = self.schema.event_fields
+            tokens = rec.get(name) or ""
+            if not isinstance(tokens, str) or "\n" in tokens or "\r" in tokens:
+                raise ValueError(f"field {name!r} must be a string of idx:val tokens")
+            # no label: a placeholder 0 that encode_records turns back into NaN
+            label = _cell("label", "label", rec.get(self.schema.label), " ") or "0"
+            return f"{label} {tokens}".encode()
         delim = self.schema.delimiter
         cells = []
         for c in self.schema.columns:
-            v = rec.get(c.name, _MISSING)
             if c.kind == "skip":
                 cells.append("")
                 continue
-            if v is _MISSING:
-                if c.kind == "label":
-                    v = None
-                else:
-                    raise ValueError(f"missing field {c.name!r}")
-            cells.append(_cell(c.name, c.kind, v, delim))
+            cells.append(_cell(c.name, c.kind, rec.get(c.name), delim))
         try:
             return delim.join(cells).encode("utf-8")
         except UnicodeEncodeError:

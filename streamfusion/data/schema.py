@@ -86,6 +86,7 @@ DEFAULT_MAX_FEATURES = 64
 DENSE_AUTO_MAX = 256
 SVM_DETECT_LINES = 20  # lines whose tokens tell libsvm (idx:val) from libffm (field:idx:val)
 SCHEMA_VERSION = 1
+SVM_EVENT_FIELD = "features"  # a libsvm-like event's tokens, as they are in its file line
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,21 @@ class Schema:
         """Name of the label column (None when the file carries no label)."""
         return next((c.name for c in self.columns if c.kind == "label"), "label" if self.is_svm
                     else None)
+
+    @property
+    def event_fields(self) -> tuple[str, ...]:
+        """The raw fields of an event (a Kafka message): every column but the id and the
+        label, under its own name; libsvm-like formats carry their ``idx:val`` tokens as one
+        string field, ``features``."""
+        if self.is_svm:
+            return (SVM_EVENT_FIELD,)
+        return tuple(c.name for c in self.columns if c.kind not in ("skip", "label"))
+
+    @property
+    def id_column(self) -> str | None:
+        """The skipped column that names each event (``id``, any case), if the log has one."""
+        return next((c.name for c in self.columns
+                     if c.kind == "skip" and c.name.lower() == "id"), None)
 
     @property
     def has_header(self) -> bool:

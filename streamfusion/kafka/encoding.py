@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from operator import itemgetter
 
 import numpy as np
 
@@ -138,42 +137,43 @@ class KafkaEncoder:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         schema = encoder.schema
+        self.fields = list(schema.event_fields)
+        self.svm = schema.is_svm
         self.delim = schema.delimiter
-        self.fields = [c.name for c in schema.columns if c.kind not in ("skip", "label")]
-        kinds = [c.kind for c in schema.columns]
-        lead = 0
-        while lead < len(kinds) and kinds[lead] in ("skip", "label"):
-            lead += 1
-        # fast path when the id / label columns come first (Avazu, Criteo): prefix + join
-        self._prefix = self.delim * lead if all(
-            k not in ("skip", "label") for k in kinds[lead:]) else None
-        self._get = itemgetter(*self.fields) if len(self.fields) > 1 else None
-        self._ncols = len(kinds)
+        index = {name: i for i, name in enumerate(self.fields)}
+        # per column of a file line: the event field written there, or -1 (id, label: empty)
+        self._layout = np.array([index.get(c.name, -1) if c.kind not in ("skip", "label")
+                                 else -1 for c in schema.columns], dtype=np.int32)
         self._spec = self._c_spec()
 
     def _c_spec(self) -> tuple | None:
         """The arguments of ``json_events`` after the values, or None when this schema's
-        events cannot take the C decoder (its lines need the same prefix + join layout)."""
+        events cannot take the C decoder (libsvm-like lines, a multi-byte delimiter, a field
+        named like a reserved key)."""
         delim = self.delim.encode("utf-8")
-        if (self._prefix is None or self._get is None or len(delim) != 1
-                or any(name in _RESERVED_KEYS for name in self.fields)):
+        if self.svm or len(delim) != 1 or any(name in _RESERVED_KEYS for name in self.fields):
             return None
         names = [name.encode("utf-8") for name in self.fields]
         offsets = np.zeros(len(names) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(b) for b in names])
         return (np.frombuffer(b"".join(names), dtype=np.uint8), offsets, delim[0],
-                self._prefix.encode("utf-8"), MAX_MESSAGE_BYTES, MAX_ID_CHARS)
+                self._layout, MAX_MESSAGE_BYTES, MAX_ID_CHARS)
 
     def _line(self, obj: dict) -> str | None:
-        """The file line of an all-strings event, or None when it needs the reference path."""
-        if self._prefix is None or self._get is None:
-            return None
-        try:
-            line = self._prefix + self.delim.join(self._get(obj))
-        except (KeyError, TypeError):
-            return None
-        if line.count(self.delim) != self._ncols - 1:
-            return None
+        """The file line of an event whose fields are all strings (a missing one is an empty
+        cell), or None when it needs the reference path."""
+        if self.svm:
+            tokens = obj.get(self.fields[0], "")
+            if type(tokens) is not str or "\n" in tokens or "\r" in tokens:
+                return None
+            return f"0 {tokens}"  # a placeholder label: the event's click replaces it
+        cells = []
+        for f in self._layout.tolist():
+            v = obj.get(self.fields[f], "") if f >= 0 else ""
+            if type(v) is not str or self.delim in v:
+                return None
+            cells.append(v)
+        line = self.delim.join(cells)
         for ch in _BAD_LINE_CHARS:
             if ch in line:
                 return None

@@ -84,8 +84,8 @@ def parse_event(value: bytes | None, fields: list[str]
     value : bytes
         The message value.
     fields : list of str
-        Raw fields every event must carry (the format's feature columns). Values may be
-        strings or numbers (as in the file); ``null`` or ``""`` means missing.
+        The schema's event fields (``Schema.event_fields``). Values may be strings or numbers
+        (as in the file); a field that is absent, ``null`` or ``""`` is a missing value.
 
     Returns
     -------
@@ -104,16 +104,11 @@ def parse_event(value: bytes | None, fields: list[str]
     click = obj.get("click")
     if click is not None:
         click = _check_click(click)
-    try:  # fast path: every field present as a string, as `produce` sends them
-        if all(type(obj[name]) is str for name in fields):
-            return ident, obj, click
-    except KeyError:
-        pass
+    if all(type(obj.get(name, "")) is str for name in fields):
+        return ident, obj, click  # as `produce` sends them (a missing field is missing)
     record: dict[str, str] = {}
     for name in fields:
-        if name not in obj:
-            raise Invalid(MISSING_FIELD, name)
-        v = obj[name]
+        v = obj.get(name)
         if v is None:
             record[name] = ""
         elif isinstance(v, str):
@@ -132,12 +127,3 @@ def parse_label(value: bytes | None) -> tuple[str | int, int]:
     if "click" not in obj:
         raise Invalid(MISSING_FIELD, "click")
     return ident, _check_click(obj["click"])
-
-
-def encode_output(ident: str | int, p: float, margin: float, base: float, residual: float,
-                  version: int) -> bytes:
-    """The output message of one scored event."""
-    return json.dumps({
-        "id": ident, "p_click": p, "margin": margin, "base_margin": base,
-        "residual_margin": residual, "model_version": version,
-    }, separators=(",", ":")).encode()

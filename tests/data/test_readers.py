@@ -287,7 +287,7 @@ def test_encode_records_errors_and_missing_label():
     unlabelled = {k: v for k, v in good.items() if k != "click"}
     records = [
         good,
-        {k: v for k, v in good.items() if k != "site_id"},          # missing field
+        {k: v for k, v in good.items() if k != "site_id"},          # missing = missing value
         {**good, "site_id": "a,b"},                                  # quoted, as in a CSV
         {**good, "device_ip": "x\ny"},                               # newline inside
         {**good, "C1": [1005]},                                      # wrong type
@@ -299,17 +299,17 @@ def test_encode_records_errors_and_missing_label():
         "not a dict",
     ]
     batch, errors = enc.encode_records(records)
-    assert [p for p, _ in errors] == [1, 3, 4, 5, 6, 7, 10]
+    assert [p for p, _ in errors] == [3, 4, 5, 6, 7, 10]
     reasons = dict(errors)
-    assert "missing field 'site_id'" in reasons[1]
     assert "line break" in reasons[3]
     assert "wrong type" in reasons[4] and "wrong type" in reasons[5]
     assert "bad hour" in reasons[6] and "bad label" in reasons[7]
-    assert list(batch.line) == [0, 2, 8, 9]
-    assert batch.y[0] == 1 and np.isnan(batch.y[2])
+    assert list(batch.line) == [0, 1, 2, 8, 9]
+    assert batch.y[0] == 1 and np.isnan(batch.y[3])
     f = avazu_schema().field_names.index("site_id")
-    assert batch.indices[1, f] == _parse.hash_value(f, b"a,b", 20, 0)
-    assert batch.indices[3, f] == _parse.hash_value(f, b"", 20, 0)
+    assert batch.indices[1, f] == _parse.hash_value(f, b"", 20, 0)  # absent: missing
+    assert batch.indices[2, f] == _parse.hash_value(f, b"a,b", 20, 0)
+    assert batch.indices[4, f] == _parse.hash_value(f, b"", 20, 0)
 
 
 # ----------------------------------------------------------------- bounded memory, state

@@ -241,6 +241,17 @@ def test_plain_events_take_the_c_path_in_any_key_order_and_spacing(fmt) -> None:
     assert_same_decoded(decoded, enc.decode_each(values))
 
 
+def test_a_missing_field_is_an_empty_cell_in_the_c_decoder_and_the_reference() -> None:
+    enc = ENCODERS["avazu"]
+    value = b'{"id":"a","hour":"14102100","C1":"1005"}'
+    lines, _, ids, _, on = json_events([value], *enc._spec)
+    cells = ["", "", "14102100", "1005"] + [""] * (len(enc.fields) - 2)
+    assert list(on) == [True] and ids == ["a"] and lines == (",".join(cells) + "\n").encode()
+    assert_same_decoded(enc.decode([value]), enc.decode_each([value]))
+    got = enc.encode([value])
+    assert not got.rejects and len(got.batch) == 1
+
+
 def test_the_c_decoder_writes_the_line_and_the_click() -> None:
     enc = ENCODERS["avazu"]
     ev = {name: "" for name in enc.fields}
@@ -254,7 +265,7 @@ def test_the_c_decoder_writes_the_line_and_the_click() -> None:
 
 @pytest.mark.parametrize("value", [
     b'{"id":"a","click":1,"click":0}',  # a duplicate key
-    b'{"id":"a","C1":"1"}',  # a missing field
+    b'{"C1":"1"}',  # no id
     b'{"id":"\\u0061"}',  # any escape
     b'{"id":"a"',  # truncated
     b'',
