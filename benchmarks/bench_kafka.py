@@ -45,6 +45,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.generate import generate
+from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.daemon import (
     CONSUMER_TUNING,
@@ -424,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         # on the same two cores
         gc.collect()
         gc.freeze()
-        stats = produce(str(bench_log), t["in"], bootstrap, format="csv")
+        unlabelled = Schema("csv", tuple(c for c in avazu_schema().columns
+                                         if c.kind != "label"), header=True)
+        stats = produce(str(bench_log), t["in"], bootstrap, schema=unlabelled)
         n = stats["events"]
         print(f"pre-produced {n:,} events ({stats['events_per_second']:,.0f}/s)", flush=True)
 

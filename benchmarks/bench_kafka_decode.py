@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "gen.csv"
         generate(log, "avazu", rows=args.events, seed=7)
-        _, rows = read_events(log, "avazu")
+        _, rows = read_events(log, format="avazu")
         rng = np.random.default_rng(0)
         values = []
         for _, ev in rows:

@@ -512,6 +512,13 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
     return FileSource(path, encoder, on_error, chunk_bytes)
 
 
+def log_schema(path: str | os.PathLike, **kwargs) -> Schema:
+    """The schema ``open_source(path, **kwargs)`` reads the log with (detection, inference,
+    ``types``), without reading past its head."""
+    with open_source(path, **kwargs) as src:
+        return src.schema
+
+
 def _check_header(path: Path, head: bytes, schema: Schema) -> None:
     first = head.split(b"\n", 1)[0].rstrip(b"\r")
     try:
@@ -535,4 +542,4 @@ def read_all(path: str | os.PathLike, batch_rows: int = 65536, **kwargs) -> Batc
         return Batch.concat(batches)
 
 
-__all__ = ["FileSource", "ParseError", "open_source", "read_all"]
+__all__ = ["FileSource", "ParseError", "log_schema", "open_source", "read_all"]

@@ -11,10 +11,13 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from streamfusion.kafka.formats import FORMATS, read_events
+from streamfusion.data.schema import Schema
+from streamfusion.inputs import add_input_arguments, source_options
+from streamfusion.kafka.formats import read_events
 
 PACE_EVERY = 100  # events between pacing checks: sleeps stay >= ~1 ms at high rates
 POLL_EVERY = 1000  # serve delivery callbacks every N events so the queue never clogs
@@ -26,9 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", required=True, help="click log (.csv, .txt, .gz)")
     parser.add_argument("--topic", required=True, help="topic to write the events to")
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap HOST:PORT")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="log format (default: detect from the first line)")
-    parser.add_argument("--label", default=None, help="label column of a generic CSV")
+    add_input_arguments(parser)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="events per second (default: 0, as fast as possible)")
     parser.add_argument("--rows", type=int, default=None, help="stop after N events")
@@ -69,18 +70,22 @@ class _Delivery:
                 self.errors.append(str(err))
 
 
-def produce(path: str, topic: str, bootstrap: str, format: str = "auto",
-            label: str | None = None, rate: float = 0.0, rows: int | None = None,
-            progress: bool = False, extra_config: list[str] | None = None) -> dict:
+def produce(path: str, topic: str, bootstrap: str, rate: float = 0.0, rows: int | None = None,
+            progress: bool = False, extra_config: list[str] | None = None,
+            schema: Schema | None = None, **source: Any) -> dict:
     """Write the log's events to ``topic``; return counts and timing.
+
+    The log is typed as ``replay`` types it: ``source`` holds the input options of
+    :func:`~streamfusion.data.open_source` (``format``, ``label``, ``types``, ...), or
+    ``schema`` gives the schema outright.
 
     Returns
     -------
     dict
         ``events`` sent, ``acked``, ``failed``, ``errors`` (first few), ``seconds``,
-        ``events_per_second``, ``format``.
+        ``events_per_second``, ``format`` and ``schema``.
     """
-    layout, events = read_events(path, format, label, rows)
+    schema, events = read_events(path, rows=rows, schema=schema, **source)
     producer = Producer(producer_config(bootstrap, extra_config))
     delivery = _Delivery()
     dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -116,7 +121,7 @@ def produce(path: str, topic: str, bootstrap: str, format: str = "auto",
     return {
         "events": sent, "acked": delivery.acked, "failed": failed, "errors": delivery.errors,
         "seconds": seconds, "events_per_second": sent / seconds if seconds > 0 else 0.0,
-        "format": layout.format,
+        "format": schema.name, "schema": schema,
     }
 
 
@@ -150,10 +155,10 @@ def _progress(enabled: bool, total: int | None) -> _Bar | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``streamfusion produce``; returns the exit code (1 when deliveries failed)."""
     try:
-        stats = produce(args.file, args.topic, args.bootstrap_servers, args.format, args.label,
-                        args.rate, args.rows, progress=not args.no_progress and sys.stderr.isatty(),
-                        extra_config=args.producer_config)
-    except (OSError, ValueError, KafkaException) as exc:
+        stats = produce(args.file, args.topic, args.bootstrap_servers, args.rate, args.rows,
+                        progress=not args.no_progress and sys.stderr.isatty(),
+                        extra_config=args.producer_config, **source_options(args))
+    except (OSError, ValueError, KafkaException) as exc:  # ParseError is a ValueError
         print(f"streamfusion produce: {exc}", file=sys.stderr)
         return 2
     print(f"produced {stats['events']:,} {stats['format']} events to {args.topic} in "

@@ -19,7 +19,7 @@ from streamfusion.kafka.formats import read_events
 def test_fast_path_matches_encode_records(tmp_path, fmt) -> None:
     path = tmp_path / "log.txt"
     generate(path, fmt, rows=3000, seed=3)
-    _, rows = read_events(path, fmt)
+    _, rows = read_events(path, format=fmt)
     events = [ev for _, ev in rows]
     schema = avazu_schema() if fmt == "avazu" else criteo_schema()
     fast = KafkaEncoder(Encoder(schema, bits=16, seed=5))

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from streamfusion.data.schema import avazu_schema
 from streamfusion.kafka import messages as M
-from streamfusion.kafka.formats import AVAZU_COLUMNS, feature_columns
 
-FIELDS = feature_columns("avazu")
+FIELDS = list(avazu_schema().event_fields)
 
 
 def _event(**over) -> dict:
