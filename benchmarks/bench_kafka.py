@@ -51,7 +51,6 @@ from streamfusion.kafka.daemon import (
     CONSUMER_TUNING,
     PRODUCER_TUNING,
     SNAPSHOT_DIR,
-    schema_for,
 )
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
@@ -119,7 +118,7 @@ def log_append_time(bootstrap: str, topic: str) -> bool:
 
 def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, rows: int) -> dict:
     """Train the default chain through its first refit; write + announce the snapshot."""
-    schema = schema_for("avazu")
+    schema = avazu_schema()
     config = ModelConfig()
     model = OnlineModel(config, len(schema.field_names))
     encoder = Encoder(schema, bits=config.bits, seed=config.seed)
@@ -401,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         # the latency input stamps events with the broker's append time (the stage split)
         create_topics(bootstrap, [t["lin"]], {"message.timestamp.type": "LogAppendTime"})
         config = ModelConfig()
-        n_train = train_rows(config, len(schema_for("avazu").field_names))
+        n_train = train_rows(config, len(avazu_schema().field_names))
         log = tmp / "stream.csv"
         generate(log, "avazu", rows=n_train + args.events, seed=11)
         print(f"broker {bootstrap}; training the default chain on {n_train:,} events ...",

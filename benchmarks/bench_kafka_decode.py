@@ -25,7 +25,8 @@ import numpy as np
 import streamfusion
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.generate import generate
-from streamfusion.kafka.daemon import Daemon, ServeConfig, schema_for
+from streamfusion.data.schema import avazu_schema
+from streamfusion.kafka.daemon import Daemon, ServeConfig
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
 from streamfusion.online import Scores
@@ -72,7 +73,7 @@ def main() -> None:
             values.append(json.dumps(ev).encode())
     n = len(values)
     batches = [values[i:i + args.batch] for i in range(0, n, args.batch)]
-    enc = KafkaEncoder(Encoder(schema_for("avazu"), bits=20, seed=1))
+    enc = KafkaEncoder(Encoder(avazu_schema(), bits=20, seed=1))
     decoded = [enc.decode(b) for b in batches]
     assert not any(d.rejects for d in decoded)
     us = 1e6 / n

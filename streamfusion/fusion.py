@@ -208,18 +208,22 @@ class Chain:
         """The fused margin ``z(x)``, float32 [n]. Pure."""
         return self.fuse(self.margins(batch))
 
-    def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray,
+              weight: np.ndarray | None = None) -> dict[str, float]:
         """Learn from the rows of ``batch`` selected by ``mask`` (labelled, not held out).
 
         ``margins`` are the stage margins computed *before* learning (test-then-train), so
         each stage sees the residual of the stages before it as they scored these rows.
+        ``weight`` (per row of ``batch``) weighs the residual learners' losses; the trees'
+        window keeps the rows unweighted.
         """
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         sub = batch if mask.all() else batch.take(mask)
         z_prev = np.zeros(len(batch), dtype=np.float32)
         for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
             if kind != "trees" and len(sub):
-                res = stage.partial_fit(sub, z_prev[mask], sub.y)
+                res = stage.partial_fit(sub, z_prev[mask], sub.y,
+                                        sample_weight=None if weight is None else weight[mask])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
             z_prev += m
@@ -236,7 +240,8 @@ class Chain:
                 stage.observe(batch, total - m if self.backfit else z_prev.copy(), mask)
             z_prev += m
 
-    def score_and_learn(self, batch: Batch, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+    def score_and_learn(self, batch: Batch, mask: np.ndarray,
+                        weight: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """Stage margins as ``margins`` gives them, then the learning of ``learn``, in one pass.
 
         When every row is learned, a residual stage's pre-step margins come out of its own
@@ -245,7 +250,7 @@ class Chain:
         """
         if not mask.all():
             margins = self.margins(batch)
-            return margins, self.learn(batch, margins, mask)
+            return margins, self.learn(batch, margins, mask, weight)
         margins = np.empty((len(self.stages), len(batch)), dtype=np.float32)
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         z_prev = np.zeros(len(batch), dtype=np.float32)
@@ -253,7 +258,8 @@ class Chain:
             if kind == "trees":
                 margins[s] = stage.margin(batch)
             else:
-                res = stage.partial_fit(batch, z_prev, batch.y, margin_out=margins[s])
+                res = stage.partial_fit(batch, z_prev, batch.y, sample_weight=weight,
+                                        margin_out=margins[s])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
             z_prev += margins[s]

@@ -55,6 +55,7 @@ from streamfusion.spill import RecordSpill, SpillFile
 
 DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
 HOLDOUT_FILE = "holdout.npy-stream"
+SCHEMA_FILE = "schema.json"  # beside a checkpoint: the log's schema, for serve --schema
 HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margins
 HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
 LIVE_AUC_EVENTS = 20_000  # events behind the progress bar's live AUC
@@ -220,6 +221,8 @@ class Replay:
         # Spills live beside the checkpoint they belong to, else in a directory of this run.
         self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
         self.spill_dir.mkdir(parents=True, exist_ok=True)
+        if args.checkpoint:  # what `serve --schema` reads to take events of this log
+            write_json(args.checkpoint / SCHEMA_FILE, schema.to_dict())
         # a run's own directory goes at its end, or at exit if the run fails
         self._remove_tmpdir = (None if args.checkpoint else
                                weakref.finalize(self, shutil.rmtree, self.spill_dir, True))

@@ -55,13 +55,14 @@ from confluent_kafka import (
 from streamfusion import checkpoint
 from streamfusion._parse import json_outputs
 from streamfusion.data.encoder import Encoder
-from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
+from streamfusion.data.schema import Schema, avazu_schema
+from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER, Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
-from streamfusion.online import OnlineModel, Scores
+from streamfusion.online import OnlineLoop, OnlineModel, Scores
 
 log = logging.getLogger("streamfusion.kafka")
 
@@ -131,12 +132,15 @@ class ServeConfig:
     metrics_port: int | None = None
     model_topic: str | None = None
     batch_size: int = 5000
-    format: str = "avazu"
+    schema: Schema = field(default_factory=avazu_schema)
+    init_from: str | None = None
     checkpoint_every: int = 200_000
     checkpoint_interval: float = 30.0
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
     label_ttl: float = DEFAULT_TTL
     label_capacity: int = DEFAULT_CAPACITY
+    label_window: float | None = None
+    correct_late: bool = True
     exit_when_idle: float | None = None
     consumer_extra: dict[str, str] = field(default_factory=dict)
     producer_extra: dict[str, str] = field(default_factory=dict)
@@ -154,20 +158,6 @@ class ServeConfig:
     @property
     def learns(self) -> bool:
         return self.role in ("both", "train")
-
-
-def schema_for(format: str) -> Schema:
-    """The schema of a Kafka event format (raw fields as in the Kaggle files)."""
-    if format == "avazu":
-        return avazu_schema()
-    if format == "criteo":
-        return criteo_schema()
-    raise ValueError(f"unknown event format {format!r}: expected 'avazu' or 'criteo'")
-
-
-def required_fields(schema: Schema) -> list[str]:
-    """Raw fields every input event must carry: all but the id and the label."""
-    return [c.name for c in schema.columns if c.kind not in ("skip", "label")]
 
 
 # %.9g: float32 margins round-trip exactly; one format call per output is the cheap way.
@@ -246,13 +236,14 @@ class Daemon:
     def __init__(self, config: ServeConfig, model_config: ModelConfig) -> None:
         self.cfg = config
         self.model_config = model_config
-        self.schema = schema_for(config.format)
-        self.fields = required_fields(self.schema)
+        self.schema = config.schema
         self.metrics = ServeMetrics(config.role)
         self.model: OnlineModel | None = None
+        self.loop: OnlineLoop | None = None
         self._encoder: Encoder | None = None
         self._kafka_encoder: KafkaEncoder | None = None
-        self.join = LabelJoin(config.label_ttl, config.label_capacity)
+        self.join = LabelJoin(config.label_ttl, config.label_capacity,
+                              window=config.label_window, correct_late=config.correct_late)
         self.version = 0  # model version reported in outputs (see module docstring)
         self.counters = {"events": 0, "labels": 0, "scored": 0, "learned": 0,
                          "dead_lettered": 0}
@@ -273,7 +264,8 @@ class Daemon:
         self._model_consumer: Consumer | None = None
         self._model_topic_wait = 0.0
         self._next_model_poll = 0.0
-        self._expired_seen = 0
+        self._join_seen = {"expired": 0, "joined_clicks": 0, "window_negatives": 0,
+                           "late_clicks": 0}
         self._last_message = time.monotonic()
         self._assigned: set[tuple[str, int]] = set()
         self._scorer: ThreadPoolExecutor | None = None
@@ -336,8 +328,8 @@ class Daemon:
                     self._last_message = now
                 if msgs:
                     self._process(msgs)
-                if self._reap():  # the scoring thread is idle (else it updates them after each job)
-                    self._update_gauges(now)
+                if self._reap():  # the scoring thread is idle (else it does this after each job)
+                    self._housekeeping(now)
                 if self._due(now):
                     self._commit_cycle()
                 if (self.cfg.exit_when_idle is not None
@@ -473,6 +465,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ state
     def _build_fresh(self) -> None:
+        if self.cfg.init_from:
+            self.model, self.encoder = start_from_history(self.cfg.init_from, self.schema,
+                                                          self.model_config.threads)
+            log.info("starting from the replay checkpoint in %s (%d events learned)",
+                     self.cfg.init_from, self.model.events_learned)
+            return
         cfg = self.model_config
         self.model = OnlineModel(cfg, len(self.schema.field_names))
         self.encoder = Encoder(self.schema, bits=cfg.bits, seed=cfg.seed)
@@ -486,6 +484,11 @@ class Daemon:
                      self.counters["events"], self._state_positions)
         else:
             self._build_fresh()
+        self._new_loop()
+
+    def _new_loop(self) -> None:
+        """The online loop over the current model (again after a snapshot replaced it)."""
+        self.loop = OnlineLoop(self.model, learn=self.cfg.learns)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
@@ -495,8 +498,8 @@ class Daemon:
         encoder = Encoder.from_state_dict(state["encoder"])
         if encoder.schema != self.schema:
             raise checkpoint.CheckpointError(
-                f"checkpoint was written for format {encoder.schema.name!r}, "
-                f"not {self.schema.name!r}")
+                f"checkpoint was written for {describe_schema(encoder.schema)}, this serve "
+                f"reads {describe_schema(self.schema)}")
         self.join.load_state_dict(state["join"])
         self.model, self.encoder = model, encoder
         self.counters = {k: int(v) for k, v in state["counters"].items()}
@@ -509,7 +512,7 @@ class Daemon:
         return {
             "kind": STATE_KIND,
             "version": STATE_VERSION,
-            "format": self.cfg.format,
+            "format": self.schema.name,
             "model": self.model.state_dict(),
             "encoder": self.encoder.state_dict(),
             "join": self.join.state_dict(),
@@ -621,31 +624,39 @@ class Daemon:
         y = batch.y
         offsets = np.fromiter(map(Message.offset, msgs), np.int64, len(msgs))
         batch.line = offsets[encoded.index]  # the input offset of each row
-        scores = self.model.step(batch) if self.cfg.learns else self.model.score(batch)
+        _, scores = self.loop.step(batch, self)  # no holdout: every event is live
         out = (batch.ids, scores, self._output_version())
         labelled = ~np.isnan(y)
-        if labelled.any():
-            self.metrics.observe_predictions(scores.p[labelled], y[labelled])
-            if self.cfg.learns:
-                n = int(labelled.sum())
-                self.counters["learned"] += n
-                self.metrics.learned.inc(n)
+        if labelled.any() and self.cfg.learns:
+            n = int(labelled.sum())
+            self.counters["learned"] += n
+            self.metrics.learned.inc(n)
         if self.cfg.learns and self.cfg.label_topic and not labelled.all():
             rows = np.flatnonzero(~labelled)
             sub = batch.take(rows)
             ready, ready_y = self.join.add_events(sub, [str(i) for i in sub.ids],
-                                                  scores.p[rows])
+                                                  scores.margin[rows])
             if len(ready):
                 early = sub.take(ready)
                 early.y = ready_y
-                self._learn_joined(early, scores.p[rows][ready])
+                self._learn_joined(early, scores.margin[rows][ready])
         return out
 
     def _after_job(self) -> None:
-        """Scoring thread, after each job: swap in finished tree refits, update gauges."""
-        if self.cfg.learns and self.model.poll():
-            log.info("tree refit swapped in (chain version %d)", self.model.version)
-        self._update_gauges(time.monotonic())
+        """Scoring thread, after each job: learn the window's negatives, update gauges."""
+        self._housekeeping(time.monotonic())
+
+    # the online loop's sink (scoring thread)
+    def swapped(self, version: int) -> None:
+        log.info("tree refit swapped in (chain version %d)", version)
+
+    def held_out(self, batch: Batch) -> None:
+        raise AssertionError("serve holds nothing out")  # the loop has no holdout here
+
+    def scored(self, batch: Batch, scores: Scores) -> None:
+        labelled = ~np.isnan(batch.y)
+        if labelled.any():
+            self.metrics.observe(scores.margin[labelled], batch.y[labelled])
 
     def _labels(self, msgs: list[Message]) -> None:
         """Scoring thread: validate label messages and learn the events they complete."""
@@ -658,15 +669,20 @@ class Daemon:
                 self._dead_letter(m, exc.header)
                 continue
             pairs.append((str(ident), click))
-        batch, p = self.join.add_labels(pairs)
+        late = self.join.late_clicks
+        batch, margin = self.join.add_labels(pairs)
         if batch is not None:
-            self._learn_joined(batch, p)
+            # a late click's event was already observed, as the negative it was learned as
+            self._learn_joined(batch, margin, observe=self.join.late_clicks == late)
         self._after_job()
 
-    def _learn_joined(self, batch, p_at_event: np.ndarray) -> None:
-        """Learn from events whose label came on the label topic (scored when they arrived)."""
-        self.model.step(batch)
-        self.metrics.observe_predictions(p_at_event, batch.y)
+    def _learn_joined(self, batch: Batch, margin_at_event: np.ndarray,
+                      observe: bool = True) -> None:
+        """Learn from events whose label came on the label topic, or whose click window
+        passed (scored when they arrived); ``observe`` feeds the rolling metrics."""
+        self.loop.learn_late(batch, self.join.weights(batch.y, margin_at_event))
+        if observe:
+            self.metrics.observe(margin_at_event, batch.y)
         self.counters["learned"] += len(batch)
         self.metrics.learned.inc(len(batch))
 
@@ -865,6 +881,7 @@ class Daemon:
             return
         self._drain()  # the batches in flight are scored with the model they were meant for
         old, self.model, self.encoder = self.model, model, encoder
+        self._new_loop()
         if old is not None:
             old.close()
         _freeze_heap()
@@ -873,14 +890,24 @@ class Daemon:
         log.info("loaded model snapshot %d from %s", self.version, path)
 
     # ------------------------------------------------------------------ gauges
-    def _update_gauges(self, now: float) -> None:
+    def _housekeeping(self, now: float) -> None:
+        """Learn the events whose click window passed (as negatives), expire what waited too
+        long, update the gauges. On the scoring thread, or the main one with no job in
+        flight: it may touch the model."""
+        if self.cfg.learns:
+            batch, margin = self.join.due()
+            if batch is not None:
+                self._learn_joined(batch, margin)
         self.metrics.tick(now, self.counters["events"])
         self.join.expire()  # also while idle: expired joins are counted when they expire
         self.metrics.pending_joins.set(len(self.join))
-        expired = self.join.expired_events + self.join.expired_labels
-        if expired > self._expired_seen:
-            self.metrics.expired.inc(expired - self._expired_seen)
-            self._expired_seen = expired
+        totals = {"expired": self.join.expired_events + self.join.expired_labels,
+                  "joined_clicks": self.join.joined, "window_negatives":
+                  self.join.window_negatives, "late_clicks": self.join.late_clicks}
+        for name, total in totals.items():
+            if total > self._join_seen[name]:
+                getattr(self.metrics, name).inc(total - self._join_seen[name])
+                self._join_seen[name] = total
         if self.cfg.role == "both":
             self.metrics.model_version.set(self.model.version)
 
@@ -894,3 +921,51 @@ def _freeze_heap() -> None:
 
 def _fmt(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def describe_schema(schema: Schema) -> str:
+    """'the csv schema (label clicked; 12 fields: a, b, c, ...)' for one-line refusals."""
+    fields = schema.event_fields
+    shown = ", ".join(fields[:6]) + (", ..." if len(fields) > 6 else "")
+    return (f"the {schema.name} schema (label {schema.label}; {len(fields)} event fields: "
+            f"{shown})")
+
+
+def _replay_state(folder: str | Path) -> dict[str, Any]:
+    state = checkpoint.load(folder)
+    if state.get("kind") != "replay":
+        raise checkpoint.CheckpointError(f"--init-from {folder}: not a replay checkpoint")
+    return state
+
+
+def replay_schema(folder: str | Path) -> Schema:
+    """The schema of the log a replay checkpoint was written for."""
+    try:
+        return Schema.from_dict(_replay_state(folder)["encoder"]["schema"])
+    except (KeyError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"--init-from {folder}: malformed replay "
+                                         f"checkpoint ({exc})") from None
+
+
+def start_from_history(folder: str, schema: Schema, threads: int) -> tuple[OnlineModel, Encoder]:
+    """The model and encoder of a replay checkpoint, to go on learning live from them.
+
+    Refused with a one-line :class:`~streamfusion.checkpoint.CheckpointError` when the folder
+    holds no replay checkpoint, or one of another schema than ``schema``.
+    """
+    state = _replay_state(folder)
+    try:
+        encoder = Encoder.from_state_dict(state["encoder"])
+        if encoder.schema != schema:
+            raise checkpoint.CheckpointError(
+                f"--init-from {folder}: the replay read {describe_schema(encoder.schema)}, "
+                f"this serve reads {describe_schema(schema)} (pass the replay's schema.json "
+                "with --schema)")
+        config = {**state["model"]["config"], "threads": threads, "tree_threads": threads}
+        model = OnlineModel.from_state({**state["model"], "config": config})
+    except checkpoint.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"--init-from {folder}: malformed replay "
+                                         f"checkpoint ({exc})") from None
+    return model, encoder

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the daemon, and the rolling AUC / logloss behind two of them.
+"""Prometheus metrics of the daemon; the rolling AUC / logloss come from ``evaluate.Rolling``.
 
 Each daemon has its own registry (several daemons can live in one test process); ``serve``
 exposes it with ``prometheus_client.start_http_server`` on ``--metrics-port``.
@@ -7,50 +7,13 @@ exposes it with ``prometheus_client.start_http_server`` on ``--metrics-port``.
 from __future__ import annotations
 
 import json
-from collections import deque
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from streamfusion.evaluate import auc
+from streamfusion.evaluate import Rolling
 
 ROLLING_EVENTS = 10_000  # labelled events behind the rolling AUC / logloss
-PROB_EPS = 1e-15  # probabilities are clamped only here, in metrics
-
-
-class Rolling:
-    """AUC and logloss over the last ``size`` labelled predictions."""
-
-    def __init__(self, size: int = ROLLING_EVENTS) -> None:
-        self.size = int(size)
-        self._p: deque[np.ndarray] = deque()
-        self._y: deque[np.ndarray] = deque()
-        self._n = 0
-
-    def add(self, p: np.ndarray, y: np.ndarray) -> None:
-        p = np.asarray(p, dtype=np.float64)[-self.size:]
-        y = np.asarray(y, dtype=np.float64)[-self.size:]
-        if p.size == 0:
-            return
-        self._p.append(p)
-        self._y.append(y)
-        self._n += p.size
-        while self._n - self._p[0].size >= self.size:
-            self._n -= self._p.popleft().size
-            self._y.popleft()
-
-    def __len__(self) -> int:
-        return min(self._n, self.size)
-
-    def values(self) -> tuple[float, float]:
-        """``(auc, logloss)``; NaN when there is nothing (or one class only, for AUC)."""
-        if not self._n:
-            return float("nan"), float("nan")
-        p = np.concatenate(self._p)[-self.size:]
-        y = np.concatenate(self._y)[-self.size:]
-        pc = np.clip(p, PROB_EPS, 1.0 - PROB_EPS)
-        ll = float(-np.mean(y * np.log(pc) + (1.0 - y) * np.log1p(-pc)))
-        return auc(p, y), ll
 
 
 class ServeMetrics:
@@ -75,6 +38,14 @@ class ServeMetrics:
         self.expired = Counter("streamfusion_expired_joins",
                                "events or labels whose partner never came within the TTL",
                                registry=r)
+        self.joined_clicks = Counter("streamfusion_joined_labels",
+                                     "labels joined with their waiting event", registry=r)
+        self.window_negatives = Counter("streamfusion_window_negatives",
+                                        "events learned as negatives: no click within the "
+                                        "label window", registry=r)
+        self.late_clicks = Counter("streamfusion_late_clicks",
+                                   "clicks after their event was learned as a negative",
+                                   registry=r)
         self.commits = Counter("streamfusion_commits", "offset commits", registry=r)
         self.kafka_errors = Counter("streamfusion_kafka_errors",
                                     "client errors (broker down, timeouts)", registry=r)
@@ -93,16 +64,17 @@ class ServeMetrics:
         self.pending_joins = Gauge("streamfusion_pending_joins", "events waiting for labels",
                                    registry=r)
         self.role = role
-        self.rolling = Rolling()
+        self.rolling = Rolling(ROLLING_EVENTS)
         self._rate_t: float | None = None
         self._rate_n = 0.0
 
-    def observe_predictions(self, p: np.ndarray, y: np.ndarray) -> None:
-        """Feed test-then-train predictions of labelled events to the rolling metrics."""
-        self.rolling.add(p, y)
-        a, ll = self.rolling.values()
-        self.auc.set(a)
-        self.logloss.set(ll)
+    def observe(self, margin: np.ndarray, y: np.ndarray) -> None:
+        """Feed the test-then-train margins of labelled events to the rolling metrics (the
+        replay's progress bar reads the same :class:`~streamfusion.evaluate.Rolling`)."""
+        self.rolling.add(np.asarray(margin, np.float32), np.asarray(y))
+        now = self.rolling.summary()
+        self.auc.set(now["auc"])
+        self.logloss.set(now["logloss"])
 
     def tick(self, now: float, total: float) -> None:
         """Update the events/s gauge from the running count of events."""

@@ -17,10 +17,22 @@ chain's tree version for ``--role both``, the snapshot number for ``train`` and 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
-from streamfusion.kafka.daemon import DEFAULT_POLL_TIMEOUT, ROLES, Daemon, ServeConfig
+from streamfusion import argtypes as at
+from streamfusion.data.readers import log_schema
+from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
+from streamfusion.inputs import add_input_arguments, source_options
+from streamfusion.kafka.daemon import (
+    DEFAULT_POLL_TIMEOUT,
+    ROLES,
+    Daemon,
+    ServeConfig,
+    replay_schema,
+)
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL
 from streamfusion.online import add_model_arguments, config_from_args
 
@@ -50,8 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--role", choices=ROLES, default="both",
                    help="both: score and learn; train: also publish snapshots; score: never "
                         "learn, load announced snapshots")
-    k.add_argument("--format", choices=("avazu", "criteo"), default="avazu",
-                   help="raw fields of the events")
     k.add_argument("--batch-size", type=int, default=5000, help="max events per mini-batch")
     k.add_argument("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT, metavar="SECONDS",
                    help="below full load, how long a mini-batch may gather events after its "
@@ -66,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="how long an event waits for its label")
     k.add_argument("--label-capacity", type=int, default=DEFAULT_CAPACITY,
                    help="most events waiting for labels (oldest expire first)")
+    k.add_argument("--label-window", type=at.positive_float, default=None, metavar="SECONDS",
+                   help="clicks only: an event without a click message within SECONDS is "
+                   "learned as a negative (default: labels are explicit, click 0 or 1)")
+    k.add_argument("--no-late-correction", dest="correct_late", action="store_false",
+                   help="with --label-window: count a click that comes after its event was "
+                   "learned as a negative, but do not learn it (default: learn it as a "
+                   "positive, weighted as Ktena et al. 2019's fake-negative correction)")
     k.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port")
     k.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly after SECONDS without messages (batch jobs, tests)")
@@ -74,7 +91,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra librdkafka producer setting (repeatable)")
     k.add_argument("--log-level", default="INFO", help="logging level")
+    e = parser.add_argument_group(
+        "events", "the schema of the input events: any the replay reads. Events are JSON "
+        "objects with the schema's event fields under their column names (libsvm-like: the "
+        "idx:val tokens under 'features'), 'id' and optionally 'click'")
+    e.add_argument("--schema", type=Path, default=None, metavar="FILE",
+                   help="the schema.json a replay wrote beside its checkpoint")
+    e.add_argument("--sample", type=Path, default=None, metavar="LOG",
+                   help="a log in the events' format to type them from, as replay types it "
+                   "(a csv or libsvm-like format needs it, or --schema)")
+    add_input_arguments(e)
+    parser.set_defaults(format="avazu")
+    e.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="start from a replay's checkpoint (trees, learner, encoder, schema) "
+                   "and go on learning live; its model flags replace serve's. A serve "
+                   "--checkpoint that already holds state takes precedence (a restart)")
     add_model_arguments(parser)
+
+
+def serve_schema(args: argparse.Namespace) -> Schema:
+    """The schema of the input events, from --schema, --init-from, --sample or --format."""
+    if args.schema is not None:
+        try:
+            return Schema.from_dict(json.loads(args.schema.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"--schema {args.schema}: not a schema file ({exc})") from None
+    if args.sample is not None:
+        return log_schema(args.sample, **source_options(args))
+    if args.init_from is not None:
+        return replay_schema(args.init_from)
+    if args.format in ("avazu", "auto"):
+        return avazu_schema().with_types(args.types)
+    if args.format == "criteo":
+        return criteo_schema().with_types(args.types)
+    raise ValueError(f"--format {args.format}: its columns come from a log; pass --sample LOG "
+                     "(a log in that format) or --schema FILE (the schema.json of a replay)")
 
 
 def config_from(args: argparse.Namespace) -> ServeConfig:
@@ -84,7 +135,9 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         output_topic=args.output_topic, label_topic=args.label_topic,
         dead_letter_topic=args.dead_letter_topic, group_id=args.group_id,
         checkpoint_dir=args.checkpoint, role=args.role, metrics_port=args.metrics_port,
-        model_topic=args.model_topic, batch_size=args.batch_size, format=args.format,
+        model_topic=args.model_topic, batch_size=args.batch_size, schema=serve_schema(args),
+        init_from=None if args.init_from is None else str(args.init_from),
+        label_window=args.label_window, correct_late=args.correct_late,
         poll_timeout=args.poll_timeout,
         checkpoint_every=args.checkpoint_every, checkpoint_interval=args.checkpoint_interval,
         label_ttl=args.label_ttl, label_capacity=args.label_capacity,
@@ -100,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     try:
         daemon = Daemon(config_from(args), config_from_args(args))
-    except ValueError as exc:
+    except ValueError as exc:  # ParseError and CheckpointError too: one line, no traceback
         print(f"streamfusion serve: {exc}", file=sys.stderr)
         return 2
     daemon.install_signal_handlers()

@@ -82,10 +82,11 @@ class OnlineLoop:
         sink.scored(live, scores)
         return live, scores
 
-    def learn_late(self, batch: Batch) -> Scores:
+    def learn_late(self, batch: Batch, weight: np.ndarray | None = None) -> Scores:
         """Learn events whose labels came after they were scored (a label topic): the model
-        scores them again as it learns; their test-then-train score is the one sent out."""
-        return self.model.step(batch)
+        scores them again as it learns; their test-then-train score is the one sent out.
+        ``weight``: per-event loss weights (the delayed-feedback correction)."""
+        return self.model.step(batch, weight=weight)
 
     def run(self, source: Source, sink: Sink, *, max_batch: int, limit: int | None = None,
             checkpoint: Callable[[], None] | None = None, every: int = 0,

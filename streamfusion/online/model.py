@@ -74,12 +74,14 @@ class OnlineModel:
         whole window (see ``TreeStage.finish``). True when a model changed."""
         return self.chain.finish()
 
-    def step(self, batch: Batch, learn_mask: np.ndarray | None = None) -> Scores:
-        """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``."""
+    def step(self, batch: Batch, learn_mask: np.ndarray | None = None,
+             weight: np.ndarray | None = None) -> Scores:
+        """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``
+        (their losses weighted by ``weight`` in the residual learners, when given)."""
         mask = ~np.isnan(batch.y)
         if learn_mask is not None:
             mask &= learn_mask
-        margins, stats = self.chain.score_and_learn(batch, mask)
+        margins, stats = self.chain.score_and_learn(batch, mask, weight)
         self.events_learned += int(mask.sum())
         self.skipped_updates += int(stats["skipped"])
         return self._scores(margins)

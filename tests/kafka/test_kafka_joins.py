@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamfusion.features import Batch
-from streamfusion.kafka.joins import LabelJoin
+from streamfusion.kafka.joins import LabelJoin, delayed_feedback_weights
 
 
 class Clock:
@@ -108,7 +109,7 @@ def test_bad_state_is_refused_before_changing_anything() -> None:
     b = _batch(2)
     join.add_events(b, b.ids, np.zeros(2))
     state = join.state_dict()
-    state["event_p"] = state["event_p"][:1]
+    state["event_margin"] = state["event_margin"][:1]
     fresh = LabelJoin(ttl=10, capacity=10, clock=Clock())
     try:
         fresh.load_state_dict(state)
@@ -117,3 +118,75 @@ def test_bad_state_is_refused_before_changing_anything() -> None:
     else:
         raise AssertionError("a malformed state was accepted")
     assert len(fresh) == 0
+
+
+# ----------------------------------------------------------------------------- clicks only
+def test_clicks_only_window_negatives_joined_clicks_and_late_corrections() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=100, capacity=100, clock=clock, window=10)
+    b = _batch(4)
+    join.add_events(b, b.ids, np.array([-1.0, -2.0, -3.0, -4.0]))
+    clicked, margin = join.add_labels([("1", 1)])  # within the window: a positive at once
+    assert clicked.ids == ["1"] and list(clicked.y) == [1] and list(margin) == [-2.0]
+    assert join.due()[0] is None  # the window is still open
+    clock.t = 10
+    negatives, margin = join.due()
+    assert negatives.ids == ["0", "2", "3"] and not negatives.y.any()
+    np.testing.assert_array_equal(margin, [-1.0, -3.0, -4.0])
+    assert join.window_negatives == 3 and join.joined == 1 and len(join) == 0
+    clock.t = 50  # a click after its event was learned as a negative: a counted correction
+    late, margin = join.add_labels([("2", 1)])
+    assert late.ids == ["2"] and list(late.y) == [1] and list(margin) == [-3.0]
+    np.testing.assert_array_equal(late.indices[:, 0], [2])
+    assert join.late_clicks == 1 and join.late_share() == 0.5
+    clock.t = 200  # past the ttl, no late click can be matched any more: it waits unmatched
+    assert join.add_labels([("3", 1)])[0] is None and join.late_clicks == 1
+
+
+def test_late_clicks_are_only_counted_without_correction() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=100, capacity=100, clock=clock, window=1, correct_late=False)
+    b = _batch(2)
+    join.add_events(b, b.ids, np.zeros(2))
+    clock.t = 2
+    assert len(join.due()[0]) == 2
+    assert join.add_labels([("0", 1)])[0] is None and join.late_clicks == 1
+    assert join.weights(np.array([1.0]), np.array([0.0])) is None
+
+
+def test_clicks_only_state_round_trip() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=100, capacity=100, clock=clock, window=5)
+    b = _batch(6)
+    join.add_events(b, b.ids, np.arange(6, dtype=np.float32))
+    join.add_labels([("4", 1), ("99", 1)])
+    clock.t = 3
+    join.add_events(_batch(1, start=7), ["7"], np.zeros(1))
+    clock.t = 6
+    join.due()  # five negatives, one event still waiting
+    other = LabelJoin(ttl=100, capacity=100, clock=clock, window=5)
+    other.load_state_dict(join.state_dict())
+    for name in ("expired_events", "expired_labels", "joined", "window_negatives",
+                 "late_clicks"):
+        assert getattr(other, name) == getattr(join, name)
+    assert len(other) == len(join) == 1 and other.pending_labels == 1
+    late, margin = other.add_labels([("3", 1)])
+    assert late.ids == ["3"] and list(margin) == [3.0]
+
+
+@pytest.mark.parametrize("q", [0.0, 0.3, 1.0])
+def test_delayed_feedback_weights_make_the_true_rate_the_optimum(q) -> None:
+    """On the stream a label window gives (late clicks twice), the weighted logloss gradient
+    vanishes at the true click probability: the correction removes the bias."""
+    p = np.linspace(0.01, 0.9, 50)
+    margin = np.log(p / (1 - p))
+    b = p / (1 + p * q)  # the learned stream's click rate
+    w_pos = delayed_feedback_weights(np.ones_like(p), margin, q)
+    w_neg = delayed_feedback_weights(np.zeros_like(p), margin, q)
+    gradient = b * w_pos * (p - 1) + (1 - b) * w_neg * p
+    np.testing.assert_allclose(gradient, 0, atol=1e-6)
+    if q == 1.0:  # Ktena et al.'s weights
+        np.testing.assert_allclose(w_pos, 1 + p, rtol=1e-6)
+        np.testing.assert_allclose(w_neg, (1 - p) * (1 + p), rtol=1e-6)
+    if q == 0.0:
+        assert (w_pos == 1).all() and (w_neg == 1).all()

@@ -8,26 +8,33 @@ import urllib.request
 
 import numpy as np
 
-from streamfusion.evaluate import auc
-from streamfusion.kafka.metrics import Rolling, ServeMetrics
+from streamfusion.evaluate import Rolling, auc, logloss_from_margin
+from streamfusion.kafka.metrics import ServeMetrics
 
 
 def test_rolling_window_matches_exact_metrics_on_the_last_events(rng) -> None:
-    r = Rolling(size=500)
-    p = rng.random(1300)
-    y = (rng.random(1300) < p).astype(float)
+    r = Rolling(500)
+    z = rng.normal(size=1300).astype(np.float32)
+    y = (rng.random(1300) < 1 / (1 + np.exp(-z))).astype(np.uint8)
     for start in range(0, 1300, 170):
-        r.add(p[start:start + 170], y[start:start + 170])
-    a, ll = r.values()
-    assert len(r) == 500
-    assert a == auc(p[-500:], y[-500:])
-    expected = -np.mean(y[-500:] * np.log(p[-500:]) + (1 - y[-500:]) * np.log1p(-p[-500:]))
-    assert abs(ll - expected) < 1e-12
+        r.add(z[start:start + 170], y[start:start + 170])
+    got = r.summary()
+    assert len(r) == 500 and got["rows"] == 500
+    assert got["auc"] == auc(z[-500:], y[-500:])
+    assert got["logloss"] == logloss_from_margin(z[-500:], y[-500:])
 
 
 def test_rolling_is_nan_when_empty() -> None:
-    a, ll = Rolling().values()
-    assert np.isnan(a) and np.isnan(ll)
+    got = Rolling(10).summary()
+    assert np.isnan(got["auc"]) and np.isnan(got["logloss"]) and got["rows"] == 0
+
+
+def test_the_gauges_read_the_rolling_window() -> None:
+    m = ServeMetrics()
+    m.observe(np.array([2.0, -2.0, 1.0, -1.0]), np.array([1, 0, 1, 0]))
+    assert m.sample("streamfusion_rolling_auc") == 1.0
+    assert m.sample("streamfusion_rolling_logloss") == logloss_from_margin(
+        np.array([2.0, -2.0, 1.0, -1.0], np.float32), np.array([1, 0, 1, 0]))
 
 
 def test_lag_from_librdkafka_statistics() -> None:
@@ -45,7 +52,7 @@ def test_metrics_are_served_over_http() -> None:
     m = ServeMetrics()
     m.events.inc(42)
     m.dead_lettered.inc(2)
-    m.observe_predictions(np.array([0.9, 0.1, 0.8, 0.3]), np.array([1, 0, 1, 0]))
+    m.observe(np.array([2.0, -2.0, 1.0, -1.0]), np.array([1, 0, 1, 0]))
     m.tick(0.0, 0)
     m.tick(2.0, 42)
     with socket.socket() as s:
