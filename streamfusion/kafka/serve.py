@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from streamfusion import argtypes as at
+from streamfusion import checkpoint
 from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
 from streamfusion.inputs import add_input_arguments, source_options
@@ -157,4 +158,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamfusion serve: {exc}", file=sys.stderr)
         return 2
     daemon.install_signal_handlers()
-    return daemon.run()
+    try:
+        return daemon.run()
+    except checkpoint.CheckpointError as exc:  # a state it cannot start from: before any client
+        print(f"streamfusion serve: {exc}", file=sys.stderr)
+        return 2

@@ -94,10 +94,12 @@ class OnlineLoop:
         """Pull batches from ``source`` until it ends or ``limit`` events are behind the loop.
 
         Batches follow ``batch_size_at`` from the stream position, and checkpoints (every
-        ``every`` events) are written only at boundaries of the uninterrupted schedule, so a
-        resumed run cuts the same batches as an uninterrupted one.
+        ``every`` events, and at the end of the source) are written only at boundaries of the
+        uninterrupted schedule, so a resumed run cuts the same batches as an uninterrupted
+        one.
         """
         next_ckpt = (self.events // every + 1) * every if every else 0
+        saved = self.events
         for batch in exact_batches(source, max_batch, limit, self.events):
             size = batch_size_at(self.events, max_batch)
             self.step(batch, sink)
@@ -113,4 +115,8 @@ class OnlineLoop:
                         and limit - self.events < batch_size_at(self.events, max_batch))
             if (len(batch) == size or eof) and (self.events >= next_ckpt or eof or cut_next):
                 checkpoint()
+                saved = self.events
                 next_ckpt = (self.events // every + 1) * every
+        if checkpoint is not None and saved != self.events and (limit is None
+                                                                 or self.events < limit):
+            checkpoint()  # the file ended right after a full batch: a boundary too
