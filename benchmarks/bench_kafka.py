@@ -50,11 +50,11 @@ from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.daemon import (
     CONSUMER_TUNING,
     PRODUCER_TUNING,
-    SNAPSHOT_DIR,
 )
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.produce import produce
+from streamfusion.kafka.snapshots import SNAPSHOT_DIR
 from streamfusion.online import OnlineModel
 
 ROOT = Path(__file__).resolve().parents[1]

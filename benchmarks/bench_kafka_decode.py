@@ -1,5 +1,5 @@
 """Per-event cost of serve's main-thread Python work, without a broker: JSON decode and
-output formatting (``KafkaEncoder.decode``, ``Daemon._emit`` minus ``produce()``).
+output formatting (``KafkaEncoder.decode``, ``Outputs.emit`` minus ``produce()``).
 
     python benchmarks/bench_kafka_decode.py [--events 300000] [--batch 5000] [--repeat 5]
 
@@ -26,9 +26,9 @@ import streamfusion
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.generate import generate
 from streamfusion.data.schema import avazu_schema
-from streamfusion.kafka.daemon import Daemon, ServeConfig
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
+from streamfusion.kafka.outputs import Outputs
 from streamfusion.online import Scores
 
 
@@ -83,8 +83,8 @@ def main() -> None:
                             ("parse (C tokenizer, scoring thread)", enc.parse, decoded)):
         print(f"  {label:40s} {best(fn, data, args.repeat) * us:6.3f}")
 
-    daemon = Daemon(ServeConfig("127.0.0.1:1", "in", "out"), None)
-    daemon._producer = _NullProducer()
+    outs = Outputs({"bootstrap.servers": "127.0.0.1:1"}, "out", None)
+    outs.producer = _NullProducer()
     m = rng.normal(size=(4, args.batch)).astype(np.float32)
     outputs = []
     for d in decoded:
@@ -92,8 +92,8 @@ def main() -> None:
         scores = Scores(margin=m[0, :k], base_margin=m[1, :k], residual_margin=m[2, :k],
                         p=1 / (1 + np.exp(-m[0, :k])), stage_margins=m[1:3, :k])
         outputs.append((d.runs[0].ids, scores, 7))
-    t = best(lambda o: daemon._emit(*o), outputs, args.repeat)
-    print(f"  {'output formatting (_emit, no produce)':40s} {t * us:6.3f}")
+    t = best(lambda o: outs.emit(*o), outputs, args.repeat)
+    print(f"  {'output formatting (emit, no produce)':40s} {t * us:6.3f}")
 
 
 if __name__ == "__main__":

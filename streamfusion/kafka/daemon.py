@@ -12,7 +12,7 @@ formats and produces the outputs of scored batches (Python); a scoring thread en
 batch (the count tables advance in message order), scores and learns (compiled kernels that
 release the GIL). Jobs run one at a time in consumption order, at most ``PIPELINE_DEPTH`` in
 flight, and their outputs are produced in the same order; the model, the encoder and the label
-join are only ever touched by the scoring thread, or by the main thread after ``_drain()``
+join are only ever touched by the scoring thread, or by the main thread after ``drain()``
 (checkpoints, commits, rebalances, model swaps). Results are as with one thread; the two
 overlap on two cores. Below full load the main thread waits for the scoring thread before it
 gathers the next batch (``_consume``), so outputs leave as soon as they are scored and batches
@@ -26,17 +26,12 @@ never learns and loads every announced snapshot.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
-import uuid
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,20 +43,21 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from streamfusion import checkpoint
-from streamfusion._parse import json_outputs
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
-from streamfusion.kafka.messages import DEAD_LETTER_HEADER, Invalid, parse_label
+from streamfusion.kafka.messages import Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
+from streamfusion.kafka.outputs import DeliveryFailed, Outputs
+from streamfusion.kafka.pipeline import Pipeline
+from streamfusion.kafka.snapshots import Snapshots
 from streamfusion.online import OnlineLoop, OnlineModel, Scores
 
 log = logging.getLogger("streamfusion.kafka")
@@ -69,19 +65,11 @@ log = logging.getLogger("streamfusion.kafka")
 ROLES = ("both", "train", "score")
 STATE_KIND = "streamfusion-serve"
 STATE_VERSION = 1
-SNAPSHOT_DIR = "snapshots"
-KEEP_SNAPSHOTS = 3  # older snapshot files are deleted; a scorer loads within seconds
-FLUSH_WAIT = 5.0  # seconds per flush attempt; we keep waiting (logging) while the broker is away
 COMMIT_RETRY = 0.5  # first back-off between commit attempts (doubles, capped at 8 s)
 MAX_BACKOFF = 8.0
 ERROR_LOG_INTERVAL = 5.0  # seconds: the same client error is logged at most this often
 STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
 SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
-MODEL_TOPIC_RETRY = 2.0  # seconds between looks for a model topic that does not exist yet
-STARTUP_MODEL_WAIT = 10.0  # seconds a starting scorer waits for the announced model
-# seconds between looks at the model topic: once per mini-batch was ~8% of the main thread at
-# 10k events/s (each look gives up the GIL and waits to get it back from the scoring thread)
-MODEL_POLL_INTERVAL = 0.25
 # librdkafka settings of the input consumer and the output producer (benchmarks reuse them)
 CONSUMER_TUNING: dict[str, Any] = {
     "fetch.wait.max.ms": 10,  # an idle fetch returns within 10 ms (data ends it at once)
@@ -97,9 +85,6 @@ PRODUCER_TUNING: dict[str, Any] = {
     "compression.type": "none",
     "queue.buffering.max.messages": 1_000_000,
 }
-# mini-batches handed to the scoring thread and not yet done: it scores one while the main
-# thread consumes and decodes the next
-PIPELINE_DEPTH = 2
 # seconds a thread back from a GIL-free kernel waits for the GIL before asking for it; Python's
 # 5 ms default would hold the scoring thread behind the decoding one for most of a batch
 SWITCH_INTERVAL = 0.0005
@@ -111,10 +96,6 @@ DEFAULT_POLL_TIMEOUT = 0.005
 # Tests only: seconds the scoring thread waits before each batch of events, so that a test
 # knows batches are still in flight when it signals serve (0: no wait)
 SCORE_DELAY_ENV = "STREAMFUSION_TEST_SCORE_DELAY"
-
-
-class DeliveryFailed(RuntimeError):
-    """Outputs the broker never acknowledged: offsets must not be committed."""
 
 
 @dataclass
@@ -160,62 +141,6 @@ class ServeConfig:
         return self.role in ("both", "train")
 
 
-# %.9g: float32 margins round-trip exactly; one format call per output is the cheap way.
-OUTPUT_FORMAT = ('{"id":%s,"p_click":%.9g,"margin":%.9g,"base_margin":%.9g,'
-                 '"residual_margin":%.9g,"model_version":{version}}')
-_plain_id = re.compile(r"[A-Za-z0-9_.:\-]+\Z").match  # needs no JSON escaping
-
-
-def _json_id(ident: str | int) -> str:
-    if type(ident) is str:
-        return f'"{ident}"' if _plain_id(ident) else json.dumps(ident)
-    return str(int(ident))
-
-
-def format_outputs(ids: list, scores: Scores, version: int) -> tuple[list[bytes], list[str]]:
-    """The output messages of a scored batch and their keys (the ids as str).
-
-    In C (``_parse.json_outputs``, the GIL released) when every id is a str; its bytes are
-    those of ``format_outputs_py``, the Python reference, which formats int ids.
-    """
-    cols = [np.ascontiguousarray(a, dtype=np.float64) for a in
-            (scores.p, scores.margin, scores.base_margin, scores.residual_margin)]
-    values = json_outputs(ids, *cols, int(version))
-    if values is not None:
-        return values, ids
-    return format_outputs_py(ids, scores, version)
-
-
-def format_outputs_py(ids: list, scores: Scores, version: int
-                      ) -> tuple[list[bytes | str], list[str]]:
-    """``format_outputs`` in Python: ``OUTPUT_FORMAT`` with each id as JSON."""
-    fmt = OUTPUT_FORMAT.replace("{version}", str(int(version)))
-    cols = (scores.p.tolist(), scores.margin.tolist(), scores.base_margin.tolist(),
-            scores.residual_margin.tolist())
-    try:  # one check for the batch: every id a string that needs no JSON escaping
-        plain = _plain_id(".".join(ids)) is not None
-    except TypeError:  # an int id
-        plain = False
-    if plain:
-        fmt = fmt.replace('"id":%s', '"id":"%s"', 1)
-        return [fmt % row for row in zip(ids, *cols, strict=True)], ids
-    values = [fmt % row for row in zip(map(_json_id, ids), *cols, strict=True)]
-    return values, [i if type(i) is str else str(i) for i in ids]
-
-
-class _Deliveries:
-    """Failed deliveries reported by the producer (only errors are reported)."""
-
-    def __init__(self) -> None:
-        self.failed = 0
-        self.last: str | None = None
-
-    def __call__(self, err, msg) -> None:
-        if err is not None:
-            self.failed += 1
-            self.last = str(err)
-
-
 class Daemon:
     """The ``serve`` loop. Kafka clients are created in ``run``, never in ``__init__``.
 
@@ -257,19 +182,16 @@ class Daemon:
         self._last_ckpt = time.monotonic()
         self._stop = threading.Event()
         self._exit_code = 0
-        self._deliveries = _Deliveries()
         self._error_logged: dict[str, float] = {}
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._model_consumer: Consumer | None = None
-        self._model_topic_wait = 0.0
-        self._next_model_poll = 0.0
+        self.outputs: Outputs | None = None
+        self.snapshots = (Snapshots(config.model_topic, self._common_conf, config.group_id,
+                                    config.checkpoint_dir) if config.model_topic else None)
         self._join_seen = {"expired": 0, "joined_clicks": 0, "window_negatives": 0,
                            "late_clicks": 0}
         self._last_message = time.monotonic()
         self._assigned: set[tuple[str, int]] = set()
-        self._scorer: ThreadPoolExecutor | None = None
-        self._inflight: deque[Future] = deque()
+        self.pipeline: Pipeline | None = None
         self._broken = False  # a job failed: nothing may be committed any more
         self._score_delay = float(os.environ.get(SCORE_DELAY_ENV) or 0)
 
@@ -302,9 +224,10 @@ class Daemon:
         if self.cfg.metrics_port:
             self.metrics.serve_http(self.cfg.metrics_port)
             log.info("metrics on http://127.0.0.1:%d/metrics", self.cfg.metrics_port)
-        self._producer = Producer(self._producer_conf())
+        self.outputs = Outputs(self._producer_conf(), self.cfg.output_topic,
+                               self.cfg.dead_letter_topic)
         try:  # learn the output topic's leader now, not on the first event (latency)
-            self._producer.list_topics(self.cfg.output_topic, timeout=5)
+            self.outputs.producer.list_topics(self.cfg.output_topic, timeout=5)
         except KafkaException as exc:
             log.warning("output topic metadata not available yet: %s", exc)
         self._consumer = Consumer(self._consumer_conf())
@@ -315,7 +238,7 @@ class Daemon:
                                  on_lost=self._on_lost)
         log.info("serving %s -> %s as %s (group %s)", ",".join(topics), self.cfg.output_topic,
                  self.cfg.role, self.cfg.group_id)
-        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="streamfusion-score")
+        self.pipeline = Pipeline(self._emit)
         switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         _freeze_heap()
@@ -328,7 +251,8 @@ class Daemon:
                     self._last_message = now
                 if msgs:
                     self._process(msgs)
-                if self._reap():  # the scoring thread is idle (else it does this after each job)
+                # the scoring thread idle: housekeeping here (else it does it after each job)
+                if self.pipeline.reap():
                     self._housekeeping(now)
                 if self._due(now):
                     self._commit_cycle()
@@ -358,9 +282,9 @@ class Daemon:
         msgs = consumer.consume(n, 0)
         if len(msgs) == n:
             return msgs
-        if self._inflight:
-            self._finish_oldest()  # (outputs leave at once) while the batch fills
-            if self._inflight:
+        if len(self.pipeline):
+            self.pipeline.finish_oldest()  # (outputs leave at once) while the batch fills
+            if len(self.pipeline):
                 return msgs + consumer.consume(n - len(msgs), 0) if msgs else msgs
         if not msgs:
             first = consumer.poll(IDLE_WAIT)  # returns as soon as one message is there
@@ -371,49 +295,20 @@ class Daemon:
             msgs += consumer.consume(n - len(msgs), self.cfg.poll_timeout)
         return msgs
 
-    # ------------------------------------------------------------------ the scoring thread
-    def _submit(self, job, *args) -> None:
-        """Run ``job(*args)`` on the scoring thread after the jobs before it."""
-        while len(self._inflight) >= PIPELINE_DEPTH:
-            self._finish_oldest()
-        self._inflight.append(self._scorer.submit(job, *args))
-
-    def _finish_oldest(self) -> None:
-        """Wait for the oldest job (re-raising what it raised) and produce its outputs."""
-        done = self._inflight.popleft().result()
-        if done is not None:
-            self._emit(*done)
-
-    def _reap(self) -> bool:
-        """Finish the jobs that are done; True when none is left in flight."""
-        while self._inflight and self._inflight[0].done():
-            self._finish_oldest()
-        return not self._inflight
-
-    def _drain(self) -> None:
-        """Finish every job in flight: afterwards the main thread may touch the state."""
-        while self._inflight:
-            self._finish_oldest()
-
     def _close(self) -> None:
-        if self._scorer is not None:
-            self._scorer.shutdown(wait=True, cancel_futures=self._broken)
-            self._scorer = None
-            if not self._broken:
-                self._drain()  # all done: raises what a last job raised
-            self._inflight.clear()
+        if self.pipeline is not None:
+            self.pipeline.close(self._broken)  # clean: raises what a last job raised
         if self._consumer is not None:
             try:
                 self._consumer.close()  # on_revoke runs: nothing left to commit after a clean stop
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing the consumer: %s", exc)
             self._consumer = None
-        if self._model_consumer is not None:
-            self._model_consumer.close()
-            self._model_consumer = None
-        if self._producer is not None:
-            self._producer.flush(FLUSH_WAIT)
-            self._producer = None
+        if self.snapshots is not None:
+            self.snapshots.close()
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = None
         if self.model is not None:
             self.model.close()
 
@@ -444,8 +339,6 @@ class Daemon:
         conf.update({
             "enable.idempotence": True,  # broker restarts: retries never duplicate or reorder
             **PRODUCER_TUNING,
-            "delivery.report.only.error": True,
-            "on_delivery": self._deliveries,
         })
         conf.update(self.cfg.producer_extra)
         return conf
@@ -596,7 +489,7 @@ class Daemon:
         if events:
             self._events(events)
         if labels:
-            self._submit(self._labels, labels)
+            self.pipeline.submit(self._labels, labels)
 
     def _events(self, msgs: list[Message]) -> None:
         """Main thread: count and decode the events, hand them to the scoring thread."""
@@ -604,7 +497,7 @@ class Daemon:
         self.metrics.events.inc(len(msgs))
         self._since_ckpt += len(msgs)
         decoded = self._kafka_encoder.decode([m.value() for m in msgs])
-        self._submit(self._score_events, msgs, decoded)
+        self.pipeline.submit(self._score_events, msgs, decoded)
 
     def _score_events(self, msgs: list[Message], decoded: Decoded
                       ) -> tuple[list, Scores, int] | None:
@@ -690,43 +583,6 @@ class Daemon:
         """``model_version`` of the outputs: the chain's trees (both), else the snapshot."""
         return self.model.version if self.cfg.role == "both" else self.version
 
-    def _emit(self, ids: list, scores: Scores, version: int) -> None:
-        """Main thread: produce one output per scored event, keyed by id."""
-        values, keys = format_outputs(ids, scores, version)
-        produce = self._producer.produce
-        topic = self.cfg.output_topic
-        for value, key in zip(values, keys, strict=True):
-            try:
-                produce(topic, value, key)
-            except BufferError:  # local queue full (broker slow or away): wait for acks
-                while True:
-                    self._producer.poll(0.1)
-                    try:
-                        produce(topic, value, key)
-                        break
-                    except BufferError:
-                        continue
-        self._producer.poll(0)
-        self.counters["scored"] += len(ids)
-        self.metrics.scored.inc(len(ids))
-
-    def _dead_letter(self, m: Message, reason: str) -> None:
-        self.counters["dead_lettered"] += 1
-        self.metrics.dead_lettered.inc()
-        if self.cfg.dead_letter_topic is None:
-            log.warning("invalid message %s[%d]@%d: %s (no --dead-letter-topic: dropped)",
-                        m.topic(), m.partition(), m.offset(), reason)
-            return
-        headers = [(DEAD_LETTER_HEADER, reason.encode()),
-                   ("source", f"{m.topic()}[{m.partition()}]@{m.offset()}".encode())]
-        while True:
-            try:
-                self._producer.produce(self.cfg.dead_letter_topic, m.value(), m.key(),
-                                       headers=headers)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-
     # ------------------------------------------------------------------ commit cycle
     def _due(self, now: float) -> bool:
         if not (self._dirty or self._uncommitted):
@@ -734,29 +590,26 @@ class Daemon:
         return (self._since_ckpt >= self.cfg.checkpoint_every
                 or now - self._last_ckpt >= self.cfg.checkpoint_interval)
 
-    def _flush(self) -> None:
-        """Wait until the broker acknowledged every output; raise if any was lost."""
-        waited = 0.0
-        while True:
-            remaining = self._producer.flush(FLUSH_WAIT)
-            if remaining == 0:
-                break
-            waited += FLUSH_WAIT
-            log.warning("waiting for the broker to acknowledge %d outputs (%.0fs so far)",
-                        remaining, waited)
-        if self._deliveries.failed:
-            raise DeliveryFailed(f"{self._deliveries.failed} outputs were not delivered "
-                                 f"(last error: {self._deliveries.last})")
+    def _emit(self, ids: list, scores: Scores, version: int) -> None:
+        """Main thread: one output per scored event, keyed by id."""
+        self.outputs.emit(ids, scores, version)
+        self.counters["scored"] += len(ids)
+        self.metrics.scored.inc(len(ids))
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        self.counters["dead_lettered"] += 1
+        self.metrics.dead_lettered.inc()
+        self.outputs.dead_letter(m, reason)
 
     def _commit_cycle(self, force: bool = False) -> None:
         """drain -> flush -> checkpoint (learners) -> synchronous commit: the order
         at-least-once needs."""
         if not (self._dirty or self._uncommitted or force):
             return
-        if self._producer is None or self._consumer is None or self._broken:
+        if self.outputs is None or self._consumer is None or self._broken:
             return
-        self._drain()
-        self._flush()
+        self.pipeline.drain()
+        self.outputs.flush()
         d = self.cfg.checkpoint_dir
         if self.cfg.learns and d and (self._dirty or not checkpoint.exists(d)):
             checkpoint.save(d, self.state_dict())
@@ -799,95 +652,27 @@ class Daemon:
     # ------------------------------------------------------------------ scale-out
     def _publish_snapshot(self) -> None:
         self.version += 1
-        folder = Path(self.cfg.checkpoint_dir) / SNAPSHOT_DIR
-        path = checkpoint.save_file(folder / f"model-{self.version:08d}.sfck", {
-            "kind": "streamfusion-snapshot", "version": self.version,
-            "model": self.model.state_dict(), "encoder": self.encoder.state_dict(),
-        })
-        for old in sorted(folder.glob("model-*.sfck"))[:-KEEP_SNAPSHOTS]:
-            old.unlink(missing_ok=True)
-        note = json.dumps({"version": self.version, "path": str(path.resolve())}).encode()
-        self._producer.produce(self.cfg.model_topic, note, b"model")
-        self._producer.flush(FLUSH_WAIT)
+        path = self.snapshots.publish(self.version, self.model, self.encoder, self.outputs)
         self.metrics.model_version.set(self.version)
         log.info("published model snapshot %d at %s", self.version, path)
 
     def _poll_models(self) -> None:
-        """Scorers: load the newest announced snapshot, if any is newer than ours."""
-        if self.cfg.role != "score" or not self.cfg.model_topic:
+        """Scorers: swap in the newest announced snapshot, if any is newer than ours."""
+        if self.cfg.role != "score" or self.snapshots is None:
             return
-        if self._model_consumer is None and not self._open_model_consumer():
+        got = self.snapshots.poll(self.version)
+        if got is None:
             return
-        now = time.monotonic()
-        if now < self._next_model_poll:
-            return
-        self._next_model_poll = now + MODEL_POLL_INTERVAL
-        self._take_announcements(self._model_consumer.consume(100, 0))
-
-    def _take_announcements(self, msgs: list[Message]) -> None:
-        latest = None
-        for m in msgs:
-            if m.error() is not None:
-                continue
-            try:
-                note = json.loads(m.value())
-                if latest is None or int(note["version"]) > int(latest["version"]):
-                    latest = note
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring malformed model announcement %r", m.value()[:200])
-        if latest is not None and int(latest["version"]) > self.version:
-            self._load_snapshot(latest)
-
-    def _open_model_consumer(self) -> bool:
-        now = time.monotonic()
-        if now < self._model_topic_wait:
-            return False
-        self._model_topic_wait = now + MODEL_TOPIC_RETRY
-        conf = self._common_conf()
-        conf.update({"group.id": f"{self.cfg.group_id}-model-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False})
-        consumer = Consumer(conf)
-        try:
-            md = consumer.list_topics(self.cfg.model_topic, timeout=5)
-            tmd = md.topics.get(self.cfg.model_topic)
-            if tmd is None or tmd.error is not None or not tmd.partitions:
-                consumer.close()
-                return False
-            _, high = consumer.get_watermark_offsets(TopicPartition(self.cfg.model_topic, 0),
-                                                     timeout=5)
-        except KafkaException as exc:
-            log.warning("model topic %s not readable yet: %s", self.cfg.model_topic, exc)
-            consumer.close()
-            return False
-        consumer.assign([TopicPartition(self.cfg.model_topic, 0, max(high - 1, 0))])
-        self._model_consumer = consumer
-        if high > 0:  # a model was announced before we started: load it before scoring
-            deadline = time.monotonic() + STARTUP_MODEL_WAIT
-            while time.monotonic() < deadline:
-                got = [m for m in consumer.consume(10, 0.2) if m.error() is None]
-                if got:
-                    self._take_announcements(got)
-                    break
-        return True
-
-    def _load_snapshot(self, note: dict) -> None:
-        path = note.get("path")
-        try:
-            state = checkpoint.load_file(path)
-            model = OnlineModel.from_state(state["model"])
-            encoder = Encoder.from_state_dict(state["encoder"])
-        except (ValueError, KeyError, OSError) as exc:
-            log.warning("cannot load model snapshot %s: %s", path, exc)
-            return
-        self._drain()  # the batches in flight are scored with the model they were meant for
+        version, model, encoder = got
+        self.pipeline.drain()  # batches in flight are scored with the model they were meant for
         old, self.model, self.encoder = self.model, model, encoder
         self._new_loop()
         if old is not None:
             old.close()
         _freeze_heap()
-        self.version = int(state["version"])
+        self.version = version
         self.metrics.model_version.set(self.version)
-        log.info("loaded model snapshot %d from %s", self.version, path)
+        log.info("loaded model snapshot %d", self.version)
 
     # ------------------------------------------------------------------ gauges
     def _housekeeping(self, now: float) -> None:

@@ -21,9 +21,9 @@ from streamfusion._parse import json_string as c_json_string
 
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import avazu_schema, criteo_schema
-from streamfusion.kafka.daemon import format_outputs, format_outputs_py
 from streamfusion.kafka.encoding import Decoded, KafkaEncoder
 from streamfusion.kafka.messages import MAX_ID_CHARS
+from streamfusion.kafka.outputs import format_outputs, format_outputs_py
 from streamfusion.online import Scores
 
 SCHEMAS = {"avazu": avazu_schema(), "criteo": criteo_schema()}
