@@ -1,26 +1,23 @@
-"""The Kafka daemon loop: consume a mini-batch, validate, encode, score, learn, produce, commit.
+"""The Kafka daemon: consume mini-batches, hand them to the online loop, produce, commit.
 
-Delivery is at-least-once. Offsets are committed only after ``producer.flush()`` has seen every
-output of the batches they cover acknowledged and (for a learning role) the state covering
-them is checkpointed. The checkpoint also records the positions it covers; when partitions
-are assigned, the consumer starts from the later of the committed offset and the checkpoint's
-position, so the learner's state always matches what it has consumed exactly (a crash between
-checkpoint and commit replays outputs, never learning).
+The daemon wires the jobs of ``kafka/`` together and keeps what is about consuming: the
+subscription, rebalances (a partition resumes from the later of the committed offset and the
+checkpoint's position, so the learner's state always matches what it consumed), batching, the
+label topic and the roles. The other jobs live beside it:
 
-Two threads. The main thread consumes, keeps the positions, decodes each mini-batch's JSON and
-formats and produces the outputs of scored batches (Python); a scoring thread encodes each
-batch (the count tables advance in message order), scores and learns (compiled kernels that
-release the GIL). Jobs run one at a time in consumption order, at most ``PIPELINE_DEPTH`` in
-flight, and their outputs are produced in the same order; the model, the encoder and the label
-join are only ever touched by the scoring thread, or by the main thread after ``drain()``
-(checkpoints, commits, rebalances, model swaps). Results are as with one thread; the two
-overlap on two cores. Below full load the main thread waits for the scoring thread before it
-gathers the next batch (``_consume``), so outputs leave as soon as they are scored and batches
-do not shrink to a handful of events.
+- ``pipeline.py``: the scoring thread. The main thread consumes and decodes a batch's JSON
+  while the scoring thread encodes (the count tables advance in message order), scores and
+  learns the one before it through :class:`~streamfusion.online.OnlineLoop`, the loop replay
+  runs; results are as with one thread.
+- ``outputs.py``: outputs and dead letters, one idempotent producer;
+- ``commits.py``: the commit cycle, drain -> flush -> save -> commit (at-least-once);
+- ``snapshots.py``: model snapshots for scale-out;
+- ``joins.py``: labels that come on their own topic, explicit or clicks only.
 
-Roles: ``both`` scores and learns; ``train`` scores and learns, and publishes model snapshots
-(file in the checkpoint directory + ``{"version", "path"}`` on the model topic); ``score``
-never learns and loads every announced snapshot.
+Below full load the main thread waits for the scoring thread before it gathers the next batch
+(``_consume``), so outputs leave as soon as they are scored and batches do not shrink to a
+handful of events. Roles: ``both`` scores and learns; ``train`` scores and learns, and
+publishes model snapshots; ``score`` never learns and loads every announced snapshot.
 """
 
 from __future__ import annotations
@@ -51,6 +48,7 @@ from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
+from streamfusion.kafka.commits import CommitCycle
 from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
 from streamfusion.kafka.messages import Invalid, parse_label
@@ -172,14 +170,10 @@ class Daemon:
         self.version = 0  # model version reported in outputs (see module docstring)
         self.counters = {"events": 0, "labels": 0, "scored": 0, "learned": 0,
                          "dead_lettered": 0}
-        self._positions: dict[tuple[str, int], int] = {}  # next offset to read, per partition
-        # Positions the in-memory state covers, for every partition ever consumed (restored
-        # from the checkpoint; kept when partitions are revoked or lost).
-        self._state_positions: dict[tuple[str, int], int] = {}
-        self._dirty = False  # consumed something since the last checkpoint
-        self._uncommitted = False  # positions not yet committed (a failed commit keeps it)
-        self._since_ckpt = 0
-        self._last_ckpt = time.monotonic()
+        self.cycle = CommitCycle(config.checkpoint_every, config.checkpoint_interval,
+                                 drain=lambda: self.pipeline.drain(),
+                                 flush=lambda: self.outputs.flush(),
+                                 save=self._save, commit=self._commit)
         self._stop = threading.Event()
         self._exit_code = 0
         self._error_logged: dict[str, float] = {}
@@ -254,7 +248,7 @@ class Daemon:
                 # the scoring thread idle: housekeeping here (else it does it after each job)
                 if self.pipeline.reap():
                     self._housekeeping(now)
-                if self._due(now):
+                if self.cycle.due(now):
                     self._commit_cycle()
                 if (self.cfg.exit_when_idle is not None
                         and now - self._last_message > self.cfg.exit_when_idle):
@@ -374,7 +368,7 @@ class Daemon:
             state = checkpoint.load(d)
             self._restore(state)
             log.info("resumed from checkpoint %s: %d events, positions %s", d,
-                     self.counters["events"], self._state_positions)
+                     self.counters["events"], self.cycle.state_positions)
         else:
             self._build_fresh()
         self._new_loop()
@@ -397,8 +391,9 @@ class Daemon:
         self.model, self.encoder = model, encoder
         self.counters = {k: int(v) for k, v in state["counters"].items()}
         self.version = int(state["model_version"])
-        # Not copied into _positions: those are committed, and only for partitions we own.
-        self._state_positions = {(t, int(p)): int(o) for t, p, o in state["positions"]}
+        # Not copied into the cycle's positions: those are committed, and only for partitions
+        # we own.
+        self.cycle.state_positions = {(t, int(p)): int(o) for t, p, o in state["positions"]}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restart needs, including the positions it covers."""
@@ -411,12 +406,13 @@ class Daemon:
             "join": self.join.state_dict(),
             "counters": dict(self.counters),
             "model_version": self.version,
-            "positions": [[t, p, o] for (t, p), o in sorted(self._state_positions.items())],
+            "positions": [[t, p, o] for (t, p), o
+                          in sorted(self.cycle.state_positions.items())],
         }
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._state_positions:
+        if self.cycle.state_positions:
             try:
                 committed = {(tp.topic, tp.partition): tp.offset
                              for tp in consumer.committed(partitions, timeout=10)}
@@ -426,11 +422,10 @@ class Daemon:
                 committed = {}
             for tp in partitions:
                 key = (tp.topic, tp.partition)
-                ck = self._state_positions.get(key)
+                ck = self.cycle.state_positions.get(key)
                 if ck is not None and ck > committed.get(key, OFFSET_INVALID):
                     tp.offset = ck  # the state already covers these: never learn them twice
-                    self._positions[key] = ck  # and the group should know (next commit)
-                    self._uncommitted = True
+                    self.cycle.resume_at(key, ck)  # and the group should know
         consumer.assign(partitions)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self._last_message = time.monotonic()  # the idle clock starts with the assignment
@@ -445,7 +440,7 @@ class Daemon:
             self._exit_code = 3
             self.stop()
         for tp in partitions:
-            self._positions.pop((tp.topic, tp.partition), None)
+            self.cycle.forget((tp.topic, tp.partition))
             self._assigned.discard((tp.topic, tp.partition))
         consumer.unassign()
 
@@ -454,7 +449,7 @@ class Daemon:
         # after it (_on_assign), and the outputs still in the producer queue get delivered.
         log.warning("partitions lost %s (session expired)", _fmt(partitions))
         for tp in partitions:
-            self._positions.pop((tp.topic, tp.partition), None)
+            self.cycle.forget((tp.topic, tp.partition))
             self._assigned.discard((tp.topic, tp.partition))
 
     # ------------------------------------------------------------------ the batch
@@ -476,10 +471,7 @@ class Daemon:
             last = {key: m for key, m in last.items() if key in self._assigned}
             if not good:
                 return
-        for key, m in last.items():
-            self._positions[key] = m.offset() + 1
-        self._state_positions.update(self._positions)
-        self._dirty = self._uncommitted = True
+        self.cycle.consumed({key: m.offset() + 1 for key, m in last.items()})
         topic = self.cfg.input_topic
         if all(key[0] == topic for key in last):
             self._events(good)
@@ -495,7 +487,7 @@ class Daemon:
         """Main thread: count and decode the events, hand them to the scoring thread."""
         self.counters["events"] += len(msgs)
         self.metrics.events.inc(len(msgs))
-        self._since_ckpt += len(msgs)
+        self.cycle.counted(len(msgs))
         decoded = self._kafka_encoder.decode([m.value() for m in msgs])
         self.pipeline.submit(self._score_events, msgs, decoded)
 
@@ -584,12 +576,6 @@ class Daemon:
         return self.model.version if self.cfg.role == "both" else self.version
 
     # ------------------------------------------------------------------ commit cycle
-    def _due(self, now: float) -> bool:
-        if not (self._dirty or self._uncommitted):
-            return False
-        return (self._since_ckpt >= self.cfg.checkpoint_every
-                or now - self._last_ckpt >= self.cfg.checkpoint_interval)
-
     def _emit(self, ids: list, scores: Scores, version: int) -> None:
         """Main thread: one output per scored event, keyed by id."""
         self.outputs.emit(ids, scores, version)
@@ -602,28 +588,24 @@ class Daemon:
         self.outputs.dead_letter(m, reason)
 
     def _commit_cycle(self, force: bool = False) -> None:
-        """drain -> flush -> checkpoint (learners) -> synchronous commit: the order
-        at-least-once needs."""
-        if not (self._dirty or self._uncommitted or force):
-            return
+        """Run the commit cycle (``kafka.commits``) unless the clients are gone or a job
+        failed (then its batch lacks outputs: nothing may be committed)."""
         if self.outputs is None or self._consumer is None or self._broken:
             return
-        self.pipeline.drain()
-        self.outputs.flush()
+        self.cycle.run(force)
+
+    def _save(self, dirty: bool) -> None:
+        """The cycle's save step: learners checkpoint (a trainer also publishes)."""
         d = self.cfg.checkpoint_dir
-        if self.cfg.learns and d and (self._dirty or not checkpoint.exists(d)):
+        if self.cfg.learns and d and (dirty or not checkpoint.exists(d)):
             checkpoint.save(d, self.state_dict())
             if self.cfg.role == "train":
                 self._publish_snapshot()
-        if self._uncommitted:
-            self._uncommitted = not self._commit()
-        self._dirty = False
-        self._since_ckpt = 0
-        self._last_ckpt = time.monotonic()
 
-    def _commit(self) -> bool:
-        """Commit the consumed positions synchronously; False when it could not."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self._positions.items())]
+    def _commit(self, positions: dict[tuple[str, int], int]) -> bool:
+        """The cycle's commit step: commit ``positions`` synchronously; False when the group
+        moved on (or, when stopping, the broker stays away)."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
         if not offsets:
             return True
         backoff = COMMIT_RETRY
