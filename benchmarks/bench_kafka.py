@@ -2,6 +2,9 @@
 
     python benchmarks/bench_kafka.py [--bootstrap HOST:PORT] [--events 300000]
                                      [--rates 1000,10000] [--seconds 10] [--repeat 3]
+                                     [--parts throughput,latency,labels]
+                                     [--label-events 1000000] [--label-rate 5000]
+                                     [--label-window 120] [--label-delay 60]
 
 1. Trains the default chain (ResFusion: 100 trees x 63 leaves + DeepFM 128-128, 2**20 rows)
    on a generated Avazu-format stream until its first tree refit has swapped in, writes it as
@@ -18,7 +21,14 @@
    serve's produce time, which splits every latency into producer -> broker, broker ->
    serve's output (fetch, decode, score, produce call) and output -> receiver.
 
-``--repeat`` runs steps 2 and 3 that many times (the medians are reported: the machine is
+4. Labels: ``serve --role both`` learning from scratch on ``--label-events`` generated events
+   paced at ``--label-rate``, twice: with the labels attached to the events, and with a
+   click-only label topic (each click sent an exponential delay of mean ``--label-delay``
+   seconds after its event, ``serve --label-window``). Reported: the AUC of the live scores
+   (the outputs, test-then-train) against the log's labels, over the last 10k and 100k events.
+
+Step 2 also runs with the same log typed as a generic CSV (``serve --schema``, the types the
+replay infers). ``--repeat`` runs steps 2 and 3 that many times (the medians are reported: the machine is
 shared). ``$STREAMFUSION_CLI`` replaces the ``streamfusion`` command (e.g. another checkout's
 ``env PYTHONPATH=... python -m streamfusion.cli``, to compare two versions on one broker).
 Without ``--bootstrap`` it starts its own broker with ``scripts/kafka-local`` and stops it.
@@ -45,7 +55,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.generate import generate
+from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import Schema, avazu_schema
+from streamfusion.evaluate import auc
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.daemon import (
     CONSUMER_TUNING,
@@ -116,14 +128,15 @@ def log_append_time(bootstrap: str, topic: str) -> bool:
     return conf["message.timestamp.type"].value == "LogAppendTime"
 
 
-def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, rows: int) -> dict:
-    """Train the default chain through its first refit; write + announce the snapshot."""
-    schema = avazu_schema()
+def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, rows: int,
+                   schema: Schema, version: int = 1) -> dict:
+    """Train the default chain through its first refit on ``schema``'s reading of the log;
+    write + announce the snapshot as ``version``."""
     config = ModelConfig()
     model = OnlineModel(config, len(schema.field_names))
     encoder = Encoder(schema, bits=config.bits, seed=config.seed)
     kenc = KafkaEncoder(encoder)
-    _, events = read_events(log, rows=rows)
+    _, events = read_events(log, rows=rows, schema=schema)
     t0 = time.perf_counter()
     chunk: list[bytes] = []
     for _, ev in events:
@@ -138,11 +151,12 @@ def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, ro
         stage.wait()
     model.poll()
     seconds = time.perf_counter() - t0
-    path = checkpoint.save_file(folder / SNAPSHOT_DIR / "model-00000001.sfck", {
-        "kind": "streamfusion-snapshot", "version": 1,
+    path = checkpoint.save_file(folder / SNAPSHOT_DIR / f"model-{version:08d}.sfck", {
+        "kind": "streamfusion-snapshot", "version": version,
         "model": model.state_dict(), "encoder": encoder.state_dict()})
     p = Producer({"bootstrap.servers": bootstrap})
-    p.produce(model_topic, json.dumps({"version": 1, "path": str(path)}).encode(), b"model")
+    p.produce(model_topic, json.dumps({"version": version, "path": str(path)}).encode(),
+              b"model")
     p.flush(30)
     info = {"train_events": rows, "train_seconds": seconds,
             "tree_version": model.version, "stages": list(model.chain.kinds)}
@@ -340,10 +354,10 @@ def latency(bootstrap: str, in_topic: str, out_topic: str, events: list[dict], r
 
 
 def throughput_run(bootstrap: str, topics: dict, group: str, n: int, log: Path,
-                   batch_size: int) -> dict:
+                   batch_size: int, extra: list[str]) -> dict:
     """One ``serve --role score`` over the pre-produced topic: events/s and per CPU-second."""
     serve = serve_proc(bootstrap, topics["in"], topics["out"], topics["models"], group, log,
-                       ["--batch-size", str(batch_size), "--exit-when-idle", "5"])
+                       ["--batch-size", str(batch_size), "--exit-when-idle", "5", *extra])
     try:
         load = os.getloadavg()[0]
         ticks = machine_ticks()
@@ -358,6 +372,85 @@ def throughput_run(bootstrap: str, topics: dict, group: str, n: int, log: Path,
     return {"events": int(len(ts)), "seconds": span,
             "events_per_second": len(ts) / span if span > 0 else float("nan"),
             "events_per_cpu_second": len(ts) / cpu, "load_average": load, "steal": steal}
+
+
+def _send_paced(bootstrap: str, items: list[tuple[float, str, bytes, bytes]]) -> None:
+    """Send ``(due second, topic, value, key)`` items at their due times (sorted)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": PRODUCER_LINGER_MS,
+                  "enable.idempotence": True})
+    t0 = time.perf_counter()
+    for due, topic, value, key in items:
+        ahead = due - (time.perf_counter() - t0)
+        if ahead > SEND_TICK:
+            p.poll(0)
+            time.sleep(ahead)
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(120)
+
+
+def labels_run(bootstrap: str, events: list[dict], mode: str, rate: float, window: float,
+               delay: float, run: str, tmp: Path, seed: int = 5) -> dict:
+    """``serve --role both`` learning from scratch on a paced stream, labels ``attached`` to
+    the events or ``clicks`` only on a label topic (each click sent an exponential delay of
+    mean ``delay`` seconds after its event, ``--label-window window``): the AUC of the live
+    scores (the outputs) against the log's labels."""
+    t = {k: f"{run}-{mode}-{k}" for k in ("in", "out", "labels")}
+    create_topics(bootstrap, list(t.values()))
+    rng = np.random.default_rng(seed)
+    items: list[tuple[float, str, bytes, bytes]] = []
+    y = np.zeros(len(events), dtype=np.int8)
+    for i, ev in enumerate(events):
+        ev = dict(ev, id=f"e{i}")
+        y[i] = ev.pop("click")
+        due = i / rate
+        if mode == "attached":
+            ev["click"] = int(y[i])
+        elif y[i]:
+            click = json.dumps({"id": ev["id"], "click": 1}).encode()
+            items.append((due + rng.exponential(delay), t["labels"], click, ev["id"].encode()))
+        items.append((due, t["in"], json.dumps(ev).encode(), ev["id"].encode()))
+    items.sort(key=lambda item: item[0])
+    ckpt = tmp / f"serve-{run}-{mode}"
+    extra = (["--label-topic", t["labels"], "--label-window", str(window)]
+             if mode == "clicks" else [])
+    serve = subprocess.Popen(
+        [*cli(), "serve", "--bootstrap-servers", bootstrap, "--input-topic", t["in"],
+         "--output-topic", t["out"], "--group-id", f"{run}-{mode}", "--checkpoint", str(ckpt),
+         *extra], stdout=open(tmp / f"serve-{run}-{mode}.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT)
+    time.sleep(8.0)  # join the group
+    sender = mp.Process(target=_send_paced, args=(bootstrap, items))
+    sender.start()
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([t["out"]])
+    p = np.full(len(events), np.nan)
+    got, start = 0, time.monotonic()
+    while got < len(events) and time.monotonic() - start < len(events) / rate + 600:
+        for m in c.consume(10_000, 0.5):
+            if m.error() is None:
+                out = json.loads(m.value())
+                p[int(out["id"][1:])] = out["p_click"]
+                got += 1
+    c.close()
+    sender.terminate()  # the clicks still due after the last event no longer matter
+    serve.terminate()
+    serve.wait(120)
+    join = checkpoint.load(ckpt)["join"] if checkpoint.exists(ckpt) else {}
+    n = len(events)
+    res = {"mode": mode, "events": n, "scored": got}
+    for name, a in (("all", 0), ("last_100k", max(0, n - 100_000)),
+                    ("last_10k", max(0, n - 10_000))):
+        keep = np.isfinite(p[a:])
+        res[f"auc_{name}"] = auc(p[a:][keep], y[a:][keep])
+    res.update({k: int(join[k]) for k in ("joined", "window_negatives", "late_clicks")
+                if k in join})
+    return res
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -380,8 +473,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="linger.ms of the paced producer (the upstream application)")
     ap.add_argument("--receiver-wait-ms", type=int, default=RECEIVER_WAIT_MS,
                     help="fetch.wait.max.ms of the latency receiver")
+    ap.add_argument("--parts", default="throughput,latency,labels",
+                    help="what to run: throughput (also with a generic CSV schema), latency, "
+                    "labels (click-only label stream vs labels attached)")
+    ap.add_argument("--label-events", type=int, default=1_000_000,
+                    help="events of each labels run")
+    ap.add_argument("--label-rate", type=float, default=5000.0,
+                    help="events per second of the labels runs")
+    ap.add_argument("--label-window", type=float, default=120.0,
+                    help="serve --label-window of a click-only run, seconds (one runs with "
+                    "0 too: every impression a negative at once, clicks as corrections)")
+    ap.add_argument("--label-delay", type=float, default=60.0,
+                    help="mean of the clicks' exponential delay, seconds")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
     rates = [int(r) for r in args.rates.split(",") if r]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
@@ -389,13 +495,17 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = args.bootstrap or start_broker(state)
     bpid = args.broker_pid if args.bootstrap else broker_pid(state)
     run = f"bench-{int(time.time())}"
-    t = {k: f"{run}-{k}" for k in ("in", "models", "lin", "lout")}
-    outs = [f"{run}-out{i}" for i in range(args.repeat)]
+    t = {k: f"{run}-{k}" for k in ("in", "models", "models_csv", "lin", "lout")}
+    outs = {kind: [f"{run}-out-{kind}{i}" for i in range(args.repeat)]
+            for kind in ("avazu", "csv")}
     bare = {name: [f"{run}-pass-{name}{i}" for i in range(args.repeat)]
             for name in ("before", "after")}
     procs: list[subprocess.Popen] = []
+    results: dict = {}
+    rows_table: list[str] = []
     try:
-        create_topics(bootstrap, [t["in"], t["models"], t["lout"], *outs, *bare["before"],
+        create_topics(bootstrap, [t["in"], t["models"], t["models_csv"], t["lout"],
+                                  *outs["avazu"], *outs["csv"], *bare["before"],
                                   *bare["after"]])
         # the latency input stamps events with the broker's append time (the stage split)
         create_topics(bootstrap, [t["lin"]], {"message.timestamp.type": "LogAppendTime"})
@@ -405,9 +515,17 @@ def main(argv: list[str] | None = None) -> int:
         generate(log, "avazu", rows=n_train + args.events, seed=11)
         print(f"broker {bootstrap}; training the default chain on {n_train:,} events ...",
               flush=True)
-        info = train_snapshot(log, tmp, bootstrap, t["models"], n_train)
+        info = train_snapshot(log, tmp, bootstrap, t["models"], n_train, avazu_schema())
         print(f"  trained {info['stages']} in {info['train_seconds']:.1f}s "
               f"(tree version {info['tree_version']})", flush=True)
+        # the same log typed as a generic CSV (the inference replay runs), for serve --schema
+        csv_schema = log_schema(log, format="csv", label="click")
+        csv_file = tmp / "csv-schema.json"
+        csv_file.write_text(json.dumps(csv_schema.to_dict()))
+        (tmp / "csv").mkdir()
+        info_csv = train_snapshot(log, tmp / "csv", bootstrap, t["models_csv"], n_train,
+                                  csv_schema)
+        results["train"] = {"avazu": info, "csv": info_csv}
 
         # the benchmark stream: events after the training rows, without labels (live traffic)
         _, rows = read_events(log)
@@ -430,85 +548,129 @@ def main(argv: list[str] | None = None) -> int:
         n = stats["events"]
         print(f"pre-produced {n:,} events ({stats['events_per_second']:,.0f}/s)", flush=True)
 
-        tput: list[dict] = []
-        ceilings: dict[str, list[float]] = {"before": [], "after": []}
-        for i in range(args.repeat):
-            r = throughput_run(bootstrap, {**t, "out": outs[i]}, f"{run}-tp{i}", n,
-                               tmp / f"serve-throughput-{i}.log", args.batch_size)
-            tput.append(r)
-            print(f"serve --role score: {r['events']:,} events scored in {r['seconds']:.2f}s = "
-                  f"{r['events_per_second']:,.0f} events/s, {r['events_per_cpu_second']:,.0f} "
-                  f"events per CPU-second of serve (load average {r['load_average']:.1f} on "
-                  f"{os.cpu_count()} cores, {r['steal']:.0%} stolen)", flush=True)
-            for name, (cons, prod) in (("before", (BEFORE_CONSUMER, BEFORE_PRODUCER)),
-                                       ("after", (CONSUMER_TUNING, PRODUCER_TUNING))):
-                rate = passthrough(bootstrap, t["in"], bare[name][i], n, cons, prod)
-                ceilings[name].append(rate)
-                print(f"bare consume -> produce loop, {name} issue 4's client settings: "
-                      f"{rate:,.0f} events/s (load average {os.getloadavg()[0]:.1f})",
-                      flush=True)
+        if "throughput" in parts:
+            tput: dict[str, list[dict]] = {"avazu": [], "csv": []}
+            ceilings: dict[str, list[float]] = {"before": [], "after": []}
+            for i in range(args.repeat):
+                for kind, models, extra in (("avazu", t["models"], []),
+                                            ("csv", t["models_csv"],
+                                             ["--schema", str(csv_file)])):
+                    r = throughput_run(bootstrap, {**t, "models": models,
+                                                   "out": outs[kind][i]},
+                                       f"{run}-tp-{kind}{i}", n,
+                                       tmp / f"serve-throughput-{kind}{i}.log",
+                                       args.batch_size, extra)
+                    tput[kind].append(r)
+                    print(f"serve --role score ({kind} schema): {r['events']:,} events scored "
+                          f"in {r['seconds']:.2f}s = {r['events_per_second']:,.0f} events/s, "
+                          f"{r['events_per_cpu_second']:,.0f} events per CPU-second of serve "
+                          f"(load average {r['load_average']:.1f} on {os.cpu_count()} cores, "
+                          f"{r['steal']:.0%} stolen)", flush=True)
+                for name, (cons, prod) in (("before", (BEFORE_CONSUMER, BEFORE_PRODUCER)),
+                                           ("after", (CONSUMER_TUNING, PRODUCER_TUNING))):
+                    rate = passthrough(bootstrap, t["in"], bare[name][i], n, cons, prod)
+                    ceilings[name].append(rate)
+                    print(f"bare consume -> produce loop, {name} issue 4's client settings: "
+                          f"{rate:,.0f} events/s (load average {os.getloadavg()[0]:.1f})",
+                          flush=True)
+            results.update(throughput=tput, passthrough=ceilings)
+            for kind, label in (("avazu", "Avazu schema"), ("csv", "generic CSV schema")):
+                vals = ", ".join(f"{r['events_per_second']:,.0f}" for r in tput[kind])
+                rows_table.append(f"| serve --role score, default chain, {label}, sustained | "
+                                  f"{_median(tput[kind], 'events_per_second'):,.0f} events/s "
+                                  f"({vals}) |")
+                rows_table.append(f"| serve --role score, {label}, events per CPU-second | "
+                                  f"{_median(tput[kind], 'events_per_cpu_second'):,.0f} |")
+            for name in ("before", "after"):
+                vals = ", ".join(f"{v:,.0f}" for v in ceilings[name])
+                rows_table.append(f"| bare confluent-kafka consume -> produce, {name} issue "
+                                  f"4's settings | {np.median(ceilings[name]):,.0f} events/s "
+                                  f"({vals}) |")
 
-        extra = ["--batch-size", str(args.batch_size)]
-        if args.poll_timeout is not None:
-            extra += ["--poll-timeout", str(args.poll_timeout)]
-        lat_serve = serve_proc(bootstrap, t["lin"], t["lout"], t["models"], f"{run}-lat",
-                               tmp / "serve-latency.log", extra)
-        procs.append(lat_serve)
-        time.sleep(8.0)  # join the group and load the model
-        # warm-up at the highest rate, not reported: the first outputs wait for the output
-        # topic's metadata, and the broker's JIT compiles the paths of paced traffic
-        latency(bootstrap, t["lin"], t["lout"], events, max(rates), WARM_SECONDS, "warm", tmp,
-                linger_ms=args.producer_linger_ms, wait_ms=args.receiver_wait_ms)
-        lat: dict[int, list[dict]] = {rate: [] for rate in rates}
-        for i in range(args.repeat):
-            for rate in rates:
-                load = os.getloadavg()[0]
-                r = latency(bootstrap, t["lin"], t["lout"], events, rate, args.seconds,
-                            f"r{rate}x{i}", tmp, (bpid, lat_serve.pid),
-                            args.producer_linger_ms, args.receiver_wait_ms)
-                r["load_average"] = load
-                lat[rate].append(r)
-                print(f"latency at {rate:,}/s (achieved {r['achieved_rate']:,.0f}/s, "
-                      f"{r['received']:,}/{r['events']:,} received, load average {load:.1f}): "
-                      f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
-                      f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms; CPU: broker "
-                      f"{r['broker_cores'] or float('nan'):.2f}, serve {r['serve_cores']:.2f} "
-                      f"cores, {r['steal']:.0%} stolen", flush=True)
-                for stage, v in r.get("stages_p50_p99_max_ms", {}).items():
-                    print(f"    {stage:24s} p50 / p99 / max {v} ms")
-                if "over_50ms" in r:
-                    o = r["over_50ms"]
-                    print(f"    {o['share']:.2%} of events over 50 ms; on average they spent "
-                          + ", ".join(f"{o[k]:.0f} ms {k}" for k in o if k != "share"))
-        lat_serve.terminate()
-        lat_serve.wait(60)
+        if "latency" in parts:
+            extra = ["--batch-size", str(args.batch_size)]
+            if args.poll_timeout is not None:
+                extra += ["--poll-timeout", str(args.poll_timeout)]
+            lat_serve = serve_proc(bootstrap, t["lin"], t["lout"], t["models"], f"{run}-lat",
+                                   tmp / "serve-latency.log", extra)
+            procs.append(lat_serve)
+            time.sleep(8.0)  # join the group and load the model
+            # warm-up at the highest rate, not reported: the first outputs wait for the output
+            # topic's metadata, and the broker's JIT compiles the paths of paced traffic
+            latency(bootstrap, t["lin"], t["lout"], events, max(rates), WARM_SECONDS, "warm",
+                    tmp, linger_ms=args.producer_linger_ms, wait_ms=args.receiver_wait_ms)
+            lat: dict[int, list[dict]] = {rate: [] for rate in rates}
+            for i in range(args.repeat):
+                for rate in rates:
+                    load = os.getloadavg()[0]
+                    r = latency(bootstrap, t["lin"], t["lout"], events, rate, args.seconds,
+                                f"r{rate}x{i}", tmp, (bpid, lat_serve.pid),
+                                args.producer_linger_ms, args.receiver_wait_ms)
+                    r["load_average"] = load
+                    lat[rate].append(r)
+                    print(f"latency at {rate:,}/s (achieved {r['achieved_rate']:,.0f}/s, "
+                          f"{r['received']:,}/{r['events']:,} received, load average "
+                          f"{load:.1f}): p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+                          f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms; CPU: broker "
+                          f"{r['broker_cores'] or float('nan'):.2f}, serve "
+                          f"{r['serve_cores']:.2f} cores, {r['steal']:.0%} stolen", flush=True)
+                    for stage, v in r.get("stages_p50_p99_max_ms", {}).items():
+                        print(f"    {stage:24s} p50 / p99 / max {v} ms")
+                    if "over_50ms" in r:
+                        o = r["over_50ms"]
+                        print(f"    {o['share']:.2%} of events over 50 ms; on average they "
+                              "spent " + ", ".join(f"{o[k]:.0f} ms {k}" for k in o
+                                                   if k != "share"))
+            lat_serve.terminate()
+            lat_serve.wait(60)
+            results["latency"] = {str(k): v for k, v in lat.items()}
+            for rate, runs in lat.items():
+                p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in runs)
+                rows_table.append(
+                    f"| latency at {rate:,}/s: p50 / p95 / p99 / max | "
+                    f"{_median(runs, 'p50_ms'):.1f} / {_median(runs, 'p95_ms'):.1f} / "
+                    f"{_median(runs, 'p99_ms'):.1f} / {_median(runs, 'max_ms'):.1f} ms "
+                    f"(p99s {p99s}) |")
+
+        if "labels" in parts:
+            label_log = tmp / "labels.csv"
+            generate(label_log, "avazu", rows=args.label_events, seed=12)
+            _, rows = read_events(label_log)
+            label_events = [ev for _, ev in rows]
+            runs = {}
+            windows = sorted({0.0, args.label_window})
+            for mode, window in [("attached", 0.0)] + [("clicks", w) for w in windows]:
+                print(f"labels run ({mode}, window {window:g} s): {len(label_events):,} events "
+                      f"at {args.label_rate:,.0f}/s ...", flush=True)
+                r = labels_run(bootstrap, label_events, mode, args.label_rate, window,
+                               args.label_delay, f"{run}-w{window:g}", tmp)
+                runs["attached" if mode == "attached" else f"clicks, window {window:g} s"] = r
+                print(f"  {r}", flush=True)
+            results["labels"] = runs
+            a = runs.pop("attached")
+            for name in ("last_10k", "last_100k", "all"):
+                rows_table.append(f"| live AUC of the outputs, {name.replace('_', ' ')} "
+                                  f"events, labels attached | {a[f'auc_{name}']:.4f} |")
+                for key, c in runs.items():
+                    rows_table.append(
+                        f"| ... {key} (click delays exp. mean {args.label_delay:g} s) | "
+                        f"{c[f'auc_{name}']:.4f} ({c[f'auc_{name}'] - a[f'auc_{name}']:+.4f}) |")
+            for key, c in runs.items():
+                rows_table.append(f"| {key}: joined clicks / window negatives / late clicks | "
+                                  f"{c.get('joined', 0):,} / {c.get('window_negatives', 0):,} / "
+                                  f"{c.get('late_clicks', 0):,} |")
 
         rep = args.repeat
         print(f"\n| measure (median of {rep} runs, all runs in brackets) | value |\n|---|---|")
         print(f"| paced producer linger.ms; receiver fetch.wait.max.ms; serve --poll-timeout | "
               f"{args.producer_linger_ms:g}; {args.receiver_wait_ms}; "
               f"{args.poll_timeout or 'default'} |")
-        vals = ", ".join(f"{r['events_per_second']:,.0f}" for r in tput)
-        print(f"| serve --role score, default chain, sustained | "
-              f"{_median(tput, 'events_per_second'):,.0f} events/s ({vals}) |")
-        print(f"| serve --role score, events per CPU-second of serve | "
-              f"{_median(tput, 'events_per_cpu_second'):,.0f} |")
-        for name in ("before", "after"):
-            vals = ", ".join(f"{v:,.0f}" for v in ceilings[name])
-            print(f"| bare confluent-kafka consume -> produce, {name} issue 4's settings | "
-                  f"{np.median(ceilings[name]):,.0f} events/s ({vals}) |")
-        for rate, runs in lat.items():
-            p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in runs)
-            print(f"| latency at {rate:,}/s: p50 / p95 / p99 / max | "
-                  f"{_median(runs, 'p50_ms'):.1f} / {_median(runs, 'p95_ms'):.1f} / "
-                  f"{_median(runs, 'p99_ms'):.1f} / {_median(runs, 'max_ms'):.1f} ms "
-                  f"(p99s {p99s}) |")
+        for row in rows_table:
+            print(row)
         print("| DESIGN anchor: LightGBM 100x63 raw predict, batches | 100k-230k rows/s |")
         print("| DESIGN anchor: PyTorch DeepFM 128-128 train | 55k-70k events/s |")
         if args.json:
-            Path(args.json).write_text(json.dumps({
-                "train": info, "throughput": tput, "passthrough": ceilings,
-                "latency": {str(k): v for k, v in lat.items()}, "events": n}, indent=2))
+            Path(args.json).write_text(json.dumps({**results, "events": n}, indent=2))
     finally:
         for p in procs:
             if p.poll() is None:

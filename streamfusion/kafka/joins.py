@@ -69,7 +69,8 @@ class LabelJoin:
     clock : callable
         Returns seconds; ``time.monotonic`` unless a test injects its own.
     window : float, optional
-        Clicks only: seconds after which an event without a click is a negative.
+        Clicks only: seconds after which an event without a click is a negative (0: at once,
+        and every click is a late click: Ktena et al.'s own setting).
     correct_late : bool
         Clicks only: learn a late click as a positive (weighted), besides counting it.
 
@@ -84,8 +85,8 @@ class LabelJoin:
     def __init__(self, ttl: float = DEFAULT_TTL, capacity: int = DEFAULT_CAPACITY,
                  clock: Callable[[], float] = time.monotonic, window: float | None = None,
                  correct_late: bool = True) -> None:
-        if ttl <= 0 or capacity <= 0 or (window is not None and window <= 0):
-            raise ValueError("ttl, capacity and the label window must be positive")
+        if ttl <= 0 or capacity <= 0 or (window is not None and window < 0):
+            raise ValueError("ttl and capacity must be positive, the label window not negative")
         self.ttl = float(ttl)
         self.capacity = int(capacity)
         self.clock = clock

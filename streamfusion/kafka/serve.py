@@ -77,9 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="how long an event waits for its label")
     k.add_argument("--label-capacity", type=int, default=DEFAULT_CAPACITY,
                    help="most events waiting for labels (oldest expire first)")
-    k.add_argument("--label-window", type=at.positive_float, default=None, metavar="SECONDS",
+    k.add_argument("--label-window", type=at.nonneg_float, default=None, metavar="SECONDS",
                    help="clicks only: an event without a click message within SECONDS is "
-                   "learned as a negative (default: labels are explicit, click 0 or 1)")
+                   "learned as a negative (0: at once, every click then corrects it); default: "
+                   "labels are explicit, click 0 or 1")
     k.add_argument("--no-late-correction", dest="correct_late", action="store_false",
                    help="with --label-window: count a click that comes after its event was "
                    "learned as a negative, but do not learn it (default: learn it as a "
