@@ -28,9 +28,10 @@
    (the outputs, test-then-train) against the log's labels, over the last 10k and 100k events.
 
 Step 2 also runs with the same log typed as a generic CSV (``serve --schema``, the types the
-replay infers). ``--repeat`` runs steps 2 and 3 that many times (the medians are reported: the machine is
-shared). ``$STREAMFUSION_CLI`` replaces the ``streamfusion`` command (e.g. another checkout's
-``env PYTHONPATH=... python -m streamfusion.cli``, to compare two versions on one broker).
+replay infers). ``--repeat`` runs steps 2 and 3 that many times (the medians are reported:
+the machine is shared). ``$STREAMFUSION_CLI`` replaces the ``streamfusion`` command (e.g.
+another checkout's ``env PYTHONPATH=... python -m streamfusion.cli``, to compare two
+versions on one broker).
 Without ``--bootstrap`` it starts its own broker with ``scripts/kafka-local`` and stops it.
 """
 
