@@ -185,7 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop after N events (sizes the default stream)")
     g.add_argument("--batch-size", type=at.positive_int, default=1024,
                    help="largest mini-batch: batches start small and double with the events "
-                   "seen up to this size (see the report's model.batch_schedule)")
+                   "seen up to this size (see the report's model.batch_schedule); serve and "
+                   "the river classifier batch differently (docs/cli.md)")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--holdout", type=at.fraction, default=0.1,
                    help="held-out fraction (paper: 9:1)")
