@@ -190,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("evaluation")
     e.add_argument("--holdout", type=at.fraction, default=0.1,
                    help="held-out fraction (paper: 9:1)")
-    e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random")
+    e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random",
+                   help="random: a seeded share of the events; chrono: the last ones")
     e.add_argument("--window-rows", type=at.positive_int, default=None,
                    help="window length in events when the log is not cut by day (default: "
                    "from the file's length, about 40 windows of at least 250 events; a log "
