@@ -13,7 +13,6 @@ import argparse
 import gzip
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from streamfusion import argtypes as at
-from streamfusion import checkpoint
+from streamfusion import checkpoint, windowing
 from streamfusion.data import ParseError, open_source
 from streamfusion.data.readers import InputFingerprint
 from streamfusion.evaluate import (
@@ -51,6 +50,8 @@ from streamfusion.online import (
     config_from_args,
 )
 from streamfusion.outputs import check_output, write_json
+from streamfusion.progress import ReplayProgress
+from streamfusion.report_view import plot, summary_table
 from streamfusion.spill import RecordSpill, SpillFile
 
 DEFAULT_ROWS = 1_000_000  # size of the embedded default (generated) stream
@@ -58,7 +59,6 @@ HOLDOUT_FILE = "holdout.npy-stream"
 SCHEMA_FILE = "schema.json"  # beside a checkpoint: the log's schema, for serve --schema
 HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margins
 HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
-LIVE_AUC_EVENTS = 20_000  # events behind the progress bar's live AUC
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
 
@@ -159,15 +159,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop after N events (sizes the default stream)")
     g.add_argument("--batch-size", type=at.positive_int, default=1024,
                    help="largest mini-batch: batches start small and double with the events "
-                   "seen up to this size (see the report's model.batch_schedule)")
+                   "seen up to this size (see the report's model.batch_schedule); serve and "
+                   "the river classifier batch differently (docs/cli.md)")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--holdout", type=at.fraction, default=0.1,
                    help="held-out fraction (paper: 9:1)")
-    e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random")
-    e.add_argument("--window-rows", type=at.positive_int, default=100_000,
-                   help="window length in events when the log has no days")
+    e.add_argument("--holdout-mode", choices=["random", "chrono"], default="random",
+                   help="random: a seeded share of the events; chrono: the last ones")
+    e.add_argument("--window-rows", type=at.positive_int, default=None,
+                   help="window length in events when the log is not cut by day (default: "
+                   "from the file's length, about 40 windows of at least 250 events; a log "
+                   "with an hour column spanning several days is cut by day)")
     e.add_argument("--report", type=Path, help="write the JSON report here")
-    e.add_argument("--plot", type=Path, help="draw progressive AUC and logloss to this PNG")
+    e.add_argument("--plot", type=Path, help="draw each window's AUC and logloss, the "
+                   "holdout AUC and every refit that went live to this PNG")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     c = parser.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", type=Path, metavar="DIR", help="checkpoint directory")
@@ -209,6 +214,8 @@ class Replay:
             warnings.warn(f"{schema.name} input with --dense-features 0 gives the trees no "
                           "columns: they keep the click prior", stacklevel=2)
         self.fingerprint = InputFingerprint(self.path)
+        self.windowing = windowing.choose(self.path, schema, args.window_rows, args.rows,
+                                          args.holdout)
         self.chrono_start = None
         if args.holdout_mode == "chrono":
             total = count_events(self.path) - int(self.source.schema.has_header)
@@ -228,7 +235,7 @@ class Replay:
                                weakref.finalize(self, shutil.rmtree, self.spill_dir, True))
         if self.state is None:
             self.model = OnlineModel(config, n_fields)
-            self.progressive = Progressive(args.window_rows, self.spill_dir / PROGRESSIVE_FILE)
+            self.progressive = Progressive(self.windowing.events, self.spill_dir / PROGRESSIVE_FILE)
             self.holdout = HoldoutStore(self.spill_dir / HOLDOUT_FILE)
             events, self.seconds_before = 0, 0.0
         else:
@@ -322,8 +329,8 @@ class Replay:
         return holdout_mask(batch.line, self.args.holdout, self.args.seed)
 
     def _day(self, batch: Batch) -> np.ndarray | None:
-        """Avazu-like logs window by day (YYMMDD); others by ``--window-rows`` events."""
-        if len(batch) and batch.time[0] >= 0:
+        """Logs of several days window by day (YYMMDD); others by ``--window-rows`` events."""
+        if self.windowing.by_day and len(batch) and batch.time[0] >= 0:
             return (batch.time // 100).astype(np.int32)
         return None
 
@@ -423,6 +430,7 @@ class Replay:
                       "batch_schedule": batch_schedule(self.args.batch_size)},
             "progressive": self.progressive.overall(),
             "holdout": self.holdout_metrics(),
+            "windowing": self.windowing.describe(self.progressive.window_rows),
             "windows": self.progressive.windows(),
             "refit_windows": self.progressive.around_swaps(),
             "skipped_rows": int(pos.get("skipped_rows", 0)),
@@ -435,48 +443,6 @@ class Replay:
 def _plain(value: Any) -> Any:
     """A flag value as the checkpoint's JSON gives it back (paths as text, tuples as lists)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Progressive AUC and logloss per window over the stream, tree swaps marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    w = report["windows"]
-    x = [e["end_row"] for e in w]
-    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
-    ax1.plot(x, [e["auc"] for e in w], marker="o")
-    ax1.set_ylabel("progressive AUC")
-    ax2.plot(x, [e["logloss"] for e in w], marker="o", color="tab:red")
-    ax2.set_ylabel("progressive logloss")
-    ax2.set_xlabel("events (progressive, held-out excluded)")
-    for swap in report["refit_windows"]:
-        for ax in (ax1, ax2):
-            ax.axvline(swap["row"], color="grey", lw=0.6, ls=":")
-    fig.suptitle(f"streamfusion replay: {Path(report['file']).name}, "
-                 f"{'+'.join(report['model']['stages'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")  # the path as given, no ".png" added
-    plt.close(fig)
-
-
-def summary_table(report: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    t = Table(title=f"streamfusion replay: {'+'.join(report['model']['stages'])}")
-    for col in ("", "AUC", "logloss", "events"):
-        t.add_column(col, justify="right")
-    for name in ("progressive", "holdout"):
-        m = report[name]
-        t.add_row(name, *(f"{m[k]:.4f}" if math.isfinite(m[k]) else "n/a"
-                          for k in ("auc", "logloss")), f"{m['rows']:,}")
-    t.caption = (f"{report['rows']:,} events in {report['seconds']:.1f} s = "
-                 f"{report['events_per_second']:,.0f} events/s; tree refits: "
-                 f"{report['model']['refits_live']} live of {report['model']['refits_started']}"
-                 f"; skipped rows: {report['skipped_rows']}")
-    return t
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -506,7 +472,6 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     try:
@@ -515,26 +480,9 @@ def run(args: argparse.Namespace) -> int:
     except (ParseError, checkpoint.CheckpointError, ValueError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
-    total = args.rows
-    columns = [TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.completed:,} events"),
-               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[auc]}"),
-               TimeElapsedColumn()]
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        with Progress(*columns, console=console, disable=args.quiet, transient=True) as bar:
-            task = bar.add_task("replay", total=total, rate="", auc="")
-            last = [time.perf_counter(), replay.rows_done]
-
-            def progress(r: Replay) -> None:
-                now = time.perf_counter()
-                if now - last[0] < 1.0:
-                    return
-                rate = (r.rows_done - last[1]) / (now - last[0])
-                live = r.progressive.recent(LIVE_AUC_EVENTS)
-                bar.update(task, completed=r.rows_done, rate=f"{rate:,.0f} ev/s",
-                           auc=f"AUC {live['auc']:.4f}")
-                last[:] = [now, r.rows_done]
-
+        with ReplayProgress(console, args.rows, disable=args.quiet) as progress:
             report = replay.run(None if args.quiet else progress)
     except ParseError as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)

@@ -1,7 +1,9 @@
-"""Shared fixtures: hypothesis profiles, a fixed-seed rng, the real data samples."""
+"""Shared fixtures: hypothesis profiles, a fixed-seed rng, the real data samples, and the check
+of every replay report a test writes against docs/report.schema.json."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -40,3 +42,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def reports_follow_the_schema(monkeypatch):
+    """Every replay report a test writes is read back and validated against the documented
+    schema: the docs cannot fall behind the reports."""
+    from report_schema import check_report
+
+    import streamfusion.replay as replay_mod
+
+    write = replay_mod.write_json
+
+    def write_and_check(path, report):
+        write(path, report)
+        check_report(json.loads(Path(path).read_text()))
+
+    monkeypatch.setattr(replay_mod, "write_json", write_and_check)

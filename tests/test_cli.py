@@ -19,6 +19,9 @@ def test_every_flag_shows_its_default(command):
         shown = formatter._get_help_string(action)
         assert shown.replace("%(default)s", "X").count("(default") == 1, (action.option_strings,
                                                                         shown)
+        # argparse prints no help line, so no default, for a flag without help text
+        rendered = " ".join(sub._get_formatter()._format_action(action).split())
+        assert "(default" in rendered, (action.option_strings, rendered)
     assert "(default" in sub.format_help()
 
 

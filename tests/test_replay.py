@@ -201,9 +201,13 @@ def test_malformed_row_names_file_line_and_reason(tmp_path, stream, capsys):
 @pytest.mark.parametrize("name,fmt", [("avazu/train", "avazu"), ("criteo/sample.train", "criteo")])
 def test_real_samples_replay(shared_data, tmp_path, name, fmt):
     code, r = replay(tmp_path, "--file", str(shared_data / name), *SMALL_MODEL,
-                     "--refit-every", "3000", "--window", "5000")
+                     "--refit-every", "3000", "--window", "5000", "--plot",
+                     str(tmp_path / "run.png"))
     assert code == 0 and r["format"] == fmt and r["rows"] > 8000
     assert r["progressive"]["auc"] > 0.6
+    # a 9k-row sample (Avazu's of one day) is cut into windows of events: a line, not a dot
+    assert r["windowing"]["by"] == "events" and len(r["windows"]) >= 20
+    assert (tmp_path / "run.png").stat().st_size > 10_000
 
 
 def snapshot(directory):
@@ -234,7 +238,7 @@ def test_a_run_without_resume_leaves_an_existing_checkpoint_alone(
     (["--holdout", "0.2"], ["--holdout: checkpoint 0.1, now 0.2"]),
     (["--holdout-mode", "chrono"], ["--holdout-mode: checkpoint 'random', now 'chrono'"]),
     (["--batch-size", "256", "--window-rows", "5000", "--on-error", "skip", "--trees", "30"],
-     ["--batch-size: checkpoint 512, now 256", "--window-rows: checkpoint 100000, now 5000",
+     ["--batch-size: checkpoint 512, now 256", "--window-rows: checkpoint None, now 5000",
       "--on-error: checkpoint 'fail', now 'skip'", "--trees: checkpoint 20, now 30"]),
     (["--seed", "3"], ["--seed: checkpoint 0, now 3"]),
 ])

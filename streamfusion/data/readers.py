@@ -143,6 +143,10 @@ class _ByteStream:
             n -= len(chunk)
         return b""
 
+    def consumed(self) -> int:
+        """Bytes of the file itself read so far (compressed bytes for gzip)."""
+        return self._f.tell() - len(self._pending)
+
     def close(self) -> None:
         self._f.close()
 
@@ -419,6 +423,19 @@ class FileSource:
             "out_of_order": int(st[ST_OOO]),
             "max_time": int(st[ST_MAX_TIME]),
         }
+
+    def input_progress(self) -> tuple[int, int]:
+        """``(done, size)``: bytes of the input file itself consumed up to the next unread
+        line, and its size; for gzip, compressed bytes (the part of them behind the lines
+        still buffered is estimated in proportion), so a progress bar can show percent done."""
+        size = os.path.getsize(self.path)
+        if self._stream is None:
+            return size, size
+        if not self._stream.gzip:
+            return min(size, self._base + self._off + self._stream._bom), size
+        made = self._base + self._len  # decompressed bytes produced so far
+        done = self._stream.consumed() * (self._base + self._off) / made if made else 0
+        return min(size, int(done)), size
 
     def seek(self, position: Mapping) -> None:
         """Re-open the file and continue at ``position`` (from :meth:`position`)."""
