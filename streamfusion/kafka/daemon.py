@@ -49,7 +49,7 @@ from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.commits import CommitCycle
-from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder
+from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder, internal_reason
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
 from streamfusion.kafka.messages import Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
@@ -552,6 +552,9 @@ class Daemon:
                 ident, click = parse_label(m.value())
             except Invalid as exc:
                 self._dead_letter(m, exc.header)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one message never stops the daemon
+                self._dead_letter(m, internal_reason(exc))
                 continue
             pairs.append((str(ident), click))
         late = self.join.late_clicks

@@ -22,7 +22,13 @@ import numpy as np
 from streamfusion._parse import json_events
 from streamfusion.data.encoder import Encoder
 from streamfusion.features import Batch
-from streamfusion.kafka.messages import MAX_ID_CHARS, MAX_MESSAGE_BYTES, Invalid, parse_event
+from streamfusion.kafka.messages import (
+    INTERNAL,
+    MAX_ID_CHARS,
+    MAX_MESSAGE_BYTES,
+    Invalid,
+    parse_event,
+)
 
 try:  # several times faster than json on click events; optional
     import orjson
@@ -228,9 +234,18 @@ class KafkaEncoder:
         return out.decoded()
 
     def _decode_one(self, i: int, value: bytes | None, out: _Runs) -> None:
-        """Message ``i``: a line, a validated record, or a reject, added to ``out``."""
+        """Message ``i``: a line, a validated record, or a reject, added to ``out``. Whatever
+        fails here fails for this message alone: it is rejected with the reason."""
+        try:
+            self._decode_checked(i, value, out)
+        except Invalid as exc:
+            out.rejects.append((i, exc.header))
+        except Exception as exc:  # noqa: BLE001 - one message never stops the daemon
+            out.rejects.append((i, internal_reason(exc)))
+
+    def _decode_checked(self, i: int, value: bytes | None, out: _Runs) -> None:
         obj = None
-        if value is not None and len(value) <= MAX_MESSAGE_BYTES:
+        if type(value) is bytes and len(value) <= MAX_MESSAGE_BYTES:
             try:
                 obj = _loads(value)
             except ValueError:
@@ -245,12 +260,8 @@ class KafkaEncoder:
                     out.add(True, i, ident, _NAN if click is None else float(click),
                             (line + "\n").encode("utf-8"))
                     return
-        # reference path: exact validation and reasons
-        try:
-            ident, record, click = parse_event(value, self.fields)
-        except Invalid as exc:
-            out.rejects.append((i, exc.header))
-            return
+        # reference path: exact validation and reasons (Invalid)
+        ident, record, click = parse_event(value, self.fields)
         out.add(False, i, ident, _NAN if click is None else float(click), record)
 
     def parse(self, decoded: Decoded) -> Encoded:
@@ -259,20 +270,56 @@ class KafkaEncoder:
         parts: list[Batch] = []
         index: list[np.ndarray] = []
         for run in decoded.runs:
-            if run.records is None:
-                batch, errors = self.encoder.parse_lines(run.lines, len(run.ids))
-                ok = batch.line - 1  # 1-based lines -> positions in the run
-            else:
-                batch, errors = self.encoder.encode_records(run.records)
-                ok = batch.line  # positions in the run
-            rejects += [(int(run.msg[j]), f"encode: {reason}") for j, reason in errors]
-            batch.y = run.y[ok]
-            batch.ids = run.ids if len(ok) == len(run.ids) else [run.ids[j] for j in ok]
-            parts.append(batch)
-            index.append(run.msg[ok])
+            try:
+                batch, errors, ok = self._parse_run(run)
+            except Exception:  # noqa: BLE001 - find the message that fails, reject it alone
+                for one in _singles(run):
+                    try:
+                        part = self._parse_run(one)
+                    except Exception as exc:  # noqa: BLE001
+                        rejects.append((int(one.msg[0]), internal_reason(exc)))
+                        continue
+                    self._add_run(one, *part, parts, index, rejects)
+                continue
+            self._add_run(run, batch, errors, ok, parts, index, rejects)
         if not parts:
             empty = self.encoder.new_arrays(0)
             return Encoded(Batch(**empty, ids=[]), np.zeros(0, dtype=np.int64), rejects)
         batch = parts[0] if len(parts) == 1 else Batch.concat(parts)
         rejects.sort()
         return Encoded(batch, np.concatenate(index), rejects)
+
+    def _parse_run(self, run: _Run) -> tuple[Batch, list, np.ndarray]:
+        if run.records is None:
+            batch, errors = self.encoder.parse_lines(run.lines, len(run.ids))
+            ok = batch.line - 1  # 1-based lines -> positions in the run
+        else:
+            batch, errors = self.encoder.encode_records(run.records)
+            ok = batch.line  # positions in the run
+        return batch, errors, ok
+
+    @staticmethod
+    def _add_run(run: _Run, batch: Batch, errors: list, ok: np.ndarray, parts: list,
+                 index: list, rejects: list) -> None:
+        rejects += [(int(run.msg[j]), f"encode: {reason}") for j, reason in errors]
+        batch.y = run.y[ok]
+        batch.ids = run.ids if len(ok) == len(run.ids) else [run.ids[j] for j in ok]
+        parts.append(batch)
+        index.append(run.msg[ok])
+
+
+def _singles(run: _Run) -> list[_Run]:
+    """A run split into runs of one message each."""
+    out = []
+    if run.records is None:
+        lines = run.lines.split(b"\n")[:-1]
+    for j in range(len(run.ids)):
+        out.append(_Run(run.msg[j:j + 1], run.ids[j:j + 1], run.y[j:j + 1],
+                        None if run.records is not None else lines[j] + b"\n",
+                        None if run.records is None else run.records[j:j + 1]))
+    return out
+
+
+def internal_reason(exc: BaseException) -> str:
+    """The dead-letter reason of an unexpected failure while handling one message."""
+    return f"{INTERNAL}: {type(exc).__name__}: {str(exc)[:200]}"

@@ -7,11 +7,20 @@ else gets a short machine-readable reason (the ``error`` header of the dead-lett
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a click event is < 2 KiB; far larger ones are garbage or abuse
 MAX_ID_CHARS = 256  # ids key the label join: bound them so the join's memory stays bounded
+# events and labels are flat objects; a little nesting is tolerated in keys we ignore, deeper
+# is abuse (60,000 '[' once overflowed the parser's recursion)
+MAX_DEPTH = 8
+# a schema of a few hundred columns fits (the limit grows with the schema); a message of
+# thousands of keys is abuse: each costs a dict entry before we can look at it
+MAX_FIELDS = 1024
+# a categorical value, a number or a libsvm-like feature list is far shorter: longer is garbage
+MAX_VALUE_CHARS = 32 * 1024
 DEAD_LETTER_HEADER = "error"
 
 # Reasons (header values), stable strings that dashboards can count on.
@@ -22,6 +31,10 @@ NOT_OBJECT = "not-object"
 MISSING_FIELD = "missing-field"
 WRONG_TYPE = "wrong-type"
 BAD_LABEL = "bad-label"
+TOO_DEEP = "too-deep"
+TOO_MANY_FIELDS = "too-many-fields"
+TOO_LONG = "too-long"
+INTERNAL = "internal"  # whatever else failed while handling the message (a bug of ours)
 
 
 class Invalid(ValueError):
@@ -38,22 +51,78 @@ class Invalid(ValueError):
         return str(self)
 
 
-def _load(value: bytes | None) -> dict[str, Any]:
+def too_deep(value: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``[`` / ``{`` nest deeper than ``limit`` outside the strings of ``value``.
+
+    No scan for ordinary messages (at most ``limit`` brackets in all); otherwise a scan that
+    stops as soon as the limit is passed.
+
+    Examples
+    --------
+    >>> too_deep(b'{"a": [1, {"b": "[[[[[[[[[[[["}]}')
+    False
+    >>> too_deep(b"[" * 60_000)
+    True
+    """
+    if value.count(b"[") + value.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for c in value:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x5B or c == 0x7B:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif c == 0x5D or c == 0x7D:  # ] }
+            depth -= 1
+    return False
+
+
+def load_object(value: bytes | None, max_fields: int = MAX_FIELDS,
+                max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """The JSON object of a message, within every bound; else :class:`Invalid`.
+
+    The bounds hold before any parsing (size, nesting), then on the object (fields, string
+    lengths), so no message costs more than a bounded amount of time and memory.
+    """
     if value is None:
         raise Invalid(NOT_JSON, "empty message")
-    if len(value) > MAX_MESSAGE_BYTES:
-        raise Invalid(OVERSIZED, f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
+    if not isinstance(value, bytes):
+        raise Invalid(NOT_JSON, f"value is {type(value).__name__}")
+    if len(value) > max_bytes:
+        raise Invalid(OVERSIZED, f"{len(value)} bytes > {max_bytes}")
+    if too_deep(value):
+        raise Invalid(TOO_DEEP, f"nested deeper than {MAX_DEPTH}")
     try:
-        text = value.decode("utf-8")
+        value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Invalid(NOT_UTF8, str(exc)) from None
     try:
-        obj = json.loads(text)
-    except ValueError as exc:
+        obj = orjson.loads(value)
+    except (ValueError, RecursionError) as exc:
         raise Invalid(NOT_JSON, str(exc)) from None
     if not isinstance(obj, dict):
         raise Invalid(NOT_OBJECT, f"got {type(obj).__name__}")
+    if len(obj) > max_fields:
+        raise Invalid(TOO_MANY_FIELDS, f"{len(obj)} fields > {max_fields}")
+    for key, v in obj.items():
+        if len(key) > MAX_VALUE_CHARS or (isinstance(v, str) and len(v) > MAX_VALUE_CHARS):
+            raise Invalid(TOO_LONG, f"a key or value of {key[:40]!r} is longer than "
+                          f"{MAX_VALUE_CHARS} characters")
     return obj
+
+
+def _load(value: bytes | None, n_fields: int = 0) -> dict[str, Any]:
+    return load_object(value, max(MAX_FIELDS, 2 * n_fields + 2))
 
 
 def _check_id(obj: dict[str, Any]) -> str | int:
@@ -70,9 +139,17 @@ def _check_id(obj: dict[str, Any]) -> str | int:
 
 
 def _check_click(value: Any) -> int:
-    if isinstance(value, bool) or value not in (0, 1) or isinstance(value, str):
-        raise Invalid(BAD_LABEL, f"click must be 0 or 1, got {value!r}")
+    # type first: comparing a nested list with 0 walks it, and repr() of it may be huge
+    if type(value) not in (int, float) or value not in (0, 1):
+        raise Invalid(BAD_LABEL, f"click must be 0 or 1, got {_short(value)}")
     return int(value)
+
+
+def _short(value: Any) -> str:
+    """A bounded description of a JSON value for a reason header."""
+    if isinstance(value, (dict, list)):
+        return f"a {type(value).__name__}"
+    return repr(value)[:40]
 
 
 def parse_event(value: bytes | None, fields: list[str]
@@ -99,7 +176,7 @@ def parse_event(value: bytes | None, fields: list[str]
     Invalid
         With the reason to put in the dead-letter header.
     """
-    obj = _load(value)
+    obj = _load(value, len(fields))
     ident = _check_id(obj)
     click = obj.get("click")
     if click is not None:
