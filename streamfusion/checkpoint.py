@@ -33,6 +33,7 @@ FORMAT_VERSION = 2  # 2: the checksum covers the header too (1: the payload only
 STATE_FILE = "state.sfck"  # the checkpoint inside a checkpoint directory
 _ARRAY_TAG = "__array__"
 _DIGEST_BYTES = 32  # the trailing SHA-256
+_TMP_PREFIX = "."  # temporary files are hidden: ".state.sfck.tmp<pid>"
 
 
 class CheckpointError(ValueError):
@@ -72,10 +73,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def dumps(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file holding ``state`` (what ``save_file`` writes)."""
     arrays: dict[str, np.ndarray] = {}
     tree = _split(state, arrays)
     buf = io.BytesIO()
@@ -88,18 +87,37 @@ def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
         "created": time.time(),
         "state": tree,
     }).encode()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    digest = hashlib.sha256()
+    body = b"".join((MAGIC, struct.pack("<Q", len(header)), header, payload))
+    return body + hashlib.sha256(body).digest()
+
+
+def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = dumps(state)
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        for part in (MAGIC, struct.pack("<Q", len(header)), header, payload):
-            digest.update(part)
-            f.write(part)
-        f.write(digest.digest())
+        f.write(raw)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that never finished (a process killed between
+    writing and renaming); returns them. Only for a directory one process writes to."""
+    removed = []
+    folder = Path(directory)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(f"{_TMP_PREFIX}*.tmp*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -109,6 +127,16 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror})") from None
+    return loads(raw, str(path))
+
+
+def loads(raw: bytes, name: str = "checkpoint") -> dict[str, Any]:
+    """The state in the bytes of a checkpoint file; ``CheckpointError`` naming ``name`` if
+    anything is off. Arrays must be stored as ``dumps`` stores them (a compressed member or
+    one whose header claims more bytes than it holds is refused: no zip bomb)."""
+    path = name
     if not raw.startswith(MAGIC):
         raise CheckpointError(f"{path} is not a streamfusion checkpoint (bad magic bytes)")
     start = len(MAGIC) + 8
@@ -117,7 +145,7 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     (hlen,) = struct.unpack("<Q", raw[len(MAGIC) : start])
     try:
         header = json.loads(raw[start : start + hlen])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CheckpointError(f"checkpoint {path} has a corrupt header") from None
     if not isinstance(header, dict) or header.get("format") != "streamfusion-checkpoint":
         raise CheckpointError(f"{path} is not a streamfusion checkpoint")
@@ -141,11 +169,31 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} is truncated: payload has {len(payload)} bytes, "
             f"header says {expected}")
     try:
+        _check_members(payload)
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return _join(header["state"], arrays)
-    except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (KeyError, TypeError, ValueError, OSError, EOFError, MemoryError,
+            zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {path} has a malformed payload ({exc!r})") from None
+
+
+def _check_members(payload: bytes) -> None:
+    """Refuse an npz whose members are compressed or claim more bytes than they hold (numpy
+    would allocate what a header claims before reading it)."""
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(payload):
+                raise ValueError(f"member {info.filename} is compressed or oversized")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize \
+                    > info.file_size:
+                raise ValueError(f"member {info.filename} claims more than it holds")
 
 
 def require(state: Any, key: str, kind: type | tuple[type, ...], what: str = "checkpoint") -> Any:

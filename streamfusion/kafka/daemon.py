@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
+from streamfusion.kafka.client_log import ClientLog
 from streamfusion.kafka.commits import CommitCycle
 from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder, internal_reason
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
@@ -65,7 +67,12 @@ STATE_KIND = "streamfusion-serve"
 STATE_VERSION = 1
 COMMIT_RETRY = 0.5  # first back-off between commit attempts (doubles, capped at 8 s)
 MAX_BACKOFF = 8.0
-ERROR_LOG_INTERVAL = 5.0  # seconds: the same client error is logged at most this often
+# seconds between metadata refreshes: a topic created after start (a label topic) is joined
+# within this long (librdkafka's default, 5 minutes, kept new topics waiting)
+METADATA_REFRESH_MS = 2000
+# client errors meaning no broker answers: --exit-when-idle counts on while they last
+UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
+               KafkaError._TIMED_OUT)
 STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
 SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
 # librdkafka settings of the input consumer and the output producer (benchmarks reuse them)
@@ -109,7 +116,9 @@ class ServeConfig:
     checkpoint_dir: str | None = None
     role: str = "both"
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     model_topic: str | None = None
+    model_key: bytes | None = None
     batch_size: int = 5000
     schema: Schema = field(default_factory=avazu_schema)
     init_from: str | None = None
@@ -176,11 +185,14 @@ class Daemon:
                                  save=self._save, commit=self._commit)
         self._stop = threading.Event()
         self._exit_code = 0
-        self._error_logged: dict[str, float] = {}
+        self.client_log = ClientLog()
+        self._unreachable = False  # the last client error said no broker answers
         self._consumer: Consumer | None = None
         self.outputs: Outputs | None = None
         self.snapshots = (Snapshots(config.model_topic, self._common_conf, config.group_id,
-                                    config.checkpoint_dir) if config.model_topic else None)
+                                    self.schema, config.model_key)
+                          if config.model_topic else None)
+        self.trainer_id = uuid.uuid4().hex[:16]  # a trainer's name on the model topic (kept)
         self._join_seen = {"expired": 0, "joined_clicks": 0, "window_negatives": 0,
                            "late_clicks": 0}
         self._last_message = time.monotonic()
@@ -213,17 +225,38 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def run(self) -> int:
-        """Serve until stopped; returns the exit code (0 after a clean stop)."""
+        """Serve until stopped; returns the exit code (0 after a clean stop).
+
+        Raises :class:`StartupError` (one line, nothing consumed) when it cannot start."""
+        try:
+            self._start()
+        except checkpoint.CheckpointError:
+            raise
+        except (KafkaException, OSError, ValueError) as exc:
+            self._close()
+            raise StartupError(_one_line(exc)) from None
+        return self._loop()
+
+    def _start(self) -> None:
+        d = self.cfg.checkpoint_dir
+        if d:
+            for tmp in checkpoint.remove_stale_temporaries(d):
+                log.info("removed %s, left by a checkpoint write that never finished", tmp)
         self._load_or_build()
+        if self.cfg.model_topic and self.cfg.model_key is None:
+            log.warning("the model topic %s is unauthenticated: whoever can write to it "
+                        "controls the scorers (pass --model-key-file)", self.cfg.model_topic)
         if self.cfg.metrics_port:
-            self.metrics.serve_http(self.cfg.metrics_port)
-            log.info("metrics on http://127.0.0.1:%d/metrics", self.cfg.metrics_port)
+            self.metrics.serve_http(self.cfg.metrics_port, self.cfg.metrics_host,
+                                    ready=self.not_ready)
+            log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)",
+                     self.cfg.metrics_host, self.cfg.metrics_port)
         self.outputs = Outputs(self._producer_conf(), self.cfg.output_topic,
                                self.cfg.dead_letter_topic)
         try:  # learn the output topic's leader now, not on the first event (latency)
             self.outputs.producer.list_topics(self.cfg.output_topic, timeout=5)
         except KafkaException as exc:
-            log.warning("output topic metadata not available yet: %s", exc)
+            log.warning("output topic metadata not available yet: %s", _one_line(exc))
         self._consumer = Consumer(self._consumer_conf())
         topics = [self.cfg.input_topic]
         if self.cfg.learns and self.cfg.label_topic:
@@ -233,6 +266,8 @@ class Daemon:
         log.info("serving %s -> %s as %s (group %s)", ",".join(topics), self.cfg.output_topic,
                  self.cfg.role, self.cfg.group_id)
         self.pipeline = Pipeline(self._emit)
+
+    def _loop(self) -> int:
         switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         _freeze_heap()
@@ -241,7 +276,8 @@ class Daemon:
                 self._poll_models()
                 msgs = self._consume()
                 now = time.monotonic()
-                if msgs or not self._assigned:  # idle counts only while owning partitions
+                # idle counts while owning partitions, or while no broker answers
+                if msgs or not (self._assigned or self._unreachable):
                     self._last_message = now
                 if msgs:
                     self._process(msgs)
@@ -289,6 +325,17 @@ class Daemon:
             msgs += consumer.consume(n - len(msgs), self.cfg.poll_timeout)
         return msgs
 
+    def not_ready(self) -> str | None:
+        """Why the daemon is not ready to score (``/readyz``), or None when it is."""
+        if self.model is None:
+            return "no model yet"
+        if (self.cfg.role == "score" and self.snapshots is not None
+                and self.snapshots.loaded is None):
+            return "no model snapshot loaded yet"
+        if not self._assigned:
+            return "no partitions assigned"
+        return None
+
     def _close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close(self._broken)  # clean: raises what a last job raised
@@ -309,6 +356,7 @@ class Daemon:
     # ------------------------------------------------------------------ clients
     def _common_conf(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.cfg.bootstrap, "error_cb": self._on_error,
+                "logger": self.client_log,
                 "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": int(MAX_BACKOFF * 1000)}
 
     def _consumer_conf(self) -> dict[str, Any]:
@@ -323,6 +371,7 @@ class Daemon:
             "stats_cb": self.metrics.on_stats,
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
             **CONSUMER_TUNING,
         })
         conf.update(self.cfg.consumer_extra)
@@ -344,11 +393,8 @@ class Daemon:
             self._exit_code = 4
             self.stop()
             return
-        key = str(err.code())
-        now = time.monotonic()
-        if now - self._error_logged.get(key, -1e9) >= ERROR_LOG_INTERVAL:
-            self._error_logged[key] = now
-            log.warning("Kafka: %s (retrying)", err.str())
+        self._unreachable = err.code() in UNREACHABLE
+        self.client_log.error(f"{err.str()} (retrying)")
 
     # ------------------------------------------------------------------ state
     def _build_fresh(self) -> None:
@@ -378,6 +424,16 @@ class Daemon:
         self.loop = OnlineLoop(self.model, learn=self.cfg.learns)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._restore_checked(state)
+        except checkpoint.CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise checkpoint.CheckpointError(
+                f"checkpoint in {self.cfg.checkpoint_dir} is malformed "
+                f"({type(exc).__name__}: {_one_line(exc)[:200]})") from None
+
+    def _restore_checked(self, state: dict[str, Any]) -> None:
         if state.get("kind") != STATE_KIND or state.get("version") != STATE_VERSION:
             raise checkpoint.CheckpointError(
                 f"checkpoint is not a serve checkpoint of version {STATE_VERSION}")
@@ -391,6 +447,7 @@ class Daemon:
         self.model, self.encoder = model, encoder
         self.counters = {k: int(v) for k, v in state["counters"].items()}
         self.version = int(state["model_version"])
+        self.trainer_id = str(state.get("trainer_id") or self.trainer_id)
         # Not copied into the cycle's positions: those are committed, and only for partitions
         # we own.
         self.cycle.state_positions = {(t, int(p)): int(o) for t, p, o in state["positions"]}
@@ -406,6 +463,7 @@ class Daemon:
             "join": self.join.state_dict(),
             "counters": dict(self.counters),
             "model_version": self.version,
+            "trainer_id": self.trainer_id,
             "positions": [[t, p, o] for (t, p), o
                           in sorted(self.cycle.state_positions.items())],
         }
@@ -427,6 +485,7 @@ class Daemon:
                     tp.offset = ck  # the state already covers these: never learn them twice
                     self.cycle.resume_at(key, ck)  # and the group should know
         consumer.assign(partitions)
+        self._unreachable = False
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self._last_message = time.monotonic()  # the idle clock starts with the assignment
         log.info("assigned %s", _fmt(partitions))
@@ -510,7 +569,9 @@ class Daemon:
         offsets = np.fromiter(map(Message.offset, msgs), np.int64, len(msgs))
         batch.line = offsets[encoded.index]  # the input offset of each row
         _, scores = self.loop.step(batch, self)  # no holdout: every event is live
-        out = (batch.ids, scores, self._output_version())
+        # produce timestamps (ms) of the scored events, for the end-to-end latency
+        stamps = np.fromiter((m.timestamp()[1] for m in msgs), np.float64, len(msgs))
+        out = (batch.ids, scores, self._output_version(), stamps[encoded.index])
         labelled = ~np.isnan(y)
         if labelled.any() and self.cfg.learns:
             n = int(labelled.sum())
@@ -579,9 +640,15 @@ class Daemon:
         return self.model.version if self.cfg.role == "both" else self.version
 
     # ------------------------------------------------------------------ commit cycle
-    def _emit(self, ids: list, scores: Scores, version: int) -> None:
-        """Main thread: one output per scored event, keyed by id."""
+    def _emit(self, ids: list, scores: Scores, version: int,
+              stamps: np.ndarray | None = None) -> None:
+        """Main thread: one output per scored event, keyed by id (and the latency since each
+        event was produced, where the producer set its timestamp)."""
         self.outputs.emit(ids, scores, version)
+        if stamps is not None:
+            stamps = stamps[stamps > 0]
+            if len(stamps):
+                self.metrics.latency.observe_many(time.time() - stamps / 1000.0)
         self.counters["scored"] += len(ids)
         self.metrics.scored.inc(len(ids))
 
@@ -601,6 +668,8 @@ class Daemon:
         """The cycle's save step: learners checkpoint (a trainer also publishes)."""
         d = self.cfg.checkpoint_dir
         if self.cfg.learns and d and (dirty or not checkpoint.exists(d)):
+            if self.cfg.role == "train":
+                self.version += 1
             checkpoint.save(d, self.state_dict())
             if self.cfg.role == "train":
                 self._publish_snapshot()
@@ -636,19 +705,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ scale-out
     def _publish_snapshot(self) -> None:
-        self.version += 1
-        path = self.snapshots.publish(self.version, self.model, self.encoder, self.outputs)
+        """Trainer: publish the model as snapshot ``self.version`` (counted up before the
+        checkpoint that covers it, so a restart never announces a version twice)."""
+        try:
+            size = self.snapshots.publish(self.trainer_id, self.version, self.model,
+                                          self.encoder)
+        except KafkaException as exc:
+            log.warning("model snapshot %d not published (%s): the next checkpoint publishes "
+                        "again", self.version, exc)
+            return
         self.metrics.model_version.set(self.version)
-        log.info("published model snapshot %d at %s", self.version, path)
+        log.info("published model snapshot %d (%d bytes, trainer %s)", self.version, size,
+                 self.trainer_id)
 
     def _poll_models(self) -> None:
         """Scorers: swap in the newest announced snapshot, if any is newer than ours."""
         if self.cfg.role != "score" or self.snapshots is None:
             return
-        got = self.snapshots.poll(self.version)
+        got = self.snapshots.poll()
         if got is None:
             return
-        version, model, encoder = got
+        note, model, encoder = got
+        version = note.version
         self.pipeline.drain()  # batches in flight are scored with the model they were meant for
         old, self.model, self.encoder = self.model, model, encoder
         self._new_loop()
@@ -657,7 +735,7 @@ class Daemon:
         _freeze_heap()
         self.version = version
         self.metrics.model_version.set(self.version)
-        log.info("loaded model snapshot %d", self.version)
+        log.info("loaded model snapshot %d of trainer %s", self.version, note.trainer)
 
     # ------------------------------------------------------------------ gauges
     def _housekeeping(self, now: float) -> None:
@@ -680,6 +758,15 @@ class Daemon:
                 self._join_seen[name] = total
         if self.cfg.role == "both":
             self.metrics.model_version.set(self.model.version)
+
+
+class StartupError(RuntimeError):
+    """serve cannot start (a client setting, the metrics port, ...): one line, exit 2."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) < 300 else text[:297] + "..."
 
 
 def _freeze_heap() -> None:

@@ -32,9 +32,11 @@ from streamfusion.kafka.daemon import (
     ROLES,
     Daemon,
     ServeConfig,
+    StartupError,
     replay_schema,
 )
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL
+from streamfusion.kafka.snapshot_wire import read_key
 from streamfusion.online import add_model_arguments, config_from_args
 
 
@@ -59,7 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="invalid messages, with the reason in header 'error'")
     k.add_argument("--group-id", default="streamfusion", help="consumer group")
     k.add_argument("--model-topic", default=None,
-                   help="model snapshot announcements (--role train writes, score reads)")
+                   help="model snapshots, in chunks (--role train writes, score reads): "
+                   "scorers need nothing but the broker")
+    k.add_argument("--model-key-file", type=Path, default=None, metavar="FILE",
+                   help="a secret of at least 16 bytes: the trainer signs each snapshot with "
+                   "HMAC-SHA256, scorers load only snapshots it verifies (default: "
+                   "unauthenticated, with a warning)")
     k.add_argument("--role", choices=ROLES, default="both",
                    help="both: score and learn; train: also publish snapshots; score: never "
                         "learn, load announced snapshots")
@@ -85,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --label-window: count a click that comes after its event was "
                    "learned as a negative, but do not learn it (default: learn it as a "
                    "positive, weighted as Ktena et al. 2019's fake-negative correction)")
-    k.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port")
+    k.add_argument("--metrics-port", type=int, default=None,
+                   help="HTTP port of /metrics (Prometheus), /healthz and /readyz")
+    k.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics port binds (0.0.0.0: every interface)")
     k.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop cleanly after SECONDS without messages (batch jobs, tests)")
     k.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE",
@@ -137,7 +147,9 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         output_topic=args.output_topic, label_topic=args.label_topic,
         dead_letter_topic=args.dead_letter_topic, group_id=args.group_id,
         checkpoint_dir=args.checkpoint, role=args.role, metrics_port=args.metrics_port,
-        model_topic=args.model_topic, batch_size=args.batch_size, schema=serve_schema(args),
+        metrics_host=args.metrics_host, model_topic=args.model_topic,
+        model_key=None if args.model_key_file is None else read_key(args.model_key_file),
+        batch_size=args.batch_size, schema=serve_schema(args),
         init_from=None if args.init_from is None else str(args.init_from),
         label_window=args.label_window, correct_late=args.correct_late,
         poll_timeout=args.poll_timeout,
@@ -161,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
     daemon.install_signal_handlers()
     try:
         return daemon.run()
-    except checkpoint.CheckpointError as exc:  # a state it cannot start from: before any client
+    except (checkpoint.CheckpointError, StartupError) as exc:  # before anything is consumed
         print(f"streamfusion serve: {exc}", file=sys.stderr)
         return 2
