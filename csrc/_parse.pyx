@@ -67,6 +67,8 @@ cdef extern from "json_events.h" nogil:
         const int32_t *layout
         int64_t max_bytes
         int64_t max_id_chars
+        int64_t max_keys
+        int64_t max_string_bytes
 
     int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_t len,
                           const unsigned char **vs, const unsigned char **ve,
@@ -263,7 +265,8 @@ def parse_svm(const unsigned char[::1] buf, int64_t start, int64_t end, int64_t 
 
 # --------------------------------------------------------------------------- Kafka JSON events
 def json_events(list values, const unsigned char[::1] names, const int64_t[::1] name_off,
-                int delim, const int32_t[::1] layout, int64_t max_bytes, int64_t max_id_chars):
+                int delim, const int32_t[::1] layout, int64_t max_bytes, int64_t max_id_chars,
+                int64_t max_keys=1 << 62, int64_t max_string_bytes=1 << 62):
     """Flat JSON events -> newline-terminated delimited lines, in one nogil pass.
 
     Parameters
@@ -280,6 +283,9 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
         cell (the id and label columns). A field the message lacks is an empty cell too.
     max_bytes, max_id_chars : int
         Longer messages, and ids of more characters, are off the fast path.
+    max_keys, max_string_bytes : int, optional
+        Messages with more keys, or a key or string value of more bytes, are off the fast
+        path (the reference path names the bound they break).
 
     The messages are read without the GIL: ``values`` must not change during the call.
 
@@ -341,6 +347,8 @@ def json_events(list values, const unsigned char[::1] names, const int64_t[::1] 
         s.layout = &layout[0]
         s.max_bytes = max_bytes
         s.max_id_chars = max_id_chars
+        s.max_keys = max_keys
+        s.max_string_bytes = max_string_bytes
         with nogil:
             for i in range(n):
                 if msg[i] != NULL:

@@ -37,6 +37,8 @@ typedef struct {
     const int32_t *layout;       /* per column: the field written there, or -1 (empty) */
     int64_t max_bytes;           /* longer messages are off the path (reference: oversized) */
     int64_t max_id_chars;
+    int64_t max_keys;            /* more keys: off the path (reference: too many fields) */
+    int64_t max_string_bytes;    /* a longer key or string: off the path (reference: too long) */
 } sf_jspec;
 
 /* JSON whitespace is exactly these four */
@@ -109,7 +111,7 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
 {
     const unsigned char *p = msg, *e = msg + len, *k, *ke, *q;
     int nf = s->nfields, guess = 0, key, i;
-    int64_t chars, n;
+    int64_t chars, n, nkeys = 0;
     unsigned char *o;
     float clk = NAN;
     if (len > s->max_bytes) return -1;
@@ -122,7 +124,7 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
         /* key */
         k = p + 1;
         ke = sf_jstring(k, e, -1);
-        if (ke == NULL) return -1;
+        if (ke == NULL || ++nkeys > s->max_keys || ke - k > s->max_string_bytes) return -1;
         key = sf_jkey(s, k, ke - k, guess);
         p = sf_jskip(ke + 1, e);
         if (p >= e || *p != ':') return -1;
@@ -134,7 +136,7 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
             if (*p != '"' || seen[slot]) return -1; /* a non-string, or a duplicate key */
             seen[slot] = 1;
             q = sf_jstring(p + 1, e, key >= 0 ? s->delim : -1);
-            if (q == NULL) return -1;
+            if (q == NULL || q - (p + 1) > s->max_string_bytes) return -1;
             if (key >= 0) {
                 vs[key] = p + 1;
                 ve[key] = q;
@@ -158,7 +160,7 @@ static int64_t sf_json_event(const sf_jspec *s, const unsigned char *msg, int64_
              * spelled with an escape: escapes in keys were refused above. */
             if (*p == '"') {
                 q = sf_jstring(p + 1, e, -1);
-                if (q == NULL) return -1;
+                if (q == NULL || q - (p + 1) > s->max_string_bytes) return -1;
                 p = q + 1;
             } else if (sf_jlit(p, e, "null", 4) || sf_jlit(p, e, "true", 4)) {
                 p += 4;

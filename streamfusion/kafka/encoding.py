@@ -26,7 +26,9 @@ from streamfusion.kafka.messages import (
     INTERNAL,
     MAX_ID_CHARS,
     MAX_MESSAGE_BYTES,
+    MAX_VALUE_CHARS,
     Invalid,
+    field_limit,
     parse_event,
 )
 
@@ -150,6 +152,7 @@ class KafkaEncoder:
         # per column of a file line: the event field written there, or -1 (id, label: empty)
         self._layout = np.array([index.get(c.name, -1) if c.kind not in ("skip", "label")
                                  else -1 for c in schema.columns], dtype=np.int32)
+        self._max_fields = field_limit(len(self.fields))
         self._spec = self._c_spec()
 
     def _c_spec(self) -> tuple | None:
@@ -163,20 +166,22 @@ class KafkaEncoder:
         offsets = np.zeros(len(names) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(b) for b in names])
         return (np.frombuffer(b"".join(names), dtype=np.uint8), offsets, delim[0],
-                self._layout, MAX_MESSAGE_BYTES, MAX_ID_CHARS)
+                self._layout, MAX_MESSAGE_BYTES, MAX_ID_CHARS, self._max_fields,
+                MAX_VALUE_CHARS)
 
     def _line(self, obj: dict) -> str | None:
         """The file line of an event whose fields are all strings (a missing one is an empty
         cell), or None when it needs the reference path."""
         if self.svm:
             tokens = obj.get(self.fields[0], "")
-            if type(tokens) is not str or "\n" in tokens or "\r" in tokens:
+            if type(tokens) is not str or "\n" in tokens or "\r" in tokens \
+                    or len(tokens) > MAX_VALUE_CHARS:
                 return None
             return f"0 {tokens}"  # a placeholder label: the event's click replaces it
         cells = []
         for f in self._layout.tolist():
             v = obj.get(self.fields[f], "") if f >= 0 else ""
-            if type(v) is not str or self.delim in v:
+            if type(v) is not str or self.delim in v or len(v) > MAX_VALUE_CHARS:
                 return None
             cells.append(v)
         line = self.delim.join(cells)
@@ -250,7 +255,9 @@ class KafkaEncoder:
                 obj = _loads(value)
             except ValueError:
                 obj = None
-        if type(obj) is dict:
+        if type(obj) is dict and len(obj) <= self._max_fields and all(
+                len(k) <= MAX_VALUE_CHARS and (type(v) is not str or len(v) <= MAX_VALUE_CHARS)
+                for k, v in obj.items()):
             ident = obj.get("id")
             click = obj.get("click", None)
             if (type(ident) is str and 0 < len(ident) <= MAX_ID_CHARS) and (

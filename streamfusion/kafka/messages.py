@@ -121,8 +121,13 @@ def load_object(value: bytes | None, max_fields: int = MAX_FIELDS,
     return obj
 
 
+def field_limit(n_fields: int) -> int:
+    """The most keys an event of a schema with ``n_fields`` event fields may have."""
+    return max(MAX_FIELDS, 2 * n_fields + 2)
+
+
 def _load(value: bytes | None, n_fields: int = 0) -> dict[str, Any]:
-    return load_object(value, max(MAX_FIELDS, 2 * n_fields + 2))
+    return load_object(value, field_limit(n_fields))
 
 
 def _check_id(obj: dict[str, Any]) -> str | int:
