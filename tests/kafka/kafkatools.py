@@ -137,12 +137,17 @@ class Serve:
     """A ``streamfusion serve`` subprocess with its log in a file."""
 
     def __init__(self, bootstrap: str, args: list[str], log: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in wait()
         cmd = [*cli(), "serve", "--bootstrap-servers", bootstrap, *args]
+        env = {**os.environ, **(env or {})}
+        if cwd is not None:  # the package of this checkout, wherever serve runs
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH"))
+                if p)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env=env, cwd=cwd)
 
     def log(self) -> str:
         if not self._log.closed:
