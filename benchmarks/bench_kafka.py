@@ -7,8 +7,9 @@
                                      [--label-window 120] [--label-delay 60]
 
 1. Trains the default chain (ResFusion: 100 trees x 63 leaves + DeepFM 128-128, 2**20 rows)
-   on a generated Avazu-format stream until its first tree refit has swapped in, writes it as
-   a model snapshot and announces it on a model topic, as ``serve --role train`` would.
+   on a generated Avazu-format stream until its first tree refit has swapped in and publishes
+   it on a model topic, in chunks signed with HMAC-SHA256, as ``serve --role train`` does;
+   the scorers below run with ``--model-key-file`` (signing on).
 2. Throughput: pre-produces ``--events`` events, then times ``streamfusion serve --role
    score`` (a subprocess, loading the snapshot) consuming them to the output topic; the rate
    is events / (last output's broker timestamp - first's). Beside it, in the same run: a bare
@@ -67,7 +68,8 @@ from streamfusion.kafka.daemon import (
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.produce import produce
-from streamfusion.kafka.snapshots import SNAPSHOT_DIR
+from streamfusion.kafka.snapshot_wire import read_key
+from streamfusion.kafka.snapshots import Snapshots
 from streamfusion.online import OnlineModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +132,7 @@ def log_append_time(bootstrap: str, topic: str) -> bool:
 
 
 def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, rows: int,
-                   schema: Schema, version: int = 1) -> dict:
+                   schema: Schema, version: int = 1, key_file: Path | None = None) -> dict:
     """Train the default chain through its first refit on ``schema``'s reading of the log;
     write + announce the snapshot as ``version``."""
     config = ModelConfig()
@@ -152,17 +154,26 @@ def train_snapshot(log: Path, folder: Path, bootstrap: str, model_topic: str, ro
         stage.wait()
     model.poll()
     seconds = time.perf_counter() - t0
-    path = checkpoint.save_file(folder / SNAPSHOT_DIR / f"model-{version:08d}.sfck", {
-        "kind": "streamfusion-snapshot", "version": version,
-        "model": model.state_dict(), "encoder": encoder.state_dict()})
-    p = Producer({"bootstrap.servers": bootstrap})
-    p.produce(model_topic, json.dumps({"version": version, "path": str(path)}).encode(),
-              b"model")
-    p.flush(30)
-    info = {"train_events": rows, "train_seconds": seconds,
+    # published through the model topic, signed, as serve --role train does
+    snapshots = Snapshots(model_topic, lambda: {"bootstrap.servers": bootstrap}, "bench",
+                          schema, read_key(key_file or KEY_FILE(folder)))
+    t1 = time.perf_counter()
+    size = snapshots.publish("bench-trainer", version, model, encoder)
+    snapshots.close()
+    info = {"train_events": rows, "train_seconds": seconds, "snapshot_bytes": size,
+            "publish_seconds": time.perf_counter() - t1,
             "tree_version": model.version, "stages": list(model.chain.kinds)}
     model.close()
     return info
+
+
+def KEY_FILE(folder: Path) -> Path:  # noqa: N802 - reads as a constant
+    """The snapshot signing key of a benchmark folder (written on first use)."""
+    path = folder / "model.key"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(32).hex().encode())
+    return path
 
 
 def cli() -> list[str]:
@@ -175,7 +186,8 @@ def serve_proc(bootstrap: str, in_topic: str, out_topic: str, model_topic: str, 
                log: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [*cli(), "serve", "--bootstrap-servers", bootstrap,
            "--input-topic", in_topic, "--output-topic", out_topic, "--group-id", group,
-           "--role", "score", "--model-topic", model_topic, *extra]
+           "--role", "score", "--model-topic", model_topic,
+           "--model-key-file", str(KEY_FILE(log.parent)), *extra]
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
 
@@ -525,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         csv_file.write_text(json.dumps(csv_schema.to_dict()))
         (tmp / "csv").mkdir()
         info_csv = train_snapshot(log, tmp / "csv", bootstrap, t["models_csv"], n_train,
-                                  csv_schema)
+                                  csv_schema, key_file=KEY_FILE(tmp))
         results["train"] = {"avazu": info, "csv": info_csv}
 
         # the benchmark stream: events after the training rows, without labels (live traffic)
