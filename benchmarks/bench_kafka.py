@@ -530,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         info = train_snapshot(log, tmp, bootstrap, t["models"], n_train, avazu_schema())
         print(f"  trained {info['stages']} in {info['train_seconds']:.1f}s "
-              f"(tree version {info['tree_version']})", flush=True)
+              f"(tree version {info['tree_version']}); snapshot signed and published in "
+              f"{info['publish_seconds']:.1f}s ({info['snapshot_bytes'] / 1e6:.0f} MB "
+              "compressed)", flush=True)
         # the same log typed as a generic CSV (the inference replay runs), for serve --schema
         csv_schema = log_schema(log, format="csv", label="click")
         csv_file = tmp / "csv-schema.json"

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaException, Message, Producer
 
 from streamfusion._parse import json_outputs
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER
@@ -23,6 +23,8 @@ from streamfusion.online import Scores
 
 log = logging.getLogger("streamfusion.kafka")
 
+# header of a dead letter whose key and value could not be copied (too large to produce)
+DROPPED_HEADER = "dropped"
 FLUSH_WAIT = 5.0  # seconds per flush attempt; we keep waiting (logging) while the broker is away
 
 
@@ -139,7 +141,13 @@ class Outputs:
             return
         headers = [(DEAD_LETTER_HEADER, reason.encode()),
                    ("source", f"{m.topic()}[{m.partition()}]@{m.offset()}".encode())]
-        self.produce(self.dead_letter_topic, m.value(), m.key(), headers)
+        try:
+            self.produce(self.dead_letter_topic, m.value(), m.key(), headers)
+        except KafkaException as exc:  # e.g. larger than the producer may send: its place
+            size = len(m.value() or b"") + len(m.key() or b"")
+            self.produce(self.dead_letter_topic, None, None, [
+                *headers, (DROPPED_HEADER, f"{size} bytes of key and value: "
+                                           f"{exc.args[0].str()}".encode())])
 
     def flush(self) -> None:
         """Wait until the broker acknowledged every message; raise if any was lost."""

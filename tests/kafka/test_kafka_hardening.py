@@ -34,6 +34,7 @@ from streamfusion.fusion import ModelConfig
 from streamfusion.kafka import snapshot_wire as wire
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER, TOO_DEEP
+from streamfusion.kafka.outputs import DROPPED_HEADER
 from streamfusion.online import OnlineModel
 
 pytestmark = pytest.mark.kafka
@@ -75,26 +76,34 @@ def test_poison_events_and_labels_are_dead_lettered_and_committed(kafka_bootstra
     send(kafka_bootstrap, t["in"], events[:300] + poison_events + events[300:])
     labels = [json.dumps({"id": k, "click": int(ev["click"])}).encode() for k, ev in rows]
     send(kafka_bootstrap, t["labels"], labels[:100] + poison_labels + labels[100:])
+    # larger than serve's producer may send (1,000,000 bytes), within what the broker takes
+    huge = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 1_048_000})
+    huge.produce(t["in"], b"x" * 1_040_000)
+    assert huge.flush(60) == 0
     args = ["--input-topic", t["in"], "--output-topic", t["out"], "--label-topic", t["labels"],
             "--dead-letter-topic", t["dlq"], "--group-id", topic_name, "--exit-when-idle", "4",
             "--checkpoint", str(tmp_path / "ckpt"), *FM]
     serve = Serve(kafka_bootstrap, args, tmp_path / "serve.log")
     assert serve.wait() == 0, serve.log()
     assert "Traceback" not in serve.log()
-    dead = read_topic(kafka_bootstrap, t["dlq"], 4)
-    assert sorted(m.value() for m in dead) == sorted(poison_events + poison_labels)
+    dead = read_topic(kafka_bootstrap, t["dlq"], 5)
+    copied = [m for m in dead if m.value() is not None]
+    assert sorted(m.value() for m in copied) == sorted(poison_events + poison_labels)
     assert all(dict(m.headers())[DEAD_LETTER_HEADER].decode().startswith(TOO_DEEP)
-               for m in dead)
+               for m in copied)
+    (dropped,) = [dict(m.headers()) for m in dead if m.value() is None]
+    assert dropped[DEAD_LETTER_HEADER].decode().startswith("oversized")
+    assert dropped[DROPPED_HEADER].decode().startswith("1040000 bytes")
     outs, seen = scored_ids(kafka_bootstrap, t["out"], set(ids))
     assert seen == set(ids)
     # the poison offsets are committed like any other: a restart does not meet them again
-    assert committed(kafka_bootstrap, topic_name, t["in"]) == [len(events) + 2]
+    assert committed(kafka_bootstrap, topic_name, t["in"]) == [len(events) + 3]
     assert committed(kafka_bootstrap, topic_name, t["labels"]) == [len(labels) + 2]
     again = Serve(kafka_bootstrap, args, tmp_path / "again.log")
     assert again.wait() == 0, again.log()
-    assert len(read_topic(kafka_bootstrap, t["dlq"], 5, idle=2.0, limit=10)) == 4
+    assert len(read_topic(kafka_bootstrap, t["dlq"], 6, idle=2.0, limit=10)) == 5
     state = checkpoint.load(tmp_path / "ckpt")
-    assert state["counters"]["dead_lettered"] == 4
+    assert state["counters"]["dead_lettered"] == 5
     assert state["counters"]["learned"] == len(ids)
 
 
