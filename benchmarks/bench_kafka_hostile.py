@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="fuzz,crash", help="what to run: fuzz, crash")
     ap.add_argument("--seed", type=int, default=0, help="seed of the streams and kill times")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary folder (serve logs, logs of events)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
@@ -305,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.bootstrap:
             stop_broker(state)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -57,6 +57,7 @@ from streamfusion.kafka.messages import Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
 from streamfusion.kafka.outputs import DeliveryFailed, Outputs
 from streamfusion.kafka.pipeline import Pipeline
+from streamfusion.kafka.snapshot_wire import BadSnapshot
 from streamfusion.kafka.snapshots import Snapshots
 from streamfusion.online import OnlineLoop, OnlineModel, Scores
 
@@ -710,7 +711,7 @@ class Daemon:
         try:
             size = self.snapshots.publish(self.trainer_id, self.version, self.model,
                                           self.encoder)
-        except KafkaException as exc:
+        except (KafkaException, BadSnapshot) as exc:  # the broker away, a model too large
             log.warning("model snapshot %d not published (%s): the next checkpoint publishes "
                         "again", self.version, exc)
             return
