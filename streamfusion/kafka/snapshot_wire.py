@@ -125,7 +125,7 @@ def pack_model(model: OnlineModel, encoder: Encoder) -> bytes:
 def unpack_model(raw: bytes) -> tuple[OnlineModel, Encoder]:
     """The model and encoder of ``pack_model``'s bytes; ``BadSnapshot`` when malformed."""
     try:
-        state = checkpoint.loads(raw, "model snapshot")
+        state = checkpoint.loads(raw, "model snapshot", max_array_bytes=MAX_SNAPSHOT_BYTES)
         if state.get("kind") != KIND:
             raise BadSnapshot("not a model snapshot")
         return OnlineModel.from_state(state["model"]), Encoder.from_state_dict(state["encoder"])

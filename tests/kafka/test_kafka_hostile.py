@@ -214,22 +214,39 @@ def test_decompression_stops_at_the_announced_size() -> None:
         wire.decompress(note, bomb)
 
 
-def test_a_checkpoint_payload_that_inflates_is_refused() -> None:
+def _with_payload(payload: bytes) -> bytes:
+    """A checkpoint file around an npz payload of our choosing, checksum and all."""
     raw = checkpoint.dumps({"a": np.zeros(10)})
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        arr = io.BytesIO()
-        np.lib.format.write_array(arr, np.zeros(10 ** 6))
-        zf.writestr("a0.npy", arr.getvalue())
-    payload = buf.getvalue()
     start = len(checkpoint.MAGIC) + 8
-    (hlen,) = np.frombuffer(raw[len(checkpoint.MAGIC):start], "<u8")
-    header = json.loads(raw[start:start + int(hlen)])
+    (hlen,) = struct.unpack("<Q", raw[len(checkpoint.MAGIC):start])
+    header = json.loads(raw[start:start + hlen])
     header["payload_bytes"] = len(payload)
     head = json.dumps(header).encode()
     body = checkpoint.MAGIC + struct.pack("<Q", len(head)) + head + payload
-    with pytest.raises(checkpoint.CheckpointError, match="compressed or oversized"):
-        checkpoint.loads(body + hashlib.sha256(body).digest())
+    return body + hashlib.sha256(body).digest()
+
+
+def _npz(member: bytes, compression: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        zf.writestr("a0.npy", member)
+    return buf.getvalue()
+
+
+def test_checkpoint_arrays_that_inflate_or_claim_too_much_are_refused() -> None:
+    arr = io.BytesIO()
+    np.lib.format.write_array(arr, np.zeros(10 ** 6))  # 8 MB of zeros: deflates to ~8 KB
+    bomb = _with_payload(_npz(arr.getvalue(), zipfile.ZIP_DEFLATED))
+    assert checkpoint.loads(bomb)["a"].shape == (10 ** 6,)  # within the default bound
+    with pytest.raises(checkpoint.CheckpointError, match="inflate to more than"):
+        checkpoint.loads(bomb, max_array_bytes=10 ** 6)
+    # a header claiming 10**12 elements over 80 bytes of data: refused before numpy allocates
+    claim = io.BytesIO()
+    np.lib.format.write_array_header_1_0(claim, {"descr": "<f8", "fortran_order": False,
+                                                 "shape": (10 ** 12,)})
+    liar = _with_payload(_npz(claim.getvalue() + bytes(80), zipfile.ZIP_STORED))
+    with pytest.raises(checkpoint.CheckpointError, match="claims more than it holds"):
+        checkpoint.loads(liar)
 
 
 def test_short_keys_are_refused(tmp_path) -> None:
