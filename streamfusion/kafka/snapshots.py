@@ -214,6 +214,9 @@ class Snapshots:
 
     def _fetch(self, note: Announcement, offset: int) -> bytes:
         """The compressed bytes of ``note``'s chunks, between its first offset and itself."""
+        low, _ = self._consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=5)
+        if note.first_offset < low:  # retention removed them: do not wait for them
+            raise BadSnapshot(f"snapshot {note.version}: its chunks are no longer on the topic")
         parts: list[bytes] = []
         for m in self._read(note.first_offset, offset):
             if len(parts) < note.chunks and is_chunk(m.value()):
