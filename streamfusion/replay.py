@@ -229,7 +229,7 @@ class Replay:
         self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         if args.checkpoint:  # what `serve --schema` reads to take events of this log
-            write_json(args.checkpoint / SCHEMA_FILE, schema.to_dict())
+            (args.checkpoint / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=1))
         # a run's own directory goes at its end, or at exit if the run fails
         self._remove_tmpdir = (None if args.checkpoint else
                                weakref.finalize(self, shutil.rmtree, self.spill_dir, True))
