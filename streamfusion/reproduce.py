@@ -70,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of the generated stream when no --file is given")
     parser.add_argument("--models", default=None,
                         help="comma-separated subset of Table 2 (default: all ten)")
-    parser.add_argument("--bits", type=int, default=None, help="log2 of the learner's table")
+    parser.add_argument("--bits", type=int, default=None,
+                        help="log2 of the hash space of (field, value) pairs (default: 20, 18 "
+                             "with --quick); the learners' tables hold the distinct ones")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for LightGBM and the learner (1 = bit-for-bit runs)")
     parser.add_argument("--report", default=None, metavar="PATH.json", help="write JSON")

@@ -200,7 +200,7 @@ def test_markdown_puts_the_papers_figures_beside_ours(tables, data, fmt, dataset
     json.dumps(report, allow_nan=True)  # the report stays JSON
 
 
-def test_cli_writes_report_markdown_and_plot(tmp_path, log_file):
+def test_cli_writes_report_markdown_and_plot(tmp_path, log_file, capsys):
     from streamfusion.cli import main
 
     out = tmp_path / "r.json"
@@ -225,6 +225,10 @@ def test_cli_writes_report_markdown_and_plot(tmp_path, log_file):
     assert "without that row" in report["leakage"]["explain"]
     # tables sized by the log: a 16k-row log needs far less than 2**bits rows per table
     assert report["data"]["table_rows"] < 2**BITS
+    # the terminal shows the paper's Avazu figures and gains beside ours
+    out = capsys.readouterr().out
+    assert "paper: Avazu" in out and "0.7921" in out and "+0.0313" in out
+    assert "without that row" in out
 
 
 def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path, capsys):
