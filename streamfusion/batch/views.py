@@ -64,6 +64,15 @@ class FeatureView:
         Each adds one field whose embedding is a row of its own, just after the log's rows
         (``data.table_rows + j``), scaled by the event's value: e.g. the trees' score for
         GBDT2DNN / GBDT2DeepFM.
+
+    Examples
+    --------
+    >>> log = EncodedLog(np.array([[0, 1], [2, 1]], np.int32), np.ones((2, 0), np.float32),
+    ...                  np.zeros(0, np.int64), np.zeros((2, 1), np.float32),
+    ...                  np.array([0, 1], np.float32), 1, 0, ["a", "b"], ["d"], 3, 10)
+    >>> rows = FeatureView(log, [np.array([0.5, -2.0], np.float32)]).take(slice(0, 2))
+    >>> rows.indices.tolist(), rows.values[:, -1].tolist()
+    ([[0, 1, 3], [2, 1, 3]], [0.5, -2.0])
     """
 
     def __init__(self, data: EncodedLog, extra: list[np.ndarray] | None = None) -> None:
