@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,23 +124,29 @@ def score_file(saved: SavedModel, path: str | os.PathLike, out: str | os.PathLik
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     n = 0
+    # Formatting numbers as text costs about as much as scoring them: a writer thread (pyarrow
+    # releases the GIL) formats block i while the next block is parsed and scored.
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        writer = None
         with open(tmp, "wb") as sink:
+            sink.write((",".join(OUT_COLUMNS) + "\n").encode())
+            writer, pending = None, None
             for block in score_batches(saved, path, rows, on_error):
                 table = pa.table({k: block[k] for k in OUT_COLUMNS})
                 if writer is None:
-                    sink.write((",".join(OUT_COLUMNS) + "\n").encode())
                     writer = csv.CSVWriter(sink, table.schema, write_options=csv.WriteOptions(
                         include_header=False, quoting_style="none"))
-                writer.write_table(table)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_table, table)
                 n += table.num_rows
-            if writer is None:  # an empty log: the header alone
-                sink.write((",".join(OUT_COLUMNS) + "\n").encode())
-            else:
+            if pending is not None:
+                pending.result()
+            if writer is not None:
                 writer.close()
         os.replace(tmp, out)
     finally:
+        pool.shutdown(wait=True)
         tmp.unlink(missing_ok=True)
     return n
 
@@ -157,9 +164,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="a malformed row: stop with its file, line and reason, or skip "
                         "it")
-    parser.add_argument("--threads", type=at.positive_int, default=1,
+    parser.add_argument("--threads", type=at.positive_int, default=os.cpu_count() or 1,
                         help="threads of the learner and tree kernels (scores do not depend "
-                        "on it)")
+                        "on it; default: the CPUs of this machine)")
 
 
 def run(args: argparse.Namespace) -> int:
