@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="model file (default: train the default model)")
     ap.add_argument("--file", type=Path, help="log to score (default: generated Avazu rows)")
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--threads", type=int, default=1, help="streamfusion score --threads")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="streamfusion score --threads (its default: the CPUs)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 

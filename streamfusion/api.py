@@ -223,6 +223,6 @@ class ResFusion:
         saved = load_model(path)
         obj = cls(saved.schema, batch_size=batch_size, **saved.config.to_dict())
         obj._model = saved.model
-        obj._encoder = Encoder.from_state_dict(saved.encoder.state_dict())
+        obj._encoder = saved.learning_encoder()
         obj.events = saved.model.events_learned
         return obj

@@ -79,7 +79,7 @@ class SavedModel:
         start at zero if it learns on.
     encoder : FrozenEncoder
         Turns lines / records of ``schema`` into batches exactly as the trained model saw them;
-        ``Encoder.from_state_dict(saved.encoder.state_dict())`` gives one that learns.
+        :meth:`learning_encoder` gives one that counts on.
     config : ModelConfig
         The chain's settings (one seed included).
     meta : dict
@@ -94,6 +94,10 @@ class SavedModel:
     @property
     def schema(self) -> Schema:
         return self.encoder.schema
+
+    def learning_encoder(self) -> Encoder:
+        """A new encoder that counts on from the saved tables (a driver that learns on)."""
+        return Encoder.from_state_dict(self.encoder.state_dict())
 
 
 # ---------------------------------------------------------------------------------- export

@@ -232,3 +232,36 @@ def test_frozen_encoding_reads_counts_and_never_writes_them():
         assert np.array_equal(fout["indices"][i], pout["indices"][0])
     # a value seen once before and one never seen differ (site_domain b vs x)
     assert not np.array_equal(fout["dense"][0], fout["dense"][1])
+
+
+@pytest.mark.parametrize("flags", [["--model", "gbdt"], ["--model", "lr"],
+                                   ["--model", "nnres-gbdt"], ["--iterations", "2"],
+                                   ["--tree-codes", "8", "--residual", "fm"],
+                                   ["--no-standardize", "--model", "deepfm"]],
+                         ids=lambda f: " ".join(f))
+def test_every_chain_scores_as_the_replay_did(stream, tmp_path, flags):
+    run = run_replay(stream, tmp_path / "m.sfm", "--rows", "9000", *flags)
+    out = tmp_path / "p.csv"
+    assert main(["score", "--model", str(tmp_path / "m.sfm"), "--file", str(stream),
+                 "--out", str(out)]) == 0
+    got = read_scores(out)
+    want = own_scores(run, stream)
+    for i, name in enumerate(MARGINS):
+        assert np.array_equal(got[name].to_numpy(), want[i]), name
+
+
+def test_libsvm_logs_score_as_the_replay_did(tmp_path):
+    rng = np.random.default_rng(3)
+    lines = []
+    for _ in range(6000):
+        ids = np.sort(rng.choice(200, size=rng.integers(3, 12), replace=False))
+        y = int(rng.random() < (0.7 if 7 in ids else 0.2))
+        lines.append(f"{y} " + " ".join(f"{i}:{rng.random():.3f}" for i in ids))
+    path = tmp_path / "train.libsvm"
+    path.write_text("\n".join(lines) + "\n")
+    run = run_replay(path, tmp_path / "m.sfm", "--format", "libsvm")
+    out = tmp_path / "p.csv"
+    assert main(["score", "--model", str(tmp_path / "m.sfm"), "--file", str(path),
+                 "--out", str(out)]) == 0
+    got = read_scores(out)
+    assert np.array_equal(got["margin"].to_numpy(), own_scores(run, path)[0])
