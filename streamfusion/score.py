@@ -4,16 +4,19 @@ The log is read and encoded by the C tokenizer exactly as replay encodes it, wit
 schema and frozen count tables (:class:`~streamfusion.model_file.FrozenEncoder`); every stage
 scores each batch and the rows are written as ``id,p_click,margin,base_margin,
 residual_margin`` (the log's ``id`` column when its schema has one, else the line number).
-Scoring changes nothing: the same file scored twice gives the same bytes.
+The log may lack the label column (or leave it empty). Scoring changes nothing: the same file
+scored twice gives the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from streamfusion import argtypes as at
 from streamfusion.checkpoint import CheckpointError
 from streamfusion.data import ParseError, open_source
 from streamfusion.data.encoder import ST_POS
+from streamfusion.data.schema import Schema, split_cells
 from streamfusion.model_file import FrozenEncoder, SavedModel, load_model
 
 OUT_COLUMNS = ("id", "p_click", "margin", "base_margin", "residual_margin")
@@ -95,16 +99,41 @@ class _CapturingEncoder(FrozenEncoder):
         return rows
 
 
+def _first_line(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rb") as f:
+        return f.readline(1 << 20).rstrip(b"\r\n").removeprefix(b"\xef\xbb\xbf")
+
+
+def log_schema(schema: Schema, path: str | os.PathLike) -> Schema:
+    """``schema``, or ``schema`` without its label column when the log has none (a log to
+    score usually has no labels: its first line names, or counts, every column but the
+    label)."""
+    if schema.is_svm or schema.label is None:
+        return schema
+    first = _first_line(path).decode("utf-8", "replace")
+    cells = split_cells(first, schema.delimiter)
+    kept = tuple(c for c in schema.columns if c.kind != "label")
+    if (len(cells) != len(kept)
+            or (schema.header and cells != [c.name for c in kept])):
+        return schema  # the open checks the header and the rows say what is wrong
+    return replace(schema, columns=kept)
+
+
 def score_batches(saved: SavedModel, path: str | os.PathLike, rows: int = SCORE_ROWS,
                   on_error: str = "fail") -> Iterator[dict[str, Any]]:
     """Score the log at ``path``: yields ``{"id", "p_click", "margin", "base_margin",
     "residual_margin"}`` column blocks in file order. ``ParseError`` names a malformed row."""
     enc = saved.encoder
-    capturing = _CapturingEncoder.of(enc)
-    names = [c.name for c in enc.schema.columns]
+    schema = log_schema(enc.schema, path)
+    # the same fields, salts and tree columns (a label feeds neither), the same count tables
+    capturing = _CapturingEncoder(schema, enc.bits, enc.seed, enc.count_bits)
+    capturing.counts, capturing.seen = enc.counts, enc.seen
+    names = [c.name for c in schema.columns]
     ids = None
-    if "id" in names and not enc.schema.is_svm:
-        ids = _IdColumn(names.index("id"), len(names), enc.schema.delimiter)
+    if "id" in names and not schema.is_svm:
+        ids = _IdColumn(names.index("id"), len(names), schema.delimiter)
         capturing.on_lines = ids
     with open_source(path, encoder=capturing, on_error=on_error) as src:
         while (batch := src.next_batch(rows)) is not None:

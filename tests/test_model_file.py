@@ -117,6 +117,13 @@ def test_criteo_sample_without_id_column_scores_by_line(shared_data, tmp_path):
     want = own_scores(run, path)
     assert np.array_equal(got["margin"].to_numpy(), want[0])
     assert got["id"].to_pylist()[:3] == ["1", "2", "3"]  # no id column: line numbers
+    # Criteo's test files have no label column: the same rows score the same
+    unlabelled = tmp_path / "test.txt"
+    unlabelled.write_text("".join(line.split("\t", 1)[1] for line in
+                                  path.read_text().splitlines(keepends=True)[:500]))
+    assert main(["score", "--model", str(tmp_path / "criteo.sfm"), "--file", str(unlabelled),
+                 "--out", str(tmp_path / "test.out")]) == 0
+    assert np.array_equal(read_scores(tmp_path / "test.out")["margin"].to_numpy(), want[0][:500])
 
 
 def test_model_file_grows_with_touched_rows_not_with_bits(stream, tmp_path):
@@ -203,12 +210,18 @@ def test_unlabelled_rows_are_scored(trained, stream, tmp_path):
     lines = stream.read_text().splitlines()[:101]
     blank = [lines[0]] + [",".join(["" if j == 1 else c for j, c in enumerate(ln.split(","))])
                           for ln in lines[1:]]
+    dropped = [",".join(c for j, c in enumerate(ln.split(",")) if j != 1) for ln in lines]
     (tmp_path / "nolabel.csv").write_text("\n".join(blank) + "\n")
     (tmp_path / "label.csv").write_text("\n".join(lines) + "\n")
-    for name in ("nolabel", "label"):
+    with gzip.open(tmp_path / "nocolumn.csv.gz", "wt") as f:  # no click column at all
+        f.write("\n".join(dropped) + "\n")
+    for name in ("nolabel.csv", "label.csv", "nocolumn.csv.gz"):
         assert main(["score", "--model", str(model_path), "--file",
-                     str(tmp_path / f"{name}.csv"), "--out", str(tmp_path / f"{name}.out")]) == 0
-    assert (tmp_path / "nolabel.out").read_bytes() == (tmp_path / "label.out").read_bytes()
+                     str(tmp_path / name), "--out", str(tmp_path / f"{name}.out")]) == 0
+    want = (tmp_path / "label.csv.out").read_bytes()
+    assert want.count(b"\n") == 101
+    assert (tmp_path / "nolabel.csv.out").read_bytes() == want
+    assert (tmp_path / "nocolumn.csv.gz.out").read_bytes() == want
 
 
 def test_frozen_encoding_reads_counts_and_never_writes_them():
