@@ -72,14 +72,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_file(path: str | os.PathLike, state: dict[str, Any], *, magic: bytes = MAGIC,
-              fmt: str = "streamfusion-checkpoint", version: int = FORMAT_VERSION,
+def save_file(path: str | os.PathLike, state: dict[str, Any], *, magic: bytes | None = None,
+              fmt: str = "streamfusion-checkpoint", version: int | None = None,
               compress: bool = False) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
 
     ``magic``, ``fmt`` and ``version`` name another file kind in the same container (model
-    files, :mod:`streamfusion.model_file`); ``compress`` deflates the arrays.
+    files, :mod:`streamfusion.model_file`; default: a checkpoint); ``compress`` deflates the
+    arrays.
     """
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
@@ -108,14 +111,16 @@ def save_file(path: str | os.PathLike, state: dict[str, Any], *, magic: bytes = 
     return path
 
 
-def load_file(path: str | os.PathLike, *, magic: bytes = MAGIC,
-              fmt: str = "streamfusion-checkpoint", version: int = FORMAT_VERSION,
+def load_file(path: str | os.PathLike, *, magic: bytes | None = None,
+              fmt: str = "streamfusion-checkpoint", version: int | None = None,
               what: str = "checkpoint") -> dict[str, Any]:
     """Read a state written by ``save_file``; refuse it whole if anything is off.
 
     ``magic``, ``fmt`` and ``version`` as given to ``save_file``; ``what`` names the file kind
     in the messages.
     """
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     path = Path(path)
     try:
         raw = path.read_bytes()

@@ -32,6 +32,7 @@ from streamfusion.data.encoder import ENCODER_VERSION, Encoder
 from streamfusion.data.schema import Schema
 from streamfusion.fusion import ModelConfig
 from streamfusion.online import OnlineModel
+from streamfusion.stages import residual
 from streamfusion.stages.residual import ResidualLearner
 
 MAGIC = b"SFMODEL\x01"
@@ -154,7 +155,8 @@ def _load_learner(learner: ResidualLearner, state: dict[str, Any]) -> None:
         raise ValueError("residual rows do not fit the learner's table")
     table[rows] = values
     learner.load_state_dict({
-        "format": "streamfusion.residual", "format_version": 2, "config": state["config"],
+        "format": residual.FORMAT, "format_version": residual.FORMAT_VERSION,
+        "config": state["config"],
         "step": 0, "clicks": state["clicks"], "seen": state["seen"],
         "value_count": state["value_count"], "value_mean": state["value_mean"],
         "value_m2": state["value_m2"], "table": table, "dense": state["dense"],
