@@ -66,8 +66,11 @@ class ResFusion:
 
     The same chain as ``streamfusion replay`` with the same defaults (``ModelConfig``):
     ``partial_fit`` cuts its rows into the replay's mini-batch schedule (batches of 32 events
-    growing to ``batch_size``) and learns test-then-train, so feeding a log through
-    ``partial_fit`` learns what a replay of it without holdout learns. Column kinds are inferred
+    growing to ``batch_size``) and learns test-then-train; a call learns all its rows, the last
+    ones as a shorter batch when the call ends within one. Fed in chunks that end on the
+    schedule's batch boundaries (one call, or multiples of the batch size), then ``finish``,
+    it learns what a replay without holdout (``--holdout 0``) learns, bit for bit. Column
+    kinds are inferred
     from the first ``partial_fit`` as replay infers a CSV's (``types`` overrides them), or come
     from ``schema``. ``predict_proba`` is pure. ``save`` writes the model file that
     ``streamfusion score`` reads; ``ResFusion.load`` reads one written by
@@ -188,6 +191,13 @@ class ResFusion:
             self._model.step(part)
             pos += len(part)
             self.events += len(part)
+        return self
+
+    def finish(self) -> ResFusion:
+        """The end of the data, as at the end of a replayed file: a pending tree refit goes live
+        and the trees are refit on their whole window. Learning may go on after it."""
+        if self._model is not None:
+            self._model.finish()
         return self
 
     def _scores(self, X: Any) -> Any:

@@ -11,6 +11,7 @@ import streamfusion
 from streamfusion import api
 from streamfusion.cli import main
 from streamfusion.data.generate import generate
+from streamfusion.data.schema import avazu_schema
 from streamfusion.evaluate import auc
 
 SMALL = {"n_trees": 20, "num_leaves": 15, "refit_every": 5000, "first_fit": 2000,
@@ -120,3 +121,30 @@ def test_bad_input_is_a_clear_error(adult):
         api.ResFusion().predict_proba(X)
     with pytest.raises(TypeError, match="dict of arrays"):
         model.predict_proba([[1, 2]])
+
+
+def test_partial_fit_learns_what_a_replay_learns(tmp_path):
+    """Same chain, same defaults, same batch schedule: a table fed in any chunks, then
+    finish(), is the model of `replay --holdout 0` on the same rows, bit for bit."""
+    path = tmp_path / "avazu.csv"
+    generate(path, format="avazu", rows=9000, seed=9)
+    flags = ["--trees", "20", "--leaves", "15", "--refit-every", "5000", "--first-fit", "2000",
+             "--window", "10000", "--hidden", "32,32", "--bits", "16"]
+    assert main(["replay", "--file", str(path), "--quiet", "--holdout", "0", *flags,
+                 "--save-model", str(tmp_path / "replay.sfm")]) == 0
+    names = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows_after_names=9000))
+    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+        column_types={n: pa.string() for n in names.column_names}))
+    y = table.column("click").to_numpy().astype(int)
+    X = table.drop_columns(["click"])
+    model = api.ResFusion(avazu_schema(), **SMALL)
+    step = 94 * 32  # the schedule's batches are 32 events up to 16,384 events
+    for a in range(0, 9000, step):
+        model.partial_fit(X.slice(a, step), y[a:a + step])
+    model.finish().save(tmp_path / "api.sfm")
+    replayed = api.ResFusion.load(tmp_path / "replay.sfm")
+    assert replayed.events == model.events == 9000
+    a, b = model.predict_margin(X), replayed.predict_margin(X)
+    for name in MARGINS:
+        assert np.array_equal(a[name], b[name]), name
+    assert np.std(a["base_margin"]) > 0 and np.std(a["residual_margin"]) > 0

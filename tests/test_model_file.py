@@ -278,3 +278,11 @@ def test_libsvm_logs_score_as_the_replay_did(tmp_path):
                  "--out", str(out)]) == 0
     got = read_scores(out)
     assert np.array_equal(got["margin"].to_numpy(), own_scores(run, path)[0])
+
+
+def test_an_unwritable_save_model_path_is_refused_before_any_work(stream, tmp_path, capsys):
+    target = tmp_path / "adir"
+    target.mkdir()
+    code = main(["replay", "--file", str(stream), *SMALL_MODEL, "--save-model", str(target)])
+    err = capsys.readouterr().err
+    assert code == 1 and "--save-model" in err and "is a directory" in err
