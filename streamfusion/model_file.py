@@ -14,7 +14,7 @@ magic bytes, JSON header with a format version, deflated arrays, SHA-256 of ever
 corrupt, truncated or foreign file is refused whole with one ``CheckpointError`` line.
 
     >>> saved = load_model("model.sfm")              # doctest: +SKIP
-    >>> saved.model.score(batch).p                   # an OnlineModel, ready to score or learn
+    >>> saved.model.score(batch).p  # doctest: +SKIP (an OnlineModel: scores, or learns on)
 """
 
 from __future__ import annotations
@@ -46,7 +46,20 @@ _TREE_LEARNING = ("window_X", "window_y", "window_z", "window_indices", "adwin_h
 class FrozenEncoder(Encoder):
     """An :class:`Encoder` that scores: the count table and row counter are read, never
     written, so encoding a row changes nothing (a row's count feature is the one it would get
-    as the next row seen). Diagnostics of the input (``unparsed``) are still counted."""
+    as the next row seen). Diagnostics of the input (``unparsed``) are still counted.
+
+    Examples
+    --------
+    >>> from streamfusion.data.encoder import new_state
+    >>> from streamfusion.data.schema import avazu_schema
+    >>> learning = Encoder(avazu_schema(header=False), bits=12)
+    >>> line = b"1,0,14102100,1005,0,a,b,c,d,e,f,g,h,i,1,2,3,4,5,6,7,8,9,10" + bytes([10])
+    >>> frozen = FrozenEncoder.of(learning)
+    >>> frozen.parse_into(line, 0, len(line), 1, frozen.new_arrays(1), 0, new_state())
+    1
+    >>> int(learning.seen[0]), int(learning.counts.sum())
+    (0, 0)
+    """
 
     def parse_into(self, buf: bytes, start: int, end: int, max_rows: int,
                    out: Any, offset: int, state: np.ndarray,
@@ -84,7 +97,20 @@ class SavedModel:
     config : ModelConfig
         The chain's settings (one seed included).
     meta : dict
-        ``events_learned``, ``source`` (the log it was trained on) and the creation time.
+        ``events_learned`` and ``source`` (the log it was trained on, if any).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from streamfusion import ResFusion
+    >>> rng = np.random.default_rng(0)
+    >>> X = {"site": rng.choice(["a", "b"], 500), "n": rng.integers(0, 9, 500)}
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.sfm")
+    >>> ResFusion(model="fm", bits=10).partial_fit(X, rng.integers(0, 2, 500)).save(path)
+    >>> saved = load_model(path)
+    >>> saved.model.chain.kinds, saved.schema.label, saved.meta["events_learned"]
+    (['fm'], 'click', 500)
     """
 
     model: OnlineModel

@@ -1,13 +1,14 @@
 """Model files (`replay --save-model`) and `streamfusion score`: exact, compact, refused whole
 when damaged."""
 
+import doctest
 import gzip
 
 import numpy as np
 import pyarrow.csv as pcsv
 import pytest
 
-from streamfusion import checkpoint, replay
+from streamfusion import checkpoint, model_file, replay
 from streamfusion.cli import build_parser, main
 from streamfusion.data import open_source
 from streamfusion.data.encoder import Encoder, new_state
@@ -286,3 +287,8 @@ def test_an_unwritable_save_model_path_is_refused_before_any_work(stream, tmp_pa
     code = main(["replay", "--file", str(stream), *SMALL_MODEL, "--save-model", str(target)])
     err = capsys.readouterr().err
     assert code == 1 and "--save-model" in err and "is a directory" in err
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(model_file)
+    assert result.attempted >= 8 and result.failed == 0
