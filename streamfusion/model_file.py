@@ -13,8 +13,8 @@ learned, not with ``2**bits``. The container is the checkpoint's (``checkpoint.s
 magic bytes, JSON header with a format version, deflated arrays, SHA-256 of every byte; a
 corrupt, truncated or foreign file is refused whole with one ``CheckpointError`` line.
 
-    >>> saved = load_model("model.sfm")              # doctest: +SKIP
-    >>> saved.model.score(batch).p  # doctest: +SKIP (an OnlineModel: scores, or learns on)
+    >>> saved = load_model("model.sfm")  # doctest: +SKIP
+    >>> saved.model.score(batch).p  # doctest: +SKIP
 """
 
 from __future__ import annotations
