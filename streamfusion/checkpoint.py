@@ -72,18 +72,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+def save_file(path: str | os.PathLike, state: dict[str, Any], *, magic: bytes | None = None,
+              fmt: str = "streamfusion-checkpoint", version: int | None = None,
+              compress: bool = False) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+
+    ``magic``, ``fmt`` and ``version`` name another file kind in the same container (model
+    files, :mod:`streamfusion.model_file`; default: a checkpoint); ``compress`` deflates the
+    arrays.
+    """
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     tree = _split(state, arrays)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     payload = buf.getvalue()
     header = json.dumps({
-        "format": "streamfusion-checkpoint",
-        "version": FORMAT_VERSION,
+        "format": fmt,
+        "version": version,
         "payload_bytes": len(payload),
         "created": time.time(),
         "state": tree,
@@ -91,7 +100,7 @@ def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
-        for part in (MAGIC, struct.pack("<Q", len(header)), header, payload):
+        for part in (magic, struct.pack("<Q", len(header)), header, payload):
             digest.update(part)
             f.write(part)
         f.write(digest.digest())
@@ -102,50 +111,60 @@ def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a state written by ``save_file``; refuse it whole if anything is off."""
+def load_file(path: str | os.PathLike, *, magic: bytes | None = None,
+              fmt: str = "streamfusion-checkpoint", version: int | None = None,
+              what: str = "checkpoint") -> dict[str, Any]:
+    """Read a state written by ``save_file``; refuse it whole if anything is off.
+
+    ``magic``, ``fmt`` and ``version`` as given to ``save_file``; ``what`` names the file kind
+    in the messages.
+    """
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    if not raw.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a streamfusion checkpoint (bad magic bytes)")
-    start = len(MAGIC) + 8
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{what} {path} is a directory, not a file") from None
+    if not raw.startswith(magic):
+        raise CheckpointError(f"{path} is not a streamfusion {what} (bad magic bytes)")
+    start = len(magic) + 8
     if len(raw) < start:
-        raise CheckpointError(f"checkpoint {path} is truncated")
-    (hlen,) = struct.unpack("<Q", raw[len(MAGIC) : start])
+        raise CheckpointError(f"{what} {path} is truncated")
+    (hlen,) = struct.unpack("<Q", raw[len(magic) : start])
     try:
         header = json.loads(raw[start : start + hlen])
     except ValueError:
-        raise CheckpointError(f"checkpoint {path} has a corrupt header") from None
-    if not isinstance(header, dict) or header.get("format") != "streamfusion-checkpoint":
-        raise CheckpointError(f"{path} is not a streamfusion checkpoint")
+        raise CheckpointError(f"{what} {path} has a corrupt header") from None
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a streamfusion {what}")
     # the version first: a file of another version has another layout after its header
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") != version:
         raise CheckpointError(
-            f"checkpoint {path} has format version {header.get('version')}, "
-            f"this streamfusion reads version {FORMAT_VERSION}")
+            f"{what} {path} has format version {header.get('version')}, "
+            f"this streamfusion reads version {version}")
     body, digest = raw[:-_DIGEST_BYTES], raw[-_DIGEST_BYTES:]
     if len(raw) < start + hlen + _DIGEST_BYTES or hashlib.sha256(body).digest() != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
+        raise CheckpointError(f"{what} {path} is corrupt: checksum mismatch")
     # Past the checksum the file is as written; these checks refuse a file written by a
     # buggy or foreign writer with a clear message instead of a KeyError.
     payload = body[start + hlen :]
     expected = header.get("payload_bytes")
     if not isinstance(expected, int) or not isinstance(header.get("state"), dict):
-        raise CheckpointError(f"checkpoint {path} has a malformed header "
+        raise CheckpointError(f"{what} {path} has a malformed header "
                               "(payload_bytes must be an int, state a dict)")
     if len(payload) != expected:
         raise CheckpointError(
-            f"checkpoint {path} is truncated: payload has {len(payload)} bytes, "
+            f"{what} {path} is truncated: payload has {len(payload)} bytes, "
             f"header says {expected}")
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return _join(header["state"], arrays)
     except (KeyError, TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"checkpoint {path} has a malformed payload ({exc!r})") from None
+        raise CheckpointError(f"{what} {path} has a malformed payload ({exc!r})") from None
 
 
 def require(state: Any, key: str, kind: type | tuple[type, ...], what: str = "checkpoint") -> Any:
