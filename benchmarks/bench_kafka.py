@@ -30,9 +30,10 @@
    and so do they, so a click comes as many events after its impression as it would live
    (``--label-density``: the real Avazu log's 46 events per second by default; ``log`` takes
    the generated log's own, far sparser, where a click is about one event late and the
-   pipeline's own latency dominates). With delays in wall seconds instead, a click 60 s late at 5,000 events/s would carry
-   features 300,000 events (days of the generated log) old. Reported: the AUC of the live
-   scores (the outputs, test-then-train) against the log's labels.
+   pipeline's own latency dominates). With delays in wall seconds instead, a click 60 s late
+   at 5,000 events/s would carry features 300,000 events (days of the generated log) old.
+   Reported: the AUC of the live scores (the outputs, test-then-train) against the log's
+   labels.
 
 Step 2 also runs with the same log typed as a generic CSV (``serve --schema``, the types the
 replay infers). ``--repeat`` runs steps 2 and 3 that many times (the medians are reported:
