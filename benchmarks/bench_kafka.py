@@ -4,7 +4,8 @@
                                      [--rates 1000,10000] [--seconds 10] [--repeat 3]
                                      [--parts throughput,latency,labels]
                                      [--label-events 1000000] [--label-rate 5000]
-                                     [--label-window 120] [--label-delay 60]
+                                     [--label-window 300] [--label-delay 60]
+                                     [--label-density 46]
 
 1. Trains the default chain (ResFusion: 100 trees x 63 leaves + DeepFM 128-128, 2**20 rows)
    on a generated Avazu-format stream until its first tree refit has swapped in and publishes
@@ -23,10 +24,17 @@
    serve's output (fetch, decode, score, produce call) and output -> receiver.
 
 4. Labels: ``serve --role both`` learning from scratch on ``--label-events`` generated events
-   paced at ``--label-rate``, twice: with the labels attached to the events, and with a
-   click-only label topic (each click sent an exponential delay of mean ``--label-delay``
-   seconds after its event, ``serve --label-window``). Reported: the AUC of the live scores
-   (the outputs, test-then-train) against the log's labels, over the last 10k and 100k events.
+   paced at ``--label-rate``: with the labels attached to the events, and with a click-only
+   label topic (each click sent an exponential delay of mean ``--label-delay`` seconds after
+   its event; ``serve --label-window`` 0 and ``--label-window``). Delays and windows are
+   seconds of the log's clock: the replay runs ``rate / density`` times faster than the log,
+   and so do they, so a click comes as many events after its impression as it would live
+   (``--label-density``: the real Avazu log's 46 events per second by default; ``log`` takes
+   the generated log's own, far sparser, where a click is about one event late and the
+   pipeline's own latency dominates). With delays in wall seconds instead, a click 60 s late
+   at 5,000 events/s would carry features 300,000 events (days of the generated log) old.
+   Reported: the AUC of the live scores (the outputs, test-then-train) against the log's
+   labels.
 
 Step 2 also runs with the same log typed as a generic CSV (``serve --schema``, the types the
 replay infers). ``--repeat`` runs steps 2 and 3 that many times (the medians are reported:
@@ -493,11 +501,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="events of each labels run")
     ap.add_argument("--label-rate", type=float, default=5000.0,
                     help="events per second of the labels runs")
-    ap.add_argument("--label-window", type=float, default=120.0,
-                    help="serve --label-window of a click-only run, seconds (one runs with "
-                    "0 too: every impression a negative at once, clicks as corrections)")
+    ap.add_argument("--label-window", type=float, default=300.0,
+                    help="label window of a click-only run, seconds of log time (one runs "
+                    "with 0 too: every impression a negative at once, clicks as corrections)")
     ap.add_argument("--label-delay", type=float, default=60.0,
-                    help="mean of the clicks' exponential delay, seconds")
+                    help="mean of the clicks' exponential delay, seconds of log time")
+    ap.add_argument("--label-density", default="46",
+                    help="events per second of log time, one labels pair of runs each: a "
+                    "number, or 'log' for the log's own (its rows over the span of its hour "
+                    "column); 46 is the real Avazu log's (40.4M rows over 10 days)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -522,46 +534,48 @@ def main(argv: list[str] | None = None) -> int:
                                   *bare["after"]])
         # the latency input stamps events with the broker's append time (the stage split)
         create_topics(bootstrap, [t["lin"]], {"message.timestamp.type": "LogAppendTime"})
-        config = ModelConfig()
-        n_train = train_rows(config, len(avazu_schema().field_names))
-        log = tmp / "stream.csv"
-        generate(log, "avazu", rows=n_train + args.events, seed=11)
-        print(f"broker {bootstrap}; training the default chain on {n_train:,} events ...",
-              flush=True)
-        info = train_snapshot(log, tmp, bootstrap, t["models"], n_train, avazu_schema())
-        print(f"  trained {info['stages']} in {info['train_seconds']:.1f}s "
-              f"(tree version {info['tree_version']}); snapshot signed and published in "
-              f"{info['publish_seconds']:.1f}s ({info['snapshot_bytes'] / 1e6:.0f} MB "
-              "compressed)", flush=True)
-        # the same log typed as a generic CSV (the inference replay runs), for serve --schema
-        csv_schema = log_schema(log, format="csv", label="click")
-        csv_file = tmp / "csv-schema.json"
-        csv_file.write_text(json.dumps(csv_schema.to_dict()))
-        (tmp / "csv").mkdir()
-        info_csv = train_snapshot(log, tmp / "csv", bootstrap, t["models_csv"], n_train,
-                                  csv_schema, key_file=KEY_FILE(tmp))
-        results["train"] = {"avazu": info, "csv": info_csv}
+        n = 0
+        if parts & {"throughput", "latency"}:  # a trained snapshot and the stream
+            config = ModelConfig()
+            n_train = train_rows(config, len(avazu_schema().field_names))
+            log = tmp / "stream.csv"
+            generate(log, "avazu", rows=n_train + args.events, seed=11)
+            print(f"broker {bootstrap}; training the default chain on {n_train:,} events ...",
+                  flush=True)
+            info = train_snapshot(log, tmp, bootstrap, t["models"], n_train, avazu_schema())
+            print(f"  trained {info['stages']} in {info['train_seconds']:.1f}s "
+                  f"(tree version {info['tree_version']}); snapshot signed and published in "
+                  f"{info['publish_seconds']:.1f}s ({info['snapshot_bytes'] / 1e6:.0f} MB "
+                  "compressed)", flush=True)
+            # the same log typed as a generic CSV (the inference replay runs), for serve --schema
+            csv_schema = log_schema(log, format="csv", label="click")
+            csv_file = tmp / "csv-schema.json"
+            csv_file.write_text(json.dumps(csv_schema.to_dict()))
+            (tmp / "csv").mkdir()
+            info_csv = train_snapshot(log, tmp / "csv", bootstrap, t["models_csv"], n_train,
+                                      csv_schema, key_file=KEY_FILE(tmp))
+            results["train"] = {"avazu": info, "csv": info_csv}
 
-        # the benchmark stream: events after the training rows, without labels (live traffic)
-        _, rows = read_events(log)
-        events = [ev for i, (_, ev) in enumerate(rows) if i >= n_train]
-        for ev in events:
-            ev.pop("click", None)
-        bench_log = tmp / "bench.csv"
-        with open(bench_log, "w") as f:
-            cols = [c for c in events[0] if c != "id"]
-            f.write(",".join(["id", *cols]) + "\n")
+            # the benchmark stream: events after the training rows, without labels (live traffic)
+            _, rows = read_events(log)
+            events = [ev for i, (_, ev) in enumerate(rows) if i >= n_train]
             for ev in events:
-                f.write(",".join([ev["id"], *(ev[c] for c in cols)]) + "\n")
-        # 300k event dicts held here: keep this process's collector off them while serve runs
-        # on the same two cores
-        gc.collect()
-        gc.freeze()
-        unlabelled = Schema("csv", tuple(c for c in avazu_schema().columns
-                                         if c.kind != "label"), header=True)
-        stats = produce(str(bench_log), t["in"], bootstrap, schema=unlabelled)
-        n = stats["events"]
-        print(f"pre-produced {n:,} events ({stats['events_per_second']:,.0f}/s)", flush=True)
+                ev.pop("click", None)
+            bench_log = tmp / "bench.csv"
+            with open(bench_log, "w") as f:
+                cols = [c for c in events[0] if c != "id"]
+                f.write(",".join(["id", *cols]) + "\n")
+                for ev in events:
+                    f.write(",".join([ev["id"], *(ev[c] for c in cols)]) + "\n")
+            # 300k event dicts held here: keep this process's collector off them while serve runs
+            # on the same two cores
+            gc.collect()
+            gc.freeze()
+            unlabelled = Schema("csv", tuple(c for c in avazu_schema().columns
+                                             if c.kind != "label"), header=True)
+            stats = produce(str(bench_log), t["in"], bootstrap, schema=unlabelled)
+            n = stats["events"]
+            print(f"pre-produced {n:,} events ({stats['events_per_second']:,.0f}/s)", flush=True)
 
         if "throughput" in parts:
             tput: dict[str, list[dict]] = {"avazu": [], "csv": []}
@@ -652,24 +666,40 @@ def main(argv: list[str] | None = None) -> int:
             generate(label_log, "avazu", rows=args.label_events, seed=12)
             _, rows = read_events(label_log)
             label_events = [ev for _, ev in rows]
-            runs = {}
-            windows = sorted({0.0, args.label_window})
-            for mode, window in [("attached", 0.0)] + [("clicks", w) for w in windows]:
-                print(f"labels run ({mode}, window {window:g} s): {len(label_events):,} events "
-                      f"at {args.label_rate:,.0f}/s ...", flush=True)
-                r = labels_run(bootstrap, label_events, mode, args.label_rate, window,
-                               args.label_delay, f"{run}-w{window:g}", tmp)
-                runs["attached" if mode == "attached" else f"clicks, window {window:g} s"] = r
-                print(f"  {r}", flush=True)
+            hours = sorted({ev["hour"] for ev in label_events})
+            span = 3600.0 * len(hours)  # the generated log fills every hour it spans
+            runs: dict[str, dict] = {}
+            for density_arg in args.label_density.split(","):
+                density = len(label_events) / span if density_arg == "log" else float(
+                    density_arg)
+                # log seconds -> wall seconds at the paced rate: the stream is replayed
+                # rate / density times faster than its clock, and so are the delays
+                scale = density / args.label_rate
+                own = " (the log's own)" if density_arg == "log" else ""
+                where = (f"{density:.2f} events per log second{own}; mean delay "
+                         f"{args.label_delay:g} s = {args.label_delay * density:,.0f} events")
+                plan = [("attached", 0.0)] + [("clicks", w) for w in
+                                              sorted({0.0, args.label_window})]
+                if runs:
+                    plan = plan[1:]  # labels attached do not depend on the clock
+                for mode, window in plan:
+                    key = ("labels attached" if mode == "attached" else
+                           f"clicks only, window {window:g} s, {where}")
+                    print(f"labels run: {key} ...", flush=True)
+                    r = labels_run(bootstrap, label_events, mode, args.label_rate,
+                                   window * scale, args.label_delay * scale,
+                                   f"{run}-{density_arg}-w{window:g}", tmp)
+                    runs[key] = r
+                    print(f"  {r}", flush=True)
             results["labels"] = runs
-            a = runs.pop("attached")
+            a = runs.pop("labels attached")
             for name in ("last_10k", "last_100k", "all"):
                 rows_table.append(f"| live AUC of the outputs, {name.replace('_', ' ')} "
                                   f"events, labels attached | {a[f'auc_{name}']:.4f} |")
                 for key, c in runs.items():
                     rows_table.append(
-                        f"| ... {key} (click delays exp. mean {args.label_delay:g} s) | "
-                        f"{c[f'auc_{name}']:.4f} ({c[f'auc_{name}'] - a[f'auc_{name}']:+.4f}) |")
+                        f"| ... {key} | {c[f'auc_{name}']:.4f} "
+                        f"({c[f'auc_{name}'] - a[f'auc_{name}']:+.4f}) |")
             for key, c in runs.items():
                 rows_table.append(f"| {key}: joined clicks / window negatives / late clicks | "
                                   f"{c.get('joined', 0):,} / {c.get('window_negatives', 0):,} / "

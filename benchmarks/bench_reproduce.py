@@ -66,8 +66,7 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from streamfusion.baselines import Experiment, default_config
-    from streamfusion.offline import FitOptions, load_encoded
+    from streamfusion.batch import Experiment, FitOptions, default_config, load_log
 
     tmp = tempfile.mkdtemp(prefix="sf-bench-reproduce-")
     path = args.file
@@ -83,14 +82,14 @@ def main() -> None:
                  "file_gb": round(os.path.getsize(path) / 2**30, 3)}
     rss0 = peak_rss_gb()
     t, c = time.perf_counter(), cpu_s()
-    data = load_encoded(path, bits=20, seed=0)
+    data = load_log(path, bits=20, seed=0)
     load_s = time.perf_counter() - t
     load_cpu = cpu_s() - c
     n = len(data)
     out.update(rows=n, load_s=round(load_s, 1), load_cpu_s=round(load_cpu, 1),
                load_rows_per_s=round(n / load_s),
                encoded_gb=round(data.nbytes() / 2**30, 3),
-               encoded_bytes_per_row=round(data.nbytes() / n, 1),
+               encoded_bytes_per_row=round(data.nbytes() / n, 1), table_rows=data.table_rows,
                peak_rss_after_load_gb=round(peak_rss_gb(), 2), rss_before_load_gb=round(rss0, 2))
     print(json.dumps(out), flush=True)
 
@@ -104,6 +103,7 @@ def main() -> None:
         row = exp.row(name)
         fits.append({"model": name, "auc": round(row["auc"], 4),
                      "logloss": round(row["logloss"], 4), "seconds": row["seconds"],
+                     "kept": row["kept"],
                      "wall_s": round(time.perf_counter() - t, 1),
                      "cpu_s": round(cpu_s() - c, 1),
                      "peak_rss_gb": round(peak_rss_gb(), 2)})

@@ -1,8 +1,9 @@
-"""Compiled residual learner: LR, FM and DeepFM forward, backward and Adam over hashed rows.
+"""Compiled residual learner: LR, FM, DNN and DeepFM forward, backward and Adam over hashed rows.
 
 Functions over arrays that the Python wrapper (``streamfusion.stages.residual``) allocates
 and owns: the shared table (``rows x D`` floats, ``D = k + 1`` for FM/DeepFM with the
-first-order weight in column ``k``, ``D = 1`` for LR), the flat dense vector (global bias, MLP
+first-order weight in column ``k``, ``D = 1`` for LR, ``D = k`` for the DNN, an MLP over the
+embeddings without first-order or FM term), the flat dense vector (global bias, MLP
 layers, output layer), their Adam moments, the step counter, a row marker (all -1 between
 calls) and scratch buffers. Inputs are validated here with the GIL held; each call then runs
 one ``with nogil:`` block and returns counts. Hot loops live in ``learner_ops.h``.
@@ -58,7 +59,7 @@ cdef extern from "learner_ops.h" nogil:
 cdef enum:
     MAX_LAYERS = 16
 
-MODELS = {"lr": 0, "fm": 1, "deepfm": 2}
+MODELS = {"lr": 0, "fm": 1, "deepfm": 2, "dnn": 3}
 # How table rows step: lazy Adam (one bounded step per batch), per-coordinate AdaGrad on the
 # summed per-example gradients (steps shrink with each row's own history), or mixed: AdaGrad
 # for the first-order weight, lazy Adam for the embedding.
@@ -78,7 +79,7 @@ cdef struct Net:
     int F
     int k
     int D
-    int L                       # hidden layers (DeepFM only)
+    int L                       # hidden layers (DeepFM, DNN)
     int dims[MAX_LAYERS + 1]    # dims[0] = F * k, dims[1..L] hidden sizes
     int64_t off_w[MAX_LAYERS + 1]
     int64_t off_b[MAX_LAYERS + 1]
@@ -99,17 +100,22 @@ cdef struct Work:
     float *H[MAX_LAYERS + 1]
     float *dA
     float *dB
-    float *blk                  # per-block dense gradients [blocks, P] (DeepFM)
+    float *blk                  # per-block dense gradients [blocks, P] (DeepFM, DNN)
     int32_t *touched
     int32_t *slot
+
+
+cdef inline bint _has_mlp(int model) noexcept nogil:
+    return model == 2 or model == 3
 
 
 cdef Net _make_net(int model, int F, int k, dims) except *:
     cdef Net net
     cdef int l
     cdef int64_t cur
-    if model not in (0, 1, 2):
-        raise ValueError(f"model code must be 0 (lr), 1 (fm) or 2 (deepfm), got {model}")
+    if model not in (0, 1, 2, 3):
+        raise ValueError(f"model code must be 0 (lr), 1 (fm), 2 (deepfm) or 3 (dnn), got "
+                         f"{model}")
     if F < 1:
         raise ValueError(f"need at least one field, got {F}")
     if model != 0 and not 1 <= k <= SF_MAX_K:
@@ -117,8 +123,8 @@ cdef Net _make_net(int model, int F, int k, dims) except *:
     net.model = model
     net.F = F
     net.k = k if model != 0 else 0
-    net.D = 1 if model == 0 else k + 1
-    hidden = list(dims) if model == 2 else []
+    net.D = 1 if model == 0 else k if model == 3 else k + 1
+    hidden = list(dims) if _has_mlp(model) else []
     if len(hidden) > MAX_LAYERS:
         raise ValueError(f"at most {MAX_LAYERS} hidden layers, got {len(hidden)}")
     net.L = len(hidden)
@@ -132,7 +138,7 @@ cdef Net _make_net(int model, int F, int k, dims) except *:
         cur += <int64_t>net.dims[l - 1] * net.dims[l]
         net.off_b[l] = cur
         cur += net.dims[l]
-    if model == 2:
+    if _has_mlp(model):
         net.off_wout = cur
         cur += net.dims[net.L]
         net.off_bout = cur
@@ -148,7 +154,7 @@ cdef inline int64_t _padded(int64_t n) noexcept nogil:
 cdef int64_t _h_total(Net *net) noexcept nogil:
     cdef int64_t t = 0
     cdef int l
-    if net.model != 2:
+    if not _has_mlp(net.model):
         return 0
     for l in range(net.L + 1):
         t += net.dims[l]
@@ -170,7 +176,7 @@ cdef tuple _sizes(Net *net, int64_t n, bint train):
     cdef int64_t ni = 0
     if train:
         nf += 2 * n + n * net.k + occ * net.k + occ + occ * net.D + net.P
-        if net.model == 2:
+        if _has_mlp(net.model):
             nf += 2 * _padded(n) * _max_hidden(net) + _padded(n) // MLP_BLOCK * net.P
         ni = 2 * occ
     return nf, ni
@@ -190,7 +196,7 @@ cdef void _carve(Net *net, int64_t n, bint train, float *fw, int32_t *iw, Work *
         w.dgrad = p; p += net.P
         w.touched = iw
         w.slot = iw + occ
-    if net.model == 2:
+    if _has_mlp(net.model):
         for l in range(net.L + 1):
             w.H[l] = p
             p += _padded(n) * net.dims[l]
@@ -213,8 +219,9 @@ def set_dynamic_threads(bint on) -> None:
 
 
 def table_width(int model, int k) -> int:
-    """Floats per table row: k + 1 for FM / DeepFM (embedding, then first-order), 1 for LR."""
-    return 1 if model == 0 else k + 1
+    """Floats per table row: k + 1 for FM / DeepFM (embedding, then first-order), 1 for LR,
+    k for the DNN (embedding only)."""
+    return 1 if model == 0 else k if model == 3 else k + 1
 
 
 def dense_size(int model, int n_fields, int k, hidden) -> int:
@@ -248,7 +255,8 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
                 uint64_t seed, float init_std):
     """Seeded initialisation in place (xorshift64*).
 
-    Embeddings ~ N(0, init_std) (Box-Muller), first-order weights and all biases 0, MLP and
+    Embeddings ~ N(0, init_std) (Box-Muller), first-order weights (FM, DeepFM, LR) and all
+    biases 0, MLP and
     output weights ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot).
     """
     cdef Net net = _make_net(model, n_fields, k, hidden)
@@ -271,13 +279,14 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
                 u2 = sf_uniform(&state)
                 tp[r * net.D + j] = <float>(init_std * sqrt(-2.0 * log(u1))
                                             * cos(6.283185307179586 * u2))
-            tp[r * net.D + net.D - 1] = 0.0
+            if net.model != 3:
+                tp[r * net.D + net.D - 1] = 0.0
         memset(dp, 0, net.P * sizeof(float))
         for l in range(1, net.L + 1):
             a = sqrt(6.0 / (net.dims[l - 1] + net.dims[l]))
             for i in range(<int64_t>net.dims[l - 1] * net.dims[l]):
                 dp[net.off_w[l] + i] = <float>(a * (2.0 * sf_uniform(&state) - 1.0))
-        if net.model == 2:
+        if _has_mlp(net.model):
             a = sqrt(6.0 / (net.dims[net.L] + 1))
             for i in range(net.dims[net.L]):
                 dp[net.off_wout + i] = <float>(a * (2.0 * sf_uniform(&state) - 1.0))
@@ -340,7 +349,8 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const float *a, int lda, 
 cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
                         const float *val, const float *table, const float *dense, float *z,
                         float *s, Work *w) noexcept nogil:
-    """DeepFM forward of rows [blk * MLP_BLOCK, ...): FM part, then the MLP block by block."""
+    """DeepFM / DNN forward of rows [blk * MLP_BLOCK, ...): FM part (DNN: the embeddings
+    only), then the MLP block by block."""
     cdef int64_t lo = blk * MLP_BLOCK, hi = min(lo + MLP_BLOCK, n)
     cdef int l
     cdef int d0 = net.dims[0]
@@ -361,11 +371,11 @@ cdef void _forward(Net *net, int64_t n, const int32_t *idx, const float *val,
                    int nth) noexcept nogil:
     """Margins of n examples into z (s: FM sums for the backward pass, may be NULL).
 
-    Work is split into fixed blocks of rows (DeepFM) or equal chunks (FM, LR); each block is
+    Work is split into fixed blocks of rows (DeepFM, DNN) or equal chunks (FM, LR); each block is
     computed the same way whatever the thread count, so results do not depend on threads."""
     cdef int t
     cdef int64_t b, nblk
-    if net.model == 2:
+    if _has_mlp(net.model):
         nblk = _padded(n) // MLP_BLOCK
         if nth > 1 and nblk > 1:
             for b in prange(nblk, num_threads=nth, schedule="dynamic"):
@@ -454,7 +464,7 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
                        const float *table, const float *dense, int32_t *marker, Work *w,
                        int nth, double *loss_out) noexcept nogil:
     """Forward, loss and gradients of one batch; leaves the summed gradient of each touched
-    row in w.gsum (rows in w.touched, marker set) and the dense gradient in w.dgrad (DeepFM:
+    row in w.gsum (rows in w.touched, marker set) and the dense gradient in w.dgrad (MLP:
     per-block parts in w.blk, summed by _dense_sum). Returns the number of touched rows; loss
     and skipped examples via loss_out[0..1]."""
     cdef int64_t i, j, nt, occ = n * net.F, b, nblk
@@ -490,13 +500,13 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
             if w.g[i] == 0.0:
                 for j in range(net.k):
                     w.s[i * net.k + j] = 0.0
-                if net.model == 2:
+                if _has_mlp(net.model):
                     for l in range(net.L + 1):
                         d = net.dims[l]
                         for j in range(d):
                             w.H[l][i * d + j] = 0.0
 
-    if net.model == 2:
+    if _has_mlp(net.model):
         nblk = _padded(n) // MLP_BLOCK
         if nth > 1 and nblk > 1:
             for b in prange(nblk, num_threads=nth, schedule="dynamic"):
@@ -531,10 +541,10 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
 
 
 cdef void _dense_sum(Net *net, int64_t n, int64_t lo, int64_t hi, Work *w) noexcept nogil:
-    """dgrad[lo:hi] = sum of the per-block gradients, blocks in a fixed order (DeepFM)."""
+    """dgrad[lo:hi] = sum of the per-block gradients, blocks in a fixed order (MLP models)."""
     cdef int64_t nblk = _padded(n) // MLP_BLOCK, b, j
     cdef float *src
-    if net.model != 2:
+    if not _has_mlp(net.model):
         return
     for j in range(lo, hi):
         w.dgrad[j] = w.blk[j]
@@ -562,13 +572,17 @@ cdef object _prepare(Net *net, const int32_t[:, ::1] indices, const float[:, ::1
         _check_work(net, n, True, work, iwork)
 
 
-cdef inline int64_t _row_step(int opt, int64_t lo, int64_t hi, int D, Work *w, int64_t n,
-                              float l2, float *table, float *m, float *v, float step_size,
-                              float row_lr, float emb_lr, float b1, float b2, float eps,
-                              int32_t *marker) noexcept nogil:
+cdef inline int64_t _row_step(int opt, int model, int64_t lo, int64_t hi, int D, Work *w,
+                              int64_t n, float l2, float *table, float *m, float *v,
+                              float step_size, float row_lr, float emb_lr, float b1, float b2,
+                              float eps, int32_t *marker) noexcept nogil:
     """Update the touched rows [lo, hi) with the chosen row optimizer (columns from the
-    first AdaGrad one on: all for adagrad, the first-order weight for mixed, none for adam)."""
+    first AdaGrad one on: all for adagrad, the first-order weight for mixed, none for adam).
+    The DNN's rows hold an embedding only: mixed steps them with Adam, adagrad with emb_lr."""
     cdef int first_ada = 0 if opt == 1 else D - 1 if opt == 2 else D
+    if model == 3:
+        first_ada = 0 if opt == 1 else D
+        row_lr = emb_lr
     return sf_row_updates(lo, hi, D, first_ada, w.touched, w.gsum, <float>n, l2, table, m, v,
                           step_size, b1, b2, eps, row_lr, emb_lr, marker)
 
@@ -643,20 +657,19 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         eps_hat = <float>(eps * sqrt(bc2))
         if nth > 1:
             for t in prange(nth, num_threads=nth, schedule="static"):
-                skipped_upd += _row_step(row_optimizer, nt * t // nth, nt * (t + 1) // nth,
-                                         net.D, &w, n, l2, &table[0, 0], &table_m[0, 0],
-                                         &table_v[0, 0], step_size, row_lr, emb_lr, beta1, beta2,
-                                         eps,
-                                         &marker[0])
+                skipped_upd += _row_step(row_optimizer, net.model, nt * t // nth,
+                                         nt * (t + 1) // nth, net.D, &w, n, l2, &table[0, 0],
+                                         &table_m[0, 0], &table_v[0, 0], step_size, row_lr,
+                                         emb_lr, beta1, beta2, eps, &marker[0])
             for t in prange(nth, num_threads=nth, schedule="static"):
                 _dense_sum(&net, n, P * t // nth, P * (t + 1) // nth, &w)
                 skipped_upd += sf_adam_dense(P * t // nth, P * (t + 1) // nth, w.dgrad,
                                              &dense[0], &dense_m[0], &dense_v[0], step_size,
                                              beta1, beta2, eps_hat)
         else:
-            skipped_upd += _row_step(row_optimizer, 0, nt, net.D, &w, n, l2, &table[0, 0],
-                                     &table_m[0, 0], &table_v[0, 0], step_size, row_lr, emb_lr,
-                                     beta1, beta2, eps, &marker[0])
+            skipped_upd += _row_step(row_optimizer, net.model, 0, nt, net.D, &w, n, l2,
+                                     &table[0, 0], &table_m[0, 0], &table_v[0, 0], step_size,
+                                     row_lr, emb_lr, beta1, beta2, eps, &marker[0])
             _dense_sum(&net, n, 0, P, &w)
             skipped_upd += sf_adam_dense(0, P, w.dgrad, &dense[0], &dense_m[0], &dense_v[0],
                                          step_size, beta1, beta2, eps_hat)

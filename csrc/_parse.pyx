@@ -37,6 +37,7 @@ cdef extern from "parse_core.h" nogil:
         int32_t *counts
         int64_t *seen
         int64_t *unparsed
+        int frozen
 
     uint64_t sf_murmur64(const unsigned char *p, int64_t n, uint64_t seed)
     uint64_t sf_salt(uint64_t seed, int64_t field)
@@ -168,12 +169,15 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
                 bint label_missing_ok,
                 const unsigned char[::1] buf, int64_t start, int64_t end, int64_t max_rows,
                 int32_t[:, ::1] indices, float[:, ::1] values, float[:, ::1] dense,
-                float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state) -> int:
+                float[::1] y, int64_t[::1] line, int64_t[::1] time, int64_t[::1] state,
+                bint frozen=False) -> int:
     """Parse delimited lines of ``buf[start:end]`` into the output rows; see parse_core.h.
 
     Returns the number of rows written. ``state`` (int64 [STATE_SIZE]) carries the line
     number and time bookkeeping in and out, and the first malformed row if any; ``unparsed``
     (int64 [ncols]) counts the words read as missing in ``lenient`` numeric columns.
+    ``frozen``: ``counts`` and ``seen`` are read, never written (scoring with a saved model);
+    a row's count feature is the one it would get as the next row seen.
     """
     cdef sf_spec s
     cdef int64_t rows, n = max_rows
@@ -208,6 +212,7 @@ def parse_delim(const int32_t[::1] kind, const int32_t[::1] field, const int32_t
     s.counts = &counts[0]
     s.seen = &seen[0]
     s.unparsed = &unparsed[0]
+    s.frozen = frozen
     cdef const unsigned char **fs = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef const unsigned char **fe = <const unsigned char **>malloc(ncols * sizeof(void *))
     cdef double *num = <double *>malloc(ncols * sizeof(double))

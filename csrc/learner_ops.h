@@ -1,11 +1,12 @@
-/* Hot loops of the residual learner (FM / DeepFM / LR), called from _learner.pyx.
+/* Hot loops of the residual learner (LR / FM / DNN / DeepFM), called from _learner.pyx.
  *
  * Every function works on a half-open range of examples [lo, hi) or of touched rows, so the
  * Cython side can split work across OpenMP threads without any shared writes. Nothing here
  * allocates, raises or touches Python objects.
  *
  * Table layout: one shared table of `rows` x D floats. For FM / DeepFM, D = k + 1: columns
- * 0..k-1 hold the embedding, column k the first-order weight. For LR, D = 1.
+ * 0..k-1 hold the embedding, column k the first-order weight. For LR, D = 1. For DNN (an MLP
+ * over the embeddings, no first-order or FM term), D = k.
  *
  * target_clones builds an AVX2+FMA copy next to the baseline one and picks it at load time,
  * so wheels stay portable (no -march=native in setup.py).
@@ -36,6 +37,12 @@
 #define SF_LR 0
 #define SF_FM 1
 #define SF_DEEPFM 2
+#define SF_DNN 3
+
+/* Floats per table row of a model (see the layout above). */
+static inline int sf_width(int model, int k) {
+    return model == SF_LR ? 1 : model == SF_DNN ? k : k + 1;
+}
 
 /* Stable log(1 + exp(t)) - y * t: branch on the sign so exp never overflows. */
 static inline double sf_logloss(double t, double y) {
@@ -53,11 +60,11 @@ static inline double sf_sigmoid(double t) {
 /* Forward of the linear + FM part for examples [lo, hi).
  * z[i] = bias + sum_f w_f x_f + 0.5 * sum_j ((sum_f e_fj)^2 - sum_f e_fj^2), e_fj = v_fj x_f.
  * s (n x k, may be NULL) receives sum_f e_fj for the backward pass; h0 (n x F*k, may be NULL)
- * receives the value-scaled embeddings, i.e. the DeepFM MLP input. */
+ * receives the value-scaled embeddings, i.e. the MLP input. DNN: z[i] = bias and h0 only. */
 SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, int k,
                                     const int32_t *idx, const float *val, const float *table,
                                     float bias, float *z, float *s, float *h0) {
-    const int D = (model == SF_LR) ? 1 : k + 1;
+    const int D = sf_width(model, k);
     float acc[SF_MAX_K], sq[SF_MAX_K];
     for (int64_t i = lo; i < hi; i++) {
         const int32_t *ri = idx + i * F;
@@ -79,8 +86,17 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
             z[i] = bias + lin;
             continue;
         }
-        for (int j = 0; j < k; j++) { acc[j] = 0.0f; sq[j] = 0.0f; }
         float *hi0 = h0 ? h0 + i * (int64_t)F * k : NULL;
+        if (model == SF_DNN) {  /* the MLP adds its output later */
+            for (int f = 0; f < F; f++) {
+                const float *row = table + (int64_t)ri[f] * D;
+                float x = xi ? xi[f] : 1.0f;
+                if (hi0) for (int j = 0; j < k; j++) hi0[f * k + j] = row[j] * x;
+            }
+            z[i] = bias;
+            continue;
+        }
+        for (int j = 0; j < k; j++) { acc[j] = 0.0f; sq[j] = 0.0f; }
         for (int f = 0; f < F; f++) {
             const float *row = table + (int64_t)ri[f] * D;
             float x = xi ? xi[f] : 1.0f;
@@ -101,12 +117,13 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
 
 /* Backward of the linear + FM part into per-occurrence buffers (o = i * F + f):
  * gw[o] = g_i x_f and gv[o, j] = x_f (dh0[o, j] + g_i (s_ij - v_fj x_f)), where dh0 is what the
- * MLP sent back into its input (DeepFM; has_dh0 = 1, read in place from gv) or zero. */
+ * MLP sent back into its input (DeepFM; has_dh0 = 1, read in place from gv) or zero.
+ * DNN: gv[o, j] = x_f dh0[o, j] only (no first-order weight, no FM term; gw unused). */
 SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, int k,
                                      const int32_t *idx, const float *val, const float *table,
                                      const float *g, const float *s, int has_dh0, float *gv,
                                      float *gw) {
-    const int D = (model == SF_LR) ? 1 : k + 1;
+    const int D = sf_width(model, k);
     for (int64_t i = lo; i < hi; i++) {
         const float gi = g[i];
         for (int f = 0; f < F; f++) {
@@ -117,7 +134,9 @@ SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, i
             const float *row = table + (int64_t)idx[o] * D;
             const float *si = s + i * k;
             float *go = gv + o * k;
-            if (has_dh0) {
+            if (model == SF_DNN) {
+                for (int j = 0; j < k; j++) go[j] = x * go[j];
+            } else if (has_dh0) {
                 for (int j = 0; j < k; j++) go[j] = x * (go[j] + gi * (si[j] - row[j] * x));
             } else {
                 for (int j = 0; j < k; j++) go[j] = x * (gi * (si[j] - row[j] * x));
@@ -155,6 +174,14 @@ SF_CLONES static void sf_reduce(int model, int64_t n_occ, int k, const int32_t *
                                 const float *gv, const float *gw, float *gsum) {
     if (model == SF_LR) {
         for (int64_t o = 0; o < n_occ; o++) gsum[slot[o]] += gw[o];
+        return;
+    }
+    if (model == SF_DNN) {
+        for (int64_t o = 0; o < n_occ; o++) {
+            float *dst = gsum + (int64_t)slot[o] * k;
+            const float *src = gv + o * k;
+            for (int j = 0; j < k; j++) dst[j] += src[j];
+        }
         return;
     }
     const int D = k + 1;

@@ -218,6 +218,8 @@ typedef struct {
     int32_t *counts;      /* [2**count_bits] saturating frequency counts */
     int64_t *seen;        /* [1] rows encoded so far: counts become shares of them */
     int64_t *unparsed;    /* [ncols] lenient cells read as missing, per column */
+    int frozen;           /* score with a saved model: read counts and seen, never write
+                           * them; each row is encoded as if it were the next one seen */
 } sf_spec;
 
 /* Parse whole lines of buf[start:end) into rows [0, max_rows) of the outputs. Stops at the
@@ -310,7 +312,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
             float *rv = val + rows * F, *rd = dense + rows * T;
             /* a count as a share of the rows seen (per million) stays comparable as the
              * stream grows: trees fitted on one window still mean the same ids later */
-            const double per_row = 1e6 / (double)++*s->seen;
+            const double per_row = 1e6 / (double)(s->frozen ? *s->seen + 1 : ++*s->seen);
             for (c = 0; c < ncols; c++) {
                 int k = s->kind[c], f = s->field[c], d = s->dslot[c];
                 if (k == SF_CAT) {
@@ -320,8 +322,13 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                     if (d >= 0) {
                         if (s->dmode[c] == SF_DENSE_COUNT) {
                             int32_t *cnt = s->counts + (h & cmask);
-                            if (*cnt < INT32_MAX) (*cnt)++; /* saturate, never wrap */
-                            rd[d] = (float)((double)*cnt * per_row);
+                            if (s->frozen) { /* the count this row would have had */
+                                rd[d] = (float)((double)(*cnt < INT32_MAX ? *cnt + 1 : *cnt)
+                                                * per_row);
+                            } else {
+                                if (*cnt < INT32_MAX) (*cnt)++; /* saturate, never wrap */
+                                rd[d] = (float)((double)*cnt * per_row);
+                            }
                         } else {
                             double x;
                             rd[d] = sf_parse_num(fs[c], fe[c], &x) ? (float)x : 0.0f;

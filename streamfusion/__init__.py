@@ -23,3 +23,13 @@ from streamfusion._check_build import check_build  # noqa: E402
 check_build()
 
 __version__ = "0.1.0"
+__all__ = ["ResFusion", "__version__"]
+
+
+def __getattr__(name: str):
+    # The API class on first use: `import streamfusion` (the CLI's first step) stays light.
+    if name == "ResFusion":
+        from streamfusion.api import ResFusion
+
+        return ResFusion
+    raise AttributeError(f"module 'streamfusion' has no attribute {name!r}")

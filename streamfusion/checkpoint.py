@@ -76,29 +76,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def dumps(state: dict[str, Any]) -> bytes:
-    """The bytes of a checkpoint file holding ``state`` (what ``save_file`` writes)."""
+def dumps(state: dict[str, Any], *, magic: bytes | None = None,
+          fmt: str = "streamfusion-checkpoint", version: int | None = None,
+          compress: bool = False) -> bytes:
+    """The bytes of a file holding ``state`` (what ``save_file`` writes).
+
+    ``magic``, ``fmt`` and ``version`` name another file kind in the same container (model
+    files, :mod:`streamfusion.model_file`; default: a checkpoint); ``compress`` deflates the
+    arrays.
+    """
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     arrays: dict[str, np.ndarray] = {}
     tree = _split(state, arrays)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     payload = buf.getvalue()
     header = json.dumps({
-        "format": "streamfusion-checkpoint",
-        "version": FORMAT_VERSION,
+        "format": fmt,
+        "version": version,
         "payload_bytes": len(payload),
         "created": time.time(),
         "state": tree,
     }).encode()
-    body = b"".join((MAGIC, struct.pack("<Q", len(header)), header, payload))
+    body = b"".join((magic, struct.pack("<Q", len(header)), header, payload))
     return body + hashlib.sha256(body).digest()
 
 
-def save_file(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+def save_file(path: str | os.PathLike, state: dict[str, Any], **kind: Any) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); ``kind`` as
+    for :func:`dumps`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = dumps(state)
+    raw = dumps(state, **kind)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(raw)
@@ -123,54 +133,62 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def load_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a state written by ``save_file``; refuse it whole if anything is off."""
+def load_file(path: str | os.PathLike, *, what: str = "checkpoint", **kind: Any
+              ) -> dict[str, Any]:
+    """Read a state written by ``save_file``; refuse it whole if anything is off. ``kind``
+    (``magic``, ``fmt``, ``version``) as given to ``save_file``; ``what`` names the file
+    kind in the messages."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{what} {path} is a directory, not a file") from None
     except OSError as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror})") from None
-    return loads(raw, str(path))
+        raise CheckpointError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    return loads(raw, str(path), what=what, **kind)
 
 
-def loads(raw: bytes, name: str = "checkpoint",
-          max_array_bytes: int = MAX_ARRAY_BYTES) -> dict[str, Any]:
-    """The state in the bytes of a checkpoint file; ``CheckpointError`` naming ``name`` if
+def loads(raw: bytes, name: str = "checkpoint", max_array_bytes: int = MAX_ARRAY_BYTES, *,
+          magic: bytes | None = None, fmt: str = "streamfusion-checkpoint",
+          version: int | None = None, what: str = "checkpoint") -> dict[str, Any]:
+    """The state in the bytes of a file of ``dumps``; ``CheckpointError`` naming ``name`` if
     anything is off. The arrays may inflate to ``max_array_bytes`` in all, and none may
     claim more bytes than its member holds (no zip bomb: nothing is allocated before)."""
+    magic = MAGIC if magic is None else magic
+    version = FORMAT_VERSION if version is None else version
     path = name
-    if not raw.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a streamfusion checkpoint (bad magic bytes)")
-    start = len(MAGIC) + 8
+    if not raw.startswith(magic):
+        raise CheckpointError(f"{path} is not a streamfusion {what} (bad magic bytes)")
+    start = len(magic) + 8
     if len(raw) < start:
-        raise CheckpointError(f"checkpoint {path} is truncated")
-    (hlen,) = struct.unpack("<Q", raw[len(MAGIC) : start])
+        raise CheckpointError(f"{what} {path} is truncated")
+    (hlen,) = struct.unpack("<Q", raw[len(magic) : start])
     try:
         header = json.loads(raw[start : start + hlen])
     except (ValueError, RecursionError):
-        raise CheckpointError(f"checkpoint {path} has a corrupt header") from None
-    if not isinstance(header, dict) or header.get("format") != "streamfusion-checkpoint":
-        raise CheckpointError(f"{path} is not a streamfusion checkpoint")
+        raise CheckpointError(f"{what} {path} has a corrupt header") from None
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a streamfusion {what}")
     # the version first: a file of another version has another layout after its header
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") != version:
         raise CheckpointError(
-            f"checkpoint {path} has format version {header.get('version')}, "
-            f"this streamfusion reads version {FORMAT_VERSION}")
+            f"{what} {path} has format version {header.get('version')}, "
+            f"this streamfusion reads version {version}")
     body, digest = raw[:-_DIGEST_BYTES], raw[-_DIGEST_BYTES:]
     if len(raw) < start + hlen + _DIGEST_BYTES or hashlib.sha256(body).digest() != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
+        raise CheckpointError(f"{what} {path} is corrupt: checksum mismatch")
     # Past the checksum the file is as written; these checks refuse a file written by a
     # buggy or foreign writer with a clear message instead of a KeyError.
     payload = body[start + hlen :]
     expected = header.get("payload_bytes")
     if not isinstance(expected, int) or not isinstance(header.get("state"), dict):
-        raise CheckpointError(f"checkpoint {path} has a malformed header "
+        raise CheckpointError(f"{what} {path} has a malformed header "
                               "(payload_bytes must be an int, state a dict)")
     if len(payload) != expected:
         raise CheckpointError(
-            f"checkpoint {path} is truncated: payload has {len(payload)} bytes, "
+            f"{what} {path} is truncated: payload has {len(payload)} bytes, "
             f"header says {expected}")
     try:
         _check_members(payload, max_array_bytes)
@@ -179,7 +197,7 @@ def loads(raw: bytes, name: str = "checkpoint",
         return _join(header["state"], arrays)
     except (KeyError, TypeError, ValueError, OSError, EOFError, MemoryError,
             zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"checkpoint {path} has a malformed payload ({exc!r})") from None
+        raise CheckpointError(f"{what} {path} has a malformed payload ({exc!r})") from None
 
 
 def _check_members(payload: bytes, limit: int) -> None:

@@ -17,6 +17,7 @@ COMMANDS = {
     "generate": ("streamfusion.data.generate", "write a synthetic click log, planted structure"),
     "serve": ("streamfusion.kafka.serve", "Kafka daemon: score live events, learn from labels"),
     "produce": ("streamfusion.kafka.produce", "replay a click log into a Kafka topic as JSON"),
+    "score": ("streamfusion.score", "score a click log with a model file (replay --save-model)"),
 }
 EXIT_NOT_BUILT = 2
 

@@ -18,8 +18,8 @@ from streamfusion.features import Batch
 from streamfusion.stages.residual import ResidualLearner
 from streamfusion.stages.trees import TreeStage
 
-MODELS = ("resfusion", "gbdt", "fm", "deepfm", "lr", "nnres-gbdt")
-RESIDUAL_KINDS = ("fm", "deepfm", "lr")
+MODELS = ("resfusion", "gbdt", "fm", "deepfm", "dnn", "lr", "nnres-gbdt")
+RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 
 
 @dataclass
@@ -98,6 +98,7 @@ class ModelConfig:
             "gbdt": ["trees"],
             "fm": ["fm"],
             "deepfm": ["deepfm"],
+            "dnn": ["dnn"],
             "lr": ["lr"],
             "nnres-gbdt": [self.residual, "trees"],
         }[self.model]
@@ -167,7 +168,7 @@ class Chain:
     stages : list
         ``TreeStage`` and ``ResidualLearner`` objects, in fitting order.
     kinds : list of str
-        The kind of each stage (``"trees"``, ``"fm"``, ``"deepfm"``, ``"lr"``).
+        The kind of each stage (``"trees"``, ``"fm"``, ``"deepfm"``, ``"dnn"``, ``"lr"``).
 
     Examples
     --------

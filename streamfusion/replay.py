@@ -41,6 +41,7 @@ from streamfusion.evaluate import (
 )
 from streamfusion.features import Batch
 from streamfusion.inputs import add_input_arguments
+from streamfusion.model_file import save_model
 from streamfusion.online import (
     OnlineLoop,
     OnlineModel,
@@ -179,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--checkpoint-every", type=at.positive_int, default=500_000, metavar="N",
                    help="checkpoint every N events")
     c.add_argument("--resume", action="store_true", help="continue from --checkpoint DIR")
+    c.add_argument("--save-model", type=Path, metavar="PATH",
+                   help="at the end, write the final model for `streamfusion score` (trees, "
+                   "learner weights, encoder; no optimizer state)")
     add_model_arguments(parser)
 
 
@@ -189,7 +193,7 @@ class Replay:
     # what it computes (--threads: the user asked for speed over bit-for-bit). --file is
     # checked on its own; every other replay flag defines the run.
     RESUMABLE_FLAGS = frozenset({"file", "rows", "checkpoint", "checkpoint_every", "resume",
-                                 "report", "plot", "quiet", "threads"})
+                                 "report", "plot", "quiet", "threads", "save_model"})
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -229,7 +233,7 @@ class Replay:
         self.spill_dir = args.checkpoint or Path(tempfile.mkdtemp(prefix="streamfusion-"))
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         if args.checkpoint:  # what `serve --schema` reads to take events of this log
-            write_json(args.checkpoint / SCHEMA_FILE, schema.to_dict())
+            (args.checkpoint / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=1))
         # a run's own directory goes at its end, or at exit if the run fails
         self._remove_tmpdir = (None if args.checkpoint else
                                weakref.finalize(self, shutil.rmtree, self.spill_dir, True))
@@ -362,6 +366,8 @@ class Replay:
         # the end of the file: the pending refit goes live now and the trees are refit on the
         # whole window, so the model that scores the holdout has seen the data
         self.model.finish()
+        if args.save_model:
+            save_model(args.save_model, self.model, self.source.encoder, str(self.path))
         seconds = self.seconds_before + time.perf_counter() - t0
         report = self.report(seconds)
         self.model.close()
@@ -453,7 +459,8 @@ def _check_paths(args: argparse.Namespace) -> None:
                 "not a regular file (replay reopens and seeks its input: no directories, "
                 "pipes or devices)")
         raise ValueError(f"--file {args.file}: {what}")
-    for flag, path in (("--report", args.report), ("--plot", args.plot)):
+    for flag, path in (("--report", args.report), ("--plot", args.plot),
+                       ("--save-model", args.save_model)):
         if path is not None:
             check_output(path, flag)
     if args.checkpoint is not None:

@@ -8,7 +8,8 @@
 
 The file is streamed once through the C reader into compact arrays, split 9:1 (seeded random
 or chronological) with a validation slice of the training part for early stopping, and the
-ten Table 2 models / the Table 3 iterations are fitted as chains (``streamfusion.baselines``).
+ten Table 2 models / the Table 3 iterations are fitted from the registry of
+``streamfusion.batch``, with the paper's published figures beside ours.
 Without ``--file`` a generated Avazu-format stream with planted tree and latent structure is
 used. ``--quick`` (fewer trees, smaller DeepFM, two epochs) is meant for CI on 300k rows.
 The input flags are replay's (``streamfusion.inputs``); a malformed input ends the run with a
@@ -27,22 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamfusion.baselines import CONVERGENCE, TABLE2, Experiment, default_config, dnn_kind
+from streamfusion.batch import TABLE2, Experiment, FitOptions, default_config, load_log
+from streamfusion.batch import paper as published
+from streamfusion.batch.experiment import CONVERGENCE, table_bits
 from streamfusion.data import ParseError
 from streamfusion.inputs import add_input_arguments, source_options
-from streamfusion.offline import FitOptions, load_encoded
 from streamfusion.outputs import check_output, write_json
 
 DEFAULT_GENERATED_ROWS = 300_000
-# The ResFusion paper's (Bao et al., CCIR 2020) absolute Table 2/3 figures could not be found
-# in any public source reachable here (the chapter is paywalled); only its headline gains are
-# known, from the project's design card. They are shown beside ours, never invented.
-PAPER_GAINS = {
-    "avazu": {"GBDTRes+NN - DeepFM": 0.0069, "GBDTRes+NN - GBDT": 0.031},
-    "criteo": {"GBDTRes+NN - DeepFM": 0.0106, "GBDTRes+NN - GBDT": 0.0056},
+LEAKAGE = {
+    "in-sample": ("in-sample margins: a stage after the trees learns against the trees' scores "
+                  "on the very rows the trees were fitted on (the paper's way); those scores "
+                  "fit their labels better than they will on new rows"),
+    "oof": ("out-of-fold margins: each training row's tree score comes from trees fitted "
+            "without that row (--oof F), as the trees will score new rows"),
 }
-PAPER_NOTE = ("published absolute AUC/logloss of the paper's Table 2/3: not found (paywalled "
-              "chapter, no public copy reachable); only its AUC gains are quoted")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of the generated stream when no --file is given")
     parser.add_argument("--models", default=None,
                         help="comma-separated subset of Table 2 (default: all ten)")
-    parser.add_argument("--bits", type=int, default=None, help="log2 of the learner's table")
+    parser.add_argument("--bits", type=int, default=None,
+                        help="log2 of the hash space of (field, value) pairs (default: 20, 18 "
+                             "with --quick); the learners' tables hold the distinct ones")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for LightGBM and the learner (1 = bit-for-bit runs)")
     parser.add_argument("--report", default=None, metavar="PATH.json", help="write JSON")
@@ -149,8 +151,8 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
             progress.advance(read_task, n)
 
     options = {"format": fmt, "label": label, "on_error": on_error, **(source or {})}
-    data = load_encoded(path, bits=cfg.bits, seed=seed, rows=rows, split=split,
-                        progress=on_rows, **options)
+    data = load_log(path, bits=cfg.bits, seed=seed, rows=rows, split=split,
+                    progress=on_rows, **options)
     load_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.update(read_task, visible=False)
@@ -164,6 +166,7 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
     exp = Experiment(data, cfg, opts, oof=oof, tracker=tracker)
     table2 = exp.table2(names) if want2 else []
     table3 = exp.table3(ks) if want3 else []
+    leakage = "oof" if oof > 1 else "in-sample"
     report: dict[str, Any] = {
         "table2": table2,
         "table3": table3,
@@ -174,39 +177,55 @@ def reproduce(path: str, fmt: str = "auto", label: str | None = None, table: str
             "fields": data.n_fields, "tree_features": int(data.dense.shape[1]),
             "ctr_test": float(data.y[data.test].mean()), "split": split,
             "skipped_rows": data.skipped_rows, "encoded_bytes": data.nbytes(),
+            "table_rows": data.table_rows,
             "column_kinds": data.column_kinds, "unparsed_numbers": data.unparsed_numbers,
         },
         "settings": {
             "quick": quick, "seed": seed, "epochs": opts.epochs, "patience": opts.patience,
             "batch_size": opts.batch_size, "n_trees": cfg.n_trees, "num_leaves": cfg.num_leaves,
-            "tree_learning_rate": cfg.tree_learning_rate, "bits": cfg.bits, "k": cfg.k,
-            "hidden": list(cfg.hidden), "lr": cfg.lr, "l2": cfg.l2, "threads": threads,
-            "gbdt2dnn_learner": dnn_kind(),
+            "tree_learning_rate": cfg.tree_learning_rate, "hash_bits": cfg.bits,
+            "table_bits": table_bits(data.table_rows), "k": cfg.k, "hidden": list(cfg.hidden),
+            "lr": cfg.lr, "l2": cfg.l2, "threads": threads,
         },
-        "leakage": {"mode": "oof" if oof > 1 else "in-sample", "folds": oof if oof > 1 else 0},
-        "paper": paper_comparison(data.format, table2),
+        "leakage": {"mode": leakage, "folds": oof if oof > 1 else 0,
+                    "explain": LEAKAGE[leakage]},
         "load_seconds": round(load_seconds, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
     exp.close()
+    report["paper"] = paper_comparison(report)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     return report
 
 
-def paper_comparison(fmt: str, table2: list[dict[str, Any]]) -> dict[str, Any]:
-    """Our AUC gains beside the paper's (Avazu / Criteo only)."""
-    out: dict[str, Any] = {"reference": "Bao et al., ResFusion, CCIR 2020 (LNCS 12285)",
-                           "note": PAPER_NOTE}
-    by = {r["model"]: r["auc"] for r in table2}
-    ours = {}
-    if "GBDTRes+NN" in by:
-        for other in ("DeepFM", "GBDT"):
-            if other in by:
-                ours[f"GBDTRes+NN - {other}"] = by["GBDTRes+NN"] - by[other]
-    out["ours"] = ours
-    if fmt in PAPER_GAINS:
-        out["published_gains"] = PAPER_GAINS[fmt]
-    return out
+def paper_comparison(report: dict[str, Any]) -> dict[str, Any]:
+    """The paper's figures for the log's nearest data set, added beside each of our rows
+    (``row["paper"]``), our AUC gains beside the paper's, and how our protocol differs."""
+    d, st = report["data"], report["settings"]
+    dataset, note = published.reference_set(d["format"])
+    ref = published.published(dataset)
+    for r in report["table2"]:
+        r["paper"] = ref["table2"].get(r["model"])
+    for r in report["table3"]:
+        r["paper"] = ref["table3"].get(r["K"])
+    ours = published.gains({r["model"]: r["auc"] for r in report["table2"]})
+    gains = {k: {"ours": v, "paper": ref["gains"][k]} for k, v in ours.items()}
+    info = ref["dataset"]
+    differences = [
+        f"split: ours {d['split']} 9:1 of {d['rows']:,} rows ({d['train']:,} train, "
+        f"{d['valid']:,} validation for early stopping, {d['test']:,} test); the paper's "
+        f"random 9:1 of {info['rows']:,} rows ({info['name']})",
+        f"epochs: ours at most {st['epochs']} (patience {st['patience']}), each stage keeping "
+        f"its best validation epoch, epoch 0 (the stages before alone) included; the paper "
+        f"prints no epoch count (its Fig. 3: DeepFM about six, GBDTRes+NN two)",
+        f"sizes: ours {st['n_trees']} trees x {st['num_leaves']} leaves (early-stopped), "
+        f"embeddings k = {st['k']}, MLP {'-'.join(map(str, st['hidden']))}, tables of "
+        f"{d['table_rows']:,} rows (the log's distinct values hashed into 2^{st['hash_bits']});"
+        f" the paper prints no sizes",
+        f"tree margins: ours {report['leakage']['mode']}; the paper's in-sample",
+    ]
+    return {"reference": published.REFERENCE, "dataset": dataset, "note": note,
+            "protocol": published.PROTOCOL, "differences": differences, "gains": gains}
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -215,47 +234,63 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The tables as Markdown, the paper's published figures beside ours when known."""
+def _paper(r: dict[str, Any], key: str) -> str:
+    return _fmt((r.get("paper") or {}).get(key))
+
+
+def kept(r: dict[str, Any]) -> str:
+    """What each stage of a row kept: ``"287 trees, 2/4 epochs"`` (0 = adds nothing)."""
+    parts = []
+    for k in r.get("kept", []):
+        if "trees_kept" in k:
+            parts.append(f"{k['trees_kept']} trees")
+        else:
+            parts.append(f"{k['epochs_kept']}/{k['epochs_run']} epochs")
+    return ", ".join(parts)
+
+
+def _title(report: dict[str, Any]) -> str:
     d = report["data"]
-    fmt = d["format"]
-    published = report["paper"].get("published_gains")
-    lines = [f"Data: `{Path(d['file']).name}` ({fmt}), {d['rows']:,} rows: train {d['train']:,}"
-             f" / valid {d['valid']:,} / test {d['test']:,} ({d['split']} split), test CTR "
-             f"{d['ctr_test']:.4f}; leakage mode: {report['leakage']['mode']}"
-             + (f" ({report['leakage']['folds']} folds)" if report["leakage"]["folds"] else "")
-             + ".", ""]
+    return f"{Path(d['file']).name} ({d['format']}, {d['split']} split)"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The tables as Markdown, the paper's published figures beside ours."""
+    d = report["data"]
+    paper = report["paper"]
+    name = published.DATASETS[paper["dataset"]]["name"]
+    lines = [f"Data: `{Path(d['file']).name}` ({d['format']}), {d['rows']:,} rows: train "
+             f"{d['train']:,} / valid {d['valid']:,} / test {d['test']:,} ({d['split']} split),"
+             f" test CTR {d['ctr_test']:.4f}.", "",
+             f"Paper figures: {paper['note']}. Source: {paper['reference']}.", "",
+             f"Tree margins: {report['leakage']['explain']}.", ""]
     if report["table2"]:
-        head = "| Model | AUC | Logloss | seconds |"
-        rule = "|---|---|---|---|"
-        if published:
-            head += " paper AUC | paper Logloss |"
-            rule += "---|---|"
-        lines += ["**Table 2**", "", head, rule]
+        lines += ["**Table 2** (test part; kept: trees after early stopping, best validation "
+                  "epoch / epochs run, 0 = the stage adds nothing)", "",
+                  f"| Model | AUC | paper {name} AUC | Logloss | paper {name} Logloss | kept | "
+                  "seconds |",
+                  "|---|---|---|---|---|---|---|"]
         for r in report["table2"]:
-            line = (f"| {r['model']} | {_fmt(r['auc'])} | {_fmt(r['logloss'])} | "
-                    f"{r['seconds']:.1f} |")
-            if published:
-                line += " not found | not found |"
-            lines.append(line)
+            lines.append(f"| {r['model']} | {_fmt(r['auc'])} | {_paper(r, 'auc')} | "
+                         f"{_fmt(r['logloss'])} | {_paper(r, 'logloss')} | {kept(r)} | "
+                         f"{r['seconds']:.1f} |")
         lines.append("")
     if report["table3"]:
         lines += ["**Table 3** (K alternating residual iterations)", "",
-                  "| K | chain | AUC | Logloss | seconds |", "|---|---|---|---|---|"]
+                  f"| K | chain | AUC | paper {name} AUC | Logloss | paper {name} Logloss | kept |"
+                  " seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in report["table3"]:
             lines.append(f"| {r['K']} | {' + '.join(r['chain'])} | {_fmt(r['auc'])} | "
-                         f"{_fmt(r['logloss'])} | {r['seconds']:.1f} |")
+                         f"{_paper(r, 'auc')} | {_fmt(r['logloss'])} | {_paper(r, 'logloss')} |"
+                         f" {kept(r)} | {r['seconds']:.1f} |")
         lines.append("")
-    ours = report["paper"]["ours"]
-    if ours:
-        lines += ["| AUC gain | ours | paper |", "|---|---|---|"]
-        for k, v in ours.items():
-            paper = (f"{published[k]:+.4f}" if published and k in published
-                     else "n/a (not Avazu/Criteo)")
-            lines.append(f"| {k} | {v:+.4f} | {paper} |")
+    if paper["gains"]:
+        lines += [f"| AUC gain | ours | {name} (paper) |", "|---|---|---|"]
+        for k, v in paper["gains"].items():
+            lines.append(f"| {k} | {v['ours']:+.4f} | {v['paper']:+.4f} |")
         lines.append("")
-    if published:
-        lines.append(f"Paper: {report['paper']['note']}.")
+    lines += ["Protocol differences:", ""] + [f"- {x}" for x in paper["differences"]]
     return "\n".join(lines) + "\n"
 
 
@@ -278,11 +313,11 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     for ax, what in zip(axes, ("test AUC", "test logloss"), strict=True):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0: the stages before alone)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"Convergence on {Path(report['data']['file']).name}")
+    fig.suptitle(f"Convergence on the test part of {_title(report)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -291,23 +326,38 @@ def plot(report: dict[str, Any], path: str) -> None:
 def print_summary(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
+    paper = report["paper"]
+    name = published.DATASETS[paper["dataset"]]["name"]
     if report["table2"]:
-        t = Table(title="Table 2 (test part)")
-        for col in ("model", "AUC", "logloss", "seconds", "chain"):
-            t.add_column(col, justify="left" if col in ("model", "chain") else "right")
+        t = Table(title=f"Table 2, test part of {_title(report)}; paper: {name}")
+        for col in ("model", "AUC", "paper", "logloss", "paper", "kept", "s"):
+            t.add_column(col, justify="left" if col in ("model", "kept") else "right",
+                         no_wrap=col == "model")
         for r in report["table2"]:
-            t.add_row(r["model"], _fmt(r["auc"]), _fmt(r["logloss"]), f"{r['seconds']:.1f}",
-                      " -> ".join(r["chain"]))
+            t.add_row(r["model"], _fmt(r["auc"]), _paper(r, "auc"), _fmt(r["logloss"]),
+                      _paper(r, "logloss"), kept(r), f"{r['seconds']:.1f}")
         console.print(t)
     if report["table3"]:
-        t = Table(title="Table 3 (K iterations)")
-        for col in ("K", "AUC", "logloss", "seconds"):
-            t.add_column(col, justify="right")
+        t = Table(title=f"Table 3 (K iterations); paper: {name}")
+        for col in ("K", "AUC", "paper", "logloss", "paper", "kept", "s"):
+            t.add_column(col, justify="left" if col == "kept" else "right")
         for r in report["table3"]:
-            t.add_row(str(r["K"]), _fmt(r["auc"]), _fmt(r["logloss"]), f"{r['seconds']:.1f}")
+            t.add_row(str(r["K"]), _fmt(r["auc"]), _paper(r, "auc"), _fmt(r["logloss"]),
+                      _paper(r, "logloss"), kept(r), f"{r['seconds']:.1f}")
         console.print(t)
+    if paper["gains"]:
+        t = Table(title="AUC gains of GBDTRes+NN")
+        for col in ("over", "ours", f"{name} (paper)"):
+            t.add_column(col, justify="left" if col == "over" else "right")
+        for k, v in paper["gains"].items():
+            t.add_row(k.split(" - ")[1], f"{v['ours']:+.4f}", f"{v['paper']:+.4f}")
+        console.print(t)
+    console.print(f"paper figures: {paper['note']}")
+    for line in paper["differences"]:
+        console.print(f"- {line}", highlight=False)
+    console.print(f"tree margins: {report['leakage']['explain']}")
     console.print(f"rows {report['data']['rows']:,}, total {report['seconds']:.1f} s, "
-                  f"peak RSS {report['peak_rss_mb']:.0f} MB, leakage {report['leakage']['mode']}")
+                  f"peak RSS {report['peak_rss_mb']:.0f} MB")
 
 
 def _check_paths(args: argparse.Namespace) -> None:

@@ -271,10 +271,21 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     ``check_learn_many_matches_learn_one`` is skipped for that reason, as river's own
     gradient-descent linear models do.
 
+    Defaults differ from ``streamfusion replay`` and ``streamfusion.ResFusion`` (which share
+    ``ModelConfig``'s) on purpose: river streams are thousands of events, one at a time, not
+    millions in mini-batches. Here the residual is ``fm`` (CLI: ``deepfm``), 20 trees of 15
+    leaves at learning rate 0.1 (CLI: 100 of 63 at 0.05), the first fit after 100 events and
+    refits every 500 on a 5,000-event window (CLI: 1,000; 500,000; 200,000), ``2**16`` rows
+    (CLI: ``2**20``), MLP 64-64 (CLI: 128-128), Adam rate 0.01 (CLI: 0.003), one step per
+    event (CLI: mini-batches growing from 32 to 1,024); the other settings are the CLI's.
+    ``streamfusion.ResFusion`` is the API for tables with a fixed
+    schema; this class takes river's dicts, whose features may change from event to event.
+
     Parameters
     ----------
     residual : str
-        The residual learner: ``"fm"`` (default), ``"deepfm"`` or ``"lr"``.
+        The residual learner: ``"fm"`` (default here; the CLI's is ``"deepfm"``), ``"deepfm"``
+        or ``"lr"``.
     n_trees : int
         Trees per refit.
     num_leaves : int

@@ -96,7 +96,7 @@ def test_same_seed_replays_bit_for_bit():
 
 
 @pytest.mark.parametrize("model,iterations,kinds", [
-    ("gbdt", None, ["trees"]), ("fm", None, ["fm"]), ("lr", None, ["lr"]),
+    ("gbdt", None, ["trees"]), ("fm", None, ["fm"]), ("lr", None, ["lr"]), ("dnn", None, ["dnn"]),
     ("nnres-gbdt", None, ["deepfm", "trees"]),
     ("resfusion", 2, ["trees", "deepfm", "trees"]),
     ("resfusion", 3, ["trees", "deepfm", "trees", "deepfm"]),

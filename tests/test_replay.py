@@ -425,3 +425,16 @@ def test_extreme_numbers_never_give_nan(tmp_path):
     assert code == 0 and r["model"]["skipped_updates"] == 0
     for part in ("progressive", "holdout"):
         assert np.isfinite(r[part]["auc"]) and np.isfinite(r[part]["logloss"])
+
+
+@pytest.mark.parametrize("flags,stages", [(["--model", "dnn"], ["dnn"]),
+                                          (["--residual", "dnn"], ["trees", "dnn"])])
+def test_the_dnn_learner_replays_and_resumes(stream, tmp_path, flags, stages):
+    args = ["--file", str(stream), *SMALL_MODEL, *flags, "--rows", "12000"]
+    code, whole = replay(tmp_path, *args, name="whole.json")
+    assert code == 0 and whole["model"]["stages"] == stages
+    assert whole["progressive"]["auc"] > 0.55  # it learns (--model deepfm here: 0.585)
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4096"]
+    assert replay(tmp_path, *args[:-1], "6000", *ckpt, name="part.json")[0] == 0
+    code, resumed = replay(tmp_path, *args, *ckpt, "--resume", name="resumed.json")
+    assert code == 0 and strip_timing(resumed) == strip_timing(whole)

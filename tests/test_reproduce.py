@@ -12,10 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from streamfusion import offline
-from streamfusion.baselines import CONVERGENCE, TABLE2, Experiment, default_config
+from streamfusion.batch import CONVERGENCE, TABLE2, Experiment, FitOptions, default_config
+from streamfusion.batch import load as batch_load
+from streamfusion.batch.load import load_log
 from streamfusion.data.generate import generate
-from streamfusion.offline import FitOptions, load_encoded
 from streamfusion.reproduce import markdown
 
 ROWS = 16_000
@@ -38,7 +38,7 @@ def log_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(log_file):
-    return load_encoded(str(log_file), bits=BITS, seed=0)
+    return load_log(str(log_file), bits=BITS, seed=0)
 
 
 def run_tables(data, seed: int = 0):
@@ -66,13 +66,22 @@ def test_every_row_of_both_tables_is_produced_and_sane(tables):
     assert tables["table3"][0]["auc"] == by["GBDT"]["auc"]
     assert tables["table3"][1]["logloss"] == by["GBDTRes+NN"]["logloss"]
     assert tables["table3"][3]["chain"] == ["trees", "deepfm", "trees", "deepfm"]
+    # every row says what each of its stages kept
+    assert [len(r["kept"]) for r in tables["table3"]] == [1, 2, 3, 4]
+    assert by["GBDT2DNN"]["chain"][-1] == "dnn" and by["GBDT2DeepFM"]["chain"][-1] == "deepfm"
+    assert by["GBDT2DNN"]["logloss"] != by["GBDT2DeepFM"]["logloss"]
+    # a residual stage never makes the validation logloss worse than what it builds on
+    for r in tables["table3"][1:]:
+        assert r["logloss"] == tables["table3"][r["K"] - 1]["logloss"] or all(
+            k.get("epochs_kept", 1) and k.get("trees_kept", 1) for k in r["kept"][-1:]), r
 
 
 def test_convergence_curves_for_the_four_models(tables):
     conv = tables["convergence"]
     assert set(conv) == set(CONVERGENCE)
     for name, points in conv.items():
-        assert [p["epoch"] for p in points] == list(range(1, len(points) + 1)), name
+        first = 0 if name == "GBDTRes+NN" else 1  # epoch 0: the trees alone
+        assert [p["epoch"] for p in points] == list(range(first, first + len(points))), name
         assert all(0.5 < p["auc"] <= 1 and math.isfinite(p["logloss"]) for p in points), name
 
 
@@ -103,38 +112,41 @@ def test_random_split_is_9_to_1_with_a_validation_slice(data):
 
 
 def test_split_does_not_depend_on_read_batch_size(log_file, data, monkeypatch):
-    monkeypatch.setattr(offline, "READ_ROWS", 777)
-    again = load_encoded(str(log_file), bits=BITS, seed=0)
+    monkeypatch.setattr(batch_load, "READ_ROWS", 777)
+    again = load_log(str(log_file), bits=BITS, seed=0)
     assert (again.n_train, again.n_valid) == (data.n_train, data.n_valid)
     assert np.array_equal(again.indices, data.indices)
     assert np.array_equal(again.dense, data.dense)
     assert np.array_equal(again.y, data.y)
-    other_seed = load_encoded(str(log_file), bits=BITS, seed=5)
+    other_seed = load_log(str(log_file), bits=BITS, seed=5)
     assert not np.array_equal(other_seed.y, data.y)
 
 
 def test_chrono_split_holds_out_the_end_of_the_file(log_file):
     from streamfusion.data import open_source
 
-    data = load_encoded(str(log_file), bits=BITS, seed=0, split="chrono")
+    data = load_log(str(log_file), bits=BITS, seed=0, split="chrono")
     with open_source(str(log_file), bits=BITS, seed=0) as src:
         batches = []
         while (b := src.next_batch(5000)) is not None:
             batches.append(b)
     idx = np.concatenate([b.indices for b in batches])
-    assert np.array_equal(data.indices, idx)  # file order kept: test = the last rows
+    # file order kept (test = the last rows), hashed rows renumbered one to one
+    pairs = np.unique(np.stack([idx.ravel(), data.indices.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(idx)) == len(np.unique(data.indices))
+    assert data.table_rows == len(np.unique(idx))
     assert data.n_test == round(ROWS * 0.1)
     assert data.n_valid == round((ROWS - data.n_test) * 0.1)
 
 
 def test_rows_caps_the_read(log_file):
-    data = load_encoded(str(log_file), bits=BITS, seed=0, rows=5_000)
+    data = load_log(str(log_file), bits=BITS, seed=0, rows=5_000)
     assert len(data) == 5_000
 
 
 def test_values_keep_only_numeric_columns_and_restore_exactly():
     rng = np.random.default_rng(0)
-    parts = offline._Parts(4)
+    parts = batch_load._Parts(4)
     full = []
     for i in range(3):
         vals = np.ones((5, 4), np.float32)
@@ -150,23 +162,45 @@ def test_values_keep_only_numeric_columns_and_restore_exactly():
     assert np.array_equal(values, expect)
 
 
-def test_markdown_quotes_the_paper_only_for_avazu_and_criteo(tables, data):
-    report = {"table2": tables["table2"], "table3": tables["table3"],
-              "data": {"file": "x.csv", "format": "avazu", "rows": len(data),
-                       "train": data.n_train, "valid": data.n_valid, "test": data.n_test,
-                       "split": "random", "ctr_test": 0.17},
-              "leakage": {"mode": "in-sample", "folds": 0}}
+def _report(tables, data, fmt):
     from streamfusion.reproduce import paper_comparison
 
-    report["paper"] = paper_comparison("avazu", tables["table2"])
+    report = {"table2": [dict(r) for r in tables["table2"]],
+              "table3": [dict(r) for r in tables["table3"]],
+              "data": {"file": "x.csv", "format": fmt, "rows": len(data), "train": data.n_train,
+                       "valid": data.n_valid, "test": data.n_test, "split": "random",
+                       "ctr_test": 0.17, "table_rows": data.table_rows},
+              "settings": {"epochs": 2, "patience": 1, "n_trees": 25, "num_leaves": 15,
+                           "k": 4, "hidden": [16, 16], "hash_bits": BITS},
+              "leakage": {"mode": "in-sample", "folds": 0, "explain": "in-sample margins"}}
+    report["paper"] = paper_comparison(report)
+    return report
+
+
+@pytest.mark.parametrize("fmt,dataset,top,gain", [
+    ("avazu", "Avazu", "| GBDTRes+NN | {} | 0.7921 | {} | 0.3720 |", "+0.0069"),
+    ("criteo", "Criteo", "| GBDTRes+NN | {} | 0.8065 | {} | 0.4348 |", "+0.0106"),
+    ("csv", "ZhiHu", "| GBDTRes+NN | {} | 0.8676 | {} | 0.3679 |", "+0.0964"),
+])
+def test_markdown_puts_the_papers_figures_beside_ours(tables, data, fmt, dataset, top, gain):
+    report = _report(tables, data, fmt)
     md = markdown(report)
-    assert "| GBDTRes+NN - DeepFM |" in md and "+0.0069" in md and "not found" in md
-    report["data"]["format"] = "csv"
-    report["paper"] = paper_comparison("csv", tables["table2"])
-    assert "paper AUC" not in markdown(report)
+    by = {r["model"]: r for r in report["table2"]}
+    ours = by["GBDTRes+NN"]
+    assert top.format(f"{ours['auc']:.4f}", f"{ours['logloss']:.4f}") in md
+    assert f"paper {dataset} AUC" in md and "| 3 | trees + deepfm + trees + deepfm |" in md
+    assert by["LR"]["paper"]["auc"] == {"avazu": 0.5453, "criteo": 0.5690,
+                                        "csv": 0.6122}[fmt]
+    assert report["table3"][2]["paper"]["auc"] == {"avazu": 0.7925, "criteo": 0.8073,
+                                                   "csv": 0.8684}[fmt]
+    mine = ours["auc"] - by["DeepFM"]["auc"]
+    assert f"| GBDTRes+NN - DeepFM | {mine:+.4f} | {gain} |" in md
+    assert "nearest reference" in md if fmt == "csv" else "nearest" not in md
+    assert "Protocol differences" in md and f"of {len(data):,} rows" in md
+    json.dumps(report, allow_nan=True)  # the report stays JSON
 
 
-def test_cli_writes_report_markdown_and_plot(tmp_path, log_file):
+def test_cli_writes_report_markdown_and_plot(tmp_path, log_file, capsys):
     from streamfusion.cli import main
 
     out = tmp_path / "r.json"
@@ -181,11 +215,20 @@ def test_cli_writes_report_markdown_and_plot(tmp_path, log_file):
     assert [r["K"] for r in report["table3"]] == [0, 1, 2, 3]
     assert set(report["table2"][0]) >= {"model", "auc", "logloss", "seconds"}
     assert set(report["table3"][0]) >= {"K", "auc", "logloss"}
-    assert report["leakage"] == {"mode": "oof", "folds": 2}
+    assert (report["leakage"]["mode"], report["leakage"]["folds"]) == ("oof", 2)
     assert report["data"]["format"] == "avazu"
     assert "GBDTRes+NN" in report["convergence"]
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "**Table 2**" in (tmp_path / "r.md").read_text()
+    assert report["paper"]["gains"]["GBDTRes+NN - GBDT"]["paper"] == pytest.approx(0.0313)
+    assert report["table2"][0]["paper"] == {"auc": 0.7608, "logloss": 0.3895}
+    assert "without that row" in report["leakage"]["explain"]
+    # tables sized by the log: a 16k-row log needs far less than 2**bits rows per table
+    assert report["data"]["table_rows"] < 2**BITS
+    # the terminal shows the paper's Avazu figures and gains beside ours
+    out = capsys.readouterr().out
+    assert "paper: Avazu" in out and "0.7921" in out and "+0.0313" in out
+    assert "without that row" in out
 
 
 def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path, capsys):

@@ -59,6 +59,7 @@ from streamfusion.kafka.outputs import DeliveryFailed, Outputs
 from streamfusion.kafka.pipeline import Pipeline
 from streamfusion.kafka.snapshot_wire import BadSnapshot
 from streamfusion.kafka.snapshots import Snapshots
+from streamfusion.model_file import load_model
 from streamfusion.online import OnlineLoop, OnlineModel, Scores
 
 log = logging.getLogger("streamfusion.kafka")
@@ -796,34 +797,41 @@ def _replay_state(folder: str | Path) -> dict[str, Any]:
     return state
 
 
-def replay_schema(folder: str | Path) -> Schema:
-    """The schema of the log a replay checkpoint was written for."""
+def replay_schema(source: str | Path) -> Schema:
+    """The schema of the log a replay checkpoint (a folder) or model file was written for."""
+    if Path(source).is_file():
+        return load_model(source).schema
     try:
-        return Schema.from_dict(_replay_state(folder)["encoder"]["schema"])
+        return Schema.from_dict(_replay_state(source)["encoder"]["schema"])
     except (KeyError, TypeError) as exc:
-        raise checkpoint.CheckpointError(f"--init-from {folder}: malformed replay "
+        raise checkpoint.CheckpointError(f"--init-from {source}: malformed replay "
                                          f"checkpoint ({exc})") from None
 
 
-def start_from_history(folder: str, schema: Schema, threads: int) -> tuple[OnlineModel, Encoder]:
-    """The model and encoder of a replay checkpoint, to go on learning live from them.
+def start_from_history(source: str, schema: Schema, threads: int) -> tuple[OnlineModel, Encoder]:
+    """The model and encoder of a replay, to go on learning live from them: its checkpoint
+    (a folder: optimizer state, window and pending refit included) or a model file of
+    ``replay --save-model`` (the live model; learning restarts its optimizer state).
 
-    Refused with a one-line :class:`~streamfusion.checkpoint.CheckpointError` when the folder
-    holds no replay checkpoint, or one of another schema than ``schema``.
+    Refused with a one-line :class:`~streamfusion.checkpoint.CheckpointError` when there is
+    neither, or one of another schema than ``schema``.
     """
-    state = _replay_state(folder)
-    try:
-        encoder = Encoder.from_state_dict(state["encoder"])
-        if encoder.schema != schema:
-            raise checkpoint.CheckpointError(
-                f"--init-from {folder}: the replay read {describe_schema(encoder.schema)}, "
-                f"this serve reads {describe_schema(schema)} (pass the replay's schema.json "
-                "with --schema)")
-        config = {**state["model"]["config"], "threads": threads, "tree_threads": threads}
-        model = OnlineModel.from_state({**state["model"], "config": config})
-    except checkpoint.CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise checkpoint.CheckpointError(f"--init-from {folder}: malformed replay "
-                                         f"checkpoint ({exc})") from None
+    if Path(source).is_file():
+        saved = load_model(source, threads=threads)
+        model, encoder = saved.model, saved.learning_encoder()
+    else:
+        state = _replay_state(source)
+        try:
+            encoder = Encoder.from_state_dict(state["encoder"])
+            config = {**state["model"]["config"], "threads": threads, "tree_threads": threads}
+            model = OnlineModel.from_state({**state["model"], "config": config})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"--init-from {source}: malformed replay "
+                                             f"checkpoint ({exc})") from None
+    if encoder.schema != schema:
+        model.close()
+        raise checkpoint.CheckpointError(
+            f"--init-from {source}: the replay read {describe_schema(encoder.schema)}, "
+            f"this serve reads {describe_schema(schema)} (pass the replay's schema.json "
+            "with --schema)")
     return model, encoder

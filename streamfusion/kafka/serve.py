@@ -114,8 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "(a csv or libsvm-like format needs it, or --schema)")
     add_input_arguments(e)
     parser.set_defaults(format="avazu")
-    e.add_argument("--init-from", type=Path, default=None, metavar="DIR",
-                   help="start from a replay's checkpoint (trees, learner, encoder, schema) "
+    e.add_argument("--init-from", type=Path, default=None, metavar="DIR|FILE",
+                   help="start from a replay's checkpoint folder (trees, learner and its "
+                   "optimizer state, encoder, schema) or a model file of replay --save-model, "
                    "and go on learning live; its model flags replace serve's. A serve "
                    "--checkpoint that already holds state takes precedence (a restart)")
     add_model_arguments(parser)

@@ -1,4 +1,4 @@
-"""Residual stage: an FM / DeepFM / LR learner over hashed features, compiled in csrc/.
+"""Residual stage: an FM / DeepFM / DNN / LR learner over hashed features, compiled in csrc/.
 
 The learner adds its own margin to the margin of the earlier stages and takes one Adam step per
 mini-batch on ``logloss(y, sigmoid(base_margin + margin))`` (ResFusion, paper eq. 5). All
@@ -31,6 +31,7 @@ VARYING_M2 = 1e-12
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
 _HYPER = ("lr", "row_lr", "emb_lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
+MLP_MODELS = ("deepfm", "dnn")  # the learners with hidden layers
 
 
 def _find_blas_threads_setter() -> Any:
@@ -64,13 +65,14 @@ def _set_blas_threads(n: int) -> None:
 
 
 class ResidualLearner:
-    """Online FM / DeepFM / LR on hashed rows of one shared table, fitted to a residual.
+    """Online FM / DeepFM / DNN / LR on hashed rows of one shared table, fitted to a residual.
 
     Parameters
     ----------
-    model : {"deepfm", "fm", "lr"}
+    model : {"deepfm", "fm", "dnn", "lr"}
         DeepFM = first order + FM pairwise term + ReLU MLP over the concatenated field
-        embeddings; FM = first order + pairwise; LR = first order only.
+        embeddings; FM = first order + pairwise; DNN = the MLP alone (rows hold an embedding
+        only, so ``row_optimizer="mixed"`` steps them with Adam); LR = first order only.
     n_fields : int
         Number of fields F per event (columns of ``batch.indices``).
     bits : int
@@ -78,7 +80,7 @@ class ResidualLearner:
     k : int
         Embedding size (ignored by LR).
     hidden : tuple of int
-        MLP hidden sizes (DeepFM only).
+        MLP hidden sizes (DeepFM and DNN).
     lr, beta1, beta2, eps : float
         Adam settings of the dense parameters (bias, MLP), and of the table rows when
         ``row_optimizer="adam"`` (lazy, as torch's SparseAdam).
@@ -164,7 +166,7 @@ class ResidualLearner:
         self.n_fields = int(n_fields)
         self.bits = int(bits)
         self.k = int(k)
-        self.hidden = tuple(int(h) for h in hidden) if model == "deepfm" else ()
+        self.hidden = tuple(int(h) for h in hidden) if model in MLP_MODELS else ()
         self.lr, self.l2, self.clip = float(lr), float(l2), float(clip)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.init_std = float(init_std)

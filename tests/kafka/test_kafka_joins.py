@@ -126,21 +126,38 @@ def test_clicks_only_window_negatives_joined_clicks_and_late_corrections() -> No
     join = LabelJoin(ttl=100, capacity=100, clock=clock, window=10)
     b = _batch(4)
     join.add_events(b, b.ids, np.array([-1.0, -2.0, -3.0, -4.0]))
-    clicked, margin = join.add_labels([("1", 1)])  # within the window: a positive at once
-    assert clicked.ids == ["1"] and list(clicked.y) == [1] and list(margin) == [-2.0]
+    # a click within the window is held: every event is learned when its window closes
+    assert join.add_labels([("1", 1)])[0] is None and join.joined == 1
     assert join.due()[0] is None  # the window is still open
+    clock.t = 5
+    late_event = _batch(1, start=9)
+    join.add_events(late_event, ["9"], np.array([-9.0]))
     clock.t = 10
-    negatives, margin = join.due()
-    assert negatives.ids == ["0", "2", "3"] and not negatives.y.any()
-    np.testing.assert_array_equal(margin, [-1.0, -3.0, -4.0])
-    assert join.window_negatives == 3 and join.joined == 1 and len(join) == 0
+    due, margin = join.due()  # impression order, positives and negatives together
+    assert due.ids == ["0", "1", "2", "3"] and list(due.y) == [0, 1, 0, 0]
+    np.testing.assert_array_equal(margin, [-1.0, -2.0, -3.0, -4.0])
+    np.testing.assert_array_equal(due.indices[:, 0], [0, 1, 2, 3])
+    assert join.window_negatives == 3 and len(join) == 1
     clock.t = 50  # a click after its event was learned as a negative: a counted correction
     late, margin = join.add_labels([("2", 1)])
     assert late.ids == ["2"] and list(late.y) == [1] and list(margin) == [-3.0]
     np.testing.assert_array_equal(late.indices[:, 0], [2])
     assert join.late_clicks == 1 and join.late_share() == 0.5
+    assert [list(b.y) for b in [join.due()[0]]] == [[0]]  # event 9: no click came
     clock.t = 200  # past the ttl, no late click can be matched any more: it waits unmatched
     assert join.add_labels([("3", 1)])[0] is None and join.late_clicks == 1
+
+
+def test_clicks_only_early_clicks_wait_for_the_window() -> None:
+    clock = Clock()
+    join = LabelJoin(ttl=100, capacity=100, clock=clock, window=5)
+    assert join.add_labels([("1", 1)])[0] is None and join.pending_labels == 1
+    b = _batch(2)
+    ready, _ = join.add_events(b, b.ids, np.zeros(2))
+    assert len(ready) == 0 and join.joined == 1
+    clock.t = 5
+    due, _ = join.due()
+    assert due.ids == ["0", "1"] and list(due.y) == [0, 1]
 
 
 def test_late_clicks_are_only_counted_without_correction() -> None:
@@ -162,8 +179,9 @@ def test_clicks_only_state_round_trip() -> None:
     join.add_labels([("4", 1), ("99", 1)])
     clock.t = 3
     join.add_events(_batch(1, start=7), ["7"], np.zeros(1))
+    join.add_labels([("7", 1)])  # clicked, its window still open
     clock.t = 6
-    join.due()  # five negatives, one event still waiting
+    join.due()  # five negatives and a positive, one event still waiting
     other = LabelJoin(ttl=100, capacity=100, clock=clock, window=5)
     other.load_state_dict(join.state_dict())
     for name in ("expired_events", "expired_labels", "joined", "window_negatives",
@@ -172,6 +190,8 @@ def test_clicks_only_state_round_trip() -> None:
     assert len(other) == len(join) == 1 and other.pending_labels == 1
     late, margin = other.add_labels([("3", 1)])
     assert late.ids == ["3"] and list(margin) == [3.0]
+    clock.t = 20
+    assert list(other.due()[0].y) == [1]  # the click within its window survived the restore
 
 
 @pytest.mark.parametrize("q", [0.0, 0.3, 1.0])

@@ -175,3 +175,40 @@ def test_click_only_labels_window_negatives_and_late_clicks(kafka_bootstrap, top
     assert join["late_clicks"] == len(late)
     # every event learned once, and each late click once more, as its correction
     assert state["model"]["events_learned"] == 1500 + len(late)
+
+
+def test_serve_starts_from_a_model_file(kafka_bootstrap, topic_name, tmp_path):
+    """The model file of replay --save-model starts serve too, and scores as the replay's
+    final model did: its first outputs equal `streamfusion score` on the same rows."""
+    t = _topics(topic_name)
+    log = make_log(tmp_path / "log.csv", 3000, seed=9)
+    lines = log.read_text().splitlines(keepends=True)
+    history, live = tmp_path / "history.csv", tmp_path / "live.csv"
+    history.write_text("".join(lines[:2001]))
+    live.write_text(lines[0] + "".join(lines[2001:]))
+    model = tmp_path / "model.sfm"
+    out = subprocess.run([*cli(), "replay", "--file", str(history), "--quiet", "--model", "fm",
+                          "--bits", "14", "--holdout", "0", "--save-model", str(model)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    scored = subprocess.run([*cli(), "score", "--model", str(model), "--file", str(live),
+                             "--out", str(tmp_path / "preds.csv")],
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    want = {}
+    for row in (tmp_path / "preds.csv").read_text().splitlines()[1:]:
+        ident, p = row.split(",")[:2]
+        want[ident] = float(p)
+    # unlabelled events: serve scores them with the model as it was loaded
+    _, rows = read_events(live)
+    first = [json.dumps({k: v for k, v in ev.items() if k != "click"}).encode()
+             for _, ev in list(rows)[:50]]
+    send(kafka_bootstrap, t["in"], first)
+    serve = Serve(kafka_bootstrap, ["--input-topic", t["in"], "--output-topic", t["out"],
+                                    "--group-id", topic_name, "--init-from", str(model),
+                                    "--exit-when-idle", "3"], tmp_path / "serve.log")
+    assert serve.wait() == 0, serve.log()
+    outs = [json.loads(m.value()) for m in read_topic(kafka_bootstrap, t["out"], 50)]
+    assert len(outs) == 50
+    for o in outs:
+        assert o["p_click"] == pytest.approx(want[str(o["id"])], rel=1e-6, abs=1e-9)

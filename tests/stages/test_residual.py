@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from streamfusion import _learner
 from streamfusion.stages.residual import ResidualLearner
 
-MODELS = ("lr", "fm", "deepfm")
+MODELS = ("lr", "fm", "deepfm", "dnn")
 HIDDEN = (7, 4)
 
 
@@ -27,7 +27,8 @@ def make_batch(rng, n, fields, rows, with_values=True, dup=True):
 def learner(model, seed=1, **kw):
     kw = {"n_fields": 5, "bits": 6, "k": 3, "hidden": HIDDEN, "init_std": 0.3, **kw}
     out = ResidualLearner(model, seed=seed, **kw)
-    # non-zero first-order weights and biases so every term is exercised
+    # non-zero first-order weights (DNN: a larger last embedding column) and biases so every
+    # term is exercised
     out.table[:, -1] = np.random.default_rng(seed).normal(0, 0.2, out.table.shape[0])
     out.dense[0] = 0.1
     return out
@@ -40,15 +41,20 @@ def ref_margin(m: ResidualLearner, table, dense, batch) -> np.ndarray:
     idx = batch.indices
     x = np.ones(idx.shape) if batch.values is None else np.asarray(batch.values, np.float64)
     rows = t[idx]
-    z = d[0] + np.sum(rows[:, :, -1] * x, axis=1)
+    if m.model == "dnn":  # the MLP alone: rows are embeddings, no first-order weight
+        assert t.shape[1] == m.k
+        z = np.full(idx.shape[0], d[0])
+    else:
+        z = d[0] + np.sum(rows[:, :, -1] * x, axis=1)
     if m.model == "lr":
         return z
     e = rows[:, :, : m.k] * x[:, :, None]
     n_f = idx.shape[1]
-    for a in range(n_f):
-        for b in range(a + 1, n_f):
-            z = z + np.sum(e[:, a] * e[:, b], axis=1)
-    if m.model == "deepfm":
+    if m.model != "dnn":
+        for a in range(n_f):
+            for b in range(a + 1, n_f):
+                z = z + np.sum(e[:, a] * e[:, b], axis=1)
+    if m.model in ("deepfm", "dnn"):
         h = e.reshape(len(z), n_f * m.k)
         cur = 1
         for d_out in m.hidden:
@@ -195,7 +201,8 @@ def test_partial_fit_is_adagrad_on_the_summed_gradients(model, rng):
         gt = (g["table_grad"].astype(np.float64) - m.l2 * table[r]) * n + m.l2 * table[r]
         ev = tv[r] + gt ** 2
         lr = np.full(table.shape[1], m.emb_lr)
-        lr[-1] = m.row_lr  # the first-order weight is the row's last column
+        if model != "dnn":  # the first-order weight is the row's last column; DNN has none
+            lr[-1] = m.row_lr
         np.testing.assert_allclose(m.table_v[r], ev, rtol=1e-4, atol=1e-9)
         np.testing.assert_allclose(m.table[r], table[r] - lr * gt / (np.sqrt(ev) + m.eps),
                                    rtol=1e-4, atol=1e-6)
@@ -204,7 +211,7 @@ def test_partial_fit_is_adagrad_on_the_summed_gradients(model, rng):
     assert (m._marker == -1).all()
 
 
-@pytest.mark.parametrize("model", ["fm", "deepfm"])
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn"])
 def test_mixed_rows_are_adagrad_weights_and_adam_embeddings(model, rng):
     batch = make_batch(rng, 16, 5, 64)
     base = rng.normal(0, 1, 16).astype(np.float32)
@@ -213,6 +220,10 @@ def test_mixed_rows_are_adagrad_weights_and_adam_embeddings(model, rng):
     fits = {opt: learner(model, row_optimizer=opt, **kw) for opt in ("mixed", "adam", "adagrad")}
     for m in fits.values():
         m.partial_fit(batch, base, y)
+    if model == "dnn":  # embeddings only: mixed is Adam on the whole row
+        np.testing.assert_array_equal(fits["mixed"].table, fits["adam"].table)
+        assert not np.array_equal(fits["mixed"].table, fits["adagrad"].table)
+        return
     np.testing.assert_array_equal(fits["mixed"].table[:, :-1], fits["adam"].table[:, :-1])
     np.testing.assert_array_equal(fits["mixed"].table[:, -1], fits["adagrad"].table[:, -1])
     np.testing.assert_array_equal(fits["mixed"].dense, fits["adam"].dense)
@@ -383,7 +394,7 @@ def test_same_seed_identical_runs_different_seed_differs(model):
     assert not np.array_equal(a.table, c.table)
 
 
-@pytest.mark.parametrize("model", ["fm", "deepfm"])
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn"])
 def test_threads_do_not_change_results(model):
     def run(threads):
         m = ResidualLearner(model, n_fields=6, bits=10, k=4, hidden=(32, 16), seed=2,
@@ -466,3 +477,21 @@ def test_shape_errors_are_clear(rng):
         m.margin(SimpleNamespace(indices=np.zeros((3, 5), np.int32), values=None))
     with pytest.raises(ValueError, match="model must be"):
         ResidualLearner("gbdt", n_fields=3)
+
+
+def test_dnn_is_the_mlp_of_deepfm_without_first_order_and_fm_terms(rng):
+    """The same embeddings and MLP weights: DeepFM's margin minus its linear and pairwise
+    terms is the DNN's margin."""
+    dnn = learner("dnn")
+    deep = learner("deepfm")
+    assert dnn.table.shape[1] == dnn.k and deep.table.shape[1] == deep.k + 1
+    deep.table[:, :-1] = dnn.table
+    deep.dense[:] = dnn.dense
+    batch = make_batch(rng, 30, 5, 64)
+    deep.table[:, -1] = 0.0
+    z_deep = deep.margin(batch).astype(np.float64)
+    x = batch.values.astype(np.float64)
+    e = dnn.table.astype(np.float64)[batch.indices] * x[:, :, None]
+    pair = 0.5 * (e.sum(axis=1) ** 2 - (e ** 2).sum(axis=1)).sum(axis=1)
+    np.testing.assert_allclose(dnn.margin(batch), z_deep - pair, rtol=1e-4, atol=1e-5)
+    assert np.abs(pair).max() > 1e-3  # the FM term is really there in DeepFM
