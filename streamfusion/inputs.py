@@ -1,4 +1,5 @@
-"""The input flags of every command that reads a click log from a file (replay, reproduce).
+"""The input flags of every command that reads or types a click log (replay, reproduce,
+produce, and serve with --sample).
 
 One list, so the commands accept the same formats, typing overrides and error handling with
 the same names, defaults and help: :func:`add_input_arguments` attaches them and
