@@ -26,46 +26,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_kafka import cli, start_broker, stop_broker  # the sibling script's broker helpers
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamfusion.data.generate import generate
 from streamfusion.kafka.formats import read_events
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "fm", "--bits", "18"]  # the fuzz is about messages, not the model
 RSS_POLL = 0.1  # seconds between looks at serve's peak RSS (VmHWM only grows)
 IDLE_EXIT = 5  # serve --exit-when-idle of the fuzz runs, seconds
 CATCH_UP_LIMIT = 180.0  # seconds the crash run waits for serve to score the last events
 HOSTILE_LABEL_SHARE = 10  # one hostile message in this many goes to the label topic
-
-
-def cli() -> list[str]:
-    given = os.environ.get("STREAMFUSION_CLI")
-    return shlex.split(given) if given else [sys.executable, "-m", "streamfusion.cli"]
-
-
-def start_broker(state: Path) -> str:
-    env = dict(os.environ, KAFKA_LOCAL_STATE=str(state))
-    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
-                         check=True, capture_output=True, text=True).stdout
-    return out.strip().splitlines()[-1].split("=", 1)[1]
-
-
-def stop_broker(state: Path) -> None:
-    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop", "--state", str(state)],
-                   check=False, capture_output=True)
 
 
 def create_topics(bootstrap: str, names: list[str]) -> None:
