@@ -75,6 +75,10 @@ class ModelConfig:
     # trees also split on categorical codes of each field's most frequent values (LightGBM
     # categorical features; 0: counts only)
     tree_codes: int = 0
+    # the end-of-stream refit also tries codes of each field's 64 most frequent values and
+    # keeps them when they win on the held-back rows (Criteo sample, trees alone: 0.7427 ->
+    # 0.7593 chrono-holdout AUC; batch LightGBM on native categoricals 0.7591)
+    tree_end_codes: int = 64
     l2: float = 1e-6
     threads: int = 1
     seed: int = 0
@@ -135,6 +139,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             use_init_score=position > 0 or backfit,
             fade=cfg.fade,
             codes=cfg.tree_codes,
+            end_codes=cfg.tree_end_codes,
             # a refit (100 trees x 63 leaves on 200k rows) takes seconds of one core: give it
             # half a period of stream before the swap point joins it; an explicit early first
             # fit is honoured
@@ -183,6 +188,8 @@ class Chain:
         self.kinds = kinds
         self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
         self.backfit = bool(backfit) and len(stages) > 1
+        # the end-of-stream blend: one weight per stage, then a bias (None: the plain sum)
+        self.blend: list[float] | None = None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
@@ -207,7 +214,16 @@ class Chain:
 
     def margin(self, batch: Batch) -> np.ndarray:
         """The fused margin ``z(x)``, float32 [n]. Pure."""
-        return self.fuse(self.margins(batch))
+        return self.fuse(self.blended(self.margins(batch)))
+
+    def blended(self, margins: np.ndarray) -> np.ndarray:
+        """The stage margins as they score: each scaled by its blend weight, the bias added
+        to the first tree stage's (unchanged without a blend)."""
+        if self.blend is None:
+            return margins
+        out = margins * np.asarray(self.blend[:-1], np.float32)[:, None]
+        out[self.kinds.index("trees")] += np.float32(self.blend[-1])
+        return out
 
     def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray,
               weight: np.ndarray | None = None) -> dict[str, float]:
@@ -235,10 +251,11 @@ class Chain:
         """Give each tree stage its window rows with the margin it is to be refit against:
         the stages before it, or with ``backfit`` every other stage."""
         z_prev = np.zeros(len(batch), dtype=np.float32)
-        total = self.fuse(margins) if self.backfit else None
+        total = self.fuse(margins)
         for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
             if kind == "trees":
-                stage.observe(batch, total - m if self.backfit else z_prev.copy(), mask)
+                stage.observe(batch, total - m if self.backfit else z_prev.copy(), mask,
+                              rest=total - m)
             z_prev += m
 
     def score_and_learn(self, batch: Batch, mask: np.ndarray,
@@ -268,13 +285,28 @@ class Chain:
         return margins, stats
 
     def poll(self) -> bool:
-        """Swap in finished tree refits (between mini-batches). True when any stage changed."""
-        return any([bool(stage.poll()) for stage in self.tree_stages])
+        """Swap in finished tree refits (between mini-batches). True when any stage changed;
+        new trees drop the end-of-stream blend, which was fitted for the trees before them."""
+        changed = any([bool(stage.poll()) for stage in self.tree_stages])
+        if changed:
+            self.blend = None
+        return changed
 
     def finish(self) -> bool:
         """End of the stream: every tree stage installs its pending refit and refits its whole
-        window (``TreeStage.finish``). True when any stage changed."""
-        return any([bool(stage.finish()) for stage in self.tree_stages])
+        window (``TreeStage.finish``). A chain of one tree stage and other stages then scores
+        with the blend fitted on that refit's held-back rows (``stages.blend``): the
+        residual learned against weaker trees is not counted twice. True when any stage
+        changed."""
+        blend = len(self.tree_stages) == 1 and len(self.stages) > 1
+        changed = any([bool(stage.finish(blend=blend)) for stage in self.tree_stages])
+        if changed:
+            self.blend = None
+            fitted = self.tree_stages[0].end_blend if blend else None
+            if fitted is not None:
+                self.blend = [fitted.a if k == "trees" else fitted.b for k in self.kinds]
+                self.blend.append(fitted.c)
+        return changed
 
     @property
     def version(self) -> int:
@@ -301,8 +333,19 @@ class Chain:
             stage.close()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kinds": list(self.kinds),
+        return {"kinds": list(self.kinds), "blend": self.blend,
                 "stages": {str(i): s.state_dict() for i, s in enumerate(self.stages)}}
+
+    def check_blend(self, blend: Any) -> list[float] | None:
+        """A stored blend as ``self.blend`` takes it; ValueError unless None or one finite
+        float per stage and a bias."""
+        if blend is None:
+            return None
+        if (not isinstance(blend, list) or len(blend) != len(self.stages) + 1
+                or not all(isinstance(v, float) and np.isfinite(v) for v in blend)):
+            raise ValueError(f"the chain's blend must be {len(self.stages) + 1} finite floats, "
+                             f"got {blend!r}")
+        return list(blend)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state.get("kinds", [])) != list(self.kinds):
@@ -313,5 +356,7 @@ class Chain:
         missing = [str(i) for i in range(len(self.stages)) if str(i) not in state["stages"]]
         if missing:
             raise ValueError(f"checkpoint lacks stage states {missing}")
+        blend = self.check_blend(state.get("blend"))
         for i, stage in enumerate(self.stages):
             stage.load_state_dict(state["stages"][str(i)])
+        self.blend = blend

@@ -37,10 +37,10 @@ from streamfusion.stages.residual import ResidualLearner
 
 MAGIC = b"SFMODEL\x01"
 FORMAT = "streamfusion-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the chain's end-of-stream blend
 # the tree stage's learning state: left out of a model file (scoring never reads it)
-_TREE_LEARNING = ("window_X", "window_y", "window_z", "window_indices", "adwin_history",
-                  "pending")
+_TREE_LEARNING = ("window_X", "window_y", "window_z", "window_rest", "window_indices",
+                  "adwin_history", "pending")
 
 
 class FrozenEncoder(Encoder):
@@ -164,7 +164,7 @@ def save_model(path: str | os.PathLike, model: OnlineModel, encoder: Encoder,
     for stage, kind in zip(model.chain.stages, model.chain.kinds, strict=True):
         stages.append(_tree_state(stage) if kind == "trees" else _learner_state(stage))
     state = {"config": model.config.to_dict(), "n_fields": model.n_fields,
-             "kinds": list(model.chain.kinds), "stages": stages,
+             "kinds": list(model.chain.kinds), "stages": stages, "blend": model.chain.blend,
              "encoder": _encoder_state(encoder),
              "meta": {"events_learned": model.events_learned, "source": source}}
     return checkpoint.save_file(path, state, magic=MAGIC, fmt=FORMAT, version=FORMAT_VERSION,
@@ -194,7 +194,8 @@ def _load_trees(stage: Any, state: dict[str, Any]) -> None:
     empty = np.zeros(0, np.float32)
     width = state.get("n_features") or 0
     stage.load_state_dict({**state, "window_X": np.zeros((0, width), np.float32),
-                           "window_y": empty, "window_z": empty, "window_indices": None,
+                           "window_y": empty, "window_z": empty, "window_rest": empty,
+                           "window_indices": None,
                            "adwin_history": np.zeros(0, np.float64), "pending": None})
 
 
@@ -233,6 +234,7 @@ def load_model(path: str | os.PathLike, threads: int = 1) -> SavedModel:
                 _load_trees(stage, {**st, "config": {**st["config"], "threads": threads}})
             else:
                 _load_learner(stage, {**st, "config": {**st["config"], "threads": threads}})
+        model.chain.blend = model.chain.check_blend(state["blend"])
         encoder = _load_encoder(state["encoder"])
         if len(encoder.schema.field_names) != model.n_fields and not encoder.schema.is_svm:
             raise ValueError("the encoder's fields do not match the learner's")

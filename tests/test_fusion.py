@@ -130,3 +130,48 @@ def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
     assert np.array_equal(fused, separate)
     probe = make_batch(rng, 300)
     assert np.array_equal(a.score(probe).margin, b.score(probe).margin)
+
+
+def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng):
+    m = trained_model(seed=7, rows=5000)
+    raw = make_batch(rng, 300)
+    assert m.chain.blend is None
+    assert m.finish()
+    a, b, c = m.chain.blend
+    assert np.isfinite([a, b, c]).all() and (a, b, c) != (1.0, 1.0, 0.0)
+    s = m.score(raw)
+    margins = m.chain.margins(raw)
+    expect = (margins[0] * np.float32(a) + np.float32(c)) + margins[1] * np.float32(b)
+    assert np.array_equal(s.margin, expect)
+    assert np.array_equal(s.margin, s.base_margin + s.residual_margin)
+    checkpoint.save(tmp_path, m.state_dict())
+    twin = OnlineModel.from_state(checkpoint.load(tmp_path))
+    assert twin.chain.blend == m.chain.blend
+    assert np.array_equal(twin.score(raw).margin, s.margin)
+
+
+def test_new_trees_drop_the_blend(rng):
+    m = trained_model(seed=7, rows=5000)
+    m.finish()
+    assert m.chain.blend is not None
+    live = m.chain.refits_live
+    for _ in range(20):  # learning goes on (serve --init-from): the next swap drops it
+        m.step(make_batch(rng, 500))
+        if m.poll():
+            break
+    assert m.chain.refits_live > live and m.chain.blend is None
+
+
+def test_chains_of_several_tree_stages_keep_the_plain_sum():
+    m = trained_model(iterations=2, rows=4000)
+    m.finish()
+    assert m.chain.blend is None
+
+
+@pytest.mark.parametrize("blend", [[1.0, 1.0], ["1", 1.0, 0.0], [1.0, float("nan"), 0.0],
+                                   (1.0, 1.0, 0.0)])
+def test_a_bad_blend_is_refused(resfusion, blend):
+    state = resfusion.state_dict()
+    state["chain"]["blend"] = blend
+    with pytest.raises(ValueError, match="blend"):
+        OnlineModel.from_state(state)

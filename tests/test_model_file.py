@@ -135,8 +135,8 @@ def test_model_file_grows_with_touched_rows_not_with_bits(stream, tmp_path):
     run_replay(stream, big, "--rows", rows, "--bits", "22", "--model", "fm")
     # a 2**22-row table is 256 times a 2**14-row one; the files hold the touched rows only
     assert big.stat().st_size < 2 * small.stat().st_size
-    state = checkpoint.load_file(big, magic=b"SFMODEL\x01", fmt="streamfusion-model",
-                                 version=1, what="model file")
+    state = checkpoint.load_file(big, magic=model_file.MAGIC, fmt=model_file.FORMAT,
+                                 version=model_file.FORMAT_VERSION, what="model file")
     touched = len(state["stages"][0]["rows"])
     assert 0 < touched < 8000 * 23  # at most one row per (event, field)
     assert big.stat().st_size < 4 * 40 * touched + 200_000  # ~ (4-byte id + 9 floats) a row

@@ -53,6 +53,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="trees also split on codes of each categorical field's K most "
                    "frequent values (LightGBM categorical features; 0 = counts only): helped "
                    "trees alone on the Criteo sample, hurt the fusion on Avazu logs")
+    g.add_argument("--tree-end-codes", type=at.nonneg_int, default=64, metavar="K",
+                   help="the refit at the end of a file also tries K codes per categorical "
+                   "field and keeps them if they win on the newest rows (0 = never)")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
                    help="feed the learner numbers as log-scaled values only, not as running "
                    "z-scores of them (default: z-scores, as a StandardScaler would)")
@@ -80,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
         standardize=args.standardize, tree_codes=args.tree_codes,
+        tree_end_codes=args.tree_end_codes,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,
         extra={"trees": {"warm_start": True}} if args.warm_start else {},
     )

@@ -57,6 +57,7 @@ class OnlineModel:
         return self._scores(self.chain.margins(batch))
 
     def _scores(self, margins: np.ndarray) -> Scores:
+        margins = self.chain.blended(margins)
         n = margins.shape[1]
         z = Chain.fuse(margins)
         zeros = np.zeros(n, dtype=np.float32)

@@ -28,9 +28,11 @@ from river.drift import ADWIN
 from streamfusion._trees import TreeEnsemble
 from streamfusion.evaluate import logloss_from_margin
 from streamfusion.stages import click_logodds, state_config
+from streamfusion.stages.blend import Blend, fit_blend
 
 FORMAT = "streamfusion.TreeStage"
-FORMAT_VERSION = 3  # 2: the fade-in of the last swap; 3: offsets, guard, rejected refits
+FORMAT_VERSION = 4  # 2: the fade-in of the last swap; 3: offsets, guard, rejected refits;
+# 4: the other stages' margins of the window rows, the end refit's codes
 ADWIN_CLOCK = 32  # ADWIN checks for a cut every 32 values (river's default)
 DRIFT_LOSS_CAP = 4.0  # per-row logloss clipped here before ADWIN (which wants [0, 1])
 # Config keys a checkpoint must agree on (threads is machine-specific and may differ).
@@ -38,7 +40,7 @@ _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
               "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
-              "guard", "codes", "leaf_rows")
+              "guard", "codes", "end_codes", "leaf_rows")
 MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
 # a window of n rows grows trees of at most n / LEAF_ROWS leaves: small windows overfit (click
 # log samples: 0.7252 / 0.6838 progressive AUC on Criteo / Avazu, uncapped 0.7213 / 0.6819)
@@ -208,6 +210,11 @@ class TreeStage:
     codes : int
         Each refit also splits on categorical codes of the ``codes`` most frequent values of
         every categorical learner field (``CodeTable``; needs ``batch.indices``); 0: off.
+    end_codes : int
+        ``finish`` fits the whole window both with ``codes`` and with ``end_codes`` codes per
+        field and keeps the better on the held-back rows (the same as ``codes``: one fit).
+        Codes help batch trees on some logs and hurt on others (see ``CodeTable``); online,
+        they shock the residual learner, so only the end refit tries them.
 
     Examples
     --------
@@ -237,7 +244,8 @@ class TreeStage:
                  max_trees: int | None = None, drift_delta: float = 0.002,
                  drift_min_gap: int | None = None, drift_samples: int = 64,
                  fade: int = 0, background: bool = True, valid_fraction: float = 0.1,
-                 guard: bool = True, codes: int = 0, leaf_rows: int = LEAF_ROWS) -> None:
+                 guard: bool = True, codes: int = 0, end_codes: int = 0,
+                 leaf_rows: int = LEAF_ROWS) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
             raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
                              "fade >= 0")
@@ -269,6 +277,7 @@ class TreeStage:
         self.valid_fraction = float(valid_fraction)
         self.guard = bool(guard)
         self.codes = max(0, int(codes))
+        self.end_codes = max(0, int(end_codes))
         self.leaf_rows = max(1, int(leaf_rows))
         self._reset_state()
 
@@ -313,6 +322,9 @@ class TreeStage:
         self._fade_codes: CodeTable | None = None
         self._y: np.ndarray | None = None
         self._z: np.ndarray | None = None
+        self._r: np.ndarray | None = None  # the other stages' margins as they scored the rows
+        # the blend fitted on the end refit's held-back rows (finish), or None
+        self.end_blend: Blend | None = None
         self._pos = 0            # next ring slot
         self._count = 0          # filled slots
         self._adwin = self._new_adwin()
@@ -372,24 +384,26 @@ class TreeStage:
             self._X = np.zeros((self.window, n_features), np.float32)
             self._y = np.zeros(self.window, np.float32)
             self._z = np.zeros(self.window, np.float32)
+            self._r = np.zeros(self.window, np.float32)
         elif n_features != self._n_features:
             raise ValueError(f"batch has {n_features} tree features, the stage was built with "
                              f"{self._n_features}")
 
-    def _push(self, X: np.ndarray, y: np.ndarray, z: np.ndarray,
+    def _push(self, X: np.ndarray, y: np.ndarray, z: np.ndarray, r: np.ndarray,
               indices: np.ndarray | None) -> None:
         n = len(y)
-        if self.codes and indices is not None and self._I is None and self._count == 0:
+        if ((self.codes or self.end_codes) and indices is not None and self._I is None
+                and self._count == 0):
             self._I = np.zeros((self.window, indices.shape[1]), np.int32)
         if self._I is not None and (indices is None or indices.shape[1] != self._I.shape[1]):
             raise ValueError("the tree window keeps learner indices: every batch needs them, "
                              "with the same number of fields")
         if n >= self.window:  # only the newest `window` rows survive
-            X, y, z = X[-self.window:], y[-self.window:], z[-self.window:]
+            X, y, z, r = X[-self.window:], y[-self.window:], z[-self.window:], r[-self.window:]
             indices = None if indices is None else indices[-self.window:]
             self._pos, n = 0, self.window
         first = min(n, self.window - self._pos)
-        pairs = [(self._X, X), (self._y, y), (self._z, z)]
+        pairs = [(self._X, X), (self._y, y), (self._z, z), (self._r, r)]
         if self._I is not None:
             pairs.append((self._I, indices))
         for dst, src in pairs:
@@ -398,21 +412,25 @@ class TreeStage:
         self._pos = (self._pos + n) % self.window
         self._count = min(self.window, self._count + n)
 
-    def _snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """Copy of the window in chronological order (X, y, z, learner indices or None)."""
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                 np.ndarray | None]:
+        """Copy of the window in chronological order (X, y, z, rest, learner indices or
+        None)."""
         if self._count < self.window:
             idx = np.arange(self._count)
         else:
             idx = (self._pos + np.arange(self.window)) % self.window
         return (self._X[idx], self._y[idx].astype(np.float64), self._z[idx].astype(np.float64),
-                None if self._I is None else self._I[idx])
+                self._r[idx].astype(np.float64), None if self._I is None else self._I[idx])
 
-    def observe(self, batch: Any, z_prev: np.ndarray, mask: np.ndarray | None = None) -> None:
+    def observe(self, batch: Any, z_prev: np.ndarray, mask: np.ndarray | None = None,
+                rest: np.ndarray | None = None) -> None:
         """Add the learnable rows (``mask`` and a label) to the window; maybe start a refit.
 
         ``z_prev`` (float32 [n]) is the sum of the margins of the stages before this one, as
         they scored the rows; the window keeps it for ``use_init_score`` fits and the drift
-        signal.
+        signal. ``rest`` (float32 [n], default ``z_prev``) is the sum of all the other
+        stages' margins, for the end-of-stream blend.
         """
         y = np.asarray(batch.y, np.float32)
         keep = ~np.isnan(y)
@@ -421,18 +439,19 @@ class TreeStage:
         if not keep.any():
             return
         X = np.asarray(batch.dense, np.float32)[keep]
-        indices = getattr(batch, "indices", None) if self.codes else None
+        indices = getattr(batch, "indices", None) if self.codes or self.end_codes else None
         if indices is not None:
             indices = np.asarray(indices, np.int32)[keep]
         yk = y[keep]
         zk = np.asarray(z_prev, np.float32)[keep]
+        rk = zk if rest is None else np.asarray(rest, np.float32)[keep]
         self._ensure_buffers(X.shape[1])
         if self.drift:
             # the loss of the chain up to and including these trees, on a few sampled rows
             idx = _sample_rows(len(yk), self.drift_samples)
             self._feed_adwin(_drift_values(yk[idx], zk[idx] + self.margin(SimpleNamespace(
                 dense=X[idx], indices=None if indices is None else indices[idx]))))
-        self._push(X, yk, zk, indices)
+        self._push(X, yk, zk, rk, indices)
         n = len(yk)
         self.n_seen += n
         self.clicks += int(yk.sum())
@@ -465,10 +484,35 @@ class TreeStage:
             return self.first_fit
         return min(self.refit_every, self.first_fit << min(refits - 1, 40))
 
-    def _start_refit(self, reason: str, lag: int | None = None,
-                     wait: bool = False) -> dict[str, Any]:
-        X, y, z, ind = self._snapshot()
+    def _start_refit(self, reason: str, lag: int | None = None) -> dict[str, Any]:
+        """Start a refit of the window (in the background unless ``background`` is off)."""
+        job, fit = self._refit_job(reason, lag)
+        self._launch(job, fit, wait=not self.background)
+        return job
+
+    def _launch(self, job: dict[str, Any], fit: Any, wait: bool) -> None:
+        self.refits += 1
+        self.since_refit = 0
+        self._pending = job
+        if wait:
+            fit()
+        else:
+            job["thread"] = threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
+            job["thread"].start()
+
+    def _refit_job(self, reason: str, lag: int | None = None, codes: int | None = None,
+                   blend: bool = False) -> tuple[dict[str, Any], Any]:
+        """A refit of the window as a job and the function that fits it (changes no state).
+
+        ``codes``: code count of the fit (default ``self.codes``, or ``end_codes`` once the
+        live trees use them); ``blend``: also fit the
+        end-of-stream blend on the held-back rows (``job["blend"]``).
+        """
+        X, y, z, rest, ind = self._snapshot()
         init = z if self.use_init_score else None
+        if codes is None:  # after an end refit chose codes, later refits keep them
+            live_coded = self._codes is not None and self._codes.width > 0
+            codes = self.codes or (self.end_codes if live_coded else 0)
         base = None
         rounds = self.n_trees
         if (self.warm_start and self.booster is not None
@@ -484,7 +528,8 @@ class TreeStage:
             n_valid = 0
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None,
-                               "offset": 0.0, "accept": True}
+                               "offset": 0.0, "accept": True, "loss": float("inf"),
+                               "blend": None}
         # the live model as of now, for the guard (it cannot change before the swap: one
         # refit is pending at a time)
         live_offset, live_ensemble, prior = self.offset, self._ensemble, self.prior
@@ -504,37 +549,32 @@ class TreeStage:
                     valid = (X[cut:], y[cut:], None)
                 fit_init = None if init is None else init[:cut] + off
                 # codes from the fitted rows; a warm start keeps the live model's codes
-                codes = (live_codes if base is not None else
-                         None if ind is None else CodeTable.fit(ind[:cut], self.codes))
-                XF = _features(X, ind, codes)
+                table = (live_codes if base is not None else
+                         CodeTable.fit(ind[:cut], codes) if ind is not None and codes else None)
+                XF = _features(X, ind, table)
                 cats = list(range(X.shape[1], XF.shape[1]))
                 if valid is not None:
                     valid = (XF[cut:],) + valid[1:]
                 booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats)
-                job["booster"], job["offset"], job["codes"] = booster, off, codes
+                job["booster"], job["offset"], job["codes"] = booster, off, table
                 # compile the evaluator here too, off the stream's thread
                 job["ensemble"] = TreeEnsemble.from_booster(booster)
-                if self.guard and n_valid:
+                if n_valid:
                     yv, iv = y[cut:], None if ind is None else ind[cut:]
-                    new = vz + off + job["ensemble"].predict_margin(XF[cut:],
-                                                                    threads=self.threads)
+                    own = off + job["ensemble"].predict_margin(XF[cut:], threads=self.threads)
+                    job["loss"] = logloss_from_margin(vz + own, yv)
+                    if blend:
+                        job["blend"] = fit_blend(own, rest[cut:], yv)
+                if self.guard and n_valid:
                     old = vz + (np.full(n_valid, prior) if live_ensemble is None else
                                 live_ensemble.predict_margin(
                                     _features(X[cut:], iv, live_codes), threads=self.threads)
                                 + live_offset)
-                    job["accept"] = logloss_from_margin(new, yv) <= logloss_from_margin(old, yv)
+                    job["accept"] = job["loss"] <= logloss_from_margin(old, yv)
             except BaseException as exc:  # reported by poll(), in the caller's thread
                 job["error"] = exc
 
-        self.refits += 1
-        self.since_refit = 0
-        self._pending = job
-        if self.background and not wait:
-            job["thread"] = threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
-            job["thread"].start()
-        else:
-            fit()
-        return job
+        return job, fit
 
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None,
@@ -605,17 +645,34 @@ class TreeStage:
         self._install(job["booster"], job.get("ensemble"))
         return True
 
-    def finish(self) -> bool:
-        """At the end of a stream: install the pending refit now, and when at least the
-        held-back share of the window is newer than the last refit, fit the whole window once
-        more (guarded, installed at once). True when the model changed."""
+    def finish(self, blend: bool = False) -> bool:
+        """At the end of a stream: when a refit is pending or at least the held-back share of
+        the window is newer than the last refit, fit the whole window once more, in place of
+        the pending refit (guarded, installed at once; with and without ``end_codes``, the
+        better on the held-back rows). ``blend``: fit the end-of-stream blend of this stage
+        and the others (``end_blend``) and choose the fit by the blended loss. True when the
+        model changed."""
         changed = False
-        if self._pending is not None:
-            changed = self._swap(self._pending)
+        self.end_blend = None
+        pending, self._pending = self._pending, None
+        if pending is not None:  # the end refit fits a superset of its rows: drop it
+            self._join(pending)
         enough = max(MIN_VALID_ROWS, int(self._count * self.valid_fraction))
         if (self._n_features and self._count >= self.min_fit_rows
-                and self.since_refit >= enough):
-            changed |= self._swap(self._start_refit("end", lag=0, wait=True))
+                and (pending is not None or self.since_refit >= enough)):
+            tries = [self.codes] if self._I is None else sorted({self.codes, self.end_codes})
+            jobs = []
+            for k in tries:
+                job, fit = self._refit_job("end", lag=0, codes=k, blend=blend)
+                fit()
+                jobs.append(job)
+            errors = [j for j in jobs if j["error"] is not None]
+            best = errors[0] if errors else min(
+                jobs, key=lambda j: j["blend"].loss if j["blend"] is not None else j["loss"])
+            self._launch(best, lambda: None, wait=True)
+            if self._swap(best):
+                changed = True
+                self.end_blend = best["blend"]
         self._fade_start = -1  # no fade: the final model scores whatever follows
         self._fade_from = self._fade_booster = self._fade_codes = None
         return changed
@@ -685,10 +742,10 @@ class TreeStage:
                        "codes": _codes_state(job.get("codes"))}
         ind = None
         if self._X is not None:
-            X, y, z, ind = self._snapshot()
+            X, y, z, r, ind = self._snapshot()
         else:
             X = np.zeros((0, 0), np.float32)
-            y = z = np.zeros(0, np.float64)
+            y = z = r = np.zeros(0, np.float64)
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config(),
             "booster": None if self.booster is None else self.booster.model_to_string(),
@@ -697,7 +754,7 @@ class TreeStage:
             "clicks": self.clicks, "since_refit": self.since_refit,
             "n_features": self._n_features,
             "window_X": X.copy(), "window_y": y.astype(np.float32),
-            "window_z": z.astype(np.float32),
+            "window_z": z.astype(np.float32), "window_rest": r.astype(np.float32),
             "window_indices": None if ind is None else ind.copy(),
             "codes": _codes_state(self._codes),
             "adwin_history": np.asarray(self._adwin_history, np.float64),
@@ -733,17 +790,18 @@ class TreeStage:
         nf = state.get("n_features")
         if nf is not None and (not isinstance(nf, (int, np.integer)) or nf < 0):
             raise ValueError(f"tree stage state n_features must be an int or None, got {nf!r}")
-        X, y, z = (state.get(k) for k in ("window_X", "window_y", "window_z"))
+        X, y, z, r = (state.get(k) for k in ("window_X", "window_y", "window_z", "window_rest"))
         for name, arr, dtype, ndim in (("window_X", X, np.float32, 2),
                                        ("window_y", y, np.float32, 1),
-                                       ("window_z", z, np.float32, 1)):
+                                       ("window_z", z, np.float32, 1),
+                                       ("window_rest", r, np.float32, 1)):
             if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim:
                 raise ValueError(f"tree stage state {name} must be a {ndim}-D {np.dtype(dtype)} "
                                  f"array")
         count = len(y)
-        if len(z) != count or X.shape[0] != count or count > self.window:
+        if len(z) != count or len(r) != count or X.shape[0] != count or count > self.window:
             raise ValueError(f"tree stage state window arrays disagree: X {X.shape}, y "
-                             f"{y.shape}, z {z.shape}, window {self.window}")
+                             f"{y.shape}, z {z.shape}, rest {r.shape}, window {self.window}")
         if count and (nf is None or X.shape[1] != nf):
             raise ValueError(f"tree stage state window has {X.shape[1]} features, n_features "
                              f"is {nf!r}")
@@ -813,7 +871,7 @@ class TreeStage:
         if nf is not None:
             self._n_features = None
             self._ensure_buffers(int(nf))
-            self._X[:count], self._y[:count], self._z[:count] = X, y, z
+            self._X[:count], self._y[:count], self._z[:count], self._r[:count] = X, y, z, r
             self._count, self._pos = count, count % self.window
         if WI is not None:
             self._I = np.zeros((self.window, WI.shape[1]), np.int32)

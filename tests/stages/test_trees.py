@@ -341,18 +341,56 @@ def test_guarded_refits_go_live_when_they_help():
     assert stage.version >= 2 and stage.rejected + stage.version <= stage.refits
 
 
-def test_finish_installs_the_pending_refit_and_fits_the_whole_window():
+def test_finish_fits_the_whole_window_in_place_of_the_pending_refit():
     stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
     _feed(stage, _stream(14, 11))  # the refit started at 1000 would go live at 1300
     assert stage._pending is not None and stage.version == 0
-    assert stage.finish()  # the end of the stream: it goes live now
-    assert stage._pending is None and stage.version == 1 and stage.refits == 1
-    assert not stage.finish()  # 100 new rows < 10% of the window: nothing more to fit
-    _feed(stage, _stream(15, 5))  # 600 rows since the refit, the next is due at 1000
-    assert stage.refits == 1 and stage.version == 1
+    assert stage.finish()  # the end of the stream: a fit of all 1100 rows goes live instead
+    assert stage._pending is None and stage.version == 1 and stage.refits == 2
+    assert stage.booster.num_feature() == T
+    assert not stage.finish()  # no new rows: nothing more to fit
+    _feed(stage, _stream(15, 5))  # 500 rows since the refit, the next is due at 2000
+    assert stage.refits == 2 and stage.version == 1
     assert stage.finish()  # refit on the whole 1600-row window, installed at once
-    assert stage.refits == 2 and stage.version == 2 and stage.since_refit == 0
+    assert stage.refits == 3 and stage.version == 2 and stage.since_refit == 0
     assert stage.fade_weight == 1.0 and stage._pending is None
+
+
+def _coded_batch(rng: np.random.Generator, n: int) -> SimpleNamespace:
+    """The label depends on a categorical field the dense columns cannot single out."""
+    b = _batch(rng, n)
+    b.indices = rng.integers(0, 30, size=(n, 2)).astype(np.int32)
+    logit = np.where(b.indices[:, 0] % 7 == 0, 2.0, -1.5)
+    b.y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return b
+
+
+def test_finish_keeps_the_encoding_better_on_the_newest_rows(monkeypatch):
+    tried = []
+    make = TreeStage._refit_job
+
+    def spy(self, *args, **kw):
+        job, fit = make(self, *args, **kw)
+        tried.append(job)
+        return job, fit
+
+    monkeypatch.setattr(TreeStage, "_refit_job", spy)
+    stage = _stage(drift=False, first_fit=1000, refit_every=1000, window=3000, end_codes=8)
+    rng = np.random.default_rng(21)
+    _feed(stage, [_coded_batch(rng, 100) for _ in range(30)])
+    tried.clear()
+    assert stage.finish()
+    assert len(tried) == 2  # without codes and with 8 per field
+    losses = [job["loss"] for job in tried]
+    assert losses[1] < losses[0]  # only the codes can tell the clicked values apart
+    assert stage._codes is not None and stage._codes.width == 2
+    b = _coded_batch(rng, 50)
+    expect = stage._ensemble.predict_margin(
+        np.hstack([b.dense, stage._codes.transform(b.indices)])) + stage.offset
+    np.testing.assert_allclose(stage.margin(b), expect, rtol=1e-5, atol=1e-6)
+    restored = _stage(drift=False, first_fit=1000, refit_every=1000, window=3000, end_codes=8)
+    restored.load_state_dict(copy.deepcopy(stage.state_dict()))
+    assert np.array_equal(restored.margin(b), stage.margin(b))
 
 
 def test_init_score_fits_start_from_the_click_rate(rng):
