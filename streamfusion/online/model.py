@@ -103,6 +103,7 @@ class OnlineModel:
             "refits_started": self.refits,
             "refits_live": self.chain.refits_live,
             "refits_rejected": self.chain.refits_rejected,
+            "blend": self.chain.blend,
             "version": self.version,
             "events_learned": self.events_learned,
             "skipped_updates": self.skipped_updates,
