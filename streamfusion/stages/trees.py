@@ -505,8 +505,8 @@ class TreeStage:
         """A refit of the window as a job and the function that fits it (changes no state).
 
         ``codes``: code count of the fit (default ``self.codes``, or ``end_codes`` once the
-        live trees use them); ``blend``: also fit the
-        end-of-stream blend on the held-back rows (``job["blend"]``).
+        live trees use them); ``blend``: also fit the end-of-stream blend on the held-back
+        rows (``job["blend"]``).
         """
         X, y, z, rest, ind = self._snapshot()
         init = z if self.use_init_score else None
@@ -661,11 +661,16 @@ class TreeStage:
         if (self._n_features and self._count >= self.min_fit_rows
                 and (pending is not None or self.since_refit >= enough)):
             tries = [self.codes] if self._I is None else sorted({self.codes, self.end_codes})
-            jobs = []
-            for k in tries:
-                job, fit = self._refit_job("end", lag=0, codes=k, blend=blend)
-                fit()
-                jobs.append(job)
+            jobs, fits = zip(*[self._refit_job("end", lag=0, codes=k, blend=blend)
+                               for k in tries], strict=True)
+            # independent single-threaded fits: side by side, each on a core of its own
+            threads = [threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
+                       for fit in fits[1:]]
+            for t in threads:
+                t.start()
+            fits[0]()
+            for t in threads:
+                t.join()
             errors = [j for j in jobs if j["error"] is not None]
             best = errors[0] if errors else min(
                 jobs, key=lambda j: j["blend"].loss if j["blend"] is not None else j["loss"])
