@@ -69,15 +69,13 @@ from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.evaluate import auc
 from streamfusion.fusion import ModelConfig
-from streamfusion.kafka.daemon import (
-    CONSUMER_TUNING,
-    PRODUCER_TUNING,
-)
+from streamfusion.kafka.daemon import PRODUCER_TUNING
 from streamfusion.kafka.encoding import KafkaEncoder
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.produce import produce
 from streamfusion.kafka.snapshot_wire import read_key
 from streamfusion.kafka.snapshots import Snapshots
+from streamfusion.kafka.source import CONSUMER_TUNING
 from streamfusion.online import OnlineModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,22 +1,26 @@
-"""The Kafka daemon: consume mini-batches, hand them to the online loop, produce, commit.
+"""The Kafka daemon: pull mini-batches from the source, hand them to the online loop, produce,
+commit.
 
-The daemon wires the jobs of ``kafka/`` together and keeps what is about consuming: the
-subscription, rebalances (a partition resumes from the later of the committed offset and the
-checkpoint's position, so the learner's state always matches what it consumed), batching, the
-label topic and the roles. The other jobs live beside it:
+The daemon wires the jobs of ``kafka/`` together and keeps the roles, the state and what a
+rebalance means for it (a partition resumes from the later of the committed offset and the
+checkpoint's position, so the learner's state always matches what it consumed; the state is
+saved and committed before a partition is given up). The other jobs live beside it:
 
-- ``pipeline.py``: the scoring thread. The main thread consumes and decodes a batch's JSON
-  while the scoring thread encodes (the count tables advance in message order), scores and
-  learns the one before it through :class:`~streamfusion.online.OnlineLoop`, the loop replay
-  runs; results are as with one thread.
+- ``source.py``: :class:`~streamfusion.kafka.source.KafkaSource`, the consumer: subscription,
+  partitions, polling, events decoded and encoded into batches, bad events dead-lettered,
+  label messages handed over undecoded, the end of an idle stream;
+- ``pipeline.py``: the scoring thread. The main thread pulls the next batch from the source
+  while the scoring thread scores and learns the one before it through
+  :class:`~streamfusion.online.OnlineLoop`, the loop replay runs; results are as with one
+  thread.
 - ``outputs.py``: outputs and dead letters, one idempotent producer;
 - ``commits.py``: the commit cycle, drain -> flush -> save -> commit (at-least-once);
 - ``snapshots.py``: model snapshots for scale-out;
 - ``joins.py``: labels that come on their own topic, explicit or clicks only.
 
 Below full load the main thread waits for the scoring thread before it gathers the next batch
-(``_consume``), so outputs leave as soon as they are scored and batches do not shrink to a
-handful of events. Roles: ``both`` scores and learns; ``train`` scores and learns, and
+(the source's ``busy`` hook), so outputs leave as soon as they are scored and batches do not
+shrink to a handful of events. Roles: ``both`` scores and learns; ``train`` scores and learns, and
 publishes model snapshots; ``score`` never learns and loads every announced snapshot.
 """
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -35,14 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
 
 from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
@@ -51,7 +47,7 @@ from streamfusion.features import Batch
 from streamfusion.fusion import ModelConfig
 from streamfusion.kafka.client_log import ClientLog
 from streamfusion.kafka.commits import CommitCycle
-from streamfusion.kafka.encoding import Decoded, Encoded, KafkaEncoder, internal_reason
+from streamfusion.kafka.encoding import internal_reason
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL, LabelJoin
 from streamfusion.kafka.messages import Invalid, parse_label
 from streamfusion.kafka.metrics import ServeMetrics
@@ -59,6 +55,7 @@ from streamfusion.kafka.outputs import DeliveryFailed, Outputs
 from streamfusion.kafka.pipeline import Pipeline
 from streamfusion.kafka.snapshot_wire import BadSnapshot
 from streamfusion.kafka.snapshots import Snapshots
+from streamfusion.kafka.source import DEFAULT_POLL_TIMEOUT, KafkaBatch, KafkaSource
 from streamfusion.model_file import load_model
 from streamfusion.online import OnlineLoop, OnlineModel, Scores
 
@@ -69,22 +66,9 @@ STATE_KIND = "streamfusion-serve"
 STATE_VERSION = 1
 COMMIT_RETRY = 0.5  # first back-off between commit attempts (doubles, capped at 8 s)
 MAX_BACKOFF = 8.0
-# seconds between metadata refreshes: a topic created after start (a label topic) is joined
-# within this long (librdkafka's default, 5 minutes, kept new topics waiting)
-METADATA_REFRESH_MS = 2000
-# client errors meaning no broker answers: --exit-when-idle counts on while they last
-UNREACHABLE = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
-               KafkaError._TIMED_OUT)
 STATS_INTERVAL_MS = 2000  # librdkafka statistics (consumer lag) every 2 s
-SESSION_TIMEOUT_MS = 10_000  # a crashed member's partitions move on after 10 s (default 45 s)
-# librdkafka settings of the input consumer and the output producer (benchmarks reuse them)
-CONSUMER_TUNING: dict[str, Any] = {
-    "fetch.wait.max.ms": 10,  # an idle fetch returns within 10 ms (data ends it at once)
-    "queued.min.messages": 20_000,  # fetch ahead until this many wait (a few batches)
-    # the default (1000 ms) stops fetching for a whole second whenever the prefetch queue is
-    # above queued.min.messages: that, not the model, held serve near 30k events/s
-    "fetch.queue.backoff.ms": 5,
-}
+# librdkafka settings of the output producer (benchmarks reuse them; the consumer's are in
+# source.py)
 PRODUCER_TUNING: dict[str, Any] = {
     "linger.ms": 2,  # outputs wait at most 2 ms for a produce batch to fill (latency)
     # outputs are small JSON; lz4 costs CPU in librdkafka and in the broker (which decompresses
@@ -99,14 +83,6 @@ SWITCH_INTERVAL = 0.0005
 # least this many (or at a save): learned as they came, a handful of one class per step made
 # each a full-size update, which cost a generated log 0.1 AUC against labels attached
 LEARN_BATCH = 1024
-IDLE_WAIT = 0.1  # seconds the loop blocks when no message comes (commits, signals go on)
-# seconds a mini-batch gathers events after its first, below full load: at 10k events/s, 5 ms
-# batches cost serve ~35% of a core where 2 ms ones cost ~45% (each batch has a fixed cost of a
-# few hundred us), CPU the broker on the same cores needs
-DEFAULT_POLL_TIMEOUT = 0.005
-# Tests only: seconds the scoring thread waits before each batch of events, so that a test
-# knows batches are still in flight when it signals serve (0: no wait)
-SCORE_DELAY_ENV = "STREAMFUSION_TEST_SCORE_DELAY"
 
 
 @dataclass
@@ -179,7 +155,6 @@ class Daemon:
         self.model: OnlineModel | None = None
         self.loop: OnlineLoop | None = None
         self._encoder: Encoder | None = None
-        self._kafka_encoder: KafkaEncoder | None = None
         self.join = LabelJoin(config.label_ttl, config.label_capacity,
                               window=config.label_window, correct_late=config.correct_late)
         self.version = 0  # model version reported in outputs (see module docstring)
@@ -192,8 +167,7 @@ class Daemon:
         self._stop = threading.Event()
         self._exit_code = 0
         self.client_log = ClientLog()
-        self._unreachable = False  # the last client error said no broker answers
-        self._consumer: Consumer | None = None
+        self.source: KafkaSource | None = None
         self.outputs: Outputs | None = None
         self.snapshots = (Snapshots(config.model_topic, self._common_conf, config.group_id,
                                     self.schema, config.model_key)
@@ -201,13 +175,11 @@ class Daemon:
         self.trainer_id = uuid.uuid4().hex[:16]  # a trainer's name on the model topic (kept)
         self._join_seen = {"expired": 0, "joined_clicks": 0, "window_negatives": 0,
                            "late_clicks": 0}
-        self._last_message = time.monotonic()
-        self._assigned: set[tuple[str, int]] = set()
         self.pipeline: Pipeline | None = None
         self._to_learn: list[tuple[Batch, np.ndarray]] = []  # joined rows not learned yet
         self._to_learn_rows = 0
         self._broken = False  # a job failed: nothing may be committed any more
-        self._score_delay = float(os.environ.get(SCORE_DELAY_ENV) or 0)
+        self._dead_letters = threading.Lock()  # counted from the main and the scoring thread
 
     @property
     def encoder(self) -> Encoder | None:
@@ -216,7 +188,8 @@ class Daemon:
     @encoder.setter
     def encoder(self, encoder: Encoder) -> None:
         self._encoder = encoder
-        self._kafka_encoder = KafkaEncoder(encoder)
+        if self.source is not None:  # a loaded snapshot: the next batches are encoded with it
+            self.source.encoder = encoder
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -265,14 +238,10 @@ class Daemon:
             self.outputs.producer.list_topics(self.cfg.output_topic, timeout=5)
         except KafkaException as exc:
             log.warning("output topic metadata not available yet: %s", _one_line(exc))
-        self._consumer = Consumer(self._consumer_conf())
-        topics = [self.cfg.input_topic]
-        if self.cfg.learns and self.cfg.label_topic:
-            topics.append(self.cfg.label_topic)
-        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_lost)
-        log.info("serving %s -> %s as %s (group %s)", ",".join(topics), self.cfg.output_topic,
-                 self.cfg.role, self.cfg.group_id)
+        self.source = self._new_source()
+        self.source.open()  # a bad client setting fails here, a start-up error
+        log.info("serving %s -> %s as %s (group %s)", ",".join(self.source.topics),
+                 self.cfg.output_topic, self.cfg.role, self.cfg.group_id)
         self.pipeline = Pipeline(self._emit)
 
     def _loop(self) -> int:
@@ -282,21 +251,16 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._poll_models()
-                msgs = self._consume()
+                batch = self.source.next_batch(self.cfg.batch_size)
                 now = time.monotonic()
-                # idle counts while owning partitions, or while no broker answers
-                if msgs or not (self._assigned or self._unreachable):
-                    self._last_message = now
-                if msgs:
-                    self._process(msgs)
+                if batch is not None:
+                    self._take(batch)
                 # the scoring thread idle: housekeeping here (else it does it after each job)
                 if self.pipeline.reap():
                     self._housekeeping(now)
                 if self.cycle.due(now):
                     self._commit_cycle()
-                if (self.cfg.exit_when_idle is not None
-                        and now - self._last_message > self.cfg.exit_when_idle):
-                    log.info("idle for %.1fs: stopping", self.cfg.exit_when_idle)
+                if batch is None:  # idle for --exit-when-idle seconds
                     break
             self._commit_cycle(force=True)
         except DeliveryFailed as exc:
@@ -310,28 +274,14 @@ class Daemon:
             sys.setswitchinterval(switch)
         return self._exit_code
 
-    def _consume(self) -> list[Message]:
-        """The next mini-batch: ``batch_size`` messages if they are there already (the
-        scoring thread keeps busy at full load). Otherwise, once the scoring thread is free,
-        what arrives within ``poll_timeout`` (more events per batch: each costs a few hundred
-        us whatever its size, CPU that the broker on the same cores needs); with nothing at
-        all, up to ``IDLE_WAIT`` for the first message."""
-        consumer, n = self._consumer, self.cfg.batch_size
-        msgs = consumer.consume(n, 0)
-        if len(msgs) == n:
-            return msgs
-        if len(self.pipeline):
-            self.pipeline.finish_oldest()  # (outputs leave at once) while the batch fills
-            if len(self.pipeline):
-                return msgs + consumer.consume(n - len(msgs), 0) if msgs else msgs
-        if not msgs:
-            first = consumer.poll(IDLE_WAIT)  # returns as soon as one message is there
-            if first is None:
-                return []
-            msgs = [first]
-        if len(msgs) < n:
-            msgs += consumer.consume(n - len(msgs), self.cfg.poll_timeout)
-        return msgs
+    def _busy(self) -> bool:
+        """The source's ``busy`` hook, while a batch below full size fills: the oldest scored
+        batch's outputs leave at once; True while the scoring thread still has a job (the
+        source then returns what is there rather than wait)."""
+        if not len(self.pipeline):
+            return False
+        self.pipeline.finish_oldest()
+        return bool(len(self.pipeline))
 
     def not_ready(self) -> str | None:
         """Why the daemon is not ready to score (``/readyz``), or None when it is."""
@@ -340,19 +290,15 @@ class Daemon:
         if (self.cfg.role == "score" and self.snapshots is not None
                 and self.snapshots.loaded is None):
             return "no model snapshot loaded yet"
-        if not self._assigned:
+        if self.source is None or not self.source.assigned:
             return "no partitions assigned"
         return None
 
     def _close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close(self._broken)  # clean: raises what a last job raised
-        if self._consumer is not None:
-            try:
-                self._consumer.close()  # on_revoke runs: nothing left to commit after a clean stop
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("closing the consumer: %s", exc)
-            self._consumer = None
+        if self.source is not None:
+            self.source.close()  # on_revoke runs: nothing left to commit after a clean stop
         if self.snapshots is not None:
             self.snapshots.close()
         if self.outputs is not None:
@@ -367,23 +313,18 @@ class Daemon:
                 "logger": self.client_log,
                 "reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": int(MAX_BACKOFF * 1000)}
 
-    def _consumer_conf(self) -> dict[str, Any]:
-        conf = self._common_conf()
-        conf.update({
-            "group.id": self.cfg.group_id,
-            "enable.auto.commit": False,  # commit last, after outputs and state are safe
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "allow.auto.create.topics": True,
-            "statistics.interval.ms": STATS_INTERVAL_MS,
-            "stats_cb": self.metrics.on_stats,
-            "session.timeout.ms": SESSION_TIMEOUT_MS,
-            "heartbeat.interval.ms": SESSION_TIMEOUT_MS // 5,
-            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
-            **CONSUMER_TUNING,
-        })
-        conf.update(self.cfg.consumer_extra)
-        return conf
+    def _new_source(self) -> KafkaSource:
+        """The input (and label) topic's consumer; the daemon keeps what rebalances mean for
+        its state, the dead letters and the scoring thread's pace."""
+        conf = {**self._common_conf(), "group.id": self.cfg.group_id,
+                "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.on_stats}
+        return KafkaSource(
+            conf, self.cfg.input_topic, self.encoder,
+            label_topic=self.cfg.label_topic if self.cfg.learns else None,
+            overrides=self.cfg.consumer_extra, poll_timeout=self.cfg.poll_timeout,
+            idle_end=self.cfg.exit_when_idle, dead_letter=self._dead_letter,
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+            busy=self._busy)
 
     def _producer_conf(self) -> dict[str, Any]:
         conf = self._common_conf()
@@ -401,7 +342,6 @@ class Daemon:
             self._exit_code = 4
             self.stop()
             return
-        self._unreachable = err.code() in UNREACHABLE
         self.client_log.error(f"{err.str()} (retrying)")
 
     # ------------------------------------------------------------------ state
@@ -477,29 +417,27 @@ class Daemon:
         }
 
     # ------------------------------------------------------------------ rebalance
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.cycle.state_positions:
-            try:
-                committed = {(tp.topic, tp.partition): tp.offset
-                             for tp in consumer.committed(partitions, timeout=10)}
-            except KafkaException as exc:
-                log.warning("reading committed offsets failed (%s): starting from the "
-                            "checkpoint's positions", exc)
-                committed = {}
-            for tp in partitions:
-                key = (tp.topic, tp.partition)
-                ck = self.cycle.state_positions.get(key)
-                if ck is not None and ck > committed.get(key, OFFSET_INVALID):
-                    tp.offset = ck  # the state already covers these: never learn them twice
-                    self.cycle.resume_at(key, ck)  # and the group should know
-        consumer.assign(partitions)
-        self._unreachable = False
-        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
-        self._last_message = time.monotonic()  # the idle clock starts with the assignment
-        log.info("assigned %s", _fmt(partitions))
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        """Before the source assigns ``partitions``: each starts after what the state covers
+        when the checkpoint is ahead of the committed offset."""
+        if not self.cycle.state_positions:
+            return
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self.source.committed(partitions)}
+        except KafkaException as exc:
+            log.warning("reading committed offsets failed (%s): starting from the "
+                        "checkpoint's positions", exc)
+            committed = {}
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            ck = self.cycle.state_positions.get(key)
+            if ck is not None and ck > committed.get(key, OFFSET_INVALID):
+                tp.offset = ck  # the state already covers these: never learn them twice
+                self.cycle.resume_at(key, ck)  # and the group should know
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoking %s: checkpoint + commit first", _fmt(partitions))
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Before the source gives ``partitions`` up: checkpoint and commit first."""
         try:
             self._commit_cycle(force=True)
         except DeliveryFailed as exc:
@@ -508,78 +446,35 @@ class Daemon:
             self.stop()
         for tp in partitions:
             self.cycle.forget((tp.topic, tp.partition))
-            self._assigned.discard((tp.topic, tp.partition))
-        consumer.unassign()
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, partitions: list[TopicPartition]) -> None:
         # The state keeps what it learned from them; on re-assignment the consumer resumes
         # after it (_on_assign), and the outputs still in the producer queue get delivered.
-        log.warning("partitions lost %s (session expired)", _fmt(partitions))
         for tp in partitions:
             self.cycle.forget((tp.topic, tp.partition))
-            self._assigned.discard((tp.topic, tp.partition))
 
     # ------------------------------------------------------------------ the batch
-    def _process(self, msgs: list[Message]) -> None:
-        good = [m for m in msgs if m.error() is None]
-        if len(good) != len(msgs):
-            for m in msgs:
-                err = m.error()
-                if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                    self._on_error(err)
-        if not good:
-            return
-        # offsets rise within a partition: the last message of each sets its position
-        last = {(m.topic(), m.partition()): m for m in good}
-        if not self._assigned.issuperset(last):
-            # revoked (or lost) while this batch was gathered: their new owner starts from the
-            # committed position, before these messages
-            good = [m for m in good if (m.topic(), m.partition()) in self._assigned]
-            last = {key: m for key, m in last.items() if key in self._assigned}
-            if not good:
-                return
-        self.cycle.consumed({key: m.offset() + 1 for key, m in last.items()})
-        topic = self.cfg.input_topic
-        if all(key[0] == topic for key in last):
-            self._events(good)
-            return
-        events = [m for m in good if m.topic() == topic]
-        labels = [m for m in good if m.topic() != topic]
-        if events:
-            self._events(events)
-        if labels:
-            self.pipeline.submit(self._labels, labels)
+    def _take(self, batch: KafkaBatch) -> None:
+        """Main thread: count what the source took, hand the events and the labels to the
+        scoring thread (in this order)."""
+        if batch.advanced:
+            self.cycle.consumed(batch.advanced)
+        if batch.messages:
+            self.counters["events"] += batch.messages
+            self.metrics.events.inc(batch.messages)
+            self.cycle.counted(batch.messages)
+        if len(batch):
+            self.pipeline.submit(self._score_events, batch)
+        if batch.labels:
+            self.pipeline.submit(self._labels, batch.labels)
 
-    def _events(self, msgs: list[Message]) -> None:
-        """Main thread: count and decode the events, hand them to the scoring thread."""
-        self.counters["events"] += len(msgs)
-        self.metrics.events.inc(len(msgs))
-        self.cycle.counted(len(msgs))
-        decoded = self._kafka_encoder.decode([m.value() for m in msgs])
-        self.pipeline.submit(self._score_events, msgs, decoded)
-
-    def _score_events(self, msgs: list[Message], decoded: Decoded
-                      ) -> tuple[list, Scores, int] | None:
-        """Scoring thread: encode, score (and learn), dead-letter what does not encode.
-        Returns what ``_emit`` needs, for the main thread."""
-        if self._score_delay:
-            time.sleep(self._score_delay)
-        encoded = self._kafka_encoder.parse(decoded)
-        for pos, reason in encoded.rejects:
-            self._dead_letter(msgs[pos], reason)
-        out = self._score_batch(msgs, encoded) if len(encoded.batch) else None
-        self._after_job()
-        return out
-
-    def _score_batch(self, msgs: list[Message], encoded: Encoded) -> tuple[list, Scores, int]:
-        batch = encoded.batch
+    def _score_events(self, batch: KafkaBatch) -> tuple[list, Scores, int, np.ndarray]:
+        """Scoring thread: score (and learn) the events. Returns what ``_emit`` needs, for the
+        main thread."""
         y = batch.y
-        offsets = np.fromiter(map(Message.offset, msgs), np.int64, len(msgs))
-        batch.line = offsets[encoded.index]  # the input offset of each row
         _, scores = self.loop.step(batch, self)  # no holdout: every event is live
         # produce timestamps (ms) of the scored events, for the end-to-end latency
-        stamps = np.fromiter((m.timestamp()[1] for m in msgs), np.float64, len(msgs))
-        out = (batch.ids, scores, self._output_version(), stamps[encoded.index])
+        out = (batch.ids, scores, self._output_version(), batch.stamps)
         labelled = ~np.isnan(y)
         if labelled.any() and self.cfg.learns:
             n = int(labelled.sum())
@@ -594,6 +489,7 @@ class Daemon:
                 early = sub.take(ready)
                 early.y = ready_y
                 self._learn_joined(early, scores.margin[rows][ready])
+        self._after_job()
         return out
 
     def _after_job(self) -> None:
@@ -676,14 +572,16 @@ class Daemon:
         self.metrics.scored.inc(len(ids))
 
     def _dead_letter(self, m: Message, reason: str) -> None:
-        self.counters["dead_lettered"] += 1
+        """Bad events (main thread, from the source) and bad labels (scoring thread)."""
+        with self._dead_letters:
+            self.counters["dead_lettered"] += 1
         self.metrics.dead_lettered.inc()
         self.outputs.dead_letter(m, reason)
 
     def _commit_cycle(self, force: bool = False) -> None:
         """Run the commit cycle (``kafka.commits``) unless the clients are gone or a job
         failed (then its batch lacks outputs: nothing may be committed)."""
-        if self.outputs is None or self._consumer is None or self._broken:
+        if self.outputs is None or self.source is None or not self.source.active or self._broken:
             return
         self.cycle.run(force)
 
@@ -702,13 +600,12 @@ class Daemon:
     def _commit(self, positions: dict[tuple[str, int], int]) -> bool:
         """The cycle's commit step: commit ``positions`` synchronously; False when the group
         moved on (or, when stopping, the broker stays away)."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-        if not offsets:
+        if not positions:
             return True
         backoff = COMMIT_RETRY
         while True:
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+                self.source.commit(positions)
                 self.metrics.commits.inc()
                 return True
             except KafkaException as exc:
@@ -799,10 +696,6 @@ def _freeze_heap() -> None:
     full collection over them took ~75 ms, a pause in the output stream every so often."""
     gc.collect()
     gc.freeze()
-
-
-def _fmt(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
 
 
 def describe_schema(schema: Schema) -> str:

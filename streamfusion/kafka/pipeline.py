@@ -1,10 +1,11 @@
 """The daemon's scoring pipeline: one scoring thread, jobs in order, results in order.
 
-The main thread consumes and decodes a mini-batch while the scoring thread encodes, scores and
-learns the one before it (compiled kernels that release the GIL), so the two overlap on two
-cores. Jobs run one at a time in submission order, at most ``depth`` in flight; each job's
-result goes to ``on_done`` on the main thread, in the same order. The model, encoder and label
-join are touched only by the scoring thread, or by the main thread after :meth:`drain`.
+The main thread consumes, decodes and encodes a mini-batch (``source.py``) while the scoring
+thread scores and learns the one before it (compiled kernels that release the GIL), so the two
+overlap on two cores. Jobs run one at a time in submission order, at most ``depth`` in flight;
+each job's result goes to ``on_done`` on the main thread, in the same order. The model and the
+label join are touched only by the scoring thread, or by the main thread after :meth:`drain`;
+the encoder only by the main thread (its count tables advance as the source encodes).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 # mini-batches handed to the scoring thread and not yet done: it scores one while the main
-# thread consumes and decodes the next
+# thread consumes and encodes the next
 PIPELINE_DEPTH = 2
 
 

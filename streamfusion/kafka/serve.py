@@ -27,16 +27,10 @@ from streamfusion import checkpoint
 from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import Schema, avazu_schema, criteo_schema
 from streamfusion.inputs import add_input_arguments, source_options
-from streamfusion.kafka.daemon import (
-    DEFAULT_POLL_TIMEOUT,
-    ROLES,
-    Daemon,
-    ServeConfig,
-    StartupError,
-    replay_schema,
-)
+from streamfusion.kafka.daemon import ROLES, Daemon, ServeConfig, StartupError, replay_schema
 from streamfusion.kafka.joins import DEFAULT_CAPACITY, DEFAULT_TTL
 from streamfusion.kafka.snapshot_wire import read_key
+from streamfusion.kafka.source import DEFAULT_POLL_TIMEOUT
 from streamfusion.online import add_model_arguments, config_from_args
 
 

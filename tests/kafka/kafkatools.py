@@ -134,13 +134,15 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> li
 
 
 class Serve:
-    """A ``streamfusion serve`` subprocess with its log in a file."""
+    """A ``streamfusion serve`` subprocess with its log in a file (``command``: another
+    ``streamfusion`` command than ``cli()``)."""
 
     def __init__(self, bootstrap: str, args: list[str], log: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 command: list[str] | None = None) -> None:
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in wait()
-        cmd = [*cli(), "serve", "--bootstrap-servers", bootstrap, *args]
+        cmd = [*(command or cli()), "serve", "--bootstrap-servers", bootstrap, *args]
         env = {**os.environ, **(env or {})}
         if cwd is not None:  # the package of this checkout, wherever serve runs
             env["PYTHONPATH"] = os.pathsep.join(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -25,7 +27,6 @@ from kafkatools import (
 )
 
 from streamfusion import checkpoint
-from streamfusion.kafka.daemon import SCORE_DELAY_ENV
 from streamfusion.kafka.formats import read_events
 from streamfusion.kafka.messages import DEAD_LETTER_HEADER
 
@@ -35,6 +36,13 @@ pytestmark = pytest.mark.kafka
 # than serve takes from the end of its loop to its checkpoint
 SCORE_DELAY = 0.5
 OUTPUT_FIELDS = {"id", "p_click", "margin", "base_margin", "residual_margin", "model_version"}
+
+
+@pytest.fixture
+def slow_scoring() -> list[str]:
+    """The ``streamfusion`` command with a scoring thread that waits SCORE_DELAY s before each
+    batch (``slow_scoring.py``: serve itself has no test hook)."""
+    return [sys.executable, str(Path(__file__).with_name("slow_scoring.py")), str(SCORE_DELAY)]
 
 
 def _topics(prefix: str) -> dict[str, str]:
@@ -271,7 +279,8 @@ def test_sigterm_exits_zero_and_commits(kafka_bootstrap, topic_name, tmp_path):
     assert checkpoint.load(ckpt)["counters"]["events"] == 3000
 
 
-def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_name, tmp_path):
+def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_name, tmp_path,
+                                                         slow_scoring):
     """SIGTERM while batches are in flight: exit 0 with every committed event scored (its
     output on the topic) and learned exactly once (the checkpoint covers the commit).
 
@@ -289,7 +298,7 @@ def test_sigterm_mid_stream_commits_only_what_was_scored(kafka_bootstrap, topic_
     serve = Serve(kafka_bootstrap, ["--input-topic", t["in"], "--output-topic", t["out"],
                                     "--group-id", topic_name, "--checkpoint", str(ckpt),
                                     "--batch-size", "5000", *SMALL_MODEL],
-                  tmp_path / "serve.log", env={SCORE_DELAY_ENV: str(SCORE_DELAY)})
+                  tmp_path / "serve.log", command=slow_scoring)
     deadline = time.monotonic() + 120
     while first.poll(0.05) is None:  # the signal as soon as the first outputs are out
         assert time.monotonic() < deadline, serve.log()
