@@ -79,6 +79,9 @@ class CommitCycle:
         if not (self.dirty or self.uncommitted or force):
             return
         drain, flush, save, commit = self._steps
+        # the interval runs from this drain, not from the commit: a crash then replays at most
+        # one interval of outputs however long the save takes (it was 1.3 intervals + a batch)
+        self._last = time.monotonic()
         drain()
         flush()
         save(self.dirty)
@@ -86,4 +89,3 @@ class CommitCycle:
             self.uncommitted = not commit(dict(self.positions))
         self.dirty = False
         self._since = 0
-        self._last = time.monotonic()
