@@ -392,8 +392,10 @@ def _simd_tables(roots, leaf_starts, n_leaves, threshold, feature, left, right, 
 
 
 def _default_kernel() -> str:
-    """The fastest kernel this CPU runs: "avx512", else "avx2", else "scalar";
-    STREAMFUSION_TREES_KERNEL=scalar forces the scalar one."""
+    """The fastest kernel this CPU runs: "avx512", else "avx2", else "scalar".
+
+    ``STREAMFUSION_TREES_KERNEL=scalar`` forces the scalar one.
+    """
     forced = os.environ.get("STREAMFUSION_TREES_KERNEL", "auto")
     if forced not in ("auto", "scalar"):
         raise ValueError(f"STREAMFUSION_TREES_KERNEL must be auto or scalar, not {forced!r}")

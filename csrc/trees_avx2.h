@@ -17,10 +17,10 @@
  * its node's thr / meta / kids are a vpermps (and, past 8 entries, a blend tree on the bits of
  * pos) away in top_tab. On the first TS2_LOADS levels the feature value comes from plain loads
  * of the block's feature-major copy, the level's candidates blended by the bits of pos; below,
- * from a gather. Gathers are what this kernel avoids: a ymm gather costs about 9 cycles on Zen 3,
- * a vpermps or a blend under one.
- * Deeper levels: a lane carries its node's local id. Small trees (<= 64 split nodes, leaves) look
- * thr and meta up with 4 or 8 vpermps from the tables in memory and a blend tree on the id's
+ * from a gather. Gathers are what this kernel avoids: a ymm gather measured 9-13 cycles here
+ * (Zen 3), a vpermps or a blend under one.
+ * Deeper levels: a lane carries its node's local id. Small trees (at most 64 leaves) look thr
+ * and meta up with 4 or 8 vpermps from the tables in memory (L1) and a blend tree on the id's
  * bits 3-5; bigger trees gather their nodes. The feature value is gathered from the block. A
  * group whose lanes are all at leaves skips the level.
  *
@@ -33,11 +33,12 @@
 
 #include "trees_simd.h"
 
-#define TS2_BLOCK 32     /* rows per block: four groups of 8 lanes (8 measured no faster) */
+#define TS2_BLOCK 32 /* rows per block: four groups of 8 lanes (eight groups measured no faster) */
 #define TS2_LOG2_BLOCK 5
 /* Levels read from top_tab, and of those the first ones that read features with plain loads
  * (2^level loads and blends: dearer than a gather past level 3). Measured best of 4..6 and of
- * 3..5 on 31- to 255-leaf trees (the differences are within 10%). */
+ * 3..5 on 31- to 255-leaf trees, though all were within 10%; a deeper top_tab doubles per level
+ * and its 64-entry lookups cost what a node-id lookup does. */
 #define TS2_TOP 6
 #define TS2_LOADS 4
 #define TS2_TOP_STRIDE (1 << TS2_TOP) /* entries of one table of one tree in top_tab */
