@@ -14,8 +14,8 @@ Where the CPU has AVX-512 (checked at run time; the build needs no flag), ``Tree
 ``trees_simd.h`` instead: 64 rows walk each tree together in zmm registers, small trees' node
 tables held in registers (about 4x fewer cycles per row on 63-leaf trees). Without AVX-512 but
 with AVX2 it runs the twin in ``trees_avx2.h``: 32 rows in ymm registers, the top levels' nodes
-picked by permutes instead of gathers (about 2.4x fewer cycles per row than the scalar kernel on
-63-leaf trees, on Zen 3). All kernels follow LightGBM's rules exactly;
+picked by permutes instead of gathers (about 2.2x fewer CPU-seconds per row than the scalar
+kernel on 63-leaf trees, on Zen 3). All kernels follow LightGBM's rules exactly;
 ``STREAMFUSION_TREES_KERNEL=scalar`` forces the scalar one.
 """
 
