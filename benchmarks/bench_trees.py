@@ -4,9 +4,9 @@
 
 Fits LightGBM on tree features of a generated Avazu-format stream (integer columns, hour of
 day, weekday, frequency counts of the hex id columns), then times raw-margin prediction on the
-same rows, in batches, and one row at a time: streamfusion's kernels (the AVX-512 one where the
-CPU has it, and the scalar one it falls back to) and LightGBM's predict. Prints rows/s, us per
-row, and the largest absolute difference of each kernel to LightGBM (the oracle).
+same rows, in batches, and one row at a time: streamfusion's kernels (the AVX-512 and AVX2 ones
+where the CPU has them, and the scalar one they fall back to) and LightGBM's predict. Prints
+rows/s, us per row, and the largest absolute difference of each kernel to LightGBM (the oracle).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pyarrow.csv as pacsv
-from streamfusion._trees import HAVE_AVX512, TreeEnsemble
+from streamfusion._trees import HAVE_AVX2, HAVE_AVX512, TreeEnsemble
 
 from streamfusion.data.generate import generate
 
@@ -72,7 +72,7 @@ def main() -> None:
                   num_threads=args.threads, deterministic=True)
     booster = lgb.train(params, lgb.Dataset(X, y), args.trees)
     ens = TreeEnsemble.from_booster(booster)
-    kernels = (["avx512"] if HAVE_AVX512 else []) + ["scalar"]
+    kernels = (["avx512"] if HAVE_AVX512 else []) + (["avx2"] if HAVE_AVX2 else []) + ["scalar"]
     ref = booster.predict(X, raw_score=True, num_threads=args.threads)
     diffs = []
     for kernel in kernels:

@@ -16,7 +16,9 @@
  * keep their whole table in registers and look nodes up with permutes; bigger trees gather.
  *
  * Compiled with target attributes and chosen at run time (ts_have_avx512), so the extension
- * still builds and runs without AVX-512: _trees.pyx falls back to its scalar kernel.
+ * still builds and runs without AVX-512: _trees.pyx falls back to the AVX2 twin of this kernel
+ * (trees_avx2.h, which shares ts_model, the flags and the block copy defined here) or to its
+ * scalar kernel.
  */
 #ifndef SF_TREES_SIMD_H
 #define SF_TREES_SIMD_H
@@ -69,7 +71,20 @@ typedef struct {
     const int32_t *cat_start; /* per node, global ids; bits into cat_bits */
     const int32_t *cat_words;
     const uint32_t *cat_bits;
+    const uint32_t *top_tab;  /* AVX2 only: [n_trees, 3, TS2_TOP_STRIDE], see trees_avx2.h */
 } ts_model;
+
+/* Copy rows [0, m) at xb into the feature-major block xt (feature f of row r at
+ * xt[stride * f + r]) and zero rows [m, rows): the top levels' plain loads read whole
+ * registers (results of rows past m are not stored). */
+static inline void ts_fill_block(const ts_model *M, const float *xb, int64_t ncol, int m,
+                                 float *xt, int stride, int rows) {
+    for (int32_t f = 0; f < M->n_feat; f++) {
+        float *col = xt + (int64_t)stride * f;
+        for (int r = 0; r < m; r++) col[r] = xb[r * ncol + f];
+        for (int r = m; r < rows; r++) col[r] = 0.0f;
+    }
+}
 
 /* SF_TREES_NO_SIMD builds the fallback only (checks the portable build on any machine). */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(SF_TREES_NO_SIMD)
@@ -244,13 +259,7 @@ TS_AVX512 static TS_INLINE void ts_block(const ts_model *M, const float *xb, int
                                          int m, double *out, float *xt, int G, int special) {
     __mmask16 valid[4];
     __m512d acc[8];
-    /* rows past m are zeros: the top levels' plain loads read them (their results are not
-     * stored) */
-    for (int32_t f = 0; f < M->n_feat; f++) {
-        float *col = xt + TS_BLOCK * f;
-        for (int r = 0; r < m; r++) col[r] = xb[r * ncol + f];
-        for (int r = m; r < 16 * G; r++) col[r] = 0.0f;
-    }
+    ts_fill_block(M, xb, ncol, m, xt, TS_BLOCK, 16 * G);
     for (int g = 0; g < G; g++) {
         int left = m - 16 * g;
         valid[g] = (__mmask16)(left >= 16 ? 0xFFFF : (left > 0 ? (1u << left) - 1 : 0));

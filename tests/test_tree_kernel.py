@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from streamfusion._trees import (
+    HAVE_AVX2,
     HAVE_AVX512,
     TreeEnsemble,
     decision,
@@ -15,9 +16,20 @@ from streamfusion._trees import (
     kernel_threshold,
 )
 
-# Every test runs the scalar kernel and, where the CPU has it, the AVX-512 one.
-KERNELS = ["scalar"] + (["avx512"] if HAVE_AVX512 else [])
+from streamfusion import _trees
+
+# Every test runs the scalar kernel and each vector kernel the CPU has (an AVX-512 CPU runs
+# the AVX2 kernel too).
+KERNELS = ["scalar"] + (["avx512"] if HAVE_AVX512 else []) + (["avx2"] if HAVE_AVX2 else [])
+THREADS = (1, 2, 3)
 KZ = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (the float 1e-35f)
+needs_avx2 = pytest.mark.skipif(not HAVE_AVX2, reason="this CPU has no AVX2")
+
+
+def _assert_same(got: np.ndarray, ref: np.ndarray, msg: str) -> None:
+    """Equal values, and the same bytes (the sign of zero too)."""
+    np.testing.assert_array_equal(got, ref, err_msg=msg)
+    assert got.tobytes() == ref.tobytes(), msg
 
 
 def _data(rng: np.random.Generator, n: int, t: int, nan_rate: float, zero_rate: float):
@@ -30,15 +42,15 @@ def _data(rng: np.random.Generator, n: int, t: int, nan_rate: float, zero_rate: 
 
 
 def _check(booster: lgb.Booster, X: np.ndarray) -> None:
-    """Both kernels, 1 and 2 threads, equal LightGBM's raw score bit for bit."""
+    """Every kernel, 1 to 3 threads, equals LightGBM's raw score bit for bit."""
     ens = TreeEnsemble.from_booster(booster)
     ref = booster.predict(X, raw_score=True)
     for kernel in KERNELS:
         ens.kernel = kernel
-        for threads in (1, 2):
+        for threads in THREADS:
             got = ens.predict_margin(X, threads=threads)
             assert got.dtype == np.float64
-            np.testing.assert_array_equal(got, ref, err_msg=f"{kernel}, {threads} threads")
+            _assert_same(got, ref, f"{kernel}, {threads} threads")
 
 
 @settings(max_examples=15)
@@ -203,7 +215,8 @@ def _tree(draw, n_features: int, shape: str, max_leaves: int):
 
 @st.composite
 def _ensemble(draw):
-    n_features = draw(st.integers(1, 6))
+    # a few wide inputs: feature offsets far into the block copy
+    n_features = draw(st.one_of(st.integers(1, 6), st.sampled_from([40, 300])))
     trees = []
     for _ in range(draw(st.integers(1, 8))):
         shape = draw(st.sampled_from(["random", "chain"]))
@@ -212,12 +225,14 @@ def _ensemble(draw):
     return {"max_feature_idx": n_features - 1, "tree_info": trees}
 
 
-@settings(max_examples=40)
-@given(model=_ensemble(), n=st.sampled_from([0, 1, 3, 15, 16, 17, 63, 64, 65, 100, 530]),
+@settings(max_examples=60)
+@given(model=_ensemble(),
+       n=st.sampled_from([0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 530]),
        extra_cols=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
 def test_kernels_match_reference_on_hand_built_trees(model, n, extra_cols, seed):
     """Categorical, NaN / Zero / None missing types, single-leaf trees, chains 149 deep, tables
-    of every size (permutes and gathers), row counts around the 16-lane groups, 0 rows."""
+    of every size (permutes and gathers), row counts around the 8- and 16-lane groups and the
+    blocks (the vector kernels run from 1 row on here), 0 rows."""
     rng = np.random.default_rng(seed)
     cols = model["max_feature_idx"] + 1 + extra_cols
     X = np.where(rng.random((n, cols)) < 0.6,
@@ -225,11 +240,13 @@ def test_kernels_match_reference_on_hand_built_trees(model, n, extra_cols, seed)
                  rng.standard_normal((n, cols)) * 2).astype(np.float32)
     ref = _reference(model, X)
     ens = TreeEnsemble(model)
-    for kernel in KERNELS:
-        ens.kernel = kernel
-        for threads in (1, 2):
-            got = ens.predict_margin(X, threads=threads)
-            np.testing.assert_array_equal(got, ref, err_msg=f"{kernel}, {threads} threads")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_trees, "SIMD_MIN_ROWS", 1)
+        for kernel in KERNELS:
+            ens.kernel = kernel
+            for threads in THREADS:
+                got = ens.predict_margin(X, threads=threads)
+                _assert_same(got, ref, f"{kernel}, {threads} threads")
 
 
 def test_tiny_inputs_count_as_zero_like_lightgbm(rng):
@@ -286,9 +303,47 @@ def test_categorical_zero_and_nan_missing_boosters(rng, kernel):
 def test_default_kernel_and_forced_scalar(monkeypatch):
     X = np.random.default_rng(0).random((300, 3), dtype=np.float32)
     booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, X[:, 0] > .5), 5)
-    assert TreeEnsemble.from_booster(booster).kernel == ("avx512" if HAVE_AVX512 else "scalar")
+    best = "avx512" if HAVE_AVX512 else "avx2" if HAVE_AVX2 else "scalar"
+    assert TreeEnsemble.from_booster(booster).kernel == best
+    ens = TreeEnsemble.from_booster(booster)
+    for kernel, have in (("avx512", HAVE_AVX512), ("avx2", HAVE_AVX2)):
+        if not have:  # forcing a kernel the CPU lacks is an error, not a crash
+            ens.kernel = kernel
+            with pytest.raises(RuntimeError, match=kernel):
+                ens.predict_margin(X)
     monkeypatch.setenv("STREAMFUSION_TREES_KERNEL", "scalar")
     assert TreeEnsemble.from_booster(booster).kernel == "scalar"
     monkeypatch.setenv("STREAMFUSION_TREES_KERNEL", "fast")
     with pytest.raises(ValueError, match="STREAMFUSION_TREES_KERNEL"):
         TreeEnsemble.from_booster(booster)
+
+
+@needs_avx2
+@pytest.mark.parametrize("leaves", [20, 63, 255])
+def test_avx2_kernel_gives_the_scalar_bytes(rng, leaves):
+    """The AVX2 kernel against the scalar one and LightGBM on a booster with categorical,
+    missing_type Zero and NaN inputs: small (permutes) and big (gathers) trees, deeper than the
+    top levels, row counts off the 32-row blocks, 1 to 3 threads."""
+    n = 3000
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    X[:, 2] = rng.integers(0, 40, n)
+    X[rng.random((n, 6)) < 0.1] = np.nan
+    X[rng.random((n, 6)) < 0.2] = 0.0
+    y = ((np.nan_to_num(X[:, 2]) % 5 < 2) ^ (np.nan_to_num(X[:, 0]) > 0.3)
+         ^ (rng.random(n) < 0.2)).astype(float)
+    params = dict(objective="binary", num_leaves=leaves, min_data_in_leaf=3, verbose=-1,
+                  num_threads=1, zero_as_missing=True, min_data_per_group=5, cat_smooth=1)
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[2]), 20)
+    ens = TreeEnsemble.from_booster(booster)
+    assert ens.depth.max() > 6  # the AVX2 kernel's deep levels run
+    for rows in (1, 5, 33, 1001):
+        Xt = X[:rows]
+        ens.kernel = "scalar"
+        scalar = ens.predict_margin(Xt)
+        _assert_same(scalar, booster.predict(Xt, raw_score=True), "scalar")
+        ens.kernel = "avx2"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_trees, "SIMD_MIN_ROWS", 1)
+            for threads in THREADS:
+                _assert_same(ens.predict_margin(Xt, threads=threads), scalar,
+                             f"{rows} rows, {threads} threads")
