@@ -207,12 +207,14 @@ def test_an_early_first_fit_is_honoured(stream, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupt_ends_cleanly_and_removes_temporary_files(stream, tmp_path, sig):
+def test_an_interrupt_ends_cleanly_and_removes_temporary_files(tmp_path, sig):
+    long = tmp_path / "long.csv"  # one event per step: far longer than the wait below
+    generate(long, format="avazu", rows=60_000, seed=5)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamfusion.cli", "replay", "--file", str(stream), *SMALL,
+        [sys.executable, "-m", "streamfusion.cli", "replay", "--file", str(long), *SMALL,
          "--batch-size", "1"], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(tmp.iterdir()) and time.monotonic() < deadline:  # the run has started
