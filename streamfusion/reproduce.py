@@ -286,7 +286,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Tree margins: {report['leakage']['explain']}.", ""]
     if report["table2"]:
         lines += ["**Table 2** (test part; kept: trees after early stopping, best validation "
-                  "epoch / epochs run, 0 = the stage adds nothing)", "",
+                  "check / epochs run, 0 = the stage adds nothing; (xa + xb): the stage scales "
+                  "of the stages before and of the stage's own margin)", "",
                   f"| Model | AUC | paper {name} AUC | Logloss | paper {name} Logloss | kept | "
                   "seconds |",
                   "|---|---|---|---|---|---|---|"]
