@@ -52,12 +52,12 @@ class FitOptions:
         Seeds the order rows are visited in.
     checks : int
         Validation checks per epoch, each a candidate to keep: the best point is often inside
-        an epoch (12 random splits of the Criteo sample: GBDTRes+NN +0.0017 +- 0.0008 AUC with
-        4 checks against 1; a generated 1M Criteo log: the residual's test AUC is best before
-        its first epoch ends).
+        an epoch (12 random splits of the Criteo sample: GBDTRes+NN +0.0017 +- 0.0008 test
+        AUC with 4 checks against 1).
     scales : bool
         A learner after the first stage is kept with its stage scales (``a * base + b *
-        margin + c``, fitted on the validation slice) rather than as the plain sum.
+        margin + c``, fitted on the validation slice) rather than as the plain sum (the
+        generated 1M Criteo log: GBDTRes+NN 0.6899, a tie with its trees, becomes 0.6903).
     """
 
     epochs: int = 8
