@@ -79,9 +79,11 @@ def test_every_row_of_both_tables_is_produced_and_sane(tables):
 def test_convergence_curves_for_the_four_models(tables):
     conv = tables["convergence"]
     assert set(conv) == set(CONVERGENCE)
+    checks = small_config()[1].checks
     for name, points in conv.items():
-        first = 0 if name == "GBDTRes+NN" else 1  # epoch 0: the trees alone
-        assert [p["epoch"] for p in points] == list(range(first, first + len(points))), name
+        first = 0 if name == "GBDTRes+NN" else 1 / checks  # epoch 0: the trees alone
+        expect = [round(first + i / checks, 6) for i in range(len(points))]
+        assert [p["epoch"] for p in points] == pytest.approx(expect), name
         assert all(0.5 < p["auc"] <= 1 and math.isfinite(p["logloss"]) for p in points), name
 
 
@@ -229,6 +231,41 @@ def test_cli_writes_report_markdown_and_plot(tmp_path, log_file, capsys):
     out = capsys.readouterr().out
     assert "paper: Avazu" in out and "0.7921" in out and "+0.0313" in out
     assert "without that row" in out
+
+
+def test_cli_checks_and_scales_flags(tmp_path, log_file, capsys):
+    from streamfusion.cli import main
+
+    args = ["reproduce", "--file", str(log_file), "--quick", "--epochs", "1", "--table", "2",
+            "--models", "GBDT,GBDTRes+NN", "--bits", str(BITS), "--no-progress"]
+    out = tmp_path / "default.json"
+    assert main([*args, "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["settings"]["checks"], report["settings"]["scales"]) == (4, True)
+    curve = [p["epoch"] for p in report["convergence"]["GBDTRes+NN"]]
+    assert curve[:3] == [0, 0.25, 0.5]
+    assert any("stage scales" in line for line in report["paper"]["differences"])
+    # the paper's plain sum, one check per epoch
+    out = tmp_path / "paper.json"
+    assert main([*args, "--checks", "1", "--no-scales", "--report", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["settings"]["checks"], report["settings"]["scales"]) == (1, False)
+    assert [p["epoch"] for p in report["convergence"]["GBDTRes+NN"]] == [0, 1]
+    assert all("scales" not in k for r in report["table2"] for k in r["kept"])
+    assert not any("stage scales" in line for line in report["paper"]["differences"])
+    capsys.readouterr()
+    assert main([*args, "--checks", "0"]) == 2
+    assert "--checks needs at least 1" in capsys.readouterr().err
+
+
+def test_kept_shows_checks_and_stage_scales():
+    from streamfusion.reproduce import kept
+
+    row = {"kept": [{"stage": "trees", "trees_kept": 59},
+                    {"stage": "deepfm", "epochs_kept": 1.25, "epochs_run": 3,
+                     "scales": [0.912, 1.3049, -0.1]},
+                    {"stage": "deepfm", "epochs_kept": 0, "epochs_run": 2}]}
+    assert kept(row) == "59 trees, 1.25/3 epochs (x0.91 + x1.30), 0/2 epochs"
 
 
 def test_cli_rejects_a_missing_file_and_an_unknown_model(tmp_path, capsys):

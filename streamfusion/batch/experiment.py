@@ -19,8 +19,10 @@ GBDTRes+NN     ResFusion: DeepFM fitted on GBDT's residual (K = 1)
 K=2, K=3       trees again on the residual of K = 1, then DeepFM again (Table 3)
 =============  ==============================================================================
 
-A stage fitted on a residual keeps the epoch (or the trees) with the best validation logloss,
-"nothing" included, so it never makes the validation logloss worse than what it builds on.
+A stage fitted on a residual keeps the check (a point within its epochs) or the trees with the
+best validation logloss, "nothing" included, so it never makes the validation logloss worse
+than what it builds on; a learner on a residual is kept with its stage scales (``a * base + b *
+margin + c`` fitted on the validation slice; the paper's sum when it adds nothing).
 ``seconds`` of a row counts every piece it needs (GBDTRes+NN = its trees + its DeepFM), so rows
 are comparable although pieces are fitted once.
 """
@@ -37,7 +39,9 @@ import numpy as np
 
 from streamfusion.batch.blend import apply_blend, blend_weights
 from streamfusion.batch.fit import (
+    NO_SCALES,
     FitOptions,
+    apply_scales,
     fit_residual,
     fit_trees,
     fold_stage_factory,
@@ -56,8 +60,8 @@ class Fitted:
     ``z`` is its fused margin on every row when other pieces build on it (else None: only
     ``z_test`` is kept, so a 45M-row run holds a few full-length margin arrays, not twelve);
     ``seconds`` its own fitting time, ``total`` with the pieces it needs; ``kept`` what each
-    stage of its chain kept (``{"stage", "epochs_kept", "epochs_run"}`` or
-    ``{"stage", "trees_kept"}``).
+    stage of its chain kept (``{"stage", "epochs_kept", "epochs_run"}``, plus ``"scales"`` when
+    a residual learner was weighed against its base, or ``{"stage", "trees_kept"}``).
     """
 
     z_test: np.ndarray
@@ -202,9 +206,11 @@ class Experiment:
         seconds = time.perf_counter() - t0
         self.tracker.end()
         m = res["margin"]
-        z = (base + m) if keep_all else (base[d.test] + m)
-        kept = [{"stage": kind, "epochs_kept": res["epochs_kept"],
-                 "epochs_run": res["epochs_run"]}]
+        z = apply_scales(res["scales"], base if keep_all else base[d.test], m)
+        kept: list[dict[str, Any]] = [{"stage": kind, "epochs_kept": res["epochs_kept"],
+                                       "epochs_run": res["epochs_run"]}]
+        if tuple(res["scales"]) != NO_SCALES:
+            kept[0]["scales"] = [round(float(x), 4) for x in res["scales"]]
         return Fitted(z[d.test] if keep_all else z, seconds,
                       seconds + (prev.total if prev else 0.0),
                       (prev.kept if prev else []) + kept, z=z if keep_all else None,
@@ -379,8 +385,10 @@ FEEDS = frozenset(dep for p in _PIECES for dep in p.needs)
 
 
 def default_config(quick: bool, seed: int) -> tuple[ModelConfig, FitOptions]:
-    """Offline knobs: the paper's protocol (mini-batch Adam on every parameter, numbers as
-    they are), smaller under ``--quick``."""
+    """Offline knobs: the paper's protocol (mini-batch Adam on every parameter; numbers as the
+    reader gives them, ``sign(x) * log1p(|x|)``, not standardised: standardising them changed
+    no figure beyond its noise on the Criteo sample, Adult or a generated 1M Criteo log),
+    smaller under ``--quick``; ``FitOptions``' validation checks and stage scales."""
     paper = {"row_optimizer": "adam", "standardize": False, "seed": seed}
     if quick:
         cfg = ModelConfig(n_trees=60, num_leaves=31, tree_learning_rate=0.15, bits=18, k=8,

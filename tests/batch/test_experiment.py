@@ -13,7 +13,16 @@ import pytest
 from streamfusion.batch import Experiment, FitOptions, default_config, load_log
 from streamfusion.batch.blend import apply_blend, blend_weights
 from streamfusion.batch.experiment import table_bits
-from streamfusion.batch.fit import fit_trees, fold_stage_factory, offline_config
+from streamfusion.batch.fit import (
+    NO_SCALES,
+    apply_scales,
+    check_points,
+    fit_residual,
+    fit_trees,
+    fold_stage_factory,
+    offline_config,
+    stage_scales,
+)
 from streamfusion.batch.load import EncodedLog
 from streamfusion.batch.views import FeatureView, TreeView, leaf_rows, stage_margin
 from streamfusion.data.generate import generate
@@ -131,31 +140,111 @@ def avazu(tmp_path_factory):
     return load_log(str(path), bits=BITS, seed=0)
 
 
-def test_gbdt_res_nn_learns_on_the_tree_margin(avazu):
+@pytest.mark.parametrize("scales", [False, True])
+def test_gbdt_res_nn_learns_on_the_tree_margin(avazu, scales):
     data = avazu  # a log where the residual helps: its first epoch lowers validation logloss
     cfg, _ = config(lr=3e-3)
-    exp = Experiment(data, cfg, FitOptions(epochs=2, patience=1, batch_size=256))
+    opts = FitOptions(epochs=2, patience=1, batch_size=256, checks=1, scales=scales)
+    exp = Experiment(data, cfg, opts)
     exp.row("GBDTRes+NN")
     k0, k1 = exp.fitted("GBDT"), exp.fitted("GBDTRes+NN")
     everything = slice(0, len(data))
     trees = stage_margin(k0.stage, TreeView(data), everything)
     deepfm = stage_margin(k1.stage, exp.view, everything)
     assert np.array_equal(k0.z, trees)
-    assert k1.kept[-1]["epochs_kept"] > 0 and np.abs(deepfm).max() > 0
-    assert np.allclose(k1.z, trees + deepfm)
+    kept = k1.kept[-1]
+    assert kept["epochs_kept"] > 0 and np.abs(deepfm).max() > 0
+    if scales:  # the stage scales fitted on the validation slice weigh the two margins
+        a, b, c = kept["scales"]
+        assert (a, b, c) != (1, 1, 0)
+        assert np.allclose(k1.z, a * trees + b * deepfm + c, atol=1e-3)
+        fitted = stage_scales(trees[data.valid], deepfm[data.valid], data.y[data.valid])
+        assert np.allclose(kept["scales"], fitted, atol=1e-4)
+    else:  # the paper's sum
+        assert "scales" not in kept
+        assert np.allclose(k1.z, trees + deepfm)
     assert np.array_equal(k1.z_test, k1.z[data.test])
     exp.close()
+
+
+def test_scales_weigh_a_residual_by_what_it_adds_on_validation(avazu):
+    cfg, _ = config(lr=3e-3)
+    exp = Experiment(avazu, cfg, FitOptions(epochs=2, patience=1, batch_size=256, checks=2))
+    exp.row("GBDTRes+NN")
+    hist = exp.fitted("GBDTRes+NN").history
+    # check 0 is judged recalibrated (a * trees + c) but, if kept, is the trees themselves
+    first = hist[0]
+    assert first["epoch"] == 0 and "scales" not in first
+    assert first["valid_logloss_scaled"] <= first["valid_logloss"]
+    # every later check is judged with its own scales, the kept one the best of all
+    scored = [h["valid_logloss_scaled"] for h in hist]
+    kept = exp.fitted("GBDTRes+NN").kept[-1]
+    assert scored[[h["epoch"] for h in hist].index(kept["epochs_kept"])] == min(scored)
+    assert all(h["valid_logloss_scaled"] <= h["valid_logloss"] + 1e-9 for h in hist[1:])
+    exp.close()
+
+
+def test_stage_scales_never_weigh_a_stage_negatively():
+    rng = np.random.default_rng(0)
+    base, own = rng.normal(size=(2, 50_000))
+    y = rng.random(base.size) < 1 / (1 + np.exp(-(0.8 * base - 0.3 * own + 0.2)))
+    a, b, c = stage_scales(base, own, y)  # the margin's direction does not carry over
+    assert b == 0.0
+    assert (a, c) == tuple(stage_scales(base, None, y)[::2])
+    assert abs(a - 0.8) < 0.05 and abs(c - 0.2) < 0.05
+    a, b, c = stage_scales(base, -own, y)  # the same margin the right way round
+    assert abs(b - 0.3) < 0.05
+    assert np.allclose(apply_scales((a, b, c), base, -own), a * base - b * own + c, atol=1e-5)
+    assert np.array_equal(apply_scales(NO_SCALES, base, own), base + own)
+
+
+def test_checks_score_validation_within_each_epoch(avazu):
+    cfg, _ = config(lr=3e-3)
+    calls = []
+    real = ResidualLearner.partial_fit
+
+    def count(self, *args, **kw):
+        calls.append(self)
+        return real(self, *args, **kw)
+
+    opts = FitOptions(epochs=2, patience=2, batch_size=256, checks=4, scales=False)
+    exp = Experiment(avazu, cfg, opts)
+    learner = exp.stage("deepfm", 1, exp.view.table_rows, exp.view.n_fields)
+    base = np.zeros(len(avazu), np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ResidualLearner, "partial_fit", count)
+        res = fit_residual(learner, exp.view, avazu, base, opts)
+    epochs = [h["epoch"] for h in res["history"]]
+    assert epochs == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+    assert len(calls) == 2 * -(-avazu.n_train // 256)  # two whole epochs of mini-batches
+    # the learner is left in the state of the best check, wherever it fell
+    best = min(res["history"], key=lambda h: h["valid_logloss"])
+    assert res["epochs_kept"] == best["epoch"] and res["epochs_run"] == 2
+    zv = stage_margin(learner, exp.view, avazu.valid)
+    assert logloss_from_margin(zv, avazu.y[avazu.valid]) == pytest.approx(
+        best["valid_logloss"], abs=1e-6)
+    exp.close()
+
+
+def test_check_points_end_each_epoch_whatever_the_batch_size():
+    for n, bs, checks in [(10_000, 1024, 4), (70_000, 1000, 3), (100, 1024, 4), (5, 1, 8)]:
+        at = check_points(n, bs, checks)
+        full, rest = divmod(n, 65_536)
+        batches = full * -(-65_536 // bs) + -(-rest // bs)
+        assert max(at) == batches and sorted(at.values()) == list(range(1, len(at) + 1))
+        assert len(at) == min(checks, batches)
 
 
 def test_a_residual_that_cannot_help_leaves_the_base_unchanged(data):
     # an absurd Adam step: every epoch of the residual DeepFM makes validation worse
     cfg, _ = config(lr=3.0)
-    opts = FitOptions(epochs=2, patience=2, batch_size=64, seed=0)
+    opts = FitOptions(epochs=2, patience=2, batch_size=64, seed=0, checks=2)
     exp = Experiment(data, cfg, opts)
     gbdt, res = exp.row("GBDT"), exp.row("GBDTRes+NN")
     hist = exp.fitted("GBDTRes+NN").history
-    assert [h["epoch"] for h in hist] == [0, 1, 2]
-    assert all(h["valid_logloss"] > hist[0]["valid_logloss"] for h in hist[1:])
+    assert [h["epoch"] for h in hist] == [0, 0.5, 1, 1.5, 2]
+    assert all(h["valid_logloss_scaled"] >= hist[0]["valid_logloss_scaled"] for h in hist[1:])
+    # nothing kept, no scales: the trees exactly, not a recalibration of them
     assert res["epochs_kept"] == 0 and res["kept"][-1] == {
         "stage": "deepfm", "epochs_kept": 0, "epochs_run": 2}
     assert (res["auc"], res["logloss"]) == (gbdt["auc"], gbdt["logloss"])
