@@ -40,11 +40,16 @@ _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
               "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
-              "guard", "codes", "end_codes", "leaf_rows")
+              "guard", "codes", "end_codes", "leaf_rows", "quantize_rows")
 MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
 # a window of n rows grows trees of at most n / LEAF_ROWS leaves: small windows overfit (click
 # log samples: 0.7252 / 0.6838 progressive AUC on Criteo / Avazu, uncapped 0.7213 / 0.6819)
 LEAF_ROWS = 200
+# a window refit on at least this many rows trains on quantized gradients (LightGBM 4's
+# use_quantized_grad, leaves renewed with the exact gradients): 3M generated events, wall
+# 56.1 -> 51.8 s, progressive / holdout AUC 0.7353 / 0.7222 -> 0.7355 / 0.7237. Small fits are
+# quick already, and on a few thousand rows the rounding is noise the trees could fit.
+QUANTIZE_ROWS = 100_000
 
 
 class CodeTable:
@@ -207,6 +212,10 @@ class TreeStage:
         model's (rejected refits are counted, the live model stays).
     leaf_rows : int
         A fit on n rows grows at most ``n // leaf_rows`` leaves (at least 4).
+    quantize_rows : int
+        A refit of at least this many window rows trains on quantized gradients (LightGBM's
+        ``use_quantized_grad`` with ``quant_train_renew_leaf``): faster, as accurate at that
+        size; 0: never.
     codes : int
         Each refit also splits on categorical codes of the ``codes`` most frequent values of
         every categorical learner field (``CodeTable``; needs ``batch.indices``); 0: off.
@@ -245,7 +254,7 @@ class TreeStage:
                  drift_min_gap: int | None = None, drift_samples: int = 64,
                  fade: int = 0, background: bool = True, valid_fraction: float = 0.1,
                  guard: bool = True, codes: int = 0, end_codes: int = 0,
-                 leaf_rows: int = LEAF_ROWS) -> None:
+                 leaf_rows: int = LEAF_ROWS, quantize_rows: int = QUANTIZE_ROWS) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
             raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
                              "fade >= 0")
@@ -279,6 +288,7 @@ class TreeStage:
         self.codes = max(0, int(codes))
         self.end_codes = max(0, int(end_codes))
         self.leaf_rows = max(1, int(leaf_rows))
+        self.quantize_rows = max(0, int(quantize_rows))
         self._reset_state()
 
     # -- configuration -------------------------------------------------------------------------
@@ -292,18 +302,22 @@ class TreeStage:
     def lgb_params(self, rows: int | None = None) -> dict:
         """LightGBM parameters of a fit on ``rows`` rows (None: the configured sizes).
 
-        Small windows get fewer leaves and smaller leaves, so early trees do not memorise."""
+        Small windows get fewer leaves and smaller leaves, so early trees do not memorise;
+        large ones train on quantized gradients (``quantize_rows``)."""
         leaves, min_leaf = self.num_leaves, self.min_data_in_leaf
         if rows is not None:
             leaves = int(min(leaves, max(4, rows // self.leaf_rows)))
             min_leaf = int(min(min_leaf, max(20, rows // 100)))
-        return {
+        params = {
             "objective": "binary", "num_leaves": leaves,
             "learning_rate": self.learning_rate, "min_data_in_leaf": min_leaf,
             "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2,
             "seed": self.seed, "feature_fraction_seed": self.seed, "deterministic": True,
             "force_row_wise": True, "num_threads": self.threads, "verbose": -1,
         }
+        if rows is not None and self.quantize_rows and rows >= self.quantize_rows:
+            params.update(use_quantized_grad=True, quant_train_renew_leaf=True)
+        return params
 
     def _reset_state(self) -> None:
         self.booster: lgb.Booster | None = None

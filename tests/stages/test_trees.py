@@ -405,3 +405,20 @@ def test_init_score_fits_start_from_the_click_rate(rng):
     z = -3.0 + stage.margin(_batch(rng, 4000)).astype(np.float64)
     assert abs(float(np.mean(1 / (1 + np.exp(-z)))) - rate) < 0.05
     assert stage.offset > 1.0
+
+
+def test_large_refits_train_on_quantized_gradients_deterministically():
+    stage = _stage(quantize_rows=800)
+    assert "use_quantized_grad" not in stage.lgb_params(799)
+    assert "use_quantized_grad" not in stage.lgb_params()  # one-shot batch fits: exact
+    assert stage.lgb_params(800)["use_quantized_grad"] is True
+    assert "use_quantized_grad" not in _stage(quantize_rows=0).lgb_params(10**9)
+    margins = []
+    for quantize in (800, 800, 0):
+        stage = _stage(drift=False, quantize_rows=quantize)
+        _feed(stage, _stream(2, 14))
+        assert stage.version == 1
+        assert ("[use_quantized_grad: 1]" in stage.booster.model_to_string()) == bool(quantize)
+        margins.append(stage.margin(_batch(np.random.default_rng(4), 500)).tobytes())
+    assert margins[0] == margins[1]  # the same seed: the same quantized fit
+    assert margins[0] != margins[2]
