@@ -255,7 +255,7 @@ class Chain:
         for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
             if kind == "trees":
                 stage.observe(batch, total - m if self.backfit else z_prev.copy(), mask,
-                              rest=total - m)
+                              rest=total - m, own=m)
             z_prev += m
 
     def score_and_learn(self, batch: Batch, mask: np.ndarray,

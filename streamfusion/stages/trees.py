@@ -438,13 +438,15 @@ class TreeStage:
                 self._r[idx].astype(np.float64), None if self._I is None else self._I[idx])
 
     def observe(self, batch: Any, z_prev: np.ndarray, mask: np.ndarray | None = None,
-                rest: np.ndarray | None = None) -> None:
+                rest: np.ndarray | None = None, own: np.ndarray | None = None) -> None:
         """Add the learnable rows (``mask`` and a label) to the window; maybe start a refit.
 
         ``z_prev`` (float32 [n]) is the sum of the margins of the stages before this one, as
         they scored the rows; the window keeps it for ``use_init_score`` fits and the drift
         signal. ``rest`` (float32 [n], default ``z_prev``) is the sum of all the other
-        stages' margins, for the end-of-stream blend.
+        stages' margins, for the end-of-stream blend. ``own`` (float32 [n]), when given, is
+        ``margin(batch)`` as the caller already has it (the drift signal then costs no
+        second evaluation of the trees).
         """
         y = np.asarray(batch.y, np.float32)
         keep = ~np.isnan(y)
@@ -463,8 +465,10 @@ class TreeStage:
         if self.drift:
             # the loss of the chain up to and including these trees, on a few sampled rows
             idx = _sample_rows(len(yk), self.drift_samples)
-            self._feed_adwin(_drift_values(yk[idx], zk[idx] + self.margin(SimpleNamespace(
-                dense=X[idx], indices=None if indices is None else indices[idx]))))
+            mine = (np.asarray(own, np.float32)[keep][idx] if own is not None else
+                    self.margin(SimpleNamespace(
+                        dense=X[idx], indices=None if indices is None else indices[idx])))
+            self._feed_adwin(_drift_values(yk[idx], zk[idx] + mine))
         self._push(X, yk, zk, rk, indices)
         n = len(yk)
         self.n_seen += n
