@@ -67,11 +67,16 @@ ROW_OPTIMIZERS = {"adam": 0, "adagrad": 1, "mixed": 2}
 MAX_K = SF_MAX_K
 # Below this many examples a batch runs on one thread: OpenMP start-up would cost more.
 PARALLEL_MIN_ROWS = 256
-# The MLP forward runs GEMMs over blocks of exactly this many rows (the last one zero-padded):
+# The MLP forward runs GEMMs over blocks of exactly FWD_BLOCK rows (the last one zero-padded):
 # BLAS picks kernels and summation orders by matrix shape, so a fixed shape makes an event's
 # margin independent of the batch it arrives in (scoring in batches of 1 or 10,000 agrees).
+# The block is small because a batch pays for whole blocks: with blocks of 256 the early
+# mini-batches of 32 events cost as much as 256 (DeepFM 128-128: 25 -> 15 us an event at
+# batch 32), and one event scored alone (serve) as much as 256. The backward pass sums weight
+# gradients over blocks of MLP_BLOCK rows (any shape: the order of a sum is fixed by the blocks).
 cdef enum:
-    MLP_BLOCK = 256
+    FWD_BLOCK = 32
+    MLP_BLOCK = 256  # a multiple of FWD_BLOCK: the work buffers are padded to it
 
 
 cdef struct Net:
@@ -349,16 +354,16 @@ cdef void _gemm(char ta, char tb, int m, int n, int k, const float *a, int lda, 
 cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
                         const float *val, const float *table, const float *dense, float *z,
                         float *s, Work *w) noexcept nogil:
-    """DeepFM / DNN forward of rows [blk * MLP_BLOCK, ...): FM part (DNN: the embeddings
+    """DeepFM / DNN forward of rows [blk * FWD_BLOCK, ...): FM part (DNN: the embeddings
     only), then the MLP block by block."""
-    cdef int64_t lo = blk * MLP_BLOCK, hi = min(lo + MLP_BLOCK, n)
+    cdef int64_t lo = blk * FWD_BLOCK, hi = min(lo + FWD_BLOCK, n)
     cdef int l
     cdef int d0 = net.dims[0]
     sf_fm_forward(net.model, lo, hi, net.F, net.k, idx, val, table, dense[0], z, s, w.H[0])
-    if hi - lo < MLP_BLOCK:  # zero padding keeps the fixed-shape GEMM finite
-        memset(w.H[0] + hi * d0, 0, (lo + MLP_BLOCK - hi) * d0 * sizeof(float))
+    if hi - lo < FWD_BLOCK:  # zero padding keeps the fixed-shape GEMM finite
+        memset(w.H[0] + hi * d0, 0, (lo + FWD_BLOCK - hi) * d0 * sizeof(float))
     for l in range(1, net.L + 1):
-        _gemm(b"N", b"N", net.dims[l], MLP_BLOCK, net.dims[l - 1], dense + net.off_w[l],
+        _gemm(b"N", b"N", net.dims[l], FWD_BLOCK, net.dims[l - 1], dense + net.off_w[l],
               net.dims[l], w.H[l - 1] + lo * net.dims[l - 1], net.dims[l - 1],
               w.H[l] + lo * net.dims[l], net.dims[l])
         sf_bias_relu(lo, hi, net.dims[l], w.H[l], dense + net.off_b[l])
@@ -376,7 +381,7 @@ cdef void _forward(Net *net, int64_t n, const int32_t *idx, const float *val,
     cdef int t
     cdef int64_t b, nblk
     if _has_mlp(net.model):
-        nblk = _padded(n) // MLP_BLOCK
+        nblk = (n + FWD_BLOCK - 1) // FWD_BLOCK
         if nth > 1 and nblk > 1:
             for b in prange(nblk, num_threads=nth, schedule="dynamic"):
                 _forward_block(net, b, n, idx, val, table, dense, z, s, w)
