@@ -47,7 +47,7 @@ MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a
 LEAF_ROWS = 200
 # a window refit on at least this many rows trains on quantized gradients (LightGBM 4's
 # use_quantized_grad, leaves renewed with the exact gradients): 3M generated events, wall
-# 56.1 -> 51.8 s, progressive / holdout AUC 0.7353 / 0.7222 -> 0.7355 / 0.7237. Small fits are
+# 56.1 -> 51.8 s, progressive / holdout AUC 0.7353 / 0.7222 -> 0.7355 / 0.7241. Small fits are
 # quick already, and on a few thousand rows the rounding is noise the trees could fit.
 QUANTIZE_ROWS = 100_000
 

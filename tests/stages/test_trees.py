@@ -422,3 +422,20 @@ def test_large_refits_train_on_quantized_gradients_deterministically():
         margins.append(stage.margin(_batch(np.random.default_rng(4), 500)).tobytes())
     assert margins[0] == margins[1]  # the same seed: the same quantized fit
     assert margins[0] != margins[2]
+
+
+def test_drift_signal_from_the_callers_margin_equals_its_own():
+    runs = []
+    for given in (False, True):
+        stage = _stage(refit_every=600, drift_min_gap=100)
+        rng = np.random.default_rng(7)
+        for i in range(30):
+            b = _batch(rng, 100, shift=2.0 if i >= 15 else 0.0)
+            z = np.zeros(100, np.float32)
+            mask = np.ones(100, bool)
+            mask[:5] = False  # rows left out of the window must be left out of ``own`` too
+            stage.observe(b, z, mask, own=stage.margin(b) if given else None)
+            stage.poll()
+        runs.append((list(stage._adwin_history), stage.refits, stage.version))
+    assert runs[0] == runs[1]
+    assert runs[0][1] >= 2
