@@ -38,6 +38,7 @@ from streamfusion.stages.residual import ResidualLearner
 MAGIC = b"SFMODEL\x01"
 FORMAT = "streamfusion-model"
 FORMAT_VERSION = 2  # 2: the chain's end-of-stream blend
+_KIND = {"magic": MAGIC, "fmt": FORMAT, "version": FORMAT_VERSION}
 # the tree stage's learning state: left out of a model file (scoring never reads it)
 _TREE_LEARNING = ("window_X", "window_y", "window_z", "window_rest", "window_indices",
                   "adwin_history", "pending")
@@ -154,21 +155,29 @@ def _encoder_state(encoder: Encoder) -> dict[str, Any]:
             "count_values": encoder.counts[slots]}
 
 
+def _model_state(model: OnlineModel, encoder: Encoder, source: str | None) -> dict[str, Any]:
+    stages = []
+    for stage, kind in zip(model.chain.stages, model.chain.kinds, strict=True):
+        stages.append(_tree_state(stage) if kind == "trees" else _learner_state(stage))
+    return {"config": model.config.to_dict(), "n_fields": model.n_fields,
+            "kinds": list(model.chain.kinds), "stages": stages, "blend": model.chain.blend,
+            "encoder": _encoder_state(encoder),
+            "meta": {"events_learned": model.events_learned, "source": source}}
+
+
 def save_model(path: str | os.PathLike, model: OnlineModel, encoder: Encoder,
                source: str | None = None) -> Path:
     """Write the scoring model of ``model`` (its live stages) and ``encoder`` to ``path``.
 
     Atomic (temporary file, fsync, rename). ``source`` names the log it learned from.
     """
-    stages = []
-    for stage, kind in zip(model.chain.stages, model.chain.kinds, strict=True):
-        stages.append(_tree_state(stage) if kind == "trees" else _learner_state(stage))
-    state = {"config": model.config.to_dict(), "n_fields": model.n_fields,
-             "kinds": list(model.chain.kinds), "stages": stages, "blend": model.chain.blend,
-             "encoder": _encoder_state(encoder),
-             "meta": {"events_learned": model.events_learned, "source": source}}
-    return checkpoint.save_file(path, state, magic=MAGIC, fmt=FORMAT, version=FORMAT_VERSION,
+    return checkpoint.save_file(path, _model_state(model, encoder, source), **_KIND,
                                 compress=True)
+
+
+def model_bytes(model: OnlineModel, encoder: Encoder, source: str | None = None) -> bytes:
+    """The bytes :func:`save_model` would write (the daemon's snapshots travel as these)."""
+    return checkpoint.dumps(_model_state(model, encoder, source), **_KIND, compress=True)
 
 
 # ---------------------------------------------------------------------------------- import
@@ -219,8 +228,19 @@ def load_model(path: str | os.PathLike, threads: int = 1) -> SavedModel:
 
     ``threads`` sets the learner's and the trees' threads (scores do not depend on it).
     """
-    state = checkpoint.load_file(path, magic=MAGIC, fmt=FORMAT, version=FORMAT_VERSION,
-                                 what="model file")
+    state = checkpoint.load_file(path, **_KIND, what="model file")
+    return _saved_model(state, f"model file {path}", threads)
+
+
+def model_from_bytes(raw: bytes, name: str, max_array_bytes: int,
+                     threads: int = 1) -> SavedModel:
+    """The model in :func:`model_bytes`' bytes (``name`` in messages); ``CheckpointError``
+    (one line) when they are corrupt or foreign, or inflate past ``max_array_bytes``."""
+    state = checkpoint.loads(raw, name, max_array_bytes, **_KIND, what="model file")
+    return _saved_model(state, name, threads)
+
+
+def _saved_model(state: dict[str, Any], name: str, threads: int) -> SavedModel:
     try:
         config = ModelConfig.from_dict({**state["config"], "threads": threads,
                                         "tree_threads": threads})
@@ -241,5 +261,5 @@ def load_model(path: str | os.PathLike, threads: int = 1) -> SavedModel:
         meta = dict(state.get("meta") or {})
         model.events_learned = int(meta.get("events_learned", 0))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CheckpointError(f"model file {path} is malformed: {exc}") from None
+        raise CheckpointError(f"{name} is malformed: {exc}") from None
     return SavedModel(model, encoder, config, meta)

@@ -292,3 +292,27 @@ def test_an_unwritable_save_model_path_is_refused_before_any_work(stream, tmp_pa
 def test_docstring_examples_run():
     result = doctest.testmod(model_file)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_a_kafka_snapshot_is_the_model_file_and_scores_alike(trained, stream):
+    from streamfusion.kafka import snapshot_wire as wire
+
+    run, _ = trained
+    raw = wire.pack_model(run.model, run.source.encoder)
+    model, encoder = wire.unpack_model(raw)
+    # no optimizer moments, window or pending refit: a fraction of the whole state
+    state = checkpoint.loads(raw, "snapshot", 1 << 30, magic=model_file.MAGIC,
+                             fmt=model_file.FORMAT, version=model_file.FORMAT_VERSION)
+    keys = {k for stage in state["stages"] for k in stage}
+    assert not keys & {"table_m", "table_v", "dense_m", "dense_v", "window_X", "pending"}
+    assert len(raw) * 4 < len(checkpoint.dumps(run.model.state_dict(), compress=True))
+    assert model_file.model_from_bytes(raw, "snapshot", 1 << 30).config == run.model.config
+    assert encoder.schema == run.source.encoder.schema and type(encoder) is Encoder
+    blocks = []
+    with open_source(stream, encoder=FrozenEncoder.of(encoder)) as src:
+        while (b := src.next_batch(3000)) is not None:
+            s = model.score(b)
+            blocks.append(np.stack([s.margin, s.base_margin, s.residual_margin]))
+    assert np.array_equal(np.concatenate(blocks, axis=1), own_scores(run, stream))
+    with pytest.raises(wire.BadSnapshot, match="malformed model snapshot"):
+        wire.unpack_model(raw[:-1] + bytes([raw[-1] ^ 1]))

@@ -33,20 +33,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema
 from streamfusion.kafka.messages import Invalid, load_object
+from streamfusion.model_file import model_bytes, model_from_bytes
 from streamfusion.online import OnlineModel
 
 KIND = "streamfusion-snapshot"
-WIRE_FORMAT = 1
+WIRE_FORMAT = 2  # 2: the payload is a model file (1: the model's whole checkpoint state)
 CHUNK_MAGIC = b"SFCHUNK1"
 # half the broker's and the producer's default message size (1 MiB): room for the header
 # and the record overhead, and no broker setting to change
 CHUNK_BYTES = 512 * 1024
-# the default model packs to ~115 MB before compression; ten times that is no model of ours,
-# and it bounds what a hostile announcement can make a scorer allocate
+# a model file of the default model is a few MB (the learner's touched rows); 1 GiB is no model
+# of ours, and it bounds what a hostile announcement can make a scorer allocate
 MAX_SNAPSHOT_BYTES = 1 << 30
 MAX_CHUNKS = -(-MAX_SNAPSHOT_BYTES // CHUNK_BYTES)
 MAX_ANNOUNCEMENT_BYTES = 4096  # an announcement is ~400 bytes of JSON
@@ -114,23 +114,17 @@ def schema_fingerprint(schema: Schema) -> str:
 
 # --------------------------------------------------------------------------- the model
 def pack_model(model: OnlineModel, encoder: Encoder) -> bytes:
-    """The bytes of the scoring model (model and encoder state in a checkpoint container).
-
-    The one place that decides what a snapshot holds: a compact model file can replace it.
-    """
-    return checkpoint.dumps({"kind": KIND, "model": model.state_dict(),
-                             "encoder": encoder.state_dict()})
+    """The bytes of the scoring model: a model file (``streamfusion.model_file``: live trees,
+    learner weights, encoder; no optimizer moments, window or pending refit)."""
+    return model_bytes(model, encoder)
 
 
 def unpack_model(raw: bytes) -> tuple[OnlineModel, Encoder]:
-    """The model and encoder of ``pack_model``'s bytes; ``BadSnapshot`` when malformed."""
+    """The model and encoder of ``pack_model``'s bytes; ``BadSnapshot`` when malformed. The
+    encoder counts on from the trainer's tables, as the scorer's own would."""
     try:
-        state = checkpoint.loads(raw, "model snapshot", max_array_bytes=MAX_SNAPSHOT_BYTES)
-        if state.get("kind") != KIND:
-            raise BadSnapshot("not a model snapshot")
-        return OnlineModel.from_state(state["model"]), Encoder.from_state_dict(state["encoder"])
-    except BadSnapshot:
-        raise
+        saved = model_from_bytes(raw, "model snapshot", MAX_SNAPSHOT_BYTES)
+        return saved.model, saved.learning_encoder()
     except Exception as exc:  # noqa: BLE001 - whatever a foreign state does, refuse it
         raise BadSnapshot(f"malformed model snapshot ({type(exc).__name__}: "
                           f"{str(exc)[:200]})") from None
