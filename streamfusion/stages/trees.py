@@ -40,7 +40,7 @@ _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
               "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
               "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
-              "guard", "codes", "end_codes", "leaf_rows", "quantize_rows")
+              "guard", "codes", "end_codes", "leaf_rows")
 MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
 # a window of n rows grows trees of at most n / LEAF_ROWS leaves: small windows overfit (click
 # log samples: 0.7252 / 0.6838 progressive AUC on Criteo / Avazu, uncapped 0.7213 / 0.6819)
@@ -297,6 +297,9 @@ class TreeStage:
         cfg = {k: getattr(self, k) for k in _STRUCTURE}
         cfg["threads"] = self.threads
         cfg["background"] = self.background
+        # how a refit trains, not what a state holds: states and model files from before it
+        # existed load, and their next refits train as this code does
+        cfg["quantize_rows"] = self.quantize_rows
         return cfg
 
     def lgb_params(self, rows: int | None = None) -> dict:

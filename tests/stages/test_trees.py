@@ -439,3 +439,16 @@ def test_drift_signal_from_the_callers_margin_equals_its_own():
         runs.append((list(stage._adwin_history), stage.refits, stage.version))
     assert runs[0] == runs[1]
     assert runs[0][1] >= 2
+
+
+def test_a_state_from_before_quantized_refits_loads():
+    stage = _stage(drift=False)
+    _feed(stage, _stream(2, 14))
+    state = stage.state_dict()
+    assert state["config"]["quantize_rows"] == stage.quantize_rows
+    del state["config"]["quantize_rows"]  # as written before the setting existed
+    again = _stage(drift=False)
+    again.load_state_dict(state)
+    b = _batch(np.random.default_rng(4), 300)
+    assert np.array_equal(again.margin(b), stage.margin(b))
+    assert TreeStage(**stage.config()).quantize_rows == stage.quantize_rows
