@@ -404,6 +404,10 @@ class Progressive:
     def __len__(self) -> int:
         return len(self._spill)
 
+    def reader(self) -> Reader:
+        """A :data:`Reader` over the recorded margins and labels, in stream order."""
+        return self._read
+
     def _summary(self, start: int, stop: int) -> dict[str, float | int]:
         return summarize_spilled(self._read, start, stop, self.budget, self.chunk_rows)
 

@@ -1,8 +1,9 @@
-"""Output files of the drivers: checked before a run, written as strict JSON after it.
+"""Output files of the drivers: checked before a run, written after it.
 
 A long replay must not end by losing its results to an output path that was never writable,
 so :func:`check_output` runs before any work; :func:`write_json` then writes strict JSON,
-where an undefined metric (one class only, no events) is ``null``, never ``NaN``.
+where an undefined metric (one class only, no events) is ``null``, never ``NaN``, and
+:func:`write_predictions` the per-event predictions as CSV.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from streamfusion.evaluate import Reader, sigmoid
+
+PREDICTION_ROWS = 65_536  # events formatted at once
 
 
 def check_output(path: Path, flag: str) -> None:
@@ -49,3 +56,33 @@ def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented strict JSON (non-finite numbers become ``null``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
+    """Write ``set,label,margin,p_click`` rows: for each ``(name, read, n)`` of ``parts``, its
+    ``n`` margins and labels in order. Margins keep every bit of their float32 (9
+    significant digits).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from streamfusion.evaluate import array_reader
+    >>> p = Path(tempfile.mkdtemp()) / "pred.csv"
+    >>> z, y = np.array([0.0, -1.5], np.float32), np.array([1, 0], np.uint8)
+    >>> write_predictions(p, [("holdout", array_reader(z, y), 2)])
+    >>> print(p.read_text(), end="")
+    set,label,margin,p_click
+    holdout,1,0,0.5
+    holdout,0,-1.5,0.182425524
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("set,label,margin,p_click\n")
+        for name, read, n in parts:
+            for a in range(0, n, PREDICTION_ROWS):
+                z, y = read(a, min(n, a + PREDICTION_ROWS))
+                z = np.asarray(z, np.float32)
+                cols = np.column_stack([np.asarray(y, np.int64).astype(str),
+                                        [f"{v:.9g}" for v in z.tolist()],
+                                        [f"{v:.9g}" for v in sigmoid(z).tolist()]])
+                f.writelines(f"{name},{y_},{z_},{p_}\n" for y_, z_, p_ in cols)

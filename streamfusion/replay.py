@@ -50,7 +50,7 @@ from streamfusion.online import (
     batch_schedule,
     config_from_args,
 )
-from streamfusion.outputs import check_output, write_json
+from streamfusion.outputs import check_output, write_json, write_predictions
 from streamfusion.progress import ReplayProgress
 from streamfusion.report_view import plot, summary_table
 from streamfusion.spill import RecordSpill, SpillFile
@@ -172,6 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "from the file's length, about 40 windows of at least 250 events; a log "
                    "with an hour column spanning several days is cut by day)")
     e.add_argument("--report", type=Path, help="write the JSON report here")
+    e.add_argument("--predictions", type=Path, metavar="CSV",
+                   help="write every scored event's prediction here (set,label,margin,p_click): "
+                   "the progressive ones in stream order, each made before the model learned "
+                   "the event, then the held-out ones as the final model scores them")
     e.add_argument("--plot", type=Path, help="draw each window's AUC and logloss, the "
                    "holdout AUC and every refit that went live to this PNG")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
@@ -193,7 +197,8 @@ class Replay:
     # what it computes (--threads: the user asked for speed over bit-for-bit). --file is
     # checked on its own; every other replay flag defines the run.
     RESUMABLE_FLAGS = frozenset({"file", "rows", "checkpoint", "checkpoint_every", "resume",
-                                 "report", "plot", "quiet", "threads", "save_model"})
+                                 "report", "plot", "quiet", "threads", "save_model",
+                                 "predictions"})
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -369,7 +374,20 @@ class Replay:
         if args.save_model:
             save_model(args.save_model, self.model, self.source.encoder, str(self.path))
         seconds = self.seconds_before + time.perf_counter() - t0
-        report = self.report(seconds)
+        held = self.score_holdout()
+        try:
+            report = self.report(seconds, held)
+            if args.predictions:
+                try:
+                    write_predictions(args.predictions,
+                                      [("progressive", self.progressive.reader(),
+                                        len(self.progressive)),
+                                       ("holdout", spill_reader(held), len(held))])
+                except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
+                    raise ValueError(f"cannot write --predictions {args.predictions}: "
+                                     f"{exc.strerror}") from None
+        finally:
+            held.close(remove=True)
         self.model.close()
         self._close_spills()
         self.source.close()
@@ -407,9 +425,9 @@ class Replay:
         if self._remove_tmpdir is not None:
             self._remove_tmpdir()
 
-    def holdout_metrics(self) -> dict[str, Any]:
-        """The final model's metrics on the held-out events, through a spill like the
-        progressive ones: memory flat in the number of held-out events."""
+    def score_holdout(self) -> RecordSpill:
+        """The final model's margins of the held-out events, spilled like the progressive
+        ones: memory flat in the number of held-out events. The caller removes the spill."""
         scores = RecordSpill(self.spill_dir / HOLDOUT_SCORES_FILE)
         try:
             for stored in self.holdout.batches():
@@ -418,13 +436,13 @@ class Replay:
                     keep = ~np.isnan(b.y)
                     z = self.model.score(b).margin[keep]
                     scores.append(z, b.y[keep], np.zeros(z.size, np.int32))
-            metrics = summarize_spilled(spill_reader(scores), 0, len(scores),
-                                        self.progressive.budget, self.progressive.chunk_rows)
-        finally:
+        except BaseException:
             scores.close(remove=True)
-        return {**metrics, "mode": self.args.holdout_mode}
+            raise
+        return scores
 
-    def report(self, seconds: float) -> dict[str, Any]:
+    def report(self, seconds: float, held: RecordSpill) -> dict[str, Any]:
+        """The report of DESIGN.md; ``held``: the held-out events' scores (``score_holdout``)."""
         pos = self.source.position()
         return {
             "file": str(self.path),
@@ -435,7 +453,10 @@ class Replay:
             "model": {**self.model.describe(),
                       "batch_schedule": batch_schedule(self.args.batch_size)},
             "progressive": self.progressive.overall(),
-            "holdout": self.holdout_metrics(),
+            "holdout": {**summarize_spilled(spill_reader(held), 0, len(held),
+                                            self.progressive.budget,
+                                            self.progressive.chunk_rows),
+                        "mode": self.args.holdout_mode},
             "windowing": self.windowing.describe(self.progressive.window_rows),
             "windows": self.progressive.windows(),
             "refit_windows": self.progressive.around_swaps(),
@@ -460,7 +481,7 @@ def _check_paths(args: argparse.Namespace) -> None:
                 "pipes or devices)")
         raise ValueError(f"--file {args.file}: {what}")
     for flag, path in (("--report", args.report), ("--plot", args.plot),
-                       ("--save-model", args.save_model)):
+                       ("--save-model", args.save_model), ("--predictions", args.predictions)):
         if path is not None:
             check_output(path, flag)
     if args.checkpoint is not None:
@@ -491,7 +512,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ReplayProgress(console, args.rows, disable=args.quiet) as progress:
             report = replay.run(None if args.quiet else progress)
-    except ParseError as exc:
+    except (ParseError, ValueError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:

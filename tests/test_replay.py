@@ -367,6 +367,47 @@ def test_a_rows_stop_then_resume_ends_as_an_uninterrupted_run(
     assert strip_timing(resumed) == strip_timing(whole)
 
 
+def read_predictions(path):
+    text = path.read_text().splitlines()
+    assert text[0] == "set,label,margin,p_click"
+    rows = [line.split(",") for line in text[1:]]
+    sets = np.array([r[0] for r in rows])
+    y, z, p = (np.array([float(r[i]) for r in rows]) for i in (1, 2, 3))
+    return sets, y, z, p
+
+
+def test_predictions_are_the_events_the_report_scored_and_survive_a_resume(stream, tmp_path):
+    """--predictions: progressive then held-out rows whose metrics are the report's, and
+    a stopped and resumed run writes the same file as an uninterrupted one."""
+    from streamfusion.evaluate import auc, logloss_from_margin
+
+    opts = ["--file", str(stream), *RESUME_MODEL, "--rows", "15000"]
+    whole = tmp_path / "whole.csv"
+    code, r = replay(tmp_path, *opts, "--predictions", str(whole))
+    assert code == 0
+    sets, y, z, p = read_predictions(whole)
+    assert list(dict.fromkeys(sets)) == ["progressive", "holdout"]
+    for name in ("progressive", "holdout"):
+        keep = sets == name
+        assert keep.sum() == r[name]["rows"]
+        zf = z[keep].astype(np.float32)
+        assert auc(zf, y[keep]) == r[name]["auc"]
+        assert logloss_from_margin(zf, y[keep]) == pytest.approx(r[name]["logloss"], rel=1e-12)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-z)), rtol=1e-6)
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
+    assert replay(tmp_path, *opts[:-1], "7777", *ckpt)[0] == 0
+    resumed = tmp_path / "resumed.csv"
+    assert replay(tmp_path, *opts, *ckpt, "--resume", "--predictions", str(resumed))[0] == 0
+    assert resumed.read_bytes() == whole.read_bytes()
+
+
+def test_an_unwritable_predictions_path_is_refused_before_the_run(stream, tmp_path, capsys):
+    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--predictions",
+                     str(tmp_path))
+    assert code == 1 and r is None
+    assert f"--predictions {tmp_path}: is a directory" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_moved_chrono_boundary(stream, tmp_path, capsys):
     opts = ["--file", str(stream), *SMALL_MODEL, "--holdout-mode", "chrono",
             "--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
