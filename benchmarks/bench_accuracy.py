@@ -87,6 +87,7 @@ LGB_PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31,
               "min_data_in_leaf": 20, "feature_pre_filter": False, "verbose": -1, "seed": SEED,
               "num_threads": 1}  # as the replay's default --threads 1
 LGB_ROUNDS, LGB_PATIENCE = 5000, 50
+BOOTSTRAP_REPS = 200  # replicates of each paired interval of a target's AUC difference
 EPS = 1e-15
 NAMESPACES = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one per column
 SF_MODELS = (("sf default", []), ("sf gbdt", ["--model", "gbdt"]),
@@ -117,6 +118,38 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
         return math.nan
     r = rankdata(np.asarray(score, dtype=np.float64))
     return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _auc_order(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort order, tie-group ids (sorted) and sorted labels: what a weighted AUC needs."""
+    order = np.argsort(np.asarray(score, np.float64), kind="stable")
+    ranked = np.asarray(score, np.float64)[order]
+    groups = np.concatenate([[0], np.cumsum(ranked[1:] != ranked[:-1])])
+    return order, groups, np.asarray(y, np.float64)[order]
+
+
+def _weighted_auc(prep: tuple[np.ndarray, np.ndarray, np.ndarray], w: np.ndarray) -> float:
+    """AUC with each row counted ``w`` times (ties one half): a bootstrap replicate."""
+    order, groups, ys = prep
+    ws = w[order]
+    pos = np.bincount(groups, ws * ys)
+    neg = np.bincount(groups, ws * (1.0 - ys))
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def paired_interval(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray,
+                    reps: int = BOOTSTRAP_REPS) -> tuple[float, float]:
+    """95% interval of AUC(ours) - AUC(theirs) on the same rows: a paired Poisson bootstrap
+    (each replicate weighs every row by a Poisson(1) count, the same for both models)."""
+    a, b = _auc_order(y, ours), _auc_order(y, theirs)
+    rng = np.random.default_rng(SEED)
+    diffs = []
+    for _ in range(reps):
+        w = rng.poisson(1.0, len(y)).astype(np.float64)
+        diffs.append(_weighted_auc(a, w) - _weighted_auc(b, w))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
@@ -326,9 +359,9 @@ def run_sf(spec: Spec, model: list[str], chrono: bool, work: Path) -> dict[str, 
     import json
 
     name = "-".join(model[1:] or ["default"]) + ("-chrono" if chrono else "-random")
-    report = work / f"sf-{name}.json"
+    report, preds = work / f"sf-{name}.json", work / f"sf-{name}.csv"
     cmd = [*cli(), "replay", "--file", str(spec.path), *spec.replay_flags, "--quiet",
-           "--report", str(report), *model]
+           "--report", str(report), "--predictions", str(preds), *model]
     if chrono:
         cmd += ["--holdout-mode", "chrono"]
     t0 = time.perf_counter()
@@ -339,6 +372,10 @@ def run_sf(spec: Spec, model: list[str], chrono: bool, work: Path) -> dict[str, 
         return {"error": f"exit {proc.returncode}: {tail}"}
     with open(report) as f:
         out = json.load(f)
+    kinds, margins = np.loadtxt(preds, delimiter=",", skiprows=1, usecols=(0, 2), unpack=True,
+                                dtype=str)
+    out["margins"] = {k: margins[kinds == k].astype(np.float64) for k in ("progressive", "holdout")}
+    preds.unlink()
     log(f"  {shlex.join(cmd[1:])}: {time.perf_counter() - t0:.1f}s, progressive AUC "
         f"{out['progressive']['auc']:.4f} ({out['progressive']['rows']:,} rows), "
         f"{out['holdout']['mode']} holdout AUC {out['holdout']['auc']:.4f} "
@@ -420,12 +457,13 @@ def _run_vw(table: Table, held: np.ndarray, start: int, work: Path, as_cat: bool
                     raise RuntimeError(f"VW gave {len(z)} predictions for {len(learn)} rows")
                 yl = y[learn]
                 res["prog_auc"], res["prog_logloss"] = auc(yl, z), logloss(yl, sigmoid(z))
+                res["prog_pred"] = z
                 res["eps"] = len(learn) / seconds
             ws = Workspace(f"--quiet -t -i {model} -d {files[test]} -r {raw}")
             ws.run_parser()
             ws.finish()
             z = read_floats(raw)
-            res[f"{mode}_auc"] = auc(y[test_rows], z)
+            res[f"{mode}_auc"], res[f"{mode}_pred"] = auc(y[test_rows], z), z
         out[label] = res
         log(f"  {label}: progressive AUC {res['prog_auc']:.4f}, random holdout "
             f"{res['random_auc']:.4f}, chrono {res['chrono_auc']:.4f}, "
@@ -498,12 +536,13 @@ def run_river(table: Table, held: np.ndarray, start: int, fm: bool,
     for k in kinds:
         p = np.array(prog[k])
         res = {"prog_auc": auc(yv[learn_rows], p), "prog_logloss": logloss(yv[learn_rows], p),
-               "eps": len(learn_rows) / rnd[k]["seconds"]}
+               "eps": len(learn_rows) / rnd[k]["seconds"], "prog_pred": p}
         hr = np.flatnonzero(held)
         res["random_auc"] = auc(yv[hr], [predict(rnd[k], *features(i)) for i in hr])
         if k in chr_:
             tail = range(start, n)
-            res["chrono_auc"] = auc(yv[start:], [predict(chr_[k], *features(i)) for i in tail])
+            res["chrono_pred"] = np.array([predict(chr_[k], *features(i)) for i in tail])
+            res["chrono_auc"] = auc(yv[start:], res["chrono_pred"])
         label = "river LR" if k == "lr" else "river FM"
         out[label] = res
         log(f"  {label}: progressive AUC {res['prog_auc']:.4f}, random holdout "
@@ -549,6 +588,7 @@ def run_lightgbm(table: Table, start: int, label: str,
     p = booster.predict(X.iloc[start:], num_iteration=booster.best_iteration)
     seconds = time.perf_counter() - t0
     res = {"chrono_auc": auc(y[start:], p), "chrono_logloss": logloss(y[start:], p),
+           "chrono_pred": p,
            "eps": n / seconds, "best_iteration": booster.best_iteration}
     log(f"  {label}: chrono AUC {res['chrono_auc']:.4f}, best iteration "
         f"{res['best_iteration']}, {seconds:.1f}s")
@@ -593,7 +633,10 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                              f"this benchmark's {expect}: not the same rows")
             else:
                 checked += 1
-            if mode == "random":
+            if mode == "chrono":
+                res["chrono_pred"] = rep["margins"]["holdout"]
+            else:
+                res["prog_pred"] = rep["margins"]["progressive"]
                 res["prog_auc"] = rep["progressive"]["auc"]
                 res["prog_logloss"] = rep["progressive"]["logloss"]
                 res["eps"] = rep["events_per_second"]
@@ -652,34 +695,43 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                    f"{fmt(r.get('random_auc'))} | {fmt(r.get('chrono_auc'))} | "
                    f"{'—' if eps is None else f'{eps:,.0f}'} |")
     out.append("")
-    out.append(targets(rows))
+    out.append(targets(rows, {"prog": table.y[~held], "chrono": table.y[start:]}))
     out.append("")
     out += [f"- {x}" for x in notes]
     out.append("")
     return "\n".join(out)
 
 
-def targets(rows: dict[str, dict[str, Any]]) -> str:
+def targets(rows: dict[str, dict[str, Any]], labels: dict[str, np.ndarray]) -> str:
+    """The issue's targets for ``sf default``, each with a paired 95% interval of the AUC
+    difference on the same rows (``labels``: the progressive and the chrono rows' labels)."""
     sf = rows.get("sf default", {})
 
-    def cmp(ours: float | None, theirs: float | None, what: str) -> str:
+    def cmp(kind: str, other: str, what: str) -> str:
+        ours, theirs = sf.get(f"{kind}_auc"), rows.get(other, {}).get(f"{kind}_auc")
         if ours is None or theirs is None or not (math.isfinite(ours) and math.isfinite(theirs)):
             return f"{what}: n/a"
         verdict = "met" if ours >= theirs else "MISSED"
-        return f"{what}: {ours:.4f} vs {theirs:.4f} {verdict} ({ours - theirs:+.4f})"
+        a, b = sf.get(f"{kind}_pred"), rows[other].get(f"{kind}_pred")
+        ci = ""
+        if a is not None and b is not None and len(a) == len(b) == len(labels[kind]):
+            lo, hi = paired_interval(labels[kind], a, b)
+            ci = f", 95% interval {lo:+.4f} to {hi:+.4f}"
+        return f"{what}: {ours:.4f} vs {theirs:.4f} {verdict} ({ours - theirs:+.4f}{ci})"
 
-    peers = [(rows[k]["prog_auc"], k) for k in rows
-             if k.startswith(("VW", "river")) and math.isfinite(rows[k].get("prog_auc", math.nan))]
-    best, who = max(peers) if peers else (None, "none")
-    fits = [(rows[k]["chrono_auc"], k) for k in rows if k.startswith("LightGBM")]
-    lgb_best, lgb_who = max(fits) if fits else (None, "none")
-    parts = [cmp(sf.get("prog_auc"), best, f"progressive AUC >= best of VW/river ({who})"),
-             cmp(sf.get("chrono_auc"), lgb_best, f"chrono AUC >= best LightGBM batch ({lgb_who})")]
+    def best(kind: str, prefixes: tuple[str, ...]) -> str | None:
+        got = [(rows[k][f"{kind}_auc"], k) for k in rows if k.startswith(prefixes)
+               and math.isfinite(rows[k].get(f"{kind}_auc", math.nan))]
+        return max(got)[1] if got else None
+
+    peer, fit = best("prog", ("VW", "river")), best("chrono", ("LightGBM",))
+    parts = [cmp("prog", peer, f"progressive AUC >= best of VW/river ({peer})"),
+             cmp("chrono", fit, f"chrono AUC >= best LightGBM batch ({fit})")]
     for other in ("sf gbdt", "sf deepfm"):
-        o = rows.get(other, {})
-        parts.append(cmp(sf.get("prog_auc"), o.get("prog_auc"), f"progressive >= {other}"))
-        parts.append(cmp(sf.get("chrono_auc"), o.get("chrono_auc"), f"chrono >= {other}"))
-    return "**targets** (sf default): " + "; ".join(parts) + "."
+        parts.append(cmp("prog", other, f"progressive >= {other}"))
+        parts.append(cmp("chrono", other, f"chrono >= {other}"))
+    return ("**targets** (sf default; intervals: paired bootstrap of the AUC difference on the "
+            f"same rows, {BOOTSTRAP_REPS} replicates): " + "; ".join(parts) + ".")
 
 
 # ----------------------------------------------------------------------------- main
