@@ -48,7 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--row-lr", type=at.positive_float, default=0.05,
                    help="AdaGrad step of the table rows' first-order weights")
     g.add_argument("--emb-lr", type=at.positive_float, default=0.005,
-                   help="AdaGrad step of the table rows' embeddings (FM / DeepFM)")
+                   help="AdaGrad step of the table rows' embeddings (FM / DeepFM) under "
+                   "--row-optimizer adagrad (mixed and adam step them with Adam at --lr)")
     g.add_argument("--tree-codes", type=at.nonneg_int, default=0, metavar="K",
                    help="trees also split on codes of each categorical field's K most "
                    "frequent values (LightGBM categorical features; 0 = counts only): helped "
