@@ -602,6 +602,11 @@ class TreeStage:
                categorical: list[int] | None = None, window: bool = True) -> lgb.Booster:
         # a window's refit is sized to its rows; a one-shot batch fit takes the sizes as given
         params = self.lgb_params(len(y) if window else None)
+        if np.count_nonzero(X) * 2 >= X.size:
+            # mostly non-zero columns (counts, numbers, codes): LightGBM's sparse bins and
+            # feature bundles only cost time, for the same trees (an end refit of 180k rows
+            # with codes 5.1 -> 4.4 s); sparse libsvm columns keep them
+            params.update(enable_sparse=False, enable_bundle=False)
         merge = base is not None and init is not None
         if merge:
             # warm start over other stages' margins: LightGBM's init_model would replace them

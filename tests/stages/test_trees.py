@@ -452,3 +452,24 @@ def test_a_state_from_before_quantized_refits_loads():
     b = _batch(np.random.default_rng(4), 300)
     assert np.array_equal(again.margin(b), stage.margin(b))
     assert TreeStage(**stage.config()).quantize_rows == stage.quantize_rows
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.9])
+def test_dense_window_columns_fit_the_same_trees_without_sparse_bins(zeros):
+    """Mostly non-zero columns train on dense bins, without feature bundles (faster); the
+    trees are LightGBM's own defaults' bit for bit. Mostly-zero columns keep sparse bins."""
+    b = _batch(np.random.default_rng(5), 3000)
+    X = b.dense.copy()
+    X[np.random.default_rng(6).random(X.shape) < zeros] = 0.0
+    stage = _stage()
+    ours = stage._train(X, b.y.astype(np.float64), None, 15, None)
+    text = ours.model_to_string()
+    dense = zeros == 0.0
+    assert ("[is_enable_sparse: 0]" in text) == dense and ("[enable_bundle: 0]" in text) == dense
+    plain = lgb.train(stage.lgb_params(len(b.y)),
+                      lgb.Dataset(X, b.y.astype(np.float64), params={"verbose": -1}), 15)
+
+    def trees(booster: lgb.Booster) -> str:
+        return booster.model_to_string().split("\nparameters:")[0]
+
+    assert trees(ours) == trees(plain)
