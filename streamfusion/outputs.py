@@ -20,6 +20,19 @@ from streamfusion.evaluate import Reader, sigmoid
 PREDICTION_ROWS = 65_536  # events formatted at once
 
 
+class OutputError(Exception):
+    """An output file that could not be written after the run, e.g. on a full disk.
+
+    Examples
+    --------
+    >>> str(OutputError("--report", Path("r.json"), OSError(28, "No space left on device")))
+    'cannot write --report r.json: No space left on device'
+    """
+
+    def __init__(self, flag: str, path: Path, exc: OSError) -> None:
+        super().__init__(f"cannot write {flag} {path}: {exc.strerror}")
+
+
 def check_output(path: Path, flag: str) -> None:
     """Raise ``ValueError`` naming ``flag`` unless ``path`` can be written as a file.
 

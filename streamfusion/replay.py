@@ -50,7 +50,7 @@ from streamfusion.online import (
     batch_schedule,
     config_from_args,
 )
-from streamfusion.outputs import check_output, write_json, write_predictions
+from streamfusion.outputs import OutputError, check_output, write_json, write_predictions
 from streamfusion.progress import ReplayProgress
 from streamfusion.report_view import plot, summary_table
 from streamfusion.spill import RecordSpill, SpillFile
@@ -377,21 +377,17 @@ class Replay:
         held = self.score_holdout()
         try:
             report = self.report(seconds, held)
-            if args.predictions:
+            if args.predictions:  # written from the spills, which go with the run
                 try:
                     write_predictions(args.predictions,
                                       [("progressive", self.progressive.reader(),
                                         len(self.progressive)),
                                        ("holdout", spill_reader(held), len(held))])
                 except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
-                    raise ValueError(f"cannot write --predictions {args.predictions}: "
-                                     f"{exc.strerror}") from None
+                    raise OutputError("--predictions", args.predictions, exc) from None
         finally:
             held.close(remove=True)
-        self.model.close()
-        self._close_spills()
-        self.source.close()
-        self.fingerprint.close()
+            self.close()
         return report
 
     # ------------------------------------------------------------------ the loop's sink
@@ -412,8 +408,8 @@ class Replay:
         """Events behind the run (held-out ones included)."""
         return self.loop.events
 
-    def abort(self) -> None:
-        """Release everything after an interrupted run (checkpoints already written stay)."""
+    def close(self) -> None:
+        """Release everything, after a run or an interrupted one (checkpoints stay)."""
         self.model.close()
         self._close_spills()
         self.source.close()
@@ -512,11 +508,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ReplayProgress(console, args.rows, disable=args.quiet) as progress:
             report = replay.run(None if args.quiet else progress)
-    except (ParseError, ValueError) as exc:
+    except (ParseError, OutputError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        replay.abort()
+        replay.close()
         where = (f"; --resume continues from the last checkpoint in {args.checkpoint}"
                  if args.checkpoint else "")
         console.print(f"[red]streamfusion replay: interrupted after {replay.rows_done:,} "
@@ -534,8 +530,8 @@ def run(args: argparse.Namespace) -> int:
             if path:
                 write(path, report)
         except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
-            console.print(f"[red]streamfusion replay: cannot write {flag} {path}: "
-                          f"{exc.strerror}", highlight=False, soft_wrap=True)
+            console.print(f"[red]streamfusion replay: {OutputError(flag, path, exc)}",
+                          highlight=False, soft_wrap=True)
             return 1
     if not args.quiet:
         console.print(summary_table(report))

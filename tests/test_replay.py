@@ -401,13 +401,6 @@ def test_predictions_are_the_events_the_report_scored_and_survive_a_resume(strea
     assert resumed.read_bytes() == whole.read_bytes()
 
 
-def test_an_unwritable_predictions_path_is_refused_before_the_run(stream, tmp_path, capsys):
-    code, r = replay(tmp_path, "--file", str(stream), *SMALL_MODEL, "--predictions",
-                     str(tmp_path))
-    assert code == 1 and r is None
-    assert f"--predictions {tmp_path}: is a directory" in capsys.readouterr().err
-
-
 def test_resume_refuses_a_moved_chrono_boundary(stream, tmp_path, capsys):
     opts = ["--file", str(stream), *SMALL_MODEL, "--holdout-mode", "chrono",
             "--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]

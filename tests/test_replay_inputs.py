@@ -74,7 +74,7 @@ def test_unreadable_input_is_refused_with_its_reason(tmp_path, case, capsys):
     assert ("no such file" if case == "missing" else "not a regular file") in err
 
 
-@pytest.mark.parametrize("flag", ["--report", "--plot"])
+@pytest.mark.parametrize("flag", ["--report", "--plot", "--predictions"])
 def test_unusable_output_paths_are_refused_before_the_run(stream, tmp_path, flag, capsys):
     (tmp_path / "adir").mkdir()
     code = main(["replay", "--file", str(stream), *SMALL, flag, str(tmp_path / "adir")])
@@ -90,7 +90,7 @@ def test_unusable_output_paths_are_refused_before_the_run(stream, tmp_path, flag
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
-@pytest.mark.parametrize("flag", ["--report", "--plot"])
+@pytest.mark.parametrize("flag", ["--report", "--plot", "--predictions"])
 def test_an_output_that_fails_at_the_end_is_an_error_not_a_traceback(stream, flag, capsys):
     code = main(["replay", "--file", str(stream), *SMALL, "--rows", "2000", flag, "/dev/full"])
     assert code == 1
