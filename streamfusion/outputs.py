@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,24 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
-    """Write ``set,label,margin,p_click`` rows: for each ``(name, read, n)`` of ``parts``, its
-    ``n`` margins and labels in order. Margins keep every bit of their float32 (9
-    significant digits).
+    """Write the CSV ``set,label,margin,p_click``: for each ``(name, read, n)`` of ``parts``,
+    its ``n`` margins and labels in order.
+
+    Each number is written in the shortest form that reads back to the same value (margins
+    as float32, ``p_click`` as float64). A regular file appears whole or not at all: it is
+    written beside ``path`` and renamed (a device or a pipe is written as it is).
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file (replaced).
+    parts : list of (str, Reader, int)
+        The ``set`` column's value, a reader of margins and labels, and its row count.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written; a regular ``path`` is then left as it was.
 
     Examples
     --------
@@ -86,16 +102,29 @@ def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
     >>> print(p.read_text(), end="")
     set,label,margin,p_click
     holdout,1,0,0.5
-    holdout,0,-1.5,0.182425524
+    holdout,0,-1.5,0.18242552380635635
     """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.write("set,label,margin,p_click\n")
-        for name, read, n in parts:
-            for a in range(0, n, PREDICTION_ROWS):
-                z, y = read(a, min(n, a + PREDICTION_ROWS))
-                z = np.asarray(z, np.float32)
-                cols = np.column_stack([np.asarray(y, np.int64).astype(str),
-                                        [f"{v:.9g}" for v in z.tolist()],
-                                        [f"{v:.9g}" for v in sigmoid(z).tolist()]])
-                f.writelines(f"{name},{y_},{z_},{p_}\n" for y_, z_, p_ in cols)
+    special = path.exists() and not path.is_file()  # /dev/stdout, a pipe: never replaced
+    tmp = path if special else path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"set,label,margin,p_click\n")
+            for name, read, n in parts:
+                for a in range(0, n, PREDICTION_ROWS):
+                    z, y = read(a, min(n, a + PREDICTION_ROWS))
+                    z = np.asarray(z, np.float32)
+                    pacsv.write_csv(pa.table({
+                        "set": pa.array(np.full(len(z), name)),
+                        "label": pa.array(np.asarray(y, np.int64)),
+                        "margin": pa.array(z), "p_click": pa.array(sigmoid(z))}), f, options)
+        if not special:
+            os.replace(tmp, path)
+    except BaseException:
+        if not special:
+            tmp.unlink(missing_ok=True)
+        raise

@@ -250,6 +250,7 @@ class Replay:
         else:
             events = self._restore(self.state)
         self.loop = OnlineLoop(self.model, holdout=self._held_out, events=events)
+        self._held: RecordSpill | None = None  # the final model's held-out scores (run)
 
     def _describe_checkpoint(self) -> str:
         """'a checkpoint of N events of FILE', for the refusal of a run without --resume."""
@@ -374,21 +375,14 @@ class Replay:
         if args.save_model:
             save_model(args.save_model, self.model, self.source.encoder, str(self.path))
         seconds = self.seconds_before + time.perf_counter() - t0
-        held = self.score_holdout()
-        try:
-            report = self.report(seconds, held)
-            if args.predictions:  # written from the spills, which go with the run
-                try:
-                    write_predictions(args.predictions,
-                                      [("progressive", self.progressive.reader(),
-                                        len(self.progressive)),
-                                       ("holdout", spill_reader(held), len(held))])
-                except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
-                    raise OutputError("--predictions", args.predictions, exc) from None
-        finally:
-            held.close(remove=True)
-            self.close()
-        return report
+        self._held = self.score_holdout()
+        return self.report(seconds, self._held)
+
+    def write_predictions(self, path: Path) -> None:
+        """After ``run``: every scored event's prediction (``outputs.write_predictions``)."""
+        write_predictions(path, [
+            ("progressive", self.progressive.reader(), len(self.progressive)),
+            ("holdout", spill_reader(self._held), len(self._held))])
 
     # ------------------------------------------------------------------ the loop's sink
     def swapped(self, version: int) -> None:
@@ -410,6 +404,9 @@ class Replay:
 
     def close(self) -> None:
         """Release everything, after a run or an interrupted one (checkpoints stay)."""
+        if self._held is not None:
+            self._held.close(remove=True)
+            self._held = None
         self.model.close()
         self._close_spills()
         self.source.close()
@@ -508,11 +505,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ReplayProgress(console, args.rows, disable=args.quiet) as progress:
             report = replay.run(None if args.quiet else progress)
+        if report["progressive"]["rows"] == 0:
+            console.print("streamfusion replay: no labelled event was scored, so the "
+                          "progressive metrics are undefined (null in the report)",
+                          highlight=False, soft_wrap=True)
+        for flag, path, write in (
+                ("--report", args.report, lambda p: write_json(p, report)),
+                ("--plot", args.plot, lambda p: plot(report, p)),
+                ("--predictions", args.predictions, replay.write_predictions)):
+            try:
+                if path:
+                    write(path)
+            except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
+                raise OutputError(flag, path, exc) from None
     except (ParseError, OutputError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        replay.close()
         where = (f"; --resume continues from the last checkpoint in {args.checkpoint}"
                  if args.checkpoint else "")
         console.print(f"[red]streamfusion replay: interrupted after {replay.rows_done:,} "
@@ -520,19 +529,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if report["progressive"]["rows"] == 0:
-        console.print("streamfusion replay: no labelled event was scored, so the progressive "
-                      "metrics are undefined (null in the report)", highlight=False,
-                      soft_wrap=True)
-    for flag, path, write in (("--report", args.report, write_json),
-                              ("--plot", args.plot, lambda p, r: plot(r, p))):
-        try:
-            if path:
-                write(path, report)
-        except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
-            console.print(f"[red]streamfusion replay: {OutputError(flag, path, exc)}",
-                          highlight=False, soft_wrap=True)
-            return 1
+        replay.close()
     if not args.quiet:
         console.print(summary_table(report))
     return 0

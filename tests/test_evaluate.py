@@ -331,3 +331,21 @@ def test_holdout_mask_is_seeded_and_about_ten_percent():
     assert not np.array_equal(m, holdout_mask(line, 0.1, seed=4))
     # the choice of one event does not depend on which batch it arrives in
     assert np.array_equal(m[1000:2000], holdout_mask(line[1000:2000], 0.1, seed=3))
+
+
+def test_predictions_that_fail_to_write_leave_the_old_file(tmp_path):
+    from streamfusion.outputs import write_predictions
+
+    path = tmp_path / "pred.csv"
+    path.write_text("old\n")
+    z, y = np.zeros(10, np.float32), np.ones(10, np.uint8)
+
+    def failing(a, b):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_predictions(path, [("progressive", array_reader(z, y), 10),
+                                 ("holdout", failing, 5)])
+    assert path.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [path]
+    write_predictions(path, [("holdout", array_reader(z, y), 10)])
+    assert path.read_text().count("\n") == 11

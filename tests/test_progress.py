@@ -64,6 +64,7 @@ def test_the_bar_shows_percent_done_and_time_left(logs):
             shown.append((r.rows_done, out.file.getvalue()))
 
     replay.run(progress)
+    replay.close()
     (rows, line), (_, later) = shown
     percent = int(re.search(r"(\d+)%", later).group(1))
     assert abs(percent - 100 * shown[1][0] / ROWS) <= 5, later

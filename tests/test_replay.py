@@ -394,6 +394,12 @@ def test_predictions_are_the_events_the_report_scored_and_survive_a_resume(strea
         assert auc(zf, y[keep]) == r[name]["auc"]
         assert logloss_from_margin(zf, y[keep]) == pytest.approx(r[name]["logloss"], rel=1e-12)
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-z)), rtol=1e-6)
+    # in stream order: each window of the report is its slice of the progressive rows
+    zp, yp, start = z[sets == "progressive"].astype(np.float32), y[sets == "progressive"], 0
+    for w in r["windows"]:
+        assert auc(zp[start:w["end_row"]], yp[start:w["end_row"]]) == pytest.approx(w["auc"])
+        start = w["end_row"]
+    assert len(r["windows"]) > 3 and start == len(zp)
     ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "5000"]
     assert replay(tmp_path, *opts[:-1], "7777", *ckpt)[0] == 0
     resumed = tmp_path / "resumed.csv"

@@ -46,7 +46,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="steps of the hashed table rows: mixed = AdaGrad first-order weights "
                    "and Adam embeddings; adagrad = AdaGrad for both; adam = lazy Adam")
     g.add_argument("--row-lr", type=at.positive_float, default=0.05,
-                   help="AdaGrad step of the table rows' first-order weights")
+                   help="AdaGrad step of the table rows' first-order weights under "
+                   "--row-optimizer mixed or adagrad (adam steps them with Adam at --lr)")
     g.add_argument("--emb-lr", type=at.positive_float, default=0.005,
                    help="AdaGrad step of the table rows' embeddings (FM / DeepFM) under "
                    "--row-optimizer adagrad (mixed and adam step them with Adam at --lr)")
