@@ -376,7 +376,7 @@ class Replay:
             save_model(args.save_model, self.model, self.source.encoder, str(self.path))
         seconds = self.seconds_before + time.perf_counter() - t0
         self._held = self.score_holdout()
-        return self.report(seconds, self._held)
+        return self.report(seconds)
 
     def write_predictions(self, path: Path) -> None:
         """After ``run``: every scored event's prediction (``outputs.write_predictions``)."""
@@ -420,7 +420,7 @@ class Replay:
 
     def score_holdout(self) -> RecordSpill:
         """The final model's margins of the held-out events, spilled like the progressive
-        ones: memory flat in the number of held-out events. The caller removes the spill."""
+        ones: memory flat in the number of held-out events (``run`` keeps it until ``close``)."""
         scores = RecordSpill(self.spill_dir / HOLDOUT_SCORES_FILE)
         try:
             for stored in self.holdout.batches():
@@ -434,8 +434,8 @@ class Replay:
             raise
         return scores
 
-    def report(self, seconds: float, held: RecordSpill) -> dict[str, Any]:
-        """The report of DESIGN.md; ``held``: the held-out events' scores (``score_holdout``)."""
+    def report(self, seconds: float) -> dict[str, Any]:
+        """The report of DESIGN.md, after ``run`` scored the held-out events."""
         pos = self.source.position()
         return {
             "file": str(self.path),
@@ -446,7 +446,7 @@ class Replay:
             "model": {**self.model.describe(),
                       "batch_schedule": batch_schedule(self.args.batch_size)},
             "progressive": self.progressive.overall(),
-            "holdout": {**summarize_spilled(spill_reader(held), 0, len(held),
+            "holdout": {**summarize_spilled(spill_reader(self._held), 0, len(self._held),
                                             self.progressive.budget,
                                             self.progressive.chunk_rows),
                         "mode": self.args.holdout_mode},
