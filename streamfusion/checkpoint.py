@@ -110,11 +110,15 @@ def save_file(path: str | os.PathLike, state: dict[str, Any], **kind: Any) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = dumps(state, **kind)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: the previous file stays as it was
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     _fsync_dir(path.parent)
     return path
 

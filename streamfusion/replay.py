@@ -487,6 +487,11 @@ def _check_paths(args: argparse.Namespace) -> None:
                              f"({exc.strerror})") from None
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    return (f"; --resume continues from the last checkpoint in {args.checkpoint}"
+            if args.checkpoint and checkpoint.exists(args.checkpoint) else "")
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwind as for Ctrl-C: spills are closed, temp files removed
 
@@ -521,11 +526,14 @@ def run(args: argparse.Namespace) -> int:
     except (ParseError, OutputError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
+    except OSError as exc:  # a spill or checkpoint write during the run, e.g. a full disk
+        what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        console.print(f"[red]streamfusion replay: {what}, after {replay.rows_done:,} events"
+                      f"{_resume_hint(args)}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
-        where = (f"; --resume continues from the last checkpoint in {args.checkpoint}"
-                 if args.checkpoint else "")
         console.print(f"[red]streamfusion replay: interrupted after {replay.rows_done:,} "
-                      f"events{where}", highlight=False, soft_wrap=True)
+                      f"events{_resume_hint(args)}", highlight=False, soft_wrap=True)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

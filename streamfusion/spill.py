@@ -68,15 +68,19 @@ class SpillFile:
         return cls(path, nbytes, crc)
 
     def append(self, data: Any) -> None:
-        """Append the bytes of ``data`` (any contiguous buffer)."""
+        """Append the bytes of ``data`` (any contiguous buffer); an ``OSError`` (e.g. a full
+        disk) names the file."""
         view = memoryview(data).cast("B")
-        self._f.write(view)
+        try:
+            self._f.write(view)
+        except OSError as exc:
+            raise _naming(exc, self.path) from None
         self.crc = zlib.crc32(view, self.crc)
         self.nbytes += view.nbytes
 
     def pread(self, offset: int, size: int) -> bytes:
         """``size`` bytes from ``offset`` (the append position is left alone)."""
-        self._f.flush()
+        self._flush()
         out = os.pread(self._f.fileno(), size, offset)
         if len(out) != size:
             raise OSError(f"{self.path}: read {len(out)} of {size} bytes at {offset}")
@@ -84,19 +88,38 @@ class SpillFile:
 
     def reader(self) -> IO[bytes]:
         """A separate read-only handle on everything appended so far."""
-        self._f.flush()
+        self._flush()
         return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
 
     def state_dict(self) -> dict[str, int]:
         """Length and CRC of the file, made durable first (a checkpoint pins this prefix)."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._flush()
+        try:
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            raise _naming(exc, self.path) from None
         return {"bytes": self.nbytes, "crc": self.crc}
 
+    def _flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise _naming(exc, self.path) from None
+
     def close(self, remove: bool = False) -> None:
-        self._f.close()
+        """Close (and delete) the file. Never raises: bytes that cannot be flushed any more
+        (a full disk) lie past every prefix a checkpoint pinned, and nothing reads them."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with the spill file's name (a write on a descriptor names no file)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _crc_of_prefix(path: Path, nbytes: int) -> int:

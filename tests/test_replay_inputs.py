@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -231,6 +232,35 @@ def test_an_interrupt_ends_cleanly_and_removes_temporary_files(stream, tmp_path,
     assert proc.returncode == 130, err
     assert "interrupted after" in err and "Traceback" not in err
     assert list(tmp.iterdir()) == []
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:  # writes past ``limit`` bytes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize(("limit", "checkpoint", "failing"), [
+    (4_096, False, "tmp/streamfusion-"),  # a spill of the run, in TMPDIR
+    (1_000_000, True, "ckpt/state.sfck"),  # the checkpoint (bits 14: about 2 MB)
+])
+def test_a_write_that_fails_during_the_run_is_one_line_and_leaves_nothing_behind(
+        stream, tmp_path, limit, checkpoint, failing):
+    tmp, ckpt = tmp_path / "tmp", tmp_path / "ckpt"
+    tmp.mkdir()
+    extra = ["--checkpoint", str(ckpt), "--checkpoint-every", "2000"] if checkpoint else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamfusion.cli", "replay", "--file", str(stream), *SMALL,
+         *extra], env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True,
+        preexec_fn=_file_size_limit(limit), timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and "File too large, after" in err, err
+    assert str(tmp_path / failing) in err and "--resume" not in err  # no checkpoint yet
+    assert list(tmp.iterdir()) == []
+    if checkpoint:  # the unfinished checkpoint's temporary file is gone too
+        assert sorted(p.name for p in ckpt.iterdir() if "sfck" in p.name) == []
 
 
 def test_rare_words_are_counted_in_the_report_and_types_override(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,6 +51,10 @@ LEAF_ROWS = 200
 # 56.1 -> 51.8 s, progressive / holdout AUC 0.7353 / 0.7222 -> 0.7355 / 0.7241. Small fits are
 # quick already, and on a few thousand rows the rounding is noise the trees could fit.
 QUANTIZE_ROWS = 100_000
+
+
+class RefitCancelled(Exception):
+    """Raised inside a refit that was cancelled because nothing will use its trees."""
 
 
 class CodeTable:
@@ -228,7 +233,8 @@ class TreeStage:
     Examples
     --------
     >>> import numpy as np
-    >>> from types import SimpleNamespace
+    >>> from collections.abc import Callable
+from types import SimpleNamespace
     >>> rng = np.random.default_rng(0)
     >>> stage = TreeStage(n_trees=5, num_leaves=4, refit_every=500, window=1000,
     ...                   min_data_in_leaf=10, min_fit_rows=100)
@@ -550,7 +556,7 @@ class TreeStage:
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None,
                                "offset": 0.0, "accept": True, "loss": float("inf"),
-                               "blend": None}
+                               "blend": None, "cancel": False}
         # the live model as of now, for the guard (it cannot change before the swap: one
         # refit is pending at a time)
         live_offset, live_ensemble, prior = self.offset, self._ensemble, self.prior
@@ -576,7 +582,8 @@ class TreeStage:
                 cats = list(range(X.shape[1], XF.shape[1]))
                 if valid is not None:
                     valid = (XF[cut:],) + valid[1:]
-                booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats)
+                booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats,
+                                      stop=lambda: job["cancel"])
                 job["booster"], job["offset"], job["codes"] = booster, off, table
                 # compile the evaluator here too, off the stream's thread
                 job["ensemble"] = TreeEnsemble.from_booster(booster)
@@ -599,7 +606,8 @@ class TreeStage:
 
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None,
-               categorical: list[int] | None = None, window: bool = True) -> lgb.Booster:
+               categorical: list[int] | None = None, window: bool = True,
+               stop: Callable[[], bool] | None = None) -> lgb.Booster:
         # a window's refit is sized to its rows; a one-shot batch fit takes the sizes as given
         params = self.lgb_params(len(y) if window else None)
         if np.count_nonzero(X) * 2 >= X.size:
@@ -619,13 +627,18 @@ class TreeStage:
                                                       raw_score=True, num_threads=self.threads))
         ds = lgb.Dataset(X, y, init_score=init, params={"verbose": -1}, free_raw_data=True,
                          categorical_feature=categorical or "auto")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"callbacks": []}
+        if stop is not None:
+            def check(env: Any) -> None:  # between two trees: give up a refit nobody will use
+                if stop():
+                    raise RefitCancelled
+            kwargs["callbacks"].append(check)
         if valid is not None:
             vx, vy, vinit = valid
             kwargs["valid_sets"] = [lgb.Dataset(np.asarray(vx, np.float32),
                                                 np.asarray(vy, np.float64), init_score=vinit,
                                                 reference=ds)]
-            kwargs["callbacks"] = [lgb.early_stopping(max(5, rounds // 10), verbose=False)]
+            kwargs["callbacks"].append(lgb.early_stopping(max(5, rounds // 10), verbose=False))
         if base is not None and not merge:
             kwargs["init_model"] = base  # LightGBM continues the live trees
         booster = lgb.train(params, ds, num_boost_round=rounds, **kwargs)
@@ -682,6 +695,7 @@ class TreeStage:
         self.end_blend = None
         pending, self._pending = self._pending, None
         if pending is not None:  # the end refit fits a superset of its rows: drop it
+            pending["cancel"] = True  # (stops after its current tree instead of finishing)
             self._join(pending)
         enough = max(MIN_VALID_ROWS, int(self._count * self.valid_fraction))
         if (self._n_features and self._count >= self.min_fit_rows

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import threading
 from types import SimpleNamespace
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 
-from streamfusion.stages.trees import TreeStage
+from streamfusion.stages.trees import RefitCancelled, TreeStage
 
 T = 4
 
@@ -324,8 +325,8 @@ def test_a_refit_worse_on_the_newest_rows_never_goes_live(monkeypatch):
     good = stage.margin(_batch(np.random.default_rng(1), 200))
     real_train = stage._train
 
-    def flipped(X, y, init, rounds, base, valid=None, cats=None):  # real fit, labels inverted
-        return real_train(X, 1.0 - y, init, rounds, base, None, cats)
+    def flipped(X, y, init, rounds, base, valid=None, cats=None, **kw):  # labels inverted
+        return real_train(X, 1.0 - y, init, rounds, base, None, cats, **kw)
 
     monkeypatch.setattr(stage, "_train", flipped)
     log: list = []
@@ -354,6 +355,33 @@ def test_finish_fits_the_whole_window_in_place_of_the_pending_refit():
     assert stage.finish()  # refit on the whole 1600-row window, installed at once
     assert stage.refits == 3 and stage.version == 2 and stage.since_refit == 0
     assert stage.fade_weight == 1.0 and stage._pending is None
+
+
+def test_finish_cancels_the_pending_refit_it_replaces(monkeypatch):
+    """The pending refit stops after its current tree: its trees would be thrown away."""
+    release = threading.Event()
+    real_train, pending_trees = TreeStage._train, []
+
+    def slow_stop(self, X, y, init, rounds, base, valid=None, cats=None, *, stop=None, **kw):
+        if not pending_trees:  # the scheduled refit: note each tree, wait for finish()
+            def watched() -> bool:
+                pending_trees.append(1)
+                release.wait(30)
+                return stop()
+            return real_train(self, X, y, init, 500, base, valid, cats, stop=watched, **kw)
+        return real_train(self, X, y, init, rounds, base, valid, cats, stop=stop, **kw)
+
+    monkeypatch.setattr(TreeStage, "_train", slow_stop)
+    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
+    _feed(stage, _stream(14, 11))  # the refit started at 1000 is running
+    job = stage._pending
+    threading.Timer(0.2, release.set).start()  # after finish() asked it to stop
+    assert stage.finish() and stage.version == 1
+    assert job["cancel"] and isinstance(job["error"], RefitCancelled) and job["booster"] is None
+    assert len(pending_trees) == 1  # one tree of 500, then it gave up
+    b = _batch(np.random.default_rng(2), 300)
+    with pytest.raises(RefitCancelled):  # the check itself, without threads
+        real_train(stage, b.dense, b.y, None, 50, None, stop=lambda: True)
 
 
 def _coded_batch(rng: np.random.Generator, n: int) -> SimpleNamespace:
