@@ -514,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
             console.print("streamfusion replay: no labelled event was scored, so the "
                           "progressive metrics are undefined (null in the report)",
                           highlight=False, soft_wrap=True)
+        failed = []
         for flag, path, write in (
                 ("--report", args.report, lambda p: write_json(p, report)),
                 ("--plot", args.plot, lambda p: plot(report, p)),
@@ -522,8 +523,12 @@ def run(args: argparse.Namespace) -> int:
                 if path:
                     write(path)
             except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
-                raise OutputError(flag, path, exc) from None
-    except (ParseError, OutputError) as exc:
+                failed.append(OutputError(flag, path, exc))  # the other outputs still come
+        for exc in failed:
+            console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
+        if failed:
+            return 1
+    except ParseError as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     except OSError as exc:  # a spill or checkpoint write during the run, e.g. a full disk

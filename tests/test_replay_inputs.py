@@ -92,11 +92,16 @@ def test_unusable_output_paths_are_refused_before_the_run(stream, tmp_path, flag
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 @pytest.mark.parametrize("flag", ["--report", "--plot", "--predictions"])
-def test_an_output_that_fails_at_the_end_is_an_error_not_a_traceback(stream, flag, capsys):
-    code = main(["replay", "--file", str(stream), *SMALL, "--rows", "2000", flag, "/dev/full"])
+def test_an_output_that_fails_at_the_end_is_an_error_not_a_traceback(stream, flag, capsys,
+                                                                     tmp_path):
+    others = {f: tmp_path / f"out-{f[2:]}" for f in ("--report", "--plot", "--predictions")
+              if f != flag}
+    code = main(["replay", "--file", str(stream), *SMALL, "--rows", "2000", flag, "/dev/full",
+                 *(a for f, p in others.items() for a in (f, str(p)))])
     assert code == 1
     assert f"cannot write {flag} /dev/full: No space left on device" in capsys.readouterr().err
     assert not os.path.exists("/dev/full.png")  # the plot goes to the path as given
+    assert all(p.stat().st_size > 0 for p in others.values())  # the others are written
 
 
 @pytest.mark.parametrize("fmt,token", [("libsvm", "{j}:1"), ("libfm", "{j}:1"),
