@@ -376,7 +376,8 @@ def run_sf(spec: Spec, model: list[str], chrono: bool, work: Path) -> dict[str, 
 
     table = pacsv.read_csv(preds).to_pydict()
     sets = np.array(table["set"])
-    out["predictions"] = {k: (np.array(table["label"])[sets == k],
+    out["predictions"] = {k: (np.array(table["line"])[sets == k],
+                              np.array(table["label"])[sets == k],
                               np.array(table["margin"], np.float64)[sets == k])
                           for k in ("progressive", "holdout")}
     preds.unlink()
@@ -640,12 +641,12 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
             # our predictions pair with the peers' only on the very same rows
             key, part, rows_ = (("chrono_pred", "holdout", want) if mode == "chrono" else
                                 ("prog_pred", "progressive", ~held))
-            y_, z_ = rep["predictions"][part]
-            if np.array_equal(y_, table.y[rows_]):
+            line_, y_, z_ = rep["predictions"][part]
+            if np.array_equal(line_, table.line[rows_]) and np.array_equal(y_, table.y[rows_]):
                 res[key] = z_
             else:
-                notes.append(f"WARNING: {label} {mode}: the replay's {part} labels differ "
-                             "from this benchmark's rows: no interval")
+                notes.append(f"WARNING: {label} {mode}: the replay's {part} lines or labels "
+                             "differ from this benchmark's rows: no interval")
             if mode == "random":
                 res["prog_auc"] = rep["progressive"]["auc"]
                 res["prog_logloss"] = rep["progressive"]["logloss"]

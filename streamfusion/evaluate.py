@@ -325,8 +325,8 @@ class Rolling:
 class Progressive:
     """Progressive (test-then-train) validation state, spilled to disk.
 
-    Every scored event's margin, label and window key is appended to a file of fixed-size
-    records (9 bytes an event), so the final AUC is exact while memory stays flat in the
+    Every scored event's margin, label, window key and line is appended to a file of
+    fixed-size records (17 bytes an event), so the final AUC is exact while memory stays flat in the
     stream's length: the report's figures are computed from the file at the end, each
     holding at most ``budget`` events. Windows are cut where the key changes (the day for
     Avazu, ``row // window_rows`` otherwise). The last ``RECENT_EVENTS`` events stay in
@@ -390,11 +390,14 @@ class Progressive:
         self._recent.add(tail["z"], tail["y"])
         return self
 
-    def add(self, z: np.ndarray, y: np.ndarray, day: np.ndarray | None = None) -> None:
-        """Record margins ``z`` scored before learning, labels ``y`` and optional day keys."""
+    def add(self, z: np.ndarray, y: np.ndarray, day: np.ndarray | None = None,
+            line: np.ndarray | None = None) -> None:
+        """Record margins ``z`` scored before learning, labels ``y``, optional day keys and
+        the events' lines in their source (default: their 1-based positions here)."""
+        position = len(self) + np.arange(len(z))
         if day is None:
-            day = (len(self) + np.arange(len(z))) // self.window_rows
-        self._spill.append(z, y, day)
+            day = position // self.window_rows
+        self._spill.append(z, y, day, position + 1 if line is None else line)
         self._recent.add(z, y)
 
     def mark_swap(self, version: int) -> None:
@@ -407,6 +410,11 @@ class Progressive:
     def reader(self) -> Reader:
         """A :data:`Reader` over the recorded margins and labels, in stream order."""
         return self._read
+
+    @property
+    def spill(self) -> RecordSpill:
+        """The records themselves (margin, label, window key, line), in stream order."""
+        return self._spill
 
     def _summary(self, start: int, stop: int) -> dict[str, float | int]:
         return summarize_spilled(self._read, start, stop, self.budget, self.chunk_rows)

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from streamfusion.evaluate import Reader, sigmoid
+from streamfusion.evaluate import sigmoid
+from streamfusion.spill import RecordSpill
 
 PREDICTION_ROWS = 65_536  # events formatted at once
 
@@ -72,20 +73,22 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
-def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
-    """Write the CSV ``set,label,margin,p_click``: for each ``(name, read, n)`` of ``parts``,
-    its ``n`` margins and labels in order.
+def write_predictions(path: Path, parts: list[tuple[str, RecordSpill]]) -> None:
+    """Write the CSV ``set,line,label,margin,p_click``: for each ``(name, records)`` of
+    ``parts``, its records in order.
 
-    Each number is written in the shortest form that reads back to the same value (margins
-    as float32, ``p_click`` as float64). A regular file appears whole or not at all: it is
-    written beside ``path`` and renamed (a device or a pipe is written as it is).
+    ``line`` is the event's line in its source (1-based, a header counted), so the rows pair
+    with any other tool's predictions on the same file. Each number is written in the shortest
+    form that reads back to the same value (margins as float32, ``p_click`` as float64). A
+    regular file appears whole or not at all: it is written beside ``path`` and renamed (a
+    device or a pipe is written as it is).
 
     Parameters
     ----------
     path : Path
         The CSV file (replaced).
-    parts : list of (str, Reader, int)
-        The ``set`` column's value, a reader of margins and labels, and its row count.
+    parts : list of (str, RecordSpill)
+        The ``set`` column's value and the records of that set.
 
     Raises
     ------
@@ -95,14 +98,16 @@ def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
     Examples
     --------
     >>> import tempfile
-    >>> from streamfusion.evaluate import array_reader
-    >>> p = Path(tempfile.mkdtemp()) / "pred.csv"
-    >>> z, y = np.array([0.0, -1.5], np.float32), np.array([1, 0], np.uint8)
-    >>> write_predictions(p, [("holdout", array_reader(z, y), 2)])
-    >>> print(p.read_text(), end="")
-    set,label,margin,p_click
-    holdout,1,0,0.5
-    holdout,0,-1.5,0.18242552380635635
+    >>> d = Path(tempfile.mkdtemp())
+    >>> held = RecordSpill(d / "held.spill")
+    >>> held.append(np.array([0.0, -1.5], np.float32), np.array([1, 0]), np.zeros(2),
+    ...             np.array([4, 9]))
+    >>> write_predictions(d / "pred.csv", [("holdout", held)])
+    >>> print((d / "pred.csv").read_text(), end="")
+    set,line,label,margin,p_click
+    holdout,4,1,0,0.5
+    holdout,9,0,-1.5,0.18242552380635635
+    >>> held.close(remove=True)
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -113,14 +118,13 @@ def write_predictions(path: Path, parts: list[tuple[str, Reader, int]]) -> None:
     tmp = path if special else path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(b"set,label,margin,p_click\n")
-            for name, read, n in parts:
-                for a in range(0, n, PREDICTION_ROWS):
-                    z, y = read(a, min(n, a + PREDICTION_ROWS))
-                    z = np.asarray(z, np.float32)
+            f.write(b"set,line,label,margin,p_click\n")
+            for name, records in parts:
+                for rec in records.chunks(0, len(records), PREDICTION_ROWS):
+                    z = rec["z"]
                     pacsv.write_csv(pa.table({
-                        "set": pa.array(np.full(len(z), name)),
-                        "label": pa.array(np.asarray(y, np.int64)),
+                        "set": pa.array(np.full(len(z), name)), "line": pa.array(rec["line"]),
+                        "label": pa.array(rec["y"].astype(np.int64)),
                         "margin": pa.array(z), "p_click": pa.array(sigmoid(z))}), f, options)
         if not special:
             os.replace(tmp, path)

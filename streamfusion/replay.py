@@ -380,9 +380,8 @@ class Replay:
 
     def write_predictions(self, path: Path) -> None:
         """After ``run``: every scored event's prediction (``outputs.write_predictions``)."""
-        write_predictions(path, [
-            ("progressive", self.progressive.reader(), len(self.progressive)),
-            ("holdout", spill_reader(self._held), len(self._held))])
+        write_predictions(path, [("progressive", self.progressive.spill),
+                                 ("holdout", self._held)])
 
     # ------------------------------------------------------------------ the loop's sink
     def swapped(self, version: int) -> None:
@@ -395,7 +394,7 @@ class Replay:
         labelled = ~np.isnan(batch.y)
         day = self._day(batch)
         self.progressive.add(scores.margin[labelled], batch.y[labelled],
-                             None if day is None else day[labelled])
+                             None if day is None else day[labelled], batch.line[labelled])
 
     @property
     def rows_done(self) -> int:
@@ -428,7 +427,7 @@ class Replay:
                     b = stored.take(slice(a, a + HOLDOUT_SCORE_ROWS))
                     keep = ~np.isnan(b.y)
                     z = self.model.score(b).margin[keep]
-                    scores.append(z, b.y[keep], np.zeros(z.size, np.int32))
+                    scores.append(z, b.y[keep], np.zeros(z.size, np.int32), b.line[keep])
         except BaseException:
             scores.close(remove=True)
             raise

@@ -2,7 +2,7 @@
 
 A :class:`SpillFile` is a file that only grows, with a running CRC-32 and byte count, so a
 checkpoint can pin the prefix that belongs to it and a resumed run can refuse a file that is
-missing, short or altered. :class:`RecordSpill` stores fixed-size ``(margin, label, key)``
+missing, short or altered. :class:`RecordSpill` stores fixed-size ``(margin, label, key, line)``
 records in one, appended in large chunks and read back by row range.
 """
 
@@ -19,8 +19,11 @@ import numpy as np
 from streamfusion.checkpoint import CheckpointError
 
 CRC_READ_BYTES = 1 << 24  # a prefix is verified in 16 MiB reads: resuming stays flat too
-RECORD = np.dtype([("z", "<f4"), ("y", "u1"), ("key", "<i4")])  # packed: 9 bytes an event
-RECORD_FLUSH_ROWS = 1 << 16  # records written at once: 576 KiB a write
+# packed, 17 bytes an event: margin, label, window key, the event's line in its source
+RECORD = np.dtype([("z", "<f4"), ("y", "u1"), ("key", "<i4"), ("line", "<i8")])
+# a checkpoint names the layout of its records: one of another layout is refused, not misread
+RECORD_LAYOUT = ",".join(f"{n}{RECORD.fields[n][0].str}" for n in RECORD.names)
+RECORD_FLUSH_ROWS = 1 << 16  # records written at once: 1.1 MiB a write
 
 
 class SpillFile:
@@ -135,7 +138,8 @@ def _crc_of_prefix(path: Path, nbytes: int) -> int:
 
 
 class RecordSpill:
-    """Fixed-size ``(z float32, y uint8, key int32)`` records in a :class:`SpillFile`.
+    """Fixed-size ``(z float32, y uint8, key int32, line int64)`` records in a
+    :class:`SpillFile`.
 
     Appends go to a small in-memory buffer written in chunks of ``flush_rows``; since every
     record has the same size, the file's bytes (and CRC) do not depend on when it is flushed.
@@ -151,9 +155,10 @@ class RecordSpill:
     --------
     >>> import tempfile
     >>> s = RecordSpill(Path(tempfile.mkdtemp()) / "p.spill")
-    >>> s.append(np.array([0.5, -1.0], np.float32), np.array([1, 0]), np.array([7, 7]))
-    >>> s.read(1, 2)["z"].tolist(), len(s)
-    ([-1.0], 2)
+    >>> s.append(np.array([0.5, -1.0], np.float32), np.array([1, 0]), np.array([7, 7]),
+    ...          np.array([2, 3]))
+    >>> s.read(1, 2)[["z", "line"]].tolist(), len(s)
+    ([(-1.0, 3)], 2)
     >>> s.close(remove=True)
     """
 
@@ -170,6 +175,12 @@ class RecordSpill:
     def resume(cls, path: Path, state: dict[str, Any], what: str,
                flush_rows: int = RECORD_FLUSH_ROWS) -> RecordSpill:
         """Reopen the records of a checkpoint; ``CheckpointError`` unless the prefix matches."""
+        if state.get("record") != RECORD_LAYOUT:  # e.g. 9-byte records without line numbers
+            raise CheckpointError(
+                f"{what} file {path} holds records of another layout "
+                f"({state.get('record', 'z<f4,y|u1,key<i4')}, this version writes "
+                f"{RECORD_LAYOUT}): it was written by another version of streamfusion; "
+                "start a new run")
         f = SpillFile.resume(path, state, what)
         if int(state.get("rows", -1)) * RECORD.itemsize != f.nbytes:
             f.close()
@@ -180,7 +191,7 @@ class RecordSpill:
     def __len__(self) -> int:
         return self._flushed + self._n_buf
 
-    def append(self, z: np.ndarray, y: np.ndarray, key: np.ndarray) -> None:
+    def append(self, z: np.ndarray, y: np.ndarray, key: np.ndarray, line: np.ndarray) -> None:
         """Append one record per event (labels cast to uint8, keys to int32)."""
         n, done = len(z), 0
         while done < n:
@@ -189,6 +200,7 @@ class RecordSpill:
             part["z"] = z[done : done + take]
             part["y"] = y[done : done + take]
             part["key"] = key[done : done + take]
+            part["line"] = line[done : done + take]
             self._n_buf += take
             done += take
             if self._n_buf == self._buf.size:
@@ -214,9 +226,9 @@ class RecordSpill:
         for a in range(start, stop, rows):
             yield self.read(a, min(a + rows, stop))
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int | str]:
         self.flush()
-        return {**self.file.state_dict(), "rows": len(self)}
+        return {**self.file.state_dict(), "rows": len(self), "record": RECORD_LAYOUT}
 
     def close(self, remove: bool = False) -> None:
         self.file.close(remove)

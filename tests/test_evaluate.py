@@ -22,6 +22,7 @@ from streamfusion.evaluate import (
     sigmoid,
     summarize,
 )
+from streamfusion.spill import RecordSpill
 
 
 def brute_auc(s, y):
@@ -255,7 +256,7 @@ def test_progressive_memory_does_not_grow_with_the_events(rng):
     p.add(z, y)
     assert sum(a.nbytes for a in vars(p._spill).values()
                if isinstance(a, np.ndarray)) == in_memory
-    assert p._spill.file.nbytes + p._spill._n_buf * 9 == 300_000 * 9
+    assert p._spill.file.nbytes + p._spill._n_buf * 17 == 300_000 * 17
     p.close()
 
 
@@ -338,14 +339,20 @@ def test_predictions_that_fail_to_write_leave_the_old_file(tmp_path):
 
     path = tmp_path / "pred.csv"
     path.write_text("old\n")
-    z, y = np.zeros(10, np.float32), np.ones(10, np.uint8)
+    records = RecordSpill(tmp_path / "p.spill")
+    records.append(np.zeros(10, np.float32), np.ones(10), np.zeros(10), np.arange(10))
 
-    def failing(a, b):
-        raise OSError(28, "No space left on device")
+    class Failing:
+        def __len__(self):
+            return 5
+
+        def chunks(self, start, stop, rows):
+            raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        write_predictions(path, [("progressive", array_reader(z, y), 10),
-                                 ("holdout", failing, 5)])
-    assert path.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [path]
-    write_predictions(path, [("holdout", array_reader(z, y), 10)])
+        write_predictions(path, [("progressive", records), ("holdout", Failing())])
+    assert path.read_text() == "old\n"
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "p.spill", path]
+    write_predictions(path, [("holdout", records)])
     assert path.read_text().count("\n") == 11
+    records.close()

@@ -12,6 +12,7 @@ import pytest
 from streamfusion import checkpoint
 from streamfusion.cli import main
 from streamfusion.data.generate import generate
+from streamfusion.evaluate import holdout_mask
 from streamfusion.online import batch_size_at
 
 ROWS = 40_000
@@ -369,11 +370,12 @@ def test_a_rows_stop_then_resume_ends_as_an_uninterrupted_run(
 
 def read_predictions(path):
     text = path.read_text().splitlines()
-    assert text[0] == "set,label,margin,p_click"
+    assert text[0] == "set,line,label,margin,p_click"
     rows = [line.split(",") for line in text[1:]]
     sets = np.array([r[0] for r in rows])
-    y, z, p = (np.array([float(r[i]) for r in rows]) for i in (1, 2, 3))
-    return sets, y, z, p
+    lines = np.array([int(r[1]) for r in rows])
+    y, z, p = (np.array([float(r[i]) for r in rows]) for i in (2, 3, 4))
+    return sets, lines, y, z, p
 
 
 def test_predictions_are_the_events_the_report_scored_and_survive_a_resume(stream, tmp_path):
@@ -385,8 +387,14 @@ def test_predictions_are_the_events_the_report_scored_and_survive_a_resume(strea
     whole = tmp_path / "whole.csv"
     code, r = replay(tmp_path, *opts, "--predictions", str(whole))
     assert code == 0
-    sets, y, z, p = read_predictions(whole)
+    sets, lines, y, z, p = read_predictions(whole)
     assert list(dict.fromkeys(sets)) == ["progressive", "holdout"]
+    # every event once, by its line in the file (line 1 is the header), each set in file
+    # order, held out as the seeded mask of those lines says
+    assert sorted(lines.tolist()) == list(range(2, 15002))
+    for name in ("progressive", "holdout"):
+        assert (np.diff(lines[sets == name]) > 0).all()
+    assert np.array_equal(holdout_mask(lines, 0.1, seed=0), sets == "holdout")
     for name in ("progressive", "holdout"):
         keep = sets == name
         assert keep.sum() == r[name]["rows"]

@@ -67,16 +67,17 @@ def test_records_do_not_depend_on_batch_or_flush_sizes(tmp_path_factory, sizes, 
     z = rng.normal(size=n).astype(np.float32)
     y = (rng.random(n) < 0.5).astype(np.float32)
     key = rng.integers(-5, 5, n)
+    line = np.cumsum(rng.integers(1, 3, n)) + 2**33  # past int32: Criteo's 4e9 lines fit
     d = tmp_path_factory.mktemp("r")
     s = RecordSpill(d / "a.spill", flush_rows=flush_rows)
     i = 0
     for size in sizes:
-        s.append(z[i : i + size], y[i : i + size], key[i : i + size])
+        s.append(z[i : i + size], y[i : i + size], key[i : i + size], line[i : i + size])
         i += size
     assert len(s) == n
     rec = s.read(0, n)
     assert np.array_equal(rec["z"], z) and np.array_equal(rec["y"], y.astype(np.uint8))
-    assert np.array_equal(rec["key"], key)
+    assert np.array_equal(rec["key"], key) and np.array_equal(rec["line"], line)
     chunks = list(s.chunks(1, n, 7))
     assert all(len(c) <= 7 for c in chunks)
     if n > 1:
@@ -84,7 +85,7 @@ def test_records_do_not_depend_on_batch_or_flush_sizes(tmp_path_factory, sizes, 
     state = s.state_dict()
     s.close()
     one = RecordSpill(d / "b.spill", flush_rows=10**6)
-    one.append(z, y, key)
+    one.append(z, y, key, line)
     assert one.state_dict() == state  # same bytes, same CRC
     one.close(remove=True)
     assert not (d / "b.spill").exists()
@@ -93,7 +94,7 @@ def test_records_do_not_depend_on_batch_or_flush_sizes(tmp_path_factory, sizes, 
 
 def test_record_resume_checks_the_row_count(tmp_path):
     s = RecordSpill(tmp_path / "a.spill")
-    s.append(np.ones(10, np.float32), np.ones(10), np.zeros(10))
+    s.append(np.ones(10, np.float32), np.ones(10), np.zeros(10), np.arange(10))
     state = s.state_dict()
     s.close()
     again = RecordSpill.resume(tmp_path / "a.spill", state, "test")
@@ -101,3 +102,14 @@ def test_record_resume_checks_the_row_count(tmp_path):
     again.close()
     with pytest.raises(CheckpointError, match="row count"):
         RecordSpill.resume(tmp_path / "a.spill", {**state, "rows": 11}, "test")
+
+
+def test_records_of_another_layout_are_refused_not_misread(tmp_path):
+    """A checkpoint of the 9-byte records (no line) written before lines were kept."""
+    path = tmp_path / "old.spill"
+    path.write_bytes(bytes(9 * 17))  # 17 old records: as many bytes as 9 new ones
+    old = {"bytes": 9 * 17, "crc": zlib.crc32(bytes(9 * 17)), "rows": 17}
+    with pytest.raises(CheckpointError, match=r"another layout \(z<f4,y\|u1,key<i4, this "
+                                              r"version writes z<f4,y\|u1,key<i4,line<i8\)"):
+        RecordSpill.resume(path, old, "progressive metrics")
+    assert path.stat().st_size == 9 * 17  # refused before the file was touched
