@@ -35,8 +35,9 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     group.add_argument(
         "--types", type=at.column_types, metavar="COL=KIND,...",
         help="column kinds (num, cat or skip) overriding the inferred ones, e.g. "
-        f"zip=cat,score=num. A CSV's kinds are inferred from its first {DEFAULT_SAMPLE_ROWS:,} "
-        "rows: integer columns named *id or *hash*, or whose values look like ids (many "
+        f"zip=cat,score=num. A CSV's kinds are inferred from a sample of "
+        f"{DEFAULT_SAMPLE_ROWS:,} rows, the first half and the rest spread over the file: "
+        "integer columns named *id or *hash*, or whose values look like ids (many "
         "distinct, 5+ digits or evenly spread), are categorical; a numeric column's rare words "
         "(unknown, ?) are missing values, counted in the report's unparsed_numbers")
     group.add_argument(

@@ -30,7 +30,7 @@ import numpy as np
 
 from streamfusion import argtypes as at
 from streamfusion import checkpoint, windowing
-from streamfusion.data import ParseError, open_source
+from streamfusion.data import Encoder, ParseError, open_source
 from streamfusion.data.readers import InputFingerprint
 from streamfusion.evaluate import (
     PROGRESSIVE_FILE,
@@ -217,7 +217,8 @@ class Replay:
                                   types=args.types,
                                   bits=config.bits, seed=config.seed, on_error=args.on_error,
                                   max_features=args.max_features,
-                                  dense_features=args.dense_features)
+                                  dense_features=args.dense_features,
+                                  encoder=self._checkpoint_encoder())
         schema = self.source.schema
         if schema.is_svm and not schema.dense_features and "trees" in config.stage_kinds():
             warnings.warn(f"{schema.name} input with --dense-features 0 gives the trees no "
@@ -251,6 +252,16 @@ class Replay:
             events = self._restore(self.state)
         self.loop = OnlineLoop(self.model, holdout=self._held_out, events=events)
         self._held: RecordSpill | None = None  # the final model's held-out scores (run)
+
+    def _checkpoint_encoder(self) -> Encoder | None:
+        """On --resume, the run's own schema and counts: a log that grew since samples its
+        kinds differently, and the run must go on as it began."""
+        if self.state is None or self.state.get("kind") != "replay":
+            return None  # (another kind of checkpoint is refused by _check_resumable)
+        try:
+            return Encoder.from_state_dict(self.state["encoder"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise checkpoint.CheckpointError(f"checkpoint state is malformed: {exc}") from None
 
     def _describe_checkpoint(self) -> str:
         """'a checkpoint of N events of FILE', for the refusal of a run without --resume."""

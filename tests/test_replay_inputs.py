@@ -301,6 +301,29 @@ def test_unparsed_counts_survive_a_resume(tmp_path):
     assert code == 0 and resumed["unparsed_numbers"] == {"score": 60}
 
 
+def test_a_resumed_run_keeps_its_kinds_when_the_log_grew(tmp_path):
+    """Rows appended after the checkpoint would type a column otherwise (the sample spans
+    the file): the resumed run reads it as it began."""
+    path = tmp_path / "grow.csv"
+    rng = np.random.default_rng(5)
+    path.write_text("clk,z,c\n" + "".join(f"{int(rng.random() < 0.3)},,c{i % 9}\n"
+                                         for i in range(3000)))
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "1000"]
+    code, first = replay(tmp_path, "--file", str(path), "--label", "clk", *SMALL, *ckpt,
+                         "--rows", "2000")
+    assert code == 0 and first["column_kinds"]["z"] == "cat"  # empty: nothing says number
+    with open(path, "a") as f:
+        f.writelines(f"{i % 2},{rng.normal():.4f},c{i % 9}\n" for i in range(3000))
+    fresh = tmp_path / "fresh.json"
+    assert main(["replay", "--file", str(path), "--label", "clk", *SMALL, "--report",
+                 str(fresh)]) == 0
+    assert json.loads(fresh.read_text())["column_kinds"]["z"] == "num"  # a new run: numbers
+    code, resumed = replay(tmp_path, "--file", str(path), "--label", "clk", *SMALL, *ckpt,
+                           "--resume")
+    assert code == 0 and resumed["rows"] == 6000 and resumed["column_kinds"] == first[
+        "column_kinds"]
+
+
 def test_avazu_and_criteo_kinds_are_in_the_report(stream, tmp_path, shared_data):
     code, r = replay(tmp_path, "--file", str(stream), *SMALL, "--rows", "1000")
     assert code == 0 and r["unparsed_numbers"] == {}

@@ -21,8 +21,8 @@ column order. Per column kind:
   (Monday = 0); the row's ``time`` is YYMMDDHH as an integer.
 - ``label``: 0/1 click; ``skip``: ignored (ids).
 
-A generic CSV's kinds are inferred from a sample of up to ``DEFAULT_SAMPLE_ROWS`` rows (see
-:func:`infer_csv_schema`); ``types`` overrides them.
+A generic CSV's kinds are inferred from a sample of up to ``DEFAULT_SAMPLE_ROWS`` rows spread
+over the file (:func:`type_sample`, :func:`infer_csv_schema`); ``types`` overrides them.
 """
 
 from __future__ import annotations
@@ -485,6 +485,29 @@ def _cells_or_none(line: str, delimiter: str) -> list[str]:
         return []
 
 
+def type_sample(head: bytes, complete: bool, rows: int, rest: Sequence[bytes] = ()
+                ) -> list[bytes]:
+    """The first line and a sample of ``rows`` lines after it: the first half of them, then
+    the other half evenly spaced over the rest of the file, read from the head when it holds
+    the whole file, else from the ``rest`` blocks (read across the file past the head). A
+    log whose kinds change after its first rows (ids appear, a column fills in) is typed by
+    all of it.
+
+    Examples
+    --------
+    >>> text = b"h\\n" + b"".join(b"%d\\n" % i for i in range(100))
+    >>> [int(x) for x in type_sample(text, True, 6)[1:]]
+    [0, 1, 2, 3, 51, 99]
+    """
+    first = 1 + rows // 2
+    lines = _split_lines(head, complete, len(head))
+    later = (lines[first:] if not rest else
+             [ln for block in rest for ln in _split_lines(block, True, len(block))])
+    want = min(len(later), rows - rows // 2)
+    picks = np.linspace(0, len(later) - 1, want).round().astype(np.int64) if want else []
+    return lines[:first] + [later[i] for i in picks]
+
+
 def _split_lines(head: bytes, complete: bool, limit: int) -> list[bytes]:
     """Up to ``limit`` whole lines of ``head``, blank ones left out."""
     lines = head.split(b"\n", limit)
@@ -514,17 +537,19 @@ _FFM_ID = re.compile(rb"(?:^|(?<=[ \t]))\d+:(\d{1,18}):[^ \t:]*(?=[ \t]|$)", re.
 def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str | None = None,
                   types: Mapping[str, str] | None = None, delimiter: str = ",",
                   max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
-                  sample_rows: int = DEFAULT_SAMPLE_ROWS) -> Schema:
-    """Pick the schema of a file from its first bytes.
+                  sample_rows: int = DEFAULT_SAMPLE_ROWS, rest: Sequence[bytes] = ()
+                  ) -> Schema:
+    """Pick the schema of a file from its first bytes (and blocks of whole lines from the
+    ``rest`` of it, when the head is not the whole file).
 
     ``format="auto"`` recognises Avazu (header names, or 24 comma fields with a 0/1 click and a
     YYMMDDHH hour), Criteo (40 or 39 tab-separated fields, or the Kaggle csv headers), libsvm
     (``idx:val`` tokens, reported as ``libsvm``; libFM files are the same) and libffm
-    (``field:idx:val``); any other file needs ``format="csv"`` or a label. Up to
-    ``sample_rows`` lines type a CSV's columns and, with ``dense_features=None``, choose a
-    libsvm-like file's tree columns (:func:`svm_dense_ids`).
+    (``field:idx:val``); any other file needs ``format="csv"`` or a label. A sample of up to
+    ``sample_rows`` lines (:func:`type_sample`) types a CSV's columns and, with
+    ``dense_features=None``, chooses a libsvm-like file's tree columns (:func:`svm_dense_ids`).
     """
-    lines = _split_lines(head, complete, sample_rows + 1)
+    lines = type_sample(head, complete, sample_rows, rest)
     if not lines:
         raise ValueError("no complete line in the first bytes")
     first = lines[0].decode("utf-8", "replace")

@@ -4,18 +4,20 @@ counts survive a checkpoint, and ``types`` overrides all of it."""
 
 from __future__ import annotations
 
+import gzip
 import warnings
 
 import numpy as np
 import pytest
 
-from streamfusion.data import Encoder, ParseError, infer_csv_schema, open_source, read_all
+from streamfusion.data import Encoder, ParseError, infer_csv_schema, open_source, read_all, readers
 from streamfusion.data.schema import (
     DEFAULT_SAMPLE_ROWS,
     ID_MAX_SKEW,
     ID_MIN_DISTINCT,
     MAX_WORD_SHARE,
     ColumnProfile,
+    type_sample,
 )
 
 ROWS = 3000
@@ -115,10 +117,42 @@ def test_kinds_come_from_far_beyond_the_first_thousand_rows(tmp_path):
     rows += [[i % 2, "low" if i % 3 else i % 50] for i in range(1500)]
     path = write_csv(tmp_path, ["clk", "grade"], rows)
     assert kinds(open_source(path, label="clk").schema)["grade"] == ("cat", "count")
-    # a sample cut before the words would have called it numeric
-    early = open_source(path, label="clk", sample_rows=1000)
-    assert early.schema.columns[1].kind == "num"
+    # a small sample sees them too: half of it is spread over the rest of the file
+    assert kinds(open_source(path, label="clk", sample_rows=1000).schema)["grade"] == (
+        "cat", "count")
     assert DEFAULT_SAMPLE_ROWS >= 20_000
+
+
+def test_type_sample_takes_the_first_rows_and_rows_spread_over_the_rest():
+    head = b"h\n" + b"".join(b"%d\n" % i for i in range(1000))
+    got = [int(x) for x in type_sample(head, True, 10)[1:]]
+    assert got == [0, 1, 2, 3, 4, 5, 253, 502, 751, 999]
+    # a head that is not the whole file: the second half comes from the blocks of the rest
+    rest = [b"2000\n2001\n", b"5000\n", b"9000\n9001\n9002\n"]
+    assert [int(x) for x in type_sample(head[:200], False, 10, rest)[1:]] == [
+        0, 1, 2, 3, 4, 2000, 2001, 5000, 9001, 9002]
+    assert type_sample(head, True, 5000)[1:] == head.split(b"\n")[1:-1]  # all of a short file
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_log_longer_than_its_head_is_typed_by_blocks_from_all_of_it(tmp_path, monkeypatch,
+                                                                      gz):
+    """A column empty in the first half and numeric later, one numeric first and mostly words
+    later: typed by blocks read across the file (not for gzip: its head only)."""
+    monkeypatch.setattr(readers, "HEAD_BYTES", 32 << 10)
+    monkeypatch.setattr(readers, "SPREAD_BLOCK_BYTES", 4 << 10)
+    rows = [[i % 2, "" if i < 10_000 else round(i * 0.37 % 91, 2),
+             i % 50 if i < 10_000 or i % 3 == 0 else "low"] for i in range(20_000)]
+    path = write_csv(tmp_path, ["clk", "score", "grade"], rows)
+    if gz:
+        path = tmp_path / "t.csv.gz"
+        path.write_bytes(gzip.compress((tmp_path / "t.csv").read_bytes()))
+    got = kinds(open_source(path, label="clk").schema)
+    # the gzip's first 32 KiB: no scores yet, and grades that are numbers
+    assert got["score"] == (("cat", "count") if gz else ("num", "none"))
+    assert got["grade"] == (("num", "none") if gz else ("cat", "count"))
+    if not gz:
+        assert len(readers._read_spread(path, 32 << 10)) == readers.SPREAD_BLOCKS
 
 
 def test_rare_words_are_missing_values_counted_and_warned_once(tmp_path, rng):
