@@ -16,6 +16,7 @@ old checkpoint or the new one, never a mix; a file that fails any check is refus
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -107,6 +108,8 @@ def save_file(path: str | os.PathLike, state: dict[str, Any], **kind: Any) -> Pa
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); ``kind`` as
     for :func:`dumps`."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # never rename over a device, pipe or directory
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = dumps(state, **kind)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.tmp{os.getpid()}")

@@ -407,10 +407,6 @@ class Progressive:
     def __len__(self) -> int:
         return len(self._spill)
 
-    def reader(self) -> Reader:
-        """A :data:`Reader` over the recorded margins and labels, in stream order."""
-        return self._read
-
     @property
     def spill(self) -> RecordSpill:
         """The records themselves (margin, label, window key, line), in stream order."""

@@ -50,8 +50,9 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     group.add_argument(
         "--dense-features", type=at.nonneg_int, default=None, metavar="N",
         help="libsvm / libfm / libffm: the trees' columns are the feature ids 0..N-1 (0: none, "
-        "the trees keep the click prior). Default: chosen from the first rows, every feature "
-        f"id seen there, or the {DENSE_AUTO_MAX} most frequent if there are more")
+        "the trees keep the click prior). Default: chosen from a sample of rows spread over the "
+        f"file, every feature id seen there, or the {DENSE_AUTO_MAX} most frequent if there "
+        "are more")
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class OutputError(Exception):
     """
 
     def __init__(self, flag: str, path: Path, exc: OSError) -> None:
-        super().__init__(f"cannot write {flag} {path}: {exc.strerror}")
+        super().__init__(f"cannot write {flag} {path}: {exc.strerror or exc}")
 
 
 def check_output(path: Path, flag: str) -> None:

@@ -173,8 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "with an hour column spanning several days is cut by day)")
     e.add_argument("--report", type=Path, help="write the JSON report here")
     e.add_argument("--predictions", type=Path, metavar="CSV",
-                   help="write every scored event's prediction here (set,label,margin,p_click): "
-                   "the progressive ones in stream order, each made before the model learned "
+                   help="write every scored event's prediction here (set,line,label,margin,"
+                   "p_click; line: the event's line in the file): the progressive ones in "
+                   "stream order, each made before the model learned "
                    "the event, then the held-out ones as the final model scores them")
     e.add_argument("--plot", type=Path, help="draw each window's AUC and logloss, the "
                    "holdout AUC and every refit that went live to this PNG")
@@ -212,6 +213,8 @@ class Replay:
                 "to continue it, or choose another directory (or delete it)")
         self.path = args.file or default_stream(args.rows or DEFAULT_ROWS, args.seed)
         self.state = checkpoint.load(args.checkpoint) if args.resume else None
+        if self.state is not None:
+            self._check_belongs(self.state)  # before its schema reads the file
         config = config_from_args(args)
         self.source = open_source(self.path, format=args.format, label=args.label,
                                   types=args.types,
@@ -256,8 +259,8 @@ class Replay:
     def _checkpoint_encoder(self) -> Encoder | None:
         """On --resume, the run's own schema and counts: a log that grew since samples its
         kinds differently, and the run must go on as it began."""
-        if self.state is None or self.state.get("kind") != "replay":
-            return None  # (another kind of checkpoint is refused by _check_resumable)
+        if self.state is None:
+            return None
         try:
             return Encoder.from_state_dict(self.state["encoder"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -280,8 +283,8 @@ class Replay:
         return {k: _plain(getattr(self.args, k, v)) for k, v in sorted(defaults.items())
                 if k not in self.RESUMABLE_FLAGS}
 
-    def _check_resumable(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint this run cannot continue exactly; loads nothing."""
+    def _check_belongs(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another kind, of another file, or missing a part."""
         req = checkpoint.require
         if state.get("kind") != "replay":
             raise checkpoint.CheckpointError("checkpoint was not written by streamfusion replay")
@@ -295,6 +298,10 @@ class Replay:
         if Path(state["file"]).resolve() != Path(self.path).resolve():
             raise checkpoint.CheckpointError(
                 f"checkpoint belongs to {state['file']}, not {self.path}")
+
+    def _check_resumable(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint this run cannot continue exactly (after ``_check_belongs``);
+        loads nothing."""
         # Defaults stand in for flags the checkpoint predates: such runs behaved like them.
         saved, now = state["flags"], self.run_flags()
         diffs = [f"--{k.replace('_', '-')}: checkpoint {saved.get(k, v)!r}, now {v!r}"
@@ -322,8 +329,7 @@ class Replay:
             config = {**state["model"]["config"], "threads": self.args.threads,
                       "tree_threads": self.args.threads}
             model = OnlineModel.from_state({**state["model"], "config": config})
-            self.source.encoder.load_state_dict(state["encoder"])
-            self.source.seek(state["position"])
+            self.source.seek(state["position"])  # (the encoder is the checkpoint's already)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise checkpoint.CheckpointError(f"checkpoint state is malformed: {exc}") from None
         self.model = model
@@ -383,11 +389,13 @@ class Replay:
         # the end of the file: the pending refit goes live now and the trees are refit on the
         # whole window, so the model that scores the holdout has seen the data
         self.model.finish()
-        if args.save_model:
-            save_model(args.save_model, self.model, self.source.encoder, str(self.path))
         seconds = self.seconds_before + time.perf_counter() - t0
         self._held = self.score_holdout()
         return self.report(seconds)
+
+    def write_model(self, path: Path) -> None:
+        """After ``run``: the final model for ``streamfusion score`` (``model_file``)."""
+        save_model(path, self.model, self.source.encoder, str(self.path))
 
     def write_predictions(self, path: Path) -> None:
         """After ``run``: every scored event's prediction (``outputs.write_predictions``)."""
@@ -483,6 +491,10 @@ def _check_paths(args: argparse.Namespace) -> None:
                 "not a regular file (replay reopens and seeks its input: no directories, "
                 "pipes or devices)")
         raise ValueError(f"--file {args.file}: {what}")
+    if args.save_model is not None and args.save_model.exists() and not args.save_model.is_file():
+        # (before the write test below, which would wait on a pipe)
+        raise ValueError(f"--save-model {args.save_model}: not a regular file (a model is "
+                         "written whole and renamed into place)")
     for flag, path in (("--report", args.report), ("--plot", args.plot),
                        ("--save-model", args.save_model), ("--predictions", args.predictions)):
         if path is not None:
@@ -495,6 +507,11 @@ def _check_paths(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise ValueError(f"--checkpoint {args.checkpoint}: cannot create it "
                              f"({exc.strerror})") from None
+
+
+def _os_error(exc: OSError) -> str:
+    """'FILE: reason' of a failed read or write."""
+    return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -516,6 +533,10 @@ def run(args: argparse.Namespace) -> int:
     except (ParseError, checkpoint.CheckpointError, ValueError) as exc:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
+    except OSError as exc:  # e.g. a full disk under the checkpoint directory's schema.json
+        console.print(f"[red]streamfusion replay: {_os_error(exc)}", highlight=False,
+                      soft_wrap=True)
+        return 1
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with ReplayProgress(console, args.rows, disable=args.quiet) as progress:
@@ -528,13 +549,14 @@ def run(args: argparse.Namespace) -> int:
         for flag, path, write in (
                 ("--report", args.report, lambda p: write_json(p, report)),
                 ("--plot", args.plot, lambda p: plot(report, p)),
-                ("--predictions", args.predictions, replay.write_predictions)):
+                ("--predictions", args.predictions, replay.write_predictions),
+                ("--save-model", args.save_model, replay.write_model)):
             try:
                 if path:
                     write(path)
             except OSError as exc:  # e.g. a full disk: the pre-check could not foresee it
                 failed.append(OutputError(flag, path, exc))  # the other outputs still come
-        for exc in failed:
+        for exc in failed:  # (each names its flag: the run itself is complete)
             console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         if failed:
             return 1
@@ -542,9 +564,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]streamfusion replay: {exc}", highlight=False, soft_wrap=True)
         return 1
     except OSError as exc:  # a spill or checkpoint write during the run, e.g. a full disk
-        what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
-        console.print(f"[red]streamfusion replay: {what}, after {replay.rows_done:,} events"
-                      f"{_resume_hint(args)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]streamfusion replay: {_os_error(exc)}, after "
+                      f"{replay.rows_done:,} events{_resume_hint(args)}", highlight=False,
+                      soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print(f"[red]streamfusion replay: interrupted after {replay.rows_done:,} "

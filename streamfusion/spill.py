@@ -180,7 +180,7 @@ class RecordSpill:
                 f"{what} file {path} holds records of another layout "
                 f"({state.get('record', 'z<f4,y|u1,key<i4')}, this version writes "
                 f"{RECORD_LAYOUT}): it was written by another version of streamfusion; "
-                "start a new run")
+                "start a new run in another directory")
         f = SpillFile.resume(path, state, what)
         if int(state.get("rows", -1)) * RECORD.itemsize != f.nbytes:
             f.close()

@@ -1,13 +1,18 @@
 """The docs state today's defaults: docs/cli.md's table of the defaults that differ between
-replay / serve and the river classifier is checked against the parsers and the class."""
+replay / serve and the river classifier is checked against the parsers and the class; every
+docstring example of the package runs."""
 
 import ast
+import doctest
+import importlib
 import inspect
+import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
+import streamfusion
 from streamfusion.cli import build_parser
 from streamfusion.river import ResFusionClassifier
 
@@ -47,3 +52,13 @@ def test_each_documented_default_is_the_code_s(row):
     name, value = re.fullmatch(r"`(\w+)=(.+)`", river).groups()
     param = inspect.signature(ResFusionClassifier.__init__).parameters[name]
     assert ast.literal_eval(value) == param.default, name
+
+
+MODULES = [m.name for m in pkgutil.walk_packages(streamfusion.__path__, "streamfusion.")]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

@@ -17,7 +17,8 @@ import pytest
 
 from streamfusion.cli import main
 from streamfusion.data.generate import generate
-from streamfusion.replay import count_events
+from streamfusion.evaluate import PROGRESSIVE_FILE
+from streamfusion.replay import HOLDOUT_FILE, count_events
 
 SMALL = ["--trees", "10", "--leaves", "7", "--refit-every", "3000", "--first-fit", "1500",
          "--window", "4000", "--hidden", "16", "--bits", "14", "--quiet", "--batch-size", "256"]
@@ -268,6 +269,46 @@ def test_a_write_that_fails_during_the_run_is_one_line_and_leaves_nothing_behind
         assert sorted(p.name for p in ckpt.iterdir() if "sfck" in p.name) == []
 
 
+def test_a_write_that_fails_after_a_checkpoint_says_how_to_resume(stream, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    opts = ["--file", str(stream), *SMALL, "--checkpoint", str(ckpt), "--checkpoint-every",
+            "2000"]
+    assert main(["replay", *opts, "--rows", "4000"]) == 0
+    largest = max((ckpt / name).stat().st_size for name in (PROGRESSIVE_FILE, HOLDOUT_FILE))
+    proc = subprocess.run(  # the spills may grow 1 kB: the resumed run fails in their writes
+        [sys.executable, "-m", "streamfusion.cli", "replay", *opts, "--resume"],
+        capture_output=True, text=True, preexec_fn=_file_size_limit(largest + 1000),
+        timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"; --resume continues from the last checkpoint in {ckpt}" in err, err
+    assert main(["replay", *opts, "--resume"]) == 0  # and it does
+
+
+def test_a_model_that_cannot_be_saved_keeps_the_other_outputs(stream, tmp_path):
+    out = {f: tmp_path / name for f, name in (("--report", "r.json"), ("--save-model", "m.sfm"),
+                                              ("--predictions", "p.csv"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamfusion.cli", "replay", "--file", str(stream), *SMALL,
+         "--rows", "2000", *(a for f, p in out.items() for a in (f, str(p)))],
+        env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True,
+        preexec_fn=_file_size_limit(140_000), timeout=120)  # model 170 kB, predictions 100
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and err.splitlines() == [
+        f"streamfusion replay: cannot write --save-model {out['--save-model']}: File too large"]
+    assert json.loads(out["--report"].read_text())["rows"] == 2000
+    assert out["--predictions"].read_text().count("\n") == 2001
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "r.json"]  # no partial model
+
+
+def test_a_model_path_that_is_not_a_regular_file_is_refused_before_the_run(stream, tmp_path,
+                                                                            capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    code = main(["replay", "--file", str(stream), *SMALL, "--save-model", str(fifo)])
+    assert code == 1 and "--save-model" in capsys.readouterr().err and fifo.is_fifo()
+
+
 def test_rare_words_are_counted_in_the_report_and_types_override(tmp_path):
     rows = ["a,target,n,user_id", *(f"{i},{i % 2},{i % 17},{i % 50}" for i in range(1500)),
             "1501,1,N/A,3", "1502,0,unknown,4"]
@@ -322,6 +363,17 @@ def test_a_resumed_run_keeps_its_kinds_when_the_log_grew(tmp_path):
                            "--resume")
     assert code == 0 and resumed["rows"] == 6000 and resumed["column_kinds"] == first[
         "column_kinds"]
+
+
+def test_resuming_with_another_file_names_the_checkpoints_file(stream, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("clk,a\n" + "".join(f"{i % 2},x{i % 5}\n" for i in range(500)))
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "1000"]
+    assert main(["replay", "--file", str(stream), *SMALL, *ckpt, "--rows", "2000"]) == 0
+    capsys.readouterr()
+    code = main(["replay", "--file", str(other), "--label", "clk", *SMALL, *ckpt, "--resume"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and f"checkpoint belongs to {stream}, not {other}" in err, err
 
 
 def test_avazu_and_criteo_kinds_are_in_the_report(stream, tmp_path, shared_data):

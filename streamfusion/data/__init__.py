@@ -1,8 +1,8 @@
 """Click-log sources: schemas, the C tokenizer + hasher, streaming file readers.
 
-    >>> from streamfusion.data import open_source          # doctest: +SKIP
-    >>> src = open_source("train.csv.gz", bits=20, seed=0)  # Avazu detected from the header
-    >>> batch = src.next_batch(4096)
+    >>> from streamfusion.data import open_source
+    >>> src = open_source("train.csv.gz", bits=20, seed=0)  # doctest: +SKIP
+    >>> batch = src.next_batch(4096)  # doctest: +SKIP
 """
 
 from streamfusion.data.encoder import Encoder

@@ -69,9 +69,9 @@ class Encoder:
     --------
     >>> from streamfusion.data.schema import avazu_schema
     >>> enc = Encoder(avazu_schema(), bits=18)
-    >>> batch, errors = enc.encode_records([{"hour": 14102100, "C1": 1005}])
-    >>> errors[0][0], len(batch)
-    (0, 0)
+    >>> batch, errors = enc.encode_records([{"hour": 14102100, "C1": 1005}, {"hour": "x"}])
+    >>> len(batch), errors  # a missing column is a missing value, a bad one an error
+    (1, [(1, "bad hour (want YYMMDDHH) in column 'hour'")])
     """
 
     def __init__(self, schema: Schema, bits: int = 20, seed: int = 0,

@@ -40,8 +40,9 @@ DEFAULT_CHUNK_BYTES = 4 << 20  # big enough to amortise the Python per-chunk wor
 # first decompressed bytes read for format detection and type inference: room for the
 # sample's DEFAULT_SAMPLE_ROWS rows of a wide log (400 bytes a row), a few ms to read
 HEAD_BYTES = 8 << 20
-# beyond the head of a longer plain file, the type sample also reads this many blocks spread
-# evenly over the rest (a few ms): kinds fit the whole log, not only its first rows
+# of a plain file longer than its head, the type sample also reads this many blocks spread
+# evenly over all of it (a few ms): kinds fit the whole log, not only its first rows. A file
+# longer than the head is longer than 17 blocks, so they never overlap.
 SPREAD_BLOCKS = 16
 SPREAD_BLOCK_BYTES = 1 << 18
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is a binary file or a missing newline
@@ -259,20 +260,20 @@ def _read_head(path: Path, limit: int) -> tuple[bytes, bool]:
     return b"".join(parts), complete
 
 
-def _read_spread(path: Path, start: int) -> list[bytes]:
-    """Blocks of a plain file at ``SPREAD_BLOCKS`` evenly spaced offsets past its first
-    ``start`` bytes, each cut to whole lines: the type sample's rows from the rest of a log
-    whose head is not all of it. A gzip file has none (they would cost a pass over it)."""
+def _read_spread(path: Path) -> list[bytes]:
+    """``SPREAD_BLOCKS`` blocks of a plain file longer than its head, evenly spaced from its
+    start to its end and cut to whole lines: the type sample's rows from all of a log (a
+    gzip file has none: they would cost a pass over it)."""
     with open(path, "rb") as f:
         if f.read(2) == GZIP_MAGIC:
             return []
         size = f.seek(0, os.SEEK_END)
-        room = size - start - SPREAD_BLOCK_BYTES
-        if room <= 0:
+        if size <= HEAD_BYTES:  # the head holds it all
             return []
+        gap = (size - SPREAD_BLOCK_BYTES) // SPREAD_BLOCKS  # more than a block: no overlaps
         blocks = []
-        for i in range(SPREAD_BLOCKS):
-            f.seek(start + room * i // max(1, SPREAD_BLOCKS - 1))
+        for i in range(1, SPREAD_BLOCKS + 1):  # the first at 1/16 of the way: the head's
+            f.seek(i * gap)                      # first rows are the sample's other half
             block = f.read(SPREAD_BLOCK_BYTES)
             first, last = block.find(b"\n"), block.rfind(b"\n")
             if 0 <= first < last:  # the lines the block holds whole
@@ -544,9 +545,9 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
         raise ParseError(path, None, "empty file")
     if encoder is None:
         try:
-            rest = [] if complete else _read_spread(path, len(head))
             schema = detect_schema(head, complete, format, label, types, delimiter,
-                                   max_features, dense_features, sample_rows, rest)
+                                   max_features, dense_features, sample_rows,
+                                   lambda: [] if complete else _read_spread(path))
         except ValueError as exc:
             raise ParseError(path, 1, str(exc)) from None
         encoder = Encoder(schema, bits=bits, seed=seed, count_bits=count_bits)
@@ -557,7 +558,7 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
 
 def log_schema(path: str | os.PathLike, **kwargs) -> Schema:
     """The schema ``open_source(path, **kwargs)`` reads the log with (detection, inference,
-    ``types``), without reading past its head."""
+    ``types``), without reading its events."""
     with open_source(path, **kwargs) as src:
         return src.schema
 

@@ -31,7 +31,7 @@ import csv
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -485,13 +485,13 @@ def _cells_or_none(line: str, delimiter: str) -> list[str]:
         return []
 
 
-def type_sample(head: bytes, complete: bool, rows: int, rest: Sequence[bytes] = ()
+def type_sample(head: bytes, complete: bool, rows: int, blocks: Sequence[bytes] = ()
                 ) -> list[bytes]:
     """The first line and a sample of ``rows`` lines after it: the first half of them, then
-    the other half evenly spaced over the rest of the file, read from the head when it holds
-    the whole file, else from the ``rest`` blocks (read across the file past the head). A
-    log whose kinds change after its first rows (ids appear, a column fills in) is typed by
-    all of it.
+    the other half evenly spaced over the rest of the file, from the head when it holds the
+    whole file, else from ``blocks`` of whole lines read evenly across all of it (the head
+    alone when there are none). A log whose kinds change after its first rows (ids appear,
+    a column fills in) is typed by all of it.
 
     Examples
     --------
@@ -500,9 +500,9 @@ def type_sample(head: bytes, complete: bool, rows: int, rest: Sequence[bytes] = 
     [0, 1, 2, 3, 51, 99]
     """
     first = 1 + rows // 2
-    lines = _split_lines(head, complete, len(head))
-    later = (lines[first:] if not rest else
-             [ln for block in rest for ln in _split_lines(block, True, len(block))])
+    later = [ln for block in blocks for ln in _split_lines(block, True, len(block))]
+    lines = _split_lines(head, complete, first if later else len(head))
+    later = later or lines[first:]
     want = min(len(later), rows - rows // 2)
     picks = np.linspace(0, len(later) - 1, want).round().astype(np.int64) if want else []
     return lines[:first] + [later[i] for i in picks]
@@ -537,10 +537,11 @@ _FFM_ID = re.compile(rb"(?:^|(?<=[ \t]))\d+:(\d{1,18}):[^ \t:]*(?=[ \t]|$)", re.
 def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str | None = None,
                   types: Mapping[str, str] | None = None, delimiter: str = ",",
                   max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
-                  sample_rows: int = DEFAULT_SAMPLE_ROWS, rest: Sequence[bytes] = ()
-                  ) -> Schema:
-    """Pick the schema of a file from its first bytes (and blocks of whole lines from the
-    ``rest`` of it, when the head is not the whole file).
+                  sample_rows: int = DEFAULT_SAMPLE_ROWS,
+                  read_rest: Callable[[], Sequence[bytes]] = list) -> Schema:
+    """Pick the schema of a file from its first bytes (and, to type a CSV or choose a
+    libsvm-like file's tree columns, blocks of whole lines from all of it that
+    ``read_rest`` reads when the head is not the whole file).
 
     ``format="auto"`` recognises Avazu (header names, or 24 comma fields with a 0/1 click and a
     YYMMDDHH hour), Criteo (40 or 39 tab-separated fields, or the Kaggle csv headers), libsvm
@@ -549,7 +550,7 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     ``sample_rows`` lines (:func:`type_sample`) types a CSV's columns and, with
     ``dense_features=None``, chooses a libsvm-like file's tree columns (:func:`svm_dense_ids`).
     """
-    lines = type_sample(head, complete, sample_rows, rest)
+    lines = _split_lines(head, complete, sample_rows + 1)
     if not lines:
         raise ValueError("no complete line in the first bytes")
     first = lines[0].decode("utf-8", "replace")
@@ -569,12 +570,14 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     elif fmt == "criteo":
         schema = _criteo_from_first(first)
     elif fmt in SVM_FORMATS:
-        ids = () if dense_features is not None else svm_dense_ids(lines, fmt == "libffm")
+        ids = () if dense_features is not None else svm_dense_ids(
+            type_sample(head, complete, sample_rows, read_rest()), fmt == "libffm")
         schema = libsvm_schema(max_features, dense_features or 0, fmt, ids)
     elif fmt == "csv":
         if label is None:
             raise ValueError("format='csv' needs label=COLUMN")
         names = split_cells(first, delimiter)
+        lines = type_sample(head, complete, sample_rows, read_rest())
         text = b"\n".join(lines[1:]).decode("utf-8", "replace")
         rows = split_sample(text.split("\n") if text else [], delimiter)
         return infer_csv_schema(names, rows, label, types, delimiter)

@@ -137,9 +137,9 @@ class KafkaEncoder:
     --------
     >>> from streamfusion.data.schema import avazu_schema
     >>> enc = KafkaEncoder(Encoder(avazu_schema(), bits=16))
-    >>> out = enc.encode([b'{"id": "a"}', b"{oops"])
+    >>> out = enc.encode([b'{"id": "a", "hour": "x"}', b"{oops"])
     >>> [reason.split(":")[0] for _, reason in out.rejects]
-    ['missing-field', 'not-json']
+    ['encode', 'not-json']
     """
 
     def __init__(self, encoder: Encoder) -> None:

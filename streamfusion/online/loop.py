@@ -55,7 +55,7 @@ class OnlineLoop:
     Examples
     --------
     >>> loop = OnlineLoop(OnlineModel(ModelConfig(model="fm", bits=12), 23))  # doctest: +SKIP
-    >>> loop.run(source, sink, max_batch=1024)  # or loop.step(batch, sink) per batch
+    >>> loop.run(source, sink, max_batch=1024)  # doctest: +SKIP
     """
 
     def __init__(self, model: OnlineModel, *, learn: bool = True, holdout: Holdout | None = None,

@@ -40,8 +40,15 @@ class OnlineModel:
 
     Examples
     --------
-    >>> model = OnlineModel(ModelConfig(model="fm", bits=12), n_fields=23)  # doctest: +SKIP
+    >>> from streamfusion.data import Encoder
+    >>> from streamfusion.data.schema import avazu_schema
+    >>> enc = Encoder(avazu_schema(), bits=12)
+    >>> batch, _ = enc.encode_records([{"hour": 14102100, "C1": 1005, "click": i % 2}
+    ...                                for i in range(4)])
+    >>> model = OnlineModel(ModelConfig(model="fm", bits=12), n_fields=enc.F)
     >>> scores = model.step(batch)  # scores every row, then learns the labelled ones
+    >>> scores.margin.shape
+    (4,)
     """
 
     def __init__(self, config: ModelConfig, n_fields: int) -> None:

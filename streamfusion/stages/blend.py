@@ -48,14 +48,26 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
     yy = np.asarray(y, np.float64)
     prior = np.array([1.0, 1.0, 0.0])
     pull = np.array([ridge, ridge, 1e-6])
-    w = prior.copy()
+
+    def objective(w: np.ndarray) -> float:  # the summed logloss plus the ridge pull
+        z = X @ w
+        return float(np.sum(np.logaddexp(0.0, z) - yy * z) + 0.5 * pull @ (w - prior) ** 2)
+
+    w, f = prior.copy(), objective(prior)
     for _ in range(NEWTON_STEPS):
         p = sigmoid(X @ w)
         grad = X.T @ (p - yy) + pull * (w - prior)
         hess = (X * (p * (1 - p))[:, None]).T @ X + np.diag(pull)
         step = np.linalg.solve(hess, grad)
-        w -= np.clip(step, -2.0, 2.0)
-        if np.abs(step).max() < 1e-9:
+        # halve the step until the objective falls: a full Newton step from the plain sum
+        # can overshoot and oscillate (a noisy ``rest``: b flips between +1 and -1)
+        t = 1.0
+        while t > 1e-4 and not (f_new := objective(w - t * step)) < f:
+            t /= 2
+        if t <= 1e-4:
+            break
+        w, f = w - t * step, f_new
+        if np.abs(t * step).max() < 1e-9:
             break
     if not np.isfinite(w).all():
         w = prior

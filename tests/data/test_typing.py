@@ -142,8 +142,8 @@ def test_a_log_longer_than_its_head_is_typed_by_blocks_from_all_of_it(tmp_path, 
     monkeypatch.setattr(readers, "HEAD_BYTES", 32 << 10)
     monkeypatch.setattr(readers, "SPREAD_BLOCK_BYTES", 4 << 10)
     rows = [[i % 2, "" if i < 10_000 else round(i * 0.37 % 91, 2),
-             i % 50 if i < 10_000 or i % 3 == 0 else "low"] for i in range(20_000)]
-    path = write_csv(tmp_path, ["clk", "score", "grade"], rows)
+             i % 50 if i < 10_000 or i % 3 == 0 else "low", i] for i in range(20_000)]
+    path = write_csv(tmp_path, ["clk", "score", "grade", "row"], rows)
     if gz:
         path = tmp_path / "t.csv.gz"
         path.write_bytes(gzip.compress((tmp_path / "t.csv").read_bytes()))
@@ -151,8 +151,15 @@ def test_a_log_longer_than_its_head_is_typed_by_blocks_from_all_of_it(tmp_path, 
     # the gzip's first 32 KiB: no scores yet, and grades that are numbers
     assert got["score"] == (("cat", "count") if gz else ("num", "none"))
     assert got["grade"] == (("num", "none") if gz else ("cat", "count"))
-    if not gz:
-        assert len(readers._read_spread(path, 32 << 10)) == readers.SPREAD_BLOCKS
+    if not gz:  # blocks of whole lines, disjoint, from 1/16 of the way to the very end
+        blocks = readers._read_spread(path)
+        lines = [ln for b in blocks for ln in b.splitlines()]
+        assert len(blocks) == readers.SPREAD_BLOCKS and len(set(lines)) == len(lines)
+        assert lines[-1].endswith((b",19998", b",19999"))  # the last whole line read
+    # a file only just past its head: still no block twice
+    monkeypatch.setattr(readers, "HEAD_BYTES", (tmp_path / "t.csv").stat().st_size - 1)
+    lines = [ln for b in readers._read_spread(tmp_path / "t.csv") for ln in b.splitlines()]
+    assert len(set(lines)) == len(lines) > 0
 
 
 def test_rare_words_are_missing_values_counted_and_warned_once(tmp_path, rng):

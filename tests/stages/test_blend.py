@@ -32,6 +32,19 @@ def test_scales_and_bias_come_from_the_labels():
     assert (blend.a, blend.b, blend.c) == pytest.approx((0.5, 1.5, -1.0), abs=0.1)
 
 
+@pytest.mark.parametrize("scale", [2.0, 4.0])
+def test_a_noisy_rest_is_dropped_without_overshooting(scale):
+    """From the plain sum, a full Newton step overshoots on a loud noise: b went to -1, back
+    to +1, and so on. The fit must end near b = 0 and below the plain sum's loss."""
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=2000)
+    y = _clicks(rng, own)
+    rest = scale * rng.normal(size=2000)
+    blend = fit_blend(own, rest, y)
+    assert abs(blend.b) < 0.1 and blend.a == pytest.approx(1.0, abs=0.15)
+    assert blend.loss < logloss_from_margin(own, y) < logloss_from_margin(own + rest, y)
+
+
 def test_few_rows_stay_near_the_plain_sum():
     rng = np.random.default_rng(3)
     own, rest = rng.normal(size=(2, 20))

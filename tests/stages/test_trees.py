@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import threading
+import time
 from types import SimpleNamespace
 
 import lightgbm as lgb
@@ -359,14 +359,15 @@ def test_finish_fits_the_whole_window_in_place_of_the_pending_refit():
 
 def test_finish_cancels_the_pending_refit_it_replaces(monkeypatch):
     """The pending refit stops after its current tree: its trees would be thrown away."""
-    release = threading.Event()
     real_train, pending_trees = TreeStage._train, []
+    deadline = time.monotonic() + 30  # (without the cancel: 500 trees, and the test fails)
 
     def slow_stop(self, X, y, init, rounds, base, valid=None, cats=None, *, stop=None, **kw):
-        if not pending_trees:  # the scheduled refit: note each tree, wait for finish()
+        if not pending_trees:  # the scheduled refit: after each tree, wait for finish()
             def watched() -> bool:
                 pending_trees.append(1)
-                release.wait(30)
+                while not stop() and time.monotonic() < deadline:
+                    time.sleep(0.001)
                 return stop()
             return real_train(self, X, y, init, 500, base, valid, cats, stop=watched, **kw)
         return real_train(self, X, y, init, rounds, base, valid, cats, stop=stop, **kw)
@@ -375,7 +376,6 @@ def test_finish_cancels_the_pending_refit_it_replaces(monkeypatch):
     stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
     _feed(stage, _stream(14, 11))  # the refit started at 1000 is running
     job = stage._pending
-    threading.Timer(0.2, release.set).start()  # after finish() asked it to stop
     assert stage.finish() and stage.version == 1
     assert job["cancel"] and isinstance(job["error"], RefitCancelled) and job["booster"] is None
     assert len(pending_trees) == 1  # one tree of 500, then it gave up
