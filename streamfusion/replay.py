@@ -491,8 +491,9 @@ def _check_paths(args: argparse.Namespace) -> None:
                 "not a regular file (replay reopens and seeks its input: no directories, "
                 "pipes or devices)")
         raise ValueError(f"--file {args.file}: {what}")
-    if args.save_model is not None and args.save_model.exists() and not args.save_model.is_file():
-        # (before the write test below, which would wait on a pipe)
+    model = args.save_model
+    if model is not None and model.exists() and not (model.is_file() or model.is_dir()):
+        # a pipe or a device (before the write test below, which would wait on a pipe)
         raise ValueError(f"--save-model {args.save_model}: not a regular file (a model is "
                          "written whole and renamed into place)")
     for flag, path in (("--report", args.report), ("--plot", args.plot),

@@ -32,10 +32,10 @@ def stream(tmp_path_factory):
 
 def run_replay(path, model_path, *flags):
     """A replay in this process: its final model and encoder stay inspectable."""
-    args = build_parser().parse_args(["replay", "--file", str(path), *SMALL_MODEL, *flags,
-                                      "--save-model", str(model_path)])
+    args = build_parser().parse_args(["replay", "--file", str(path), *SMALL_MODEL, *flags])
     run = replay.Replay(args)
     run.run()
+    run.write_model(model_path)  # as `replay --save-model` does after the run
     return run
 
 
