@@ -326,8 +326,8 @@ class Progressive:
     """Progressive (test-then-train) validation state, spilled to disk.
 
     Every scored event's margin, label, window key and line is appended to a file of
-    fixed-size records (17 bytes an event), so the final AUC is exact while memory stays flat in the
-    stream's length: the report's figures are computed from the file at the end, each
+    fixed-size records (17 bytes an event), so the final AUC is exact while memory stays flat
+    in the stream's length: the report's figures are computed from the file at the end, each
     holding at most ``budget`` events. Windows are cut where the key changes (the day for
     Avazu, ``row // window_rows`` otherwise). The last ``RECENT_EVENTS`` events stay in
     memory for the progress bar's live figures.

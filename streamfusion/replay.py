@@ -175,8 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--predictions", type=Path, metavar="CSV",
                    help="write every scored event's prediction here (set,line,label,margin,"
                    "p_click; line: the event's line in the file): the progressive ones in "
-                   "stream order, each made before the model learned "
-                   "the event, then the held-out ones as the final model scores them")
+                   "stream order, each made before the model learned the event, then the "
+                   "held-out ones as the final model scores them")
     e.add_argument("--plot", type=Path, help="draw each window's AUC and logloss, the "
                    "holdout AUC and every refit that went live to this PNG")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
@@ -494,7 +494,7 @@ def _check_paths(args: argparse.Namespace) -> None:
     model = args.save_model
     if model is not None and model.exists() and not (model.is_file() or model.is_dir()):
         # a pipe or a device (before the write test below, which would wait on a pipe)
-        raise ValueError(f"--save-model {args.save_model}: not a regular file (a model is "
+        raise ValueError(f"--save-model {model}: not a regular file (a model is "
                          "written whole and renamed into place)")
     for flag, path in (("--report", args.report), ("--plot", args.plot),
                        ("--save-model", args.save_model), ("--predictions", args.predictions)):
