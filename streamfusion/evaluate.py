@@ -394,10 +394,11 @@ class Progressive:
             line: np.ndarray | None = None) -> None:
         """Record margins ``z`` scored before learning, labels ``y``, optional day keys and
         the events' lines in their source (default: their 1-based positions here)."""
-        position = len(self) + np.arange(len(z))
-        if day is None:
-            day = position // self.window_rows
-        self._spill.append(z, y, day, position + 1 if line is None else line)
+        if day is None or line is None:  # (a replay gives its lines: no positions then)
+            position = len(self) + np.arange(len(z))
+            day = position // self.window_rows if day is None else day
+            line = position + 1 if line is None else line
+        self._spill.append(z, y, day, line)
         self._recent.add(z, y)
 
     def mark_swap(self, version: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,10 +75,8 @@ class SpillFile:
         """Append the bytes of ``data`` (any contiguous buffer); an ``OSError`` (e.g. a full
         disk) names the file."""
         view = memoryview(data).cast("B")
-        try:
+        with _naming(self.path):
             self._f.write(view)
-        except OSError as exc:
-            raise _naming(exc, self.path) from None
         self.crc = zlib.crc32(view, self.crc)
         self.nbytes += view.nbytes
 
@@ -96,18 +95,14 @@ class SpillFile:
 
     def state_dict(self) -> dict[str, int]:
         """Length and CRC of the file, made durable first (a checkpoint pins this prefix)."""
-        self._flush()
-        try:
+        with _naming(self.path):
+            self._f.flush()
             os.fsync(self._f.fileno())
-        except OSError as exc:
-            raise _naming(exc, self.path) from None
         return {"bytes": self.nbytes, "crc": self.crc}
 
     def _flush(self) -> None:
-        try:
+        with _naming(self.path):
             self._f.flush()
-        except OSError as exc:
-            raise _naming(exc, self.path) from None
 
     def close(self, remove: bool = False) -> None:
         """Close (and delete) the file. Never raises: bytes that cannot be flushed any more
@@ -120,9 +115,14 @@ class SpillFile:
             self.path.unlink(missing_ok=True)
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
-    """``exc`` with the spill file's name (a write on a descriptor names no file)."""
-    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` (e.g. a full disk) with the spill file's name: a write on a
+    descriptor names no file."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def _crc_of_prefix(path: Path, nbytes: int) -> int:
