@@ -28,11 +28,13 @@ cdef extern from "learner_ops.h" nogil:
     double sf_logloss(double t, double y)
     double sf_sigmoid(double t)
     void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, int k, const int32_t *idx,
-                       const float *val, const float *table, float bias, float *z, float *s,
-                       float *h0)
+                       const float *val, const float *table, float bias, const float *R,
+                       float *z, float *s, float *h0)
     void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, int k, const int32_t *idx,
                         const float *val, const float *table, const float *g, const float *s,
-                        int has_dh0, float *gv, float *gw)
+                        int has_dh0, float *gv, float *gw, const float *h0, const float *R,
+                        float *dRv)
+    void sf_pairs_reduce(int64_t pairs, int k, const float *dRv, float *out)
     int64_t sf_dedupe(int64_t n_occ, const int32_t *idx, int32_t *marker, int32_t *touched,
                       int32_t *slot)
     void sf_reset_marker(int64_t nt, const int32_t *touched, int32_t *marker)
@@ -60,6 +62,11 @@ cdef enum:
     MAX_LAYERS = 16
 
 MODELS = {"lr": 0, "fm": 1, "deepfm": 2, "dnn": 3}
+# Or-ed into DeepFM's model code: its FM part weights each pair of fields f < g by a learned
+# R_fg starting at 1 (FwFM, Pan et al. 2018; dense parameters after the MLP's). A plain FM
+# crosses every pair of fields alike; in a click log few pairs carry signal, and the weights
+# fade out the rest, rare ids' noisy embeddings with them.
+PAIR_WEIGHTS = 8
 # How table rows step: lazy Adam (one bounded step per batch), per-coordinate AdaGrad on the
 # summed per-example gradients (steps shrink with each row's own history), or mixed: AdaGrad
 # for the first-order weight, lazy Adam for the embedding.
@@ -90,6 +97,8 @@ cdef struct Net:
     int64_t off_b[MAX_LAYERS + 1]
     int64_t off_wout
     int64_t off_bout
+    int64_t off_r               # pair weights (PAIR_WEIGHTS), -1 without them
+    int64_t pairs               # F (F - 1) / 2 with pair weights, else 0
     int64_t P                   # dense parameter count
 
 
@@ -106,6 +115,7 @@ cdef struct Work:
     float *dA
     float *dB
     float *blk                  # per-block dense gradients [blocks, P] (DeepFM, DNN)
+    float *pairv                # per-block pair-weight products [blocks, pairs, k]
     int32_t *touched
     int32_t *slot
 
@@ -118,9 +128,13 @@ cdef Net _make_net(int model, int F, int k, dims) except *:
     cdef Net net
     cdef int l
     cdef int64_t cur
+    cdef bint weighted = model & PAIR_WEIGHTS
+    model &= ~PAIR_WEIGHTS
     if model not in (0, 1, 2, 3):
         raise ValueError(f"model code must be 0 (lr), 1 (fm), 2 (deepfm) or 3 (dnn), got "
                          f"{model}")
+    if weighted and model != 2:
+        raise ValueError("pair weights are a DeepFM option")
     if F < 1:
         raise ValueError(f"need at least one field, got {F}")
     if model != 0 and not 1 <= k <= SF_MAX_K:
@@ -148,6 +162,12 @@ cdef Net _make_net(int model, int F, int k, dims) except *:
         cur += net.dims[net.L]
         net.off_bout = cur
         cur += 1
+    net.off_r = -1
+    net.pairs = 0
+    if weighted:
+        net.off_r = cur
+        net.pairs = <int64_t>F * (F - 1) // 2
+        cur += net.pairs
     net.P = cur
     return net
 
@@ -182,7 +202,8 @@ cdef tuple _sizes(Net *net, int64_t n, bint train):
     if train:
         nf += 2 * n + n * net.k + occ * net.k + occ + occ * net.D + net.P
         if _has_mlp(net.model):
-            nf += 2 * _padded(n) * _max_hidden(net) + _padded(n) // MLP_BLOCK * net.P
+            nf += (2 * _padded(n) * _max_hidden(net)
+                   + _padded(n) // MLP_BLOCK * (net.P + net.pairs * net.k))
         ni = 2 * occ
     return nf, ni
 
@@ -209,6 +230,7 @@ cdef void _carve(Net *net, int64_t n, bint train, float *fw, int32_t *iw, Work *
             w.dA = p; p += _padded(n) * _max_hidden(net)
             w.dB = p; p += _padded(n) * _max_hidden(net)
             w.blk = p; p += _padded(n) // MLP_BLOCK * net.P
+            w.pairv = p; p += _padded(n) // MLP_BLOCK * net.pairs * net.k
 
 
 cdef int _dynamic_threads = 0
@@ -226,11 +248,13 @@ def set_dynamic_threads(bint on) -> None:
 def table_width(int model, int k) -> int:
     """Floats per table row: k + 1 for FM / DeepFM (embedding, then first-order), 1 for LR,
     k for the DNN (embedding only)."""
+    model &= ~PAIR_WEIGHTS
     return 1 if model == 0 else k if model == 3 else k + 1
 
 
 def dense_size(int model, int n_fields, int k, hidden) -> int:
-    """Length of the flat dense vector: bias, then per layer W [d_in, d_out] and b, then out."""
+    """Length of the flat dense vector: bias, then per layer W [d_in, d_out] and b, then out,
+    then the pair weights (PAIR_WEIGHTS)."""
     cdef Net net = _make_net(model, n_fields, k, hidden)
     return net.P
 
@@ -261,8 +285,8 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
     """Seeded initialisation in place (xorshift64*).
 
     Embeddings ~ N(0, init_std) (Box-Muller), first-order weights (FM, DeepFM, LR) and all
-    biases 0, MLP and
-    output weights ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot).
+    biases 0, MLP and output weights ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
+    (Glorot), pair weights 1 (the plain FM).
     """
     cdef Net net = _make_net(model, n_fields, k, hidden)
     cdef int64_t rows = table.shape[0], r, j, i
@@ -295,6 +319,8 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
             a = sqrt(6.0 / (net.dims[net.L] + 1))
             for i in range(net.dims[net.L]):
                 dp[net.off_wout + i] = <float>(a * (2.0 * sf_uniform(&state) - 1.0))
+        for i in range(net.pairs):
+            dp[net.off_r + i] = 1.0
 
 
 cdef void _check_indices(const int32_t[:, ::1] indices, int64_t rows) except *:
@@ -359,7 +385,8 @@ cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
     cdef int64_t lo = blk * FWD_BLOCK, hi = min(lo + FWD_BLOCK, n)
     cdef int l
     cdef int d0 = net.dims[0]
-    sf_fm_forward(net.model, lo, hi, net.F, net.k, idx, val, table, dense[0], z, s, w.H[0])
+    sf_fm_forward(net.model, lo, hi, net.F, net.k, idx, val, table, dense[0],
+                  dense + net.off_r if net.pairs else NULL, z, s, w.H[0])
     if hi - lo < FWD_BLOCK:  # zero padding keeps the fixed-shape GEMM finite
         memset(w.H[0] + hi * d0, 0, (lo + FWD_BLOCK - hi) * d0 * sizeof(float))
     for l in range(1, net.L + 1):
@@ -391,9 +418,10 @@ cdef void _forward(Net *net, int64_t n, const int32_t *idx, const float *val,
     elif nth > 1:
         for t in prange(nth, num_threads=nth, schedule="static"):
             sf_fm_forward(net.model, n * t // nth, n * (t + 1) // nth, net.F, net.k, idx, val,
-                          table, dense[0], z, s, NULL)
+                          table, dense[0], NULL, z, s, NULL)
     else:
-        sf_fm_forward(net.model, 0, n, net.F, net.k, idx, val, table, dense[0], z, s, NULL)
+        sf_fm_forward(net.model, 0, n, net.F, net.k, idx, val, table, dense[0], NULL, z, s,
+                      NULL)
 
 
 def forward(int model, int k, hidden, const int32_t[:, ::1] indices,
@@ -437,6 +465,7 @@ cdef void _backward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
     cdef float *cur = w.dA + lo * _max_hidden(net)
     cdef float *nxt = w.dB + lo * _max_hidden(net)
     cdef float *tmp
+    cdef float *pv
     cdef float gs = 0.0
     for i in range(lo, hi):
         gs = gs + w.g[i]
@@ -461,7 +490,15 @@ cdef void _backward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
         tmp = cur
         cur = nxt
         nxt = tmp
-    sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv, w.gw)
+    if net.pairs:
+        pv = w.pairv + blk * net.pairs * net.k
+        memset(pv, 0, net.pairs * net.k * sizeof(float))
+        sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv,
+                       w.gw, w.H[0], dense + net.off_r, pv)
+        sf_pairs_reduce(net.pairs, net.k, pv, bb + net.off_r)
+    else:
+        sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv,
+                       w.gw, NULL, NULL, NULL)
 
 
 cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val,
@@ -526,10 +563,10 @@ cdef int64_t _backprop(Net *net, int64_t n, const int32_t *idx, const float *val
         if nth > 1:
             for t in prange(nth, num_threads=nth, schedule="static"):
                 sf_fm_backward(net.model, n * t // nth, n * (t + 1) // nth, net.F, net.k, idx,
-                               val, table, w.g, w.s, 0, w.gv, w.gw)
+                               val, table, w.g, w.s, 0, w.gv, w.gw, NULL, NULL, NULL)
         else:
             sf_fm_backward(net.model, 0, n, net.F, net.k, idx, val, table, w.g, w.s, 0, w.gv,
-                           w.gw)
+                           w.gw, NULL, NULL, NULL)
     if skipped > 0:
         for i in range(n):
             if w.g[i] == 0.0:

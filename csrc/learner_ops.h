@@ -57,13 +57,94 @@ static inline double sf_sigmoid(double t) {
     return e / (1.0 + e);
 }
 
+/* Field-weighted pairs of DeepFM's FM part (FwFM, Pan et al. 2018): the pair of fields f < g
+ * weighs R_fg, stored in row order (0,1), (0,2), ..., (1,2), ... e: one example's value-scaled
+ * embeddings, F x k. k = 8 (the default) takes one vector per embedding. */
+
+/* Eight floats as one value (GCC vector extension): one AVX register in the x86-64-v3 clone,
+ * two SSE ones in the default; aligned(4) makes loads and stores through it unaligned. */
+typedef float sf_v8 __attribute__((vector_size(32), aligned(4)));
+#define SF_V8(p) (*(sf_v8 *)(p))
+
+static inline float sf_hsum8(sf_v8 v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* sum_{f<g} R_fg <e_f, e_g>. */
+static inline float sf_pairs_forward(int F, int k, const float *e, const float *R) {
+    const float *r = R;
+    if (k == 8) {  /* four accumulators: the additions of successive pairs do not wait */
+        sf_v8 a[4] = {{0}, {0}, {0}, {0}};
+        int q = 0;
+        for (int f = 0; f < F; f++) {
+            const sf_v8 ef = SF_V8(e + f * 8);
+            for (int g = f + 1; g < F; g++, r++, q = (q + 1) & 3)
+                a[q] += *r * (ef * SF_V8(e + g * 8));
+        }
+        return sf_hsum8((a[0] + a[1]) + (a[2] + a[3]));
+    }
+    float pair = 0.0f;
+    for (int f = 0; f < F; f++) {
+        for (int g = f + 1; g < F; g++, r++) {
+            float d = 0.0f;
+            for (int j = 0; j < k; j++) d += e[f * k + j] * e[g * k + j];
+            pair += *r * d;
+        }
+    }
+    return pair;
+}
+
+/* Its backward for an example of margin gradient gi: ge_f += gi sum_{g != f} R_fg e_g, and
+ * dRv[p, j] += gi e_fj e_gj for pair p = (f, g): the sum over j is left to sf_pairs_reduce, once
+ * per block of examples instead of once per pair and example. */
+static inline void sf_pairs_backward(int F, int k, const float *e, const float *R, float gi,
+                                     float *ge, float *dRv) {
+    const float *r = R;
+    float *dr = dRv;
+    if (k == 8) {
+        for (int f = 0; f < F; f++) {
+            const sf_v8 gf = gi * SF_V8(e + f * 8);
+            sf_v8 m[2] = {{0}, {0}};
+            int q = 0;
+            for (int g = f + 1; g < F; g++, r++, dr += 8, q ^= 1) {
+                const sf_v8 eg = SF_V8(e + g * 8);
+                m[q] += *r * eg;
+                SF_V8(ge + g * 8) += *r * gf;
+                SF_V8(dr) += gf * eg;
+            }
+            SF_V8(ge + f * 8) += gi * (m[0] + m[1]);
+        }
+        return;
+    }
+    for (int f = 0; f < F; f++) {
+        for (int g = f + 1; g < F; g++, r++, dr += k) {
+            for (int j = 0; j < k; j++) {
+                const float gfj = gi * e[f * k + j];
+                ge[f * k + j] += *r * gi * e[g * k + j];
+                ge[g * k + j] += *r * gfj;
+                dr[j] += gfj * e[g * k + j];
+            }
+        }
+    }
+}
+
+/* out[p] = sum_j dRv[p, j]: the pair weights' gradient of a block. */
+static void sf_pairs_reduce(int64_t pairs, int k, const float *dRv, float *out) {
+    for (int64_t p = 0; p < pairs; p++) {
+        float t = 0.0f;
+        for (int j = 0; j < k; j++) t += dRv[p * k + j];
+        out[p] = t;
+    }
+}
+
 /* Forward of the linear + FM part for examples [lo, hi).
  * z[i] = bias + sum_f w_f x_f + 0.5 * sum_j ((sum_f e_fj)^2 - sum_f e_fj^2), e_fj = v_fj x_f.
  * s (n x k, may be NULL) receives sum_f e_fj for the backward pass; h0 (n x F*k, may be NULL)
- * receives the value-scaled embeddings, i.e. the MLP input. DNN: z[i] = bias and h0 only. */
+ * receives the value-scaled embeddings, i.e. the MLP input. DNN: z[i] = bias and h0 only.
+ * R (DeepFM, may be NULL): pair weights, the pair term is sum_{f<g} R_fg <e_f, e_g> (s unused). */
 SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, int k,
                                     const int32_t *idx, const float *val, const float *table,
-                                    float bias, float *z, float *s, float *h0) {
+                                    float bias, const float *R, float *z, float *s, float *h0) {
     const int D = sf_width(model, k);
     float acc[SF_MAX_K], sq[SF_MAX_K];
     for (int64_t i = lo; i < hi; i++) {
@@ -96,6 +177,16 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
             z[i] = bias;
             continue;
         }
+        if (R && hi0) {
+            for (int f = 0; f < F; f++) {
+                const float *row = table + (int64_t)ri[f] * D;
+                float x = xi ? xi[f] : 1.0f;
+                lin += row[k] * x;
+                for (int j = 0; j < k; j++) hi0[f * k + j] = row[j] * x;
+            }
+            z[i] = bias + lin + sf_pairs_forward(F, k, hi0, R);
+            continue;
+        }
         for (int j = 0; j < k; j++) { acc[j] = 0.0f; sq[j] = 0.0f; }
         for (int f = 0; f < F; f++) {
             const float *row = table + (int64_t)ri[f] * D;
@@ -118,14 +209,28 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
 /* Backward of the linear + FM part into per-occurrence buffers (o = i * F + f):
  * gw[o] = g_i x_f and gv[o, j] = x_f (dh0[o, j] + g_i (s_ij - v_fj x_f)), where dh0 is what the
  * MLP sent back into its input (DeepFM; has_dh0 = 1, read in place from gv) or zero.
+ * With pair weights R (DeepFM; h0 the forward's embeddings): gv[o, j] = x_f (dh0[o, j] +
+ * g_i sum_{g != f} R_fg e_gj), and dRv (pairs x k) accumulates for sf_pairs_reduce.
  * DNN: gv[o, j] = x_f dh0[o, j] only (no first-order weight, no FM term; gw unused). */
 SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, int k,
                                      const int32_t *idx, const float *val, const float *table,
                                      const float *g, const float *s, int has_dh0, float *gv,
-                                     float *gw) {
+                                     float *gw, const float *h0, const float *R, float *dRv) {
     const int D = sf_width(model, k);
     for (int64_t i = lo; i < hi; i++) {
         const float gi = g[i];
+        if (R) {
+            const float *e = h0 + i * (int64_t)F * k;
+            float *ge = gv + i * (int64_t)F * k;
+            sf_pairs_backward(F, k, e, R, gi, ge, dRv);
+            for (int f = 0; f < F; f++) {
+                const int64_t o = i * F + f;
+                const float x = val ? val[o] : 1.0f;
+                gw[o] = gi * x;
+                for (int j = 0; j < k; j++) ge[f * k + j] *= x;
+            }
+            continue;
+        }
         for (int f = 0; f < F; f++) {
             const int64_t o = i * F + f;
             const float x = val ? val[o] : 1.0f;

@@ -6,6 +6,7 @@ import pytest
 
 from streamfusion import __version__
 from streamfusion.cli import COMMANDS, build_parser, main
+from streamfusion.online.flags import config_from_args
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -29,3 +30,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"streamfusion {__version__}"
+
+
+def test_pair_weights_are_on_unless_switched_off():
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["replay", *flags]))
+
+    assert config().pair_weights is True
+    assert config("--no-pair-weights").pair_weights is False

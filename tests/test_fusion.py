@@ -175,3 +175,14 @@ def test_a_bad_blend_is_refused(resfusion, blend):
     state["chain"]["blend"] = blend
     with pytest.raises(ValueError, match="blend"):
         OnlineModel.from_state(state)
+
+
+def test_pair_weights_reach_deepfm_stages_only_and_old_configs_stay_plain():
+    chain = Chain.from_config(ModelConfig(bits=BITS), N_FIELDS)
+    assert chain.kinds == ["trees", "deepfm"] and chain.stages[1].pair_weights
+    fm = Chain.from_config(ModelConfig(residual="fm", bits=BITS), N_FIELDS).stages[1]
+    assert fm.pair_weights is False
+    saved = ModelConfig().to_dict()
+    assert saved["pair_weights"] is True and ModelConfig.from_dict(saved).pair_weights
+    del saved["pair_weights"]  # a config written before pair weights existed
+    assert ModelConfig.from_dict(saved).pair_weights is False

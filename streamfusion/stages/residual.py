@@ -24,7 +24,9 @@ FORMAT = "streamfusion.residual"
 FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 # Structural settings: a state can only be loaded into a learner that agrees on all of them.
 _STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
-              "standardize")
+              "standardize", "pair_weights")
+# What a state from before a structural setting existed was trained with.
+_STRUCTURE_BEFORE = {"pair_weights": False}
 _ARRAYS_STATS = ("value_mean", "value_m2")
 # A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
 VARYING_M2 = 1e-12
@@ -94,6 +96,11 @@ class ResidualLearner:
         AdaGrad steps of the table rows' first-order weight and of their embedding. Embeddings
         take smaller steps: every pair of fields crosses, so F fields moving by ``emb_lr`` move
         the margin by about ``F**2 * emb_lr**2``, and large early steps make noise.
+    pair_weights : bool
+        DeepFM only: the FM part weights each pair of fields f < g by a learned ``R_fg``
+        starting at 1 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
+        every pair of fields alike; in a click log few pairs carry signal, and the weights
+        fade out the others, rare ids' noisy embeddings with them. The MLP is unchanged.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated after each step), as a
@@ -147,6 +154,7 @@ class ResidualLearner:
         emb_lr: float = 0.005,
         standardize: bool = False,
         prior: bool = False,
+        pair_weights: bool = False,
     ) -> None:
         if model not in _learner.MODELS:
             raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
@@ -159,6 +167,8 @@ class ResidualLearner:
                              f"got {row_optimizer!r}")
         if not (row_lr > 0 and emb_lr > 0):
             raise ValueError(f"row_lr and emb_lr must be > 0, got {row_lr}, {emb_lr}")
+        if pair_weights and model != "deepfm":
+            raise ValueError(f"pair_weights is a DeepFM option, not {model!r}")
         if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
                 and clip > 0 and init_std >= 0):
             raise ValueError("need lr > 0, 0 <= beta1, beta2 < 1, eps > 0, l2 >= 0, clip > 0")
@@ -173,6 +183,7 @@ class ResidualLearner:
         self.row_optimizer, self.row_lr, self.emb_lr = row_optimizer, float(row_lr), float(emb_lr)
         self.prior = bool(prior)
         self.standardize = bool(standardize)
+        self.pair_weights = bool(pair_weights)
         # running value statistics per field (Chan et al.'s parallel update, float64)
         self.value_count = 0
         self.value_mean = np.zeros(self.n_fields, np.float64)
@@ -181,7 +192,7 @@ class ResidualLearner:
         self.seen = 0
         self.seed = int(seed)
         self.threads = int(threads)
-        self._code = _learner.MODELS[model]
+        self._code = _learner.MODELS[model] | (_learner.PAIR_WEIGHTS if pair_weights else 0)
         # validates n_fields, k and hidden in one place (the kernel's own checks)
         p = _learner.dense_size(self._code, self.n_fields, self.k, self.hidden)
         rows = 1 << self.bits
@@ -343,7 +354,7 @@ class ResidualLearner:
                 "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "init_std": self.init_std, "row_optimizer": self.row_optimizer,
                 "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
-                "standardize": self.standardize}
+                "standardize": self.standardize, "pair_weights": self.pair_weights}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
@@ -362,7 +373,8 @@ class ResidualLearner:
         cfg = state_config(state, FORMAT, FORMAT_VERSION, "residual")
         mine = self.config()
         for key in _STRUCTURE:
-            theirs = list(cfg.get(key)) if key == "hidden" else cfg.get(key)
+            theirs = cfg.get(key, _STRUCTURE_BEFORE.get(key))
+            theirs = list(theirs) if key == "hidden" else theirs
             if theirs != mine[key]:
                 raise ValueError(f"residual state has {key}={cfg.get(key)!r}, this learner "
                                  f"has {mine[key]!r}")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from streamfusion import _learner
 from streamfusion.stages.residual import ResidualLearner
 
-MODELS = ("lr", "fm", "deepfm", "dnn")
+PAIRED = "deepfm+pairs"  # DeepFM with pair weights (FwFM)
+MODELS = ("lr", "fm", "deepfm", "dnn", PAIRED)
 HIDDEN = (7, 4)
 
 
@@ -24,9 +25,15 @@ def make_batch(rng, n, fields, rows, with_values=True, dup=True):
     return SimpleNamespace(indices=indices, values=values)
 
 
+def make(model, **kw):
+    if model == PAIRED:
+        return ResidualLearner("deepfm", pair_weights=True, **kw)
+    return ResidualLearner(model, **kw)
+
+
 def learner(model, seed=1, **kw):
     kw = {"n_fields": 5, "bits": 6, "k": 3, "hidden": HIDDEN, "init_std": 0.3, **kw}
-    out = ResidualLearner(model, seed=seed, **kw)
+    out = make(model, seed=seed, **kw)
     # non-zero first-order weights (DNN: a larger last embedding column) and biases so every
     # term is exercised
     out.table[:, -1] = np.random.default_rng(seed).normal(0, 0.2, out.table.shape[0])
@@ -50,10 +57,14 @@ def ref_margin(m: ResidualLearner, table, dense, batch) -> np.ndarray:
         return z
     e = rows[:, :, : m.k] * x[:, :, None]
     n_f = idx.shape[1]
+    # pair weights: the last F (F - 1) / 2 dense parameters, pairs in row order
+    pw = d[d.size - n_f * (n_f - 1) // 2:] if m.pair_weights else np.ones(n_f * n_f)
     if m.model != "dnn":
+        p = 0
         for a in range(n_f):
             for b in range(a + 1, n_f):
-                z = z + np.sum(e[:, a] * e[:, b], axis=1)
+                z = z + pw[p] * np.sum(e[:, a] * e[:, b], axis=1)
+                p += 1
     if m.model in ("deepfm", "dnn"):
         h = e.reshape(len(z), n_f * m.k)
         cur = 1
@@ -99,8 +110,9 @@ def test_loss_has_no_overflow_at_extremes():
 # -- forward and gradients ----------------------------------------------------------------------
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("with_values", [True, False])
-def test_forward_matches_numpy_reference(model, with_values, rng):
-    m = learner(model)
+@pytest.mark.parametrize("k", [3, 8])  # 8: the kernel's vector path
+def test_forward_matches_numpy_reference(model, with_values, k, rng):
+    m = learner(model, k=k)
     m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
     batch = make_batch(rng, 40, 5, 64, with_values)
     expect = ref_margin(m, m.table, m.dense, batch)
@@ -108,8 +120,9 @@ def test_forward_matches_numpy_reference(model, with_values, rng):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_gradients_match_finite_differences(model, rng):
-    m = learner(model, l2=0.05, clip=1e6)
+@pytest.mark.parametrize("k", [3, 8])
+def test_gradients_match_finite_differences(model, k, rng):
+    m = learner(model, k=k, l2=0.05, clip=1e6)
     m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
     batch = make_batch(rng, 9, 5, 64)
     base = rng.normal(0, 1, 9).astype(np.float32)
@@ -285,7 +298,7 @@ def test_first_stage_learner_starts_at_the_click_log_odds(rng):
 
 # -- invariants ---------------------------------------------------------------------------------
 def trained(model, seed=3, steps=3, bits=8):
-    m = ResidualLearner(model, n_fields=6, bits=bits, k=4, hidden=(16, 8), seed=seed, lr=0.02)
+    m = make(model, n_fields=6, bits=bits, k=4, hidden=(16, 8), seed=seed, lr=0.02)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         b = make_batch(rng, 64, 6, 1 << bits)
@@ -357,9 +370,34 @@ def test_save_load_gives_identical_margins_and_next_updates(model, tmp_path, rng
     for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v", "step"):
         assert np.array_equal(getattr(m, name), getattr(loaded, name)), name
     # the in-memory protocol round trip as well
-    other = ResidualLearner(model, n_fields=6, bits=8, k=4, hidden=(16, 8), seed=99)
+    other = make(model, n_fields=6, bits=8, k=4, hidden=(16, 8), seed=99)
     other.load_state_dict(m.state_dict())
     assert np.array_equal(other.margin(batch), m.margin(batch))
+
+
+def test_pair_weights_start_as_the_plain_fm(rng):
+    batch = make_batch(rng, 40, 5, 64)
+    plain, paired = learner("deepfm", k=8), learner(PAIRED, k=8)
+    assert np.array_equal(plain.table, paired.table)
+    assert np.array_equal(paired.dense[plain.dense.size:], np.ones(10, np.float32))
+    np.testing.assert_allclose(paired.margin(batch), plain.margin(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
+    state = trained("deepfm").state_dict()
+    del state["config"]["pair_weights"]
+    plain = ResidualLearner("deepfm", n_fields=6, bits=8, k=4, hidden=(16, 8))
+    plain.load_state_dict(state)
+    assert np.array_equal(plain.dense, state["dense"])
+    with pytest.raises(ValueError, match="pair_weights"):
+        make(PAIRED, n_fields=6, bits=8, k=4, hidden=(16, 8)).load_state_dict(state)
+
+
+def test_pair_weights_are_a_deepfm_option():
+    with pytest.raises(ValueError, match="DeepFM option"):
+        ResidualLearner("fm", n_fields=3, bits=6, pair_weights=True)
+    with pytest.raises(ValueError, match="DeepFM option"):
+        _learner.dense_size(_learner.MODELS["dnn"] | _learner.PAIR_WEIGHTS, 3, 4, (4,))
 
 
 def test_load_state_dict_rejects_mismatch_without_changing_anything():
@@ -394,11 +432,10 @@ def test_same_seed_identical_runs_different_seed_differs(model):
     assert not np.array_equal(a.table, c.table)
 
 
-@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn"])
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn", PAIRED])
 def test_threads_do_not_change_results(model):
     def run(threads):
-        m = ResidualLearner(model, n_fields=6, bits=10, k=4, hidden=(32, 16), seed=2,
-                            threads=threads)
+        m = make(model, n_fields=6, bits=10, k=4, hidden=(32, 16), seed=2, threads=threads)
         rng = np.random.default_rng(0)
         for _ in range(3):  # batches above the parallel threshold
             b = make_batch(rng, 600, 6, 1024)
