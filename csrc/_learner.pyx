@@ -629,6 +629,21 @@ cdef inline int64_t _row_step(int opt, int model, int64_t lo, int64_t hi, int D,
                           step_size, b1, b2, eps, row_lr, emb_lr, marker)
 
 
+cdef inline int64_t _dense_step(Net *net, int64_t lo, int64_t hi, Work *w, float *dense,
+                                float *m, float *v, float step_size, float pair_step, float b1,
+                                float b2, float eps_hat) noexcept nogil:
+    """Adam on the dense parameters [lo, hi): the pair weights at their own step."""
+    cdef int64_t cut = net.off_r if net.off_r >= 0 else net.P
+    cdef int64_t skipped = 0
+    if lo < cut:
+        skipped += sf_adam_dense(lo, min(hi, cut), w.dgrad, dense, m, v, step_size, b1, b2,
+                                 eps_hat)
+    if hi > cut:
+        skipped += sf_adam_dense(max(lo, cut), hi, w.dgrad, dense, m, v, pair_step, b1, b2,
+                                 eps_hat)
+    return skipped
+
+
 def train(int model, int k, hidden, const int32_t[:, ::1] indices,
           const float[:, ::1] values, const float[::1] base_margin, const float[::1] y,
           const float[::1] sample_weight, float[:, ::1] table, float[:, ::1] table_m,
@@ -636,7 +651,7 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
           int64_t[::1] step, int32_t[::1] marker, float[::1] work, int32_t[::1] iwork,
           float lr, float beta1, float beta2, float eps, float l2, float clip, int threads=1,
           float[::1] margin_out=None, int row_optimizer=0, float row_lr=0.0,
-          float emb_lr=0.0):
+          float emb_lr=0.0, float pair_lr=0.0):
     """One Adam step on the batch. Returns (loss_sum, skipped_examples, skipped_updates, rows).
 
     ``margin_out``, when given, receives the learner's own margins *before* the step (the
@@ -646,8 +661,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     table rows and dense parameters whose update would have been non-finite (left unchanged).
     Table rows follow lazy Adam (torch SparseAdam) or, with ``row_optimizer`` 1, AdaGrad with
     step ``row_lr`` on the summed per-example gradients (``table_m`` unused, ``table_v`` the
-    accumulator); dense parameters torch Adam; the step counter ``step[0]`` advances once per
-    non-empty batch.
+    accumulator); dense parameters torch Adam, the pair weights (PAIR_WEIGHTS) at step
+    ``pair_lr``; the step counter ``step[0]`` advances once per non-empty batch.
     """
     cdef Net net = _make_net(model, indices.shape[1], k, hidden)
     cdef int64_t n = indices.shape[0], nt, t64, skipped_upd = 0, P
@@ -656,7 +671,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     cdef const float *sw = NULL
     cdef double loss[2]
     cdef double bc1, bc2
-    cdef float step_size, eps_hat
+    cdef float step_size, eps_hat, pair_step
+    cdef int64_t lo, hi
     cdef int nth = threads if n >= PARALLEL_MIN_ROWS else 1
     cdef int t, dyn
     _prepare(&net, indices, values, base_margin, y, sample_weight, table, dense, marker, work,
@@ -696,6 +712,7 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
         bc1 = 1.0 - pow(beta1, <double>t64)
         bc2 = 1.0 - pow(beta2, <double>t64)
         step_size = <float>(lr * sqrt(bc2) / bc1)
+        pair_step = <float>(pair_lr * sqrt(bc2) / bc1)
         eps_hat = <float>(eps * sqrt(bc2))
         if nth > 1:
             for t in prange(nth, num_threads=nth, schedule="static"):
@@ -704,17 +721,19 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
                                          &table_m[0, 0], &table_v[0, 0], step_size, row_lr,
                                          emb_lr, beta1, beta2, eps, &marker[0])
             for t in prange(nth, num_threads=nth, schedule="static"):
-                _dense_sum(&net, n, P * t // nth, P * (t + 1) // nth, &w)
-                skipped_upd += sf_adam_dense(P * t // nth, P * (t + 1) // nth, w.dgrad,
-                                             &dense[0], &dense_m[0], &dense_v[0], step_size,
-                                             beta1, beta2, eps_hat)
+                lo = P * t // nth
+                hi = P * (t + 1) // nth
+                _dense_sum(&net, n, lo, hi, &w)
+                skipped_upd += _dense_step(&net, lo, hi, &w, &dense[0], &dense_m[0],
+                                           &dense_v[0], step_size, pair_step, beta1, beta2,
+                                           eps_hat)
         else:
             skipped_upd += _row_step(row_optimizer, net.model, 0, nt, net.D, &w, n, l2,
                                      &table[0, 0], &table_m[0, 0], &table_v[0, 0], step_size,
                                      row_lr, emb_lr, beta1, beta2, eps, &marker[0])
             _dense_sum(&net, n, 0, P, &w)
-            skipped_upd += sf_adam_dense(0, P, w.dgrad, &dense[0], &dense_m[0], &dense_v[0],
-                                         step_size, beta1, beta2, eps_hat)
+            skipped_upd += _dense_step(&net, 0, P, &w, &dense[0], &dense_m[0], &dense_v[0],
+                                       step_size, pair_step, beta1, beta2, eps_hat)
         openmp.omp_set_dynamic(dyn)
     return loss[0], int(loss[1]), skipped_upd, nt
 

@@ -25,13 +25,14 @@ FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 # Structural settings: a state can only be loaded into a learner that agrees on all of them.
 _STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
               "standardize", "pair_weights")
-# What a state from before a structural setting existed was trained with.
-_STRUCTURE_BEFORE = {"pair_weights": False}
+# What a state from before a setting existed was trained with.
+_BEFORE = {"pair_weights": False, "pair_lr": 0.03}
 _ARRAYS_STATS = ("value_mean", "value_m2")
 # A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
 VARYING_M2 = 1e-12
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
-_HYPER = ("lr", "row_lr", "emb_lr", "l2", "clip", "beta1", "beta2", "eps", "init_std")
+_HYPER = ("lr", "row_lr", "emb_lr", "pair_lr", "l2", "clip", "beta1", "beta2", "eps",
+          "init_std")
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
 MLP_MODELS = ("deepfm", "dnn")  # the learners with hidden layers
 
@@ -101,6 +102,9 @@ class ResidualLearner:
         starting at 1 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
         every pair of fields alike; in a click log few pairs carry signal, and the weights
         fade out the others, rare ids' noisy embeddings with them. The MLP is unchanged.
+    pair_lr : float
+        Adam step of the pair weights. They are few and shared by every event, so they can
+        settle faster than the MLP at ``lr``.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated after each step), as a
@@ -155,6 +159,7 @@ class ResidualLearner:
         standardize: bool = False,
         prior: bool = False,
         pair_weights: bool = False,
+        pair_lr: float = 0.03,
     ) -> None:
         if model not in _learner.MODELS:
             raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
@@ -165,8 +170,9 @@ class ResidualLearner:
         if row_optimizer not in _learner.ROW_OPTIMIZERS:
             raise ValueError(f"row_optimizer must be one of {sorted(_learner.ROW_OPTIMIZERS)}, "
                              f"got {row_optimizer!r}")
-        if not (row_lr > 0 and emb_lr > 0):
-            raise ValueError(f"row_lr and emb_lr must be > 0, got {row_lr}, {emb_lr}")
+        if not (row_lr > 0 and emb_lr > 0 and pair_lr > 0):
+            raise ValueError(f"row_lr, emb_lr and pair_lr must be > 0, got {row_lr}, {emb_lr}, "
+                             f"{pair_lr}")
         if pair_weights and model != "deepfm":
             raise ValueError(f"pair_weights is a DeepFM option, not {model!r}")
         if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
@@ -183,7 +189,7 @@ class ResidualLearner:
         self.row_optimizer, self.row_lr, self.emb_lr = row_optimizer, float(row_lr), float(emb_lr)
         self.prior = bool(prior)
         self.standardize = bool(standardize)
-        self.pair_weights = bool(pair_weights)
+        self.pair_weights, self.pair_lr = bool(pair_weights), float(pair_lr)
         # running value statistics per field (Chan et al.'s parallel update, float64)
         self.value_count = 0
         self.value_mean = np.zeros(self.n_fields, np.float64)
@@ -312,7 +318,7 @@ class ResidualLearner:
             self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
             self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
             self.clip, self.threads, margin_out, _learner.ROW_OPTIMIZERS[self.row_optimizer],
-            self.row_lr, self.emb_lr)
+            self.row_lr, self.emb_lr, self.pair_lr)
         self._update_value_stats(batch)
         if self.prior:
             if margin_out is not None:
@@ -354,7 +360,8 @@ class ResidualLearner:
                 "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
                 "init_std": self.init_std, "row_optimizer": self.row_optimizer,
                 "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
-                "standardize": self.standardize, "pair_weights": self.pair_weights}
+                "standardize": self.standardize, "pair_weights": self.pair_weights,
+                "pair_lr": self.pair_lr}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
@@ -373,13 +380,14 @@ class ResidualLearner:
         cfg = state_config(state, FORMAT, FORMAT_VERSION, "residual")
         mine = self.config()
         for key in _STRUCTURE:
-            theirs = cfg.get(key, _STRUCTURE_BEFORE.get(key))
+            theirs = cfg.get(key, _BEFORE.get(key))
             theirs = list(theirs) if key == "hidden" else theirs
             if theirs != mine[key]:
                 raise ValueError(f"residual state has {key}={cfg.get(key)!r}, this learner "
                                  f"has {mine[key]!r}")
-        for key in _HYPER:
-            if not isinstance(cfg.get(key), (int, float)):
+        hyper = {key: cfg.get(key, _BEFORE.get(key)) for key in _HYPER}
+        for key, value in hyper.items():
+            if not isinstance(value, (int, float)):
                 raise ValueError(f"residual state config lacks a number for {key!r}")
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
@@ -412,8 +420,8 @@ class ResidualLearner:
         self.value_count = int(count)
         for name in _ARRAYS_STATS:
             np.copyto(getattr(self, name), state[name])
-        for key in _HYPER:
-            setattr(self, key, float(cfg[key]))
+        for key, value in hyper.items():
+            setattr(self, key, float(value))
         self.seed = int(cfg.get("seed", self.seed))
 
     def save(self, path: str | os.PathLike) -> None:
