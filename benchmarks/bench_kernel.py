@@ -6,7 +6,8 @@ Every learner trains on the same hashed mini-batches: 22 fields, batch 1024, k =
 a 2**20-row table (per-field Zipf(1.3) values over cardinalities from 4 to 2M, hashed).
 Measured in one run:
 
-- ours: FM, DeepFM with MLP 400-400-400 and with 128-128 (the replay default), 1 and N threads;
+- ours: FM, DeepFM with MLP 400-400-400 and with 128-128 (the replay default's MLP), 1 and N
+  threads; plain DeepFM, as the peers' (the replay also weights each pair of fields);
 - PyTorch (CPU, torch.set_num_threads(N)): the same models, nn.Embedding(sparse=True) with
   SparseAdam for the table, Adam for bias and MLP, BCE-with-logits on base + margin;
 - river FMClassifier.learn_one (one-hot dict per event; a small number of events: it is slow);

@@ -691,6 +691,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
                          f"{row_optimizer}")
     if row_optimizer == 1 and not (row_lr > 0 and emb_lr > 0):
         raise ValueError(f"AdaGrad rows need row_lr, emb_lr > 0, got {row_lr}, {emb_lr}")
+    if net.pairs and not pair_lr > 0:
+        raise ValueError(f"pair weights need pair_lr > 0, got {pair_lr}")
     if n == 0:
         return 0.0, 0, 0, 0
     if values is not None:

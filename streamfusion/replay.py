@@ -62,6 +62,8 @@ HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margi
 HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
+# Flags a checkpoint may predate whose default has changed since: how such runs behaved.
+FLAGS_BEFORE = {"pair_weights": False}
 
 
 class HoldoutStore:
@@ -302,10 +304,12 @@ class Replay:
     def _check_resumable(self, state: dict[str, Any]) -> None:
         """Refuse a checkpoint this run cannot continue exactly (after ``_check_belongs``);
         loads nothing."""
-        # Defaults stand in for flags the checkpoint predates: such runs behaved like them.
+        # Defaults stand in for flags the checkpoint predates: such runs behaved like them,
+        # except where FLAGS_BEFORE says how they behaved.
         saved, now = state["flags"], self.run_flags()
-        diffs = [f"--{k.replace('_', '-')}: checkpoint {saved.get(k, v)!r}, now {v!r}"
-                 for k, v in now.items() if saved.get(k, v) != v]
+        saved = {k: saved.get(k, FLAGS_BEFORE.get(k, v)) for k, v in now.items()}
+        diffs = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {v!r}"
+                 for k, v in now.items() if saved[k] != v]
         if diffs:
             raise checkpoint.CheckpointError(
                 "--resume with flags that differ from the checkpoint's run: "

@@ -515,8 +515,6 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         self.__dict__.update({**state, "model_": None})
         saved = state.get("model_")
         if saved is not None:
-            model = self._build()  # validates and loads everything before it is used
-            model.chain.load_state_dict(saved["chain"])
-            model.events_learned = int(saved["events_learned"])
-            model.skipped_updates = int(saved["skipped_updates"])
-            self.model_ = model
+            # the model as it was pickled (an older one keeps its own config); validates and
+            # loads everything before it is used
+            self.model_ = OnlineModel.from_state(saved)

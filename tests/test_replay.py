@@ -486,3 +486,28 @@ def test_the_dnn_learner_replays_and_resumes(stream, tmp_path, flags, stages):
     assert replay(tmp_path, *args[:-1], "6000", *ckpt, name="part.json")[0] == 0
     code, resumed = replay(tmp_path, *args, *ckpt, "--resume", name="resumed.json")
     assert code == 0 and strip_timing(resumed) == strip_timing(whole)
+
+
+def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, tmp_path, capsys):
+    """A run checkpointed before pair weights existed continues as the plain DeepFM it was,
+    and only with the flag that says so."""
+    opts = ["--file", str(stream), *RESUME_MODEL]
+    code, whole = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "9000",
+                         name="whole.json")
+    assert code == 0
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4000"]
+    code, _ = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "6000", *ckpt)
+    assert code == 0
+    state = checkpoint.load(tmp_path / "ckpt")
+    for config in (state["flags"], state["model"]["config"],
+                   state["model"]["chain"]["stages"]["1"]["config"]):
+        del config["pair_weights"], config["pair_lr"]  # as the code before wrote it
+    checkpoint.save(tmp_path / "ckpt", state)
+    capsys.readouterr()
+    code, _ = replay(tmp_path, *opts, "--rows", "9000", *ckpt, "--resume")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "--pair-weights: checkpoint False, now True" in err, err
+    code, resumed = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "9000", *ckpt,
+                           "--resume", name="resumed.json")
+    assert code == 0 and resumed["model"]["config"]["pair_weights"] is False
+    assert strip_timing(resumed) == strip_timing(whole)

@@ -4,6 +4,7 @@ on river's Phishing stream, pure prediction, seeding, mini-batches and the featu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import doctest
 import itertools
 import os
@@ -153,6 +154,26 @@ def test_pickle_round_trip_continues_identically():
         model.learn_one(x, y)
         twin.learn_one(x, y)
     assert model.model_.refits == twin.model_.refits >= 1
+
+
+def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
+    """A DeepFM classifier pickled before pair weights existed continues as the plain DeepFM
+    it was, whatever today's defaults."""
+    config = ResFusionClassifier._config
+    with monkeypatch.context() as m:
+        m.setattr(ResFusionClassifier, "_config",
+                  lambda self: dataclasses.replace(config(self), pair_weights=False))
+        model = _learned(600, residual="deepfm")
+    state = model.__getstate__()
+    for cfg in (state["model_"]["config"], state["model_"]["chain"]["stages"]["1"]["config"]):
+        del cfg["pair_weights"], cfg["pair_lr"]  # as the code before wrote them
+    old = ResFusionClassifier.__new__(ResFusionClassifier)
+    old.__setstate__(state)
+    assert old.model_.config.pair_weights is False
+    for x, y in PHISHING[600:700]:
+        assert old.predict_proba_one(x) == model.predict_proba_one(x)
+        old.learn_one(x, y)
+        model.learn_one(x, y)
 
 
 def test_clone_is_fresh():

@@ -383,7 +383,7 @@ class ResidualLearner:
             theirs = cfg.get(key, _BEFORE.get(key))
             theirs = list(theirs) if key == "hidden" else theirs
             if theirs != mine[key]:
-                raise ValueError(f"residual state has {key}={cfg.get(key)!r}, this learner "
+                raise ValueError(f"residual state has {key}={theirs!r}, this learner "
                                  f"has {mine[key]!r}")
         hyper = {key: cfg.get(key, _BEFORE.get(key)) for key in _HYPER}
         for key, value in hyper.items():

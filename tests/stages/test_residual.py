@@ -195,7 +195,7 @@ def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
         # the dense parameters at lr, the pair weights (the last ones) at their own step
         lr = np.full(dense.size, m.lr)
         if m.pair_weights:
-            lr[dense.size - 10:] = m.pair_lr
+            lr[dense.size - 5 * 4 // 2:] = m.pair_lr  # one per pair of the 5 fields
         expect = dense - (lr / bc1) * em / (np.sqrt(ev / bc2) + m.eps)
         np.testing.assert_allclose(m.dense, expect, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(m.table, before["table"])
@@ -383,7 +383,7 @@ def test_pair_weights_start_as_the_plain_fm(rng):
     batch = make_batch(rng, 40, 5, 64)
     plain, paired = learner("deepfm", k=8), learner(PAIRED, k=8)
     assert np.array_equal(plain.table, paired.table)
-    assert np.array_equal(paired.dense[plain.dense.size:], np.ones(10, np.float32))
+    assert np.array_equal(paired.dense[plain.dense.size:], np.ones(5 * 4 // 2, np.float32))
     np.testing.assert_allclose(paired.margin(batch), plain.margin(batch), rtol=1e-5, atol=1e-6)
 
 
@@ -439,7 +439,8 @@ def test_same_seed_identical_runs_different_seed_differs(model):
 @pytest.mark.parametrize("model", ["fm", "deepfm", "dnn", PAIRED])
 def test_threads_do_not_change_results(model):
     def run(threads):
-        m = make(model, n_fields=6, bits=10, k=4, hidden=(32, 16), seed=2, threads=threads)
+        k = 8 if model == PAIRED else 4  # the pair kernel's vector path
+        m = make(model, n_fields=6, bits=10, k=k, hidden=(32, 16), seed=2, threads=threads)
         rng = np.random.default_rng(0)
         for _ in range(3):  # batches above the parallel threshold
             b = make_batch(rng, 600, 6, 1024)
