@@ -251,8 +251,13 @@ class ResidualLearner:
         values = getattr(batch, "values", None)
         if not self.standardize or values is None or len(values) == 0:
             return
+        n, na = len(values), self.value_count
+        if (na and (self.value_m2 == 0).all() and (self.value_mean == 1).all()
+                and (np.asarray(values) == 1).all()):
+            # no field ever varied (all categorical) and none does now: only the count moves
+            self.value_count = na + n
+            return
         v = np.asarray(values, np.float64)
-        n, na = len(v), self.value_count
         mean = v.mean(axis=0)
         m2 = ((v - mean) ** 2).sum(axis=0)
         delta = mean - self.value_mean

@@ -537,3 +537,24 @@ def test_dnn_is_the_mlp_of_deepfm_without_first_order_and_fm_terms(rng):
     pair = 0.5 * (e.sum(axis=1) ** 2 - (e ** 2).sum(axis=1)).sum(axis=1)
     np.testing.assert_allclose(dnn.margin(batch), z_deep - pair, rtol=1e-4, atol=1e-5)
     assert np.abs(pair).max() > 1e-3  # the FM term is really there in DeepFM
+
+
+def test_value_statistics_skip_only_what_would_not_change(rng):
+    """Batches of categoricals only (every value 1) move the count alone; the statistics stay
+    bit for bit those of the plain two-pass update, before and after a field varies."""
+    m = ResidualLearner("fm", n_fields=4, bits=8, standardize=True)
+    count, mean, m2 = 0, np.zeros(4), np.zeros(4)
+    for i in range(60):
+        v = np.ones((int(rng.integers(1, 200)), 4), np.float32)
+        if i >= 30:
+            v[:, 2] = rng.normal(3, 2, len(v))
+        m._update_value_stats(SimpleNamespace(values=v))
+        x = v.astype(np.float64)
+        bm = x.mean(axis=0)
+        delta, total = bm - mean, count + len(x)
+        mean += delta * (len(x) / total)
+        m2 += ((x - bm) ** 2).sum(axis=0) + delta ** 2 * (count * len(x) / total)
+        count = total
+        assert m.value_count == count
+        assert np.array_equal(m.value_mean, mean) and np.array_equal(m.value_m2, m2)
+    assert m2[2] > 0 and m2[0] == 0
