@@ -62,8 +62,9 @@ static inline double sf_sigmoid(double t) {
  * embeddings, F x k. k = 8 (the default) takes one vector per embedding. */
 
 /* Eight floats as one value (GCC vector extension): one AVX register in the x86-64-v3 clone,
- * two SSE ones in the default; aligned(4) makes loads and stores through it unaligned. */
-typedef float sf_v8 __attribute__((vector_size(32), aligned(4)));
+ * two SSE ones in the default; aligned(4) makes loads and stores through it unaligned, and
+ * may_alias lets it read and write the float arrays it points into. */
+typedef float sf_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 #define SF_V8(p) (*(sf_v8 *)(p))
 
 static inline float sf_hsum8(sf_v8 v) {
