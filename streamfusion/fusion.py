@@ -16,7 +16,7 @@ import numpy as np
 
 from streamfusion.features import Batch
 from streamfusion.stages.residual import ResidualLearner
-from streamfusion.stages.trees import TreeStage
+from streamfusion.stages.trees import SLOW_FIT_ROWS, TreeStage
 
 MODELS = ("resfusion", "gbdt", "fm", "deepfm", "dnn", "lr", "nnres-gbdt")
 RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
@@ -153,6 +153,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             # fit is honoured
             **{"swap_lag": cfg.refit_every // 2,
                "min_fit_rows": min(1000, cfg.first_fit, cfg.refit_every),
+               "slow_fit_rows": SLOW_FIT_ROWS if len(cfg.stage_kinds()) > 1 else 0,
                **cfg.extra.get("trees", {})},
         )
     return ResidualLearner(

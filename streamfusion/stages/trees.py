@@ -52,11 +52,12 @@ LEAF_ROWS = 200
 # quick already, and on a few thousand rows the rounding is noise the trees could fit.
 QUANTIZE_ROWS = 100_000
 # a refit of at least this many rows takes seconds of one core, longer than half an interval
-# of stream at full speed: it swaps a whole interval after its start instead of half, so the
-# stream does not stop at the swap point to wait for it (3M generated events: waits 3.6 ->
-# 2.0 s; progressive AUC 0.7443 either way, 1M 0.7230 -> 0.7225). Every window of the
-# click-log samples is smaller; a whole interval for every refit hurt them (Criteo sample
-# chrono-holdout AUC 0.7467 -> 0.7418).
+# of stream at full speed: in a chain with a residual learner it swaps a whole interval after
+# its start instead of half, so the stream does not stop at the swap point to wait for it (3M
+# generated events: waits 3.6 -> 2.0 s; progressive AUC 0.7443 either way, 1M 0.7230 ->
+# 0.7225). Trees alone are the whole model and go live sooner (1M: 0.6600 at half an
+# interval, 0.6541 at a whole one). Every window of the click-log samples is smaller; a whole
+# interval for every refit hurt them (Criteo sample chrono-holdout AUC 0.7467 -> 0.7418).
 SLOW_FIT_ROWS = 50_000
 
 
@@ -197,7 +198,7 @@ class TreeStage:
     swap_lag : int, optional
         Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
         It is at most half the interval to the next refit (the whole interval for a window of
-        ``SLOW_FIT_ROWS`` or more), which matters while the schedule ramps up (see
+        ``slow_fit_rows`` or more), which matters while the schedule ramps up (see
         ``first_fit``): early trees see little data and should go live soon.
     first_fit : int, optional
         Observed rows before the first fit (default ``refit_every``). The interval between
@@ -229,6 +230,10 @@ class TreeStage:
         A refit of at least this many window rows trains on quantized gradients (LightGBM's
         ``use_quantized_grad`` with ``quant_train_renew_leaf``): faster, as accurate at that
         size; 0: never.
+    slow_fit_rows : int
+        A refit of at least this many window rows swaps a whole interval after its start
+        (``SLOW_FIT_ROWS`` in a chain with a residual learner, whose stream need not wait for
+        it); 0: never.
     codes : int
         Each refit also splits on categorical codes of the ``codes`` most frequent values of
         every categorical learner field (``CodeTable``; needs ``batch.indices``); 0: off.
@@ -267,7 +272,8 @@ class TreeStage:
                  drift_min_gap: int | None = None, drift_samples: int = 64,
                  fade: int = 0, background: bool = True, valid_fraction: float = 0.1,
                  guard: bool = True, codes: int = 0, end_codes: int = 0,
-                 leaf_rows: int = LEAF_ROWS, quantize_rows: int = QUANTIZE_ROWS) -> None:
+                 leaf_rows: int = LEAF_ROWS, quantize_rows: int = QUANTIZE_ROWS,
+                 slow_fit_rows: int = 0) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
             raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
                              "fade >= 0")
@@ -302,6 +308,7 @@ class TreeStage:
         self.end_codes = max(0, int(end_codes))
         self.leaf_rows = max(1, int(leaf_rows))
         self.quantize_rows = max(0, int(quantize_rows))
+        self.slow_fit_rows = max(0, int(slow_fit_rows))
         self._reset_state()
 
     # -- configuration -------------------------------------------------------------------------
@@ -313,6 +320,7 @@ class TreeStage:
         # how a refit trains, not what a state holds: states and model files from before it
         # existed load, and their next refits train as this code does
         cfg["quantize_rows"] = self.quantize_rows
+        cfg["slow_fit_rows"] = self.slow_fit_rows
         return cfg
 
     def lgb_params(self, rows: int | None = None) -> dict:
@@ -555,9 +563,10 @@ class TreeStage:
         if lag is None:
             # half way to the next refit: early fits go live soon, a fit has time to finish
             # (1M generated events: 0.7150 / 0.7157 / 0.7157 progressive AUC at a full / a
-            # half / a quarter interval); a slow fit a whole interval on (SLOW_FIT_ROWS)
+            # half / a quarter interval); a slow fit a whole interval on (slow_fit_rows)
             ahead = self._interval(self.refits + 1)
-            lag = min(self.swap_lag, ahead if len(y) >= SLOW_FIT_ROWS else ahead // 2)
+            slow = self.slow_fit_rows and len(y) >= self.slow_fit_rows
+            lag = min(self.swap_lag, ahead if slow else ahead // 2)
         n_valid = int(len(y) * self.valid_fraction)
         if n_valid < MIN_VALID_ROWS:
             n_valid = 0

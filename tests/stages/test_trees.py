@@ -157,6 +157,22 @@ def test_refit_interval_doubles_from_first_fit_to_refit_every():
     assert starts == [1000, 2000, 4000, 8000, 16000, 24000]
 
 
+def test_a_slow_refit_swaps_a_whole_interval_after_its_start():
+    # windows of 4,000+ rows are slow here: their refits swap when the next refit starts
+    stage = _stage(refit_every=8000, first_fit=1000, swap_lag=10_000, window=20_000,
+                   drift=False, slow_fit_rows=4000)
+    log: list = []
+    _feed(stage, _stream(6, 260), log)
+    before = [(0, False, 0, 0)] + log[:-1]
+    starts = [r[0] for prev, r in zip(before, log, strict=True) if r[3] > prev[3]]
+    swaps = [r[0] for r in log if r[1]]
+    # the small refits swap half an interval on, the slow ones a whole one; a refit starts
+    # only once the one before has swapped (one batch of 100 rows later)
+    assert starts == [1000, 2000, 4000, 8100, 16200, 24300]
+    assert swaps == [1500, 3000, 8000, 16100, 24200]
+    assert stage.config()["slow_fit_rows"] == 4000
+
+
 def test_drift_triggers_an_early_refit():
     rng = np.random.default_rng(7)
     kw = dict(refit_every=20_000, window=3000, first_fit=1000, swap_lag=100,
