@@ -72,7 +72,7 @@ class ModelConfig:
     row_lr: float = 0.05  # AdaGrad steps: 0.05 best of 0.03-0.2 on three real samples
     emb_lr: float = 0.005  # embeddings: 0.1 x row_lr (0.02-0.3 x tried; larger adds noise)
     # DeepFM's FM part weights each pair of fields (FwFM), the weights stepped at pair_lr:
-    # generated Avazu progressive AUC 1M 0.7155 -> 0.7230, 3M 0.7355 -> 0.7446; the real
+    # generated Avazu progressive AUC 1M 0.7155 -> 0.7230, 3M 0.7355 -> 0.7443; the real
     # samples within -0.0003..+0.0008. pair_lr 0.0009 / 0.003 / 0.009 / 0.09 gave 1M 0.7162 /
     # 0.7170 / 0.7211 / 0.7222 (3M 0.7347 / 0.7366 / 0.7394 / 0.7402). Per-field scales
     # instead (pair weight s_f s_g) gained at 1M (0.7181) but lost at 3M (0.7345)

@@ -421,6 +421,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             first_fit=int(self.first_fit),
             extra={"trees": {"min_fit_rows": min(int(self.first_fit), int(self.window)),
                              "swap_lag": int(self.refit_every) // 10,  # small fits are quick
+                             "slow_fit_rows": 0,
                              "min_data_in_leaf": int(self.min_data_in_leaf),
                              # leaves of a few min_data_in_leaf: windows are small here
                              "leaf_rows": 2 * int(self.min_data_in_leaf)}},

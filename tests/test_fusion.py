@@ -10,6 +10,7 @@ from streamfusion import checkpoint
 from streamfusion.features import Batch
 from streamfusion.fusion import Chain, ModelConfig
 from streamfusion.online import OnlineModel
+from streamfusion.stages.trees import SLOW_FIT_ROWS
 
 N_FIELDS, N_DENSE, BITS = 6, 4, 12
 
@@ -186,3 +187,14 @@ def test_pair_weights_reach_deepfm_stages_only_and_old_configs_stay_plain():
     assert saved["pair_weights"] is True and ModelConfig.from_dict(saved).pair_weights
     del saved["pair_weights"]  # a config written before pair weights existed
     assert ModelConfig.from_dict(saved).pair_weights is False
+
+
+def test_only_a_chain_with_a_residual_learner_lets_slow_refits_swap_later():
+    def slow(model, **extra):
+        cfg = ModelConfig(model=model, bits=BITS, extra={"trees": extra} if extra else {})
+        chain = Chain.from_config(cfg, N_FIELDS)
+        return [s.slow_fit_rows for s in chain.tree_stages]
+
+    assert slow("gbdt") == [0]
+    assert slow("resfusion") == slow("nnres-gbdt") == [SLOW_FIT_ROWS]
+    assert slow("resfusion", slow_fit_rows=7) == [7]  # a caller's own setting wins

@@ -51,13 +51,15 @@ LEAF_ROWS = 200
 # 56.1 -> 51.8 s, progressive / holdout AUC 0.7353 / 0.7222 -> 0.7355 / 0.7241. Small fits are
 # quick already, and on a few thousand rows the rounding is noise the trees could fit.
 QUANTIZE_ROWS = 100_000
-# a refit of at least this many rows takes seconds of one core, longer than half an interval
-# of stream at full speed: in a chain with a residual learner it swaps a whole interval after
-# its start instead of half, so the stream does not stop at the swap point to wait for it (3M
-# generated events: waits 3.6 -> 2.0 s; progressive AUC 0.7443 either way, 1M 0.7230 ->
-# 0.7225). Trees alone are the whole model and go live sooner (1M: 0.6600 at half an
-# interval, 0.6541 at a whole one). Every window of the click-log samples is smaller; a whole
-# interval for every refit hurt them (Criteo sample chrono-holdout AUC 0.7467 -> 0.7418).
+# a refit of at least this many rows takes seconds of one core, longer than the half interval
+# of stream it has while the schedule ramps up (64k-256k rows by default): in a chain with a
+# residual learner it swaps a whole interval after its start instead of half (still at most
+# swap_lag, so later refits are unchanged), and the stream stops less often at the swap
+# point to wait for it (3M generated events: waits 3.6 -> 2.0 s; progressive AUC 0.7443
+# either way, 1M 0.7230 -> 0.7225). Trees alone are the whole model and go live sooner (1M:
+# 0.6600 at half an interval, 0.6541 at a whole one). Every window of the click-log samples
+# is smaller; a whole interval for every refit hurt them (Criteo sample chrono-holdout AUC
+# 0.7467 -> 0.7418).
 SLOW_FIT_ROWS = 50_000
 
 
@@ -231,9 +233,9 @@ class TreeStage:
         ``use_quantized_grad`` with ``quant_train_renew_leaf``): faster, as accurate at that
         size; 0: never.
     slow_fit_rows : int
-        A refit of at least this many window rows swaps a whole interval after its start
-        (``SLOW_FIT_ROWS`` in a chain with a residual learner, whose stream need not wait for
-        it); 0: never.
+        A refit of at least this many window rows swaps a whole interval after its start, at
+        most ``swap_lag`` (``SLOW_FIT_ROWS`` in a chain with a residual learner, whose stream
+        need not wait for it); 0: never.
     codes : int
         Each refit also splits on categorical codes of the ``codes`` most frequent values of
         every categorical learner field (``CodeTable``; needs ``batch.indices``); 0: off.
@@ -562,8 +564,9 @@ class TreeStage:
             base, rounds = self.booster, self.warm_trees
         if lag is None:
             # half way to the next refit: early fits go live soon, a fit has time to finish
-            # (1M generated events: 0.7150 / 0.7157 / 0.7157 progressive AUC at a full / a
-            # half / a quarter interval); a slow fit a whole interval on (slow_fit_rows)
+            # (1M generated events, before pair weights: 0.7150 / 0.7157 / 0.7157 progressive
+            # AUC at a full / a half / a quarter interval for every refit); a slow fit a
+            # whole interval on (slow_fit_rows)
             ahead = self._interval(self.refits + 1)
             slow = self.slow_fit_rows and len(y) >= self.slow_fit_rows
             lag = min(self.swap_lag, ahead if slow else ahead // 2)

@@ -158,7 +158,7 @@ def test_refit_interval_doubles_from_first_fit_to_refit_every():
 
 
 def test_a_slow_refit_swaps_a_whole_interval_after_its_start():
-    # windows of 4,000+ rows are slow here: their refits swap when the next refit starts
+    # windows of 4,000+ rows are slow here: their refits swap when the next refit is due
     stage = _stage(refit_every=8000, first_fit=1000, swap_lag=10_000, window=20_000,
                    drift=False, slow_fit_rows=4000)
     log: list = []
@@ -171,6 +171,13 @@ def test_a_slow_refit_swaps_a_whole_interval_after_its_start():
     assert starts == [1000, 2000, 4000, 8100, 16200, 24300]
     assert swaps == [1500, 3000, 8000, 16100, 24200]
     assert stage.config()["slow_fit_rows"] == 4000
+    # swap_lag still caps the lag: the slow refits of a whole 8,000-row interval swap 5,000
+    # rows on
+    capped = _stage(refit_every=8000, first_fit=1000, swap_lag=5000, window=20_000,
+                    drift=False, slow_fit_rows=4000)
+    log = []
+    _feed(capped, _stream(6, 260), log)
+    assert [r[0] for r in log if r[1]] == [1500, 3000, 8000, 13100, 21100]
 
 
 def test_drift_triggers_an_early_refit():
