@@ -194,8 +194,8 @@ class ResFusion:
         return self
 
     def finish(self) -> ResFusion:
-        """The end of the data, as at the end of a replayed file: a pending tree refit goes live
-        and the trees are refit on their whole window. Learning may go on after it."""
+        """The end of the data, as at the end of a replayed file: the trees are refit on their
+        whole window, in place of any pending refit. Learning may go on after it."""
         if self._model is not None:
             self._model.finish()
         return self

@@ -390,8 +390,8 @@ class Replay:
                       if args.checkpoint else None,
                       every=args.checkpoint_every,
                       progress=None if progress is None else lambda: progress(self))
-        # the end of the file: the pending refit goes live now and the trees are refit on the
-        # whole window, so the model that scores the holdout has seen the data
+        # the end of the file: the trees are refit on the whole window (in place of a pending
+        # refit), so the model that scores the holdout has seen the data
         self.model.finish()
         seconds = self.seconds_before + time.perf_counter() - t0
         self._held = self.score_holdout()

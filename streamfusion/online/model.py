@@ -78,8 +78,8 @@ class OnlineModel:
         return self.chain.poll()
 
     def finish(self) -> bool:
-        """At the end of a stream: pending refits go live now and the trees are refit on their
-        whole window (see ``TreeStage.finish``). True when a model changed."""
+        """At the end of a stream: the trees are refit on their whole window in place of any
+        pending refit (see ``TreeStage.finish``). True when a model changed."""
         return self.chain.finish()
 
     def step(self, batch: Batch, learn_mask: np.ndarray | None = None,

@@ -9,8 +9,9 @@ thread timing, a single-threaded run therefore replays bit for bit.
 
 Each refit early-stops on the newest ``valid_fraction`` of its window and goes live only if it
 is not worse there than the live model (a guarded swap): both are scored on rows neither was
-fitted on. ``finish()`` at the end of a stream installs the pending refit and, when enough new
-rows arrived, fits the whole window once more, so a replay's final model has seen its data.
+fitted on. ``finish()`` at the end of a stream fits the whole window once more in place of a
+pending refit (which it cancels), or when enough new rows arrived since the last one, so a
+replay's final model has seen its data.
 """
 
 from __future__ import annotations
