@@ -78,6 +78,12 @@ class ModelConfig:
     # instead (pair weight s_f s_g) gained at 1M (0.7181) but lost at 3M (0.7345)
     pair_weights: bool = True
     pair_lr: float = 0.03
+    # an Adam step learns from at most 256 events (batches reach 1,024): a step moves each
+    # weight by about lr whatever its size, so more steps learn more in one pass. Progressive
+    # AUC, generated 1M Avazu / Criteo: steps of 1,024 0.7225 / 0.6684, 512 0.7267 / 0.6756,
+    # 256 0.7297 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443 -> 0.7456. Batches of the
+    # click-log samples stay at or below 256 events, so they learn as before.
+    step_rows: int = 256
     standardize: bool = True  # numbers as running z-scores for the learner
     # trees also split on categorical codes of each field's most frequent values (LightGBM
     # categorical features; 0: counts only)
@@ -125,8 +131,8 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        # a config saved before pair weights existed was trained without them
-        return cls(**{"pair_weights": False, **d})
+        # a config saved before pair weights or step_rows existed was trained without them
+        return cls(**{"pair_weights": False, "step_rows": 0, **d})
 
 
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
@@ -172,6 +178,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         standardize=cfg.standardize,
         pair_weights=cfg.pair_weights and kind == "deepfm",
         pair_lr=cfg.pair_lr,
+        step_rows=cfg.step_rows,
         prior=position == 0,  # a first stage starts at the click log-odds, as trees do
     )
 

@@ -63,7 +63,7 @@ HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
 # Flags a checkpoint may predate whose default has changed since: how such runs behaved.
-FLAGS_BEFORE = {"pair_weights": False}
+FLAGS_BEFORE = {"pair_weights": False, "step_rows": 0}
 
 
 class HoldoutStore:

@@ -67,6 +67,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "no signal fade out)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
                    help="Adam step of the pair weights (shared by every event: larger than --lr)")
+    g.add_argument("--step-rows", type=at.nonneg_int, default=256, metavar="N",
+                   help="most events in one step of the residual learner: a larger mini-batch "
+                   "is learned in consecutive steps of N events (0 = one step per mini-batch)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
@@ -91,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
         standardize=args.standardize, pair_weights=args.pair_weights, pair_lr=args.pair_lr,
+        step_rows=args.step_rows,
         tree_codes=args.tree_codes,
         tree_end_codes=args.tree_end_codes,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,

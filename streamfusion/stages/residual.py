@@ -26,13 +26,13 @@ FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 _STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
               "standardize", "pair_weights")
 # What a state from before a setting existed was trained with.
-_BEFORE = {"pair_weights": False, "pair_lr": 0.03}
+_BEFORE = {"pair_weights": False, "pair_lr": 0.03, "step_rows": 0}
 _ARRAYS_STATS = ("value_mean", "value_m2")
 # A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
 VARYING_M2 = 1e-12
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
 _HYPER = ("lr", "row_lr", "emb_lr", "pair_lr", "l2", "clip", "beta1", "beta2", "eps",
-          "init_std")
+          "init_std", "step_rows")
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
 MLP_MODELS = ("deepfm", "dnn")  # the learners with hidden layers
 
@@ -105,6 +105,11 @@ class ResidualLearner:
     pair_lr : float
         Adam step of the pair weights. They are few and shared by every event, so they can
         settle faster than the MLP at ``lr``.
+    step_rows : int
+        Most events in one step: ``partial_fit`` learns a larger batch in consecutive steps
+        of ``step_rows`` events, in order (0: one step per batch). A step moves each
+        parameter by about ``lr`` whatever the batch size, so more steps per event learn
+        more from a one-pass stream.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated after each step), as a
@@ -160,6 +165,7 @@ class ResidualLearner:
         prior: bool = False,
         pair_weights: bool = False,
         pair_lr: float = 0.03,
+        step_rows: int = 0,
     ) -> None:
         if model not in _learner.MODELS:
             raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
@@ -173,6 +179,8 @@ class ResidualLearner:
         if not (row_lr > 0 and emb_lr > 0 and pair_lr > 0):
             raise ValueError(f"row_lr, emb_lr and pair_lr must be > 0, got {row_lr}, {emb_lr}, "
                              f"{pair_lr}")
+        if step_rows < 0:
+            raise ValueError(f"step_rows must be >= 0, got {step_rows}")
         if pair_weights and model != "deepfm":
             raise ValueError(f"pair_weights is a DeepFM option, not {model!r}")
         if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
@@ -190,6 +198,7 @@ class ResidualLearner:
         self.prior = bool(prior)
         self.standardize = bool(standardize)
         self.pair_weights, self.pair_lr = bool(pair_weights), float(pair_lr)
+        self.step_rows = int(step_rows)
         # running value statistics per field (Chan et al.'s parallel update, float64)
         self.value_count = 0
         self.value_mean = np.zeros(self.n_fields, np.float64)
@@ -298,13 +307,15 @@ class ResidualLearner:
 
     def partial_fit(self, batch: Any, base_margin: Any, y: Any,
                     sample_weight: Any = None, margin_out: np.ndarray | None = None) -> dict:
-        """One step (``row_optimizer`` for the table rows, Adam for the dense parameters) on
-        ``logloss(y, sigmoid(base_margin + margin(batch)))``.
+        """Learn ``logloss(y, sigmoid(base_margin + margin(batch)))``: one step
+        (``row_optimizer`` for the table rows, Adam for the dense parameters), or consecutive
+        steps of ``step_rows`` events in order when the batch is larger.
 
-        Returns ``dict(loss=mean loss of the batch before the step, n=events, skipped=events
-        with a non-finite margin, label or weight plus parameter updates that would have been
-        non-finite; all of them are left out)``. ``margin_out`` (float32 [n]), when given,
-        receives ``margin(batch)`` as it was before the step, bit for bit.
+        Returns ``dict(loss=mean loss of the batch, each step's events before that step,
+        n=events, skipped=events with a non-finite margin, label or weight plus parameter
+        updates that would have been non-finite; all of them are left out)``.
+        ``margin_out`` (float32 [n]), when given, receives ``margin(batch)`` as it was
+        before the first step, bit for bit.
         """
         indices, values = self._inputs(batch)
         n = indices.shape[0]
@@ -313,17 +324,33 @@ class ResidualLearner:
         sw = None if sample_weight is None else self._vector(sample_weight, n, "sample_weight")
         if n == 0:
             return {"loss": 0.0, "n": 0, "skipped": 0}
-        work, iwork = self._scratch(n, True)
+        step = self.step_rows if 0 < self.step_rows < n else n
         _set_blas_threads(1)
+        if margin_out is not None and step < n:
+            # the later steps' events as scored before the first step (the first step's
+            # own forward pass gives its events)
+            work, _ = self._scratch(n - step, False)
+            _learner.forward(self._code, self.k, self.hidden, indices[step:],
+                             None if values is None else values[step:], self.table,
+                             self.dense, margin_out[step:], work, self.threads)
+        work, iwork = self._scratch(step, True)
         prior = self.prior_margin
         if self.prior:
             base = base + prior
-        loss, skip_ex, skip_upd, _ = _learner.train(
-            self._code, self.k, self.hidden, indices, values, base, yy, sw, self.table,
-            self.table_m, self.table_v, self.dense, self.dense_m, self.dense_v, self.step,
-            self._marker, work, iwork, self.lr, self.beta1, self.beta2, self.eps, self.l2,
-            self.clip, self.threads, margin_out, _learner.ROW_OPTIMIZERS[self.row_optimizer],
-            self.row_lr, self.emb_lr, self.pair_lr)
+        loss, skip_ex, skip_upd = 0.0, 0, 0
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            part = slice(lo, hi)
+            l_, e_, u_, _ = _learner.train(
+                self._code, self.k, self.hidden, indices[part],
+                None if values is None else values[part], base[part], yy[part],
+                None if sw is None else sw[part], self.table, self.table_m, self.table_v,
+                self.dense, self.dense_m, self.dense_v, self.step, self._marker, work, iwork,
+                self.lr, self.beta1, self.beta2, self.eps, self.l2, self.clip, self.threads,
+                None if margin_out is None or lo > 0 else margin_out[part],
+                _learner.ROW_OPTIMIZERS[self.row_optimizer], self.row_lr, self.emb_lr,
+                self.pair_lr)
+            loss, skip_ex, skip_upd = loss + l_, skip_ex + e_, skip_upd + u_
         self._update_value_stats(batch)
         if self.prior:
             if margin_out is not None:
@@ -366,7 +393,7 @@ class ResidualLearner:
                 "init_std": self.init_std, "row_optimizer": self.row_optimizer,
                 "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
                 "standardize": self.standardize, "pair_weights": self.pair_weights,
-                "pair_lr": self.pair_lr}
+                "pair_lr": self.pair_lr, "step_rows": self.step_rows}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
@@ -427,6 +454,7 @@ class ResidualLearner:
             np.copyto(getattr(self, name), state[name])
         for key, value in hyper.items():
             setattr(self, key, float(value))
+        self.step_rows = int(self.step_rows)
         self.seed = int(cfg.get("seed", self.seed))
 
     def save(self, path: str | os.PathLike) -> None:
