@@ -32,9 +32,15 @@ def test_version(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"streamfusion {__version__}"
 
 
-def test_pair_weights_are_on_unless_switched_off():
-    def config(*flags):
-        return config_from_args(build_parser().parse_args(["replay", *flags]))
+def replay_config(*flags):
+    return config_from_args(build_parser().parse_args(["replay", *flags]))
 
-    assert config().pair_weights is True
-    assert config("--no-pair-weights").pair_weights is False
+
+def test_pair_weights_are_on_unless_switched_off():
+    assert replay_config().pair_weights is True
+    assert replay_config("--no-pair-weights").pair_weights is False
+
+
+def test_step_rows_flag():
+    assert replay_config().step_rows == 256
+    assert replay_config("--step-rows", "0").step_rows == 0

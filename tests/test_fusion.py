@@ -124,6 +124,7 @@ def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
     a, b = trained_model(iterations=iterations, rows=3000), trained_model(iterations=iterations,
                                                                           rows=3000)
     batch = make_batch(rng, 700)
+    assert a.config.step_rows < len(batch)  # the residual learns it in several steps
     everything = np.ones(len(batch), dtype=bool)
     fused, _ = a.chain.score_and_learn(batch, everything)
     separate = b.chain.margins(batch)
@@ -187,6 +188,15 @@ def test_pair_weights_reach_deepfm_stages_only_and_old_configs_stay_plain():
     assert saved["pair_weights"] is True and ModelConfig.from_dict(saved).pair_weights
     del saved["pair_weights"]  # a config written before pair weights existed
     assert ModelConfig.from_dict(saved).pair_weights is False
+
+
+def test_step_rows_reach_every_residual_learner_and_old_configs_take_one_step():
+    cfg = ModelConfig(model="nnres-gbdt", residual="fm", bits=BITS, step_rows=64)
+    assert Chain.from_config(cfg, N_FIELDS).stages[0].step_rows == 64
+    saved = ModelConfig().to_dict()
+    assert saved["step_rows"] == 256
+    del saved["step_rows"]  # a config written before it existed
+    assert ModelConfig.from_dict(saved).step_rows == 0
 
 
 def test_only_a_chain_with_a_residual_learner_lets_slow_refits_swap_later():

@@ -488,26 +488,42 @@ def test_the_dnn_learner_replays_and_resumes(stream, tmp_path, flags, stages):
     assert code == 0 and strip_timing(resumed) == strip_timing(whole)
 
 
+def test_a_run_learning_in_several_steps_per_batch_resumes_bit_for_bit(stream, tmp_path):
+    """Batches of 32 events learned in steps of 8: a resumed run takes the same steps."""
+    args = ["--file", str(stream), *RESUME_MODEL, "--step-rows", "8"]
+    code, whole = replay(tmp_path, *args, "--rows", "9000", name="whole.json")
+    assert code == 0 and whole["model"]["config"]["step_rows"] == 8
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4000"]
+    assert replay(tmp_path, *args, "--rows", "6000", *ckpt, name="part.json")[0] == 0
+    code, resumed = replay(tmp_path, *args, "--rows", "9000", *ckpt, "--resume",
+                           name="resumed.json")
+    assert code == 0 and strip_timing(resumed) == strip_timing(whole)
+    code, one_step = replay(tmp_path, *args[:-2], "--rows", "9000", name="one.json")
+    assert code == 0 and one_step["progressive"] != whole["progressive"]
+
+
 def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, tmp_path, capsys):
-    """A run checkpointed before pair weights existed continues as the plain DeepFM it was,
-    and only with the flag that says so."""
+    """A run checkpointed before pair weights and step_rows existed continues as the plain
+    DeepFM of one step per batch it was, and only with the flags that say so."""
     opts = ["--file", str(stream), *RESUME_MODEL]
-    code, whole = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "9000",
-                         name="whole.json")
+    before = ["--no-pair-weights", "--step-rows", "0"]
+    code, whole = replay(tmp_path, *opts, *before, "--rows", "9000", name="whole.json")
     assert code == 0
     ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4000"]
-    code, _ = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "6000", *ckpt)
+    code, _ = replay(tmp_path, *opts, *before, "--rows", "6000", *ckpt)
     assert code == 0
     state = checkpoint.load(tmp_path / "ckpt")
     for config in (state["flags"], state["model"]["config"],
                    state["model"]["chain"]["stages"]["1"]["config"]):
-        del config["pair_weights"], config["pair_lr"]  # as the code before wrote it
+        del config["pair_weights"], config["pair_lr"], config["step_rows"]  # as written before
     checkpoint.save(tmp_path / "ckpt", state)
     capsys.readouterr()
     code, _ = replay(tmp_path, *opts, "--rows", "9000", *ckpt, "--resume")
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "--pair-weights: checkpoint False, now True" in err, err
-    code, resumed = replay(tmp_path, *opts, "--no-pair-weights", "--rows", "9000", *ckpt,
+    assert "--step-rows: checkpoint 0, now 256" in err, err
+    code, resumed = replay(tmp_path, *opts, *before, "--rows", "9000", *ckpt,
                            "--resume", name="resumed.json")
     assert code == 0 and resumed["model"]["config"]["pair_weights"] is False
+    assert resumed["model"]["config"]["step_rows"] == 0
     assert strip_timing(resumed) == strip_timing(whole)

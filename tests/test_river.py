@@ -166,7 +166,7 @@ def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
         model = _learned(600, residual="deepfm")
     state = model.__getstate__()
     for cfg in (state["model_"]["config"], state["model_"]["chain"]["stages"]["1"]["config"]):
-        del cfg["pair_weights"], cfg["pair_lr"]  # as the code before wrote them
+        del cfg["pair_weights"], cfg["pair_lr"], cfg["step_rows"]  # as the code before wrote them
     old = ResFusionClassifier.__new__(ResFusionClassifier)
     old.__setstate__(state)
     assert old.model_.config.pair_weights is False

@@ -397,6 +397,53 @@ def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
         make(PAIRED, n_fields=6, bits=8, k=4, hidden=(16, 8)).load_state_dict(state)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_batch_larger_than_step_rows_takes_the_steps_of_its_slices(model, rng):
+    """Steps of step_rows events are the steps of the batch's consecutive slices, bit for
+    bit; margin_out is the margin before the first step."""
+    n, step = 50, 16
+    batch = make_batch(rng, n, 5, 64)
+    base = rng.normal(0, 0.3, n).astype(np.float32)
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    stepped, sliced = learner(model, step_rows=step), learner(model)
+    before, out = stepped.margin(batch), np.empty(n, np.float32)
+    res = stepped.partial_fit(batch, base, y, margin_out=out)
+    losses = []
+    for lo in range(0, n, step):
+        part = SimpleNamespace(indices=batch.indices[lo:lo + step],
+                               values=batch.values[lo:lo + step])
+        r = sliced.partial_fit(part, base[lo:lo + step], y[lo:lo + step])
+        losses.append(r["loss"] * r["n"])
+    assert stepped.step[0] == sliced.step[0] == 4
+    for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"):
+        assert np.array_equal(getattr(stepped, name), getattr(sliced, name)), name
+    assert np.array_equal(out, before)
+    assert res["n"] == n and res["loss"] == pytest.approx(sum(losses) / n, rel=1e-6)
+
+
+def test_margin_out_with_steps_counts_the_prior_and_the_scaled_values(rng):
+    m = learner("deepfm", step_rows=8, prior=True, standardize=True)
+    batch = make_batch(rng, 30, 5, 64)
+    y = (rng.random(30) < 0.3).astype(np.float32)
+    m.partial_fit(batch, np.zeros(30, np.float32), y)  # statistics and prior now move
+    batch = make_batch(rng, 30, 5, 64)
+    before, out = m.margin(batch), np.empty(30, np.float32)
+    m.partial_fit(batch, np.zeros(30, np.float32), y, margin_out=out)
+    assert np.array_equal(out, before) and not np.array_equal(m.margin(batch), before)
+
+
+def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
+    state = ResidualLearner("fm", n_fields=6, bits=8, k=4, step_rows=32).state_dict()
+    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, step_rows=256)
+    other.load_state_dict(state)
+    assert other.step_rows == 32 and other.config()["step_rows"] == 32
+    del state["config"]["step_rows"]  # as the code before wrote it
+    other.load_state_dict(state)
+    assert other.step_rows == 0
+    with pytest.raises(ValueError, match="step_rows"):
+        ResidualLearner("fm", n_fields=3, bits=6, step_rows=-1)
+
+
 def test_pair_weights_are_a_deepfm_option():
     with pytest.raises(ValueError, match="DeepFM option"):
         ResidualLearner("fm", n_fields=3, bits=6, pair_weights=True)
