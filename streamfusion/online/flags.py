@@ -69,7 +69,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Adam step of the pair weights (shared by every event: larger than --lr)")
     g.add_argument("--step-rows", type=at.nonneg_int, default=256, metavar="N",
                    help="most events in one step of the residual learner: a larger mini-batch "
-                   "is learned in consecutive steps of N events (0 = one step per mini-batch)")
+                   "is learned in consecutive steps of N events (0 = one step per mini-batch; "
+                   "--threads share a step's backward pass in blocks of 256 events)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
