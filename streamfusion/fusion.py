@@ -82,7 +82,7 @@ class ModelConfig:
     # an Adam step learns from at most 256 events (batches reach 1,024): a step moves each
     # weight by about lr whatever its size, so more steps learn more in one pass. Progressive
     # AUC, generated 1M Avazu / Criteo: steps of 1,024 0.7225 / 0.6684, 512 0.7267 / 0.6756,
-    # 256 0.7297 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443 -> 0.7456. Batches of the
+    # 256 0.7296 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443 -> 0.7455. Batches of the
     # click-log samples stay at or below 256 events, so they learn as before.
     step_rows: int = 256
     standardize: bool = True  # numbers as running z-scores for the learner
