@@ -9,7 +9,6 @@ stage after the first is fitted with ``init_score = z_prev``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -216,28 +215,11 @@ class Chain:
         return cls([build_stage(kind, i, cfg, n_fields) for i, kind in enumerate(kinds)], kinds,
                    cfg.backfit)
 
-    def margins(self, batch: Batch, residual: np.ndarray | None = None) -> np.ndarray:
-        """Each stage's margin, float32 [n_stages, n]. Pure: changes no state.
-
-        ``residual``: margins of ``batch`` computed earlier with the same residual stages
-        (``residual_margins``); only the tree stages score now, into a copy.
-        """
-        if residual is None:
-            out = np.empty((len(self.stages), len(batch)), dtype=np.float32)
-        else:
-            out = residual.copy()
-        for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
-            if residual is None or kind == "trees":
-                out[s] = stage.margin(batch)
-        return out
-
-    def residual_margins(self, batch: Batch) -> np.ndarray:
-        """``margins`` of the residual stages only (the tree stages' rows are 0): they do
-        not change when the trees do, so they can be scored while the trees are refit."""
-        out = np.zeros((len(self.stages), len(batch)), dtype=np.float32)
-        for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
-            if kind != "trees":
-                out[s] = stage.margin(batch)
+    def margins(self, batch: Batch) -> np.ndarray:
+        """Each stage's margin, float32 [n_stages, n]. Pure: changes no state."""
+        out = np.empty((len(self.stages), len(batch)), dtype=np.float32)
+        for s, stage in enumerate(self.stages):
+            out[s] = stage.margin(batch)
         return out
 
     @staticmethod
@@ -328,18 +310,14 @@ class Chain:
             self.blend = None
         return changed
 
-    def finish(self, meanwhile: Callable[[], None] | None = None) -> bool:
+    def finish(self) -> bool:
         """End of the stream: every tree stage installs its pending refit and refits its whole
         window (``TreeStage.finish``). A chain of one tree stage and other stages then scores
         with the blend fitted on that refit's held-back rows (``stages.blend``): the
-        residual learned against weaker trees is not counted twice. ``meanwhile`` runs once,
-        on this thread, while the first tree stage's refit runs. True when any stage
+        residual learned against weaker trees is not counted twice. True when any stage
         changed."""
         blend = len(self.tree_stages) == 1 and len(self.stages) > 1
-        if not self.tree_stages and meanwhile is not None:
-            meanwhile()
-        changed = any([bool(stage.finish(blend=blend, meanwhile=meanwhile if i == 0 else None))
-                       for i, stage in enumerate(self.tree_stages)])
+        changed = any([bool(stage.finish(blend=blend)) for stage in self.tree_stages])
         if changed:
             self.blend = None
             fitted = self.tree_stages[0].end_blend if blend else None

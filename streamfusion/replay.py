@@ -22,7 +22,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,6 @@ HOLDOUT_FILE = "holdout.npy-stream"
 SCHEMA_FILE = "schema.json"  # beside a checkpoint: the log's schema, for serve --schema
 HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margins
 HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
-# held-out rows whose residual margins are scored while the end-of-file refit runs (a second
-# or so of the learner; 2 MiB per residual stage)
-HOLDOUT_EARLY_ROWS = 1 << 19
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
 # Flags a checkpoint may predate whose default has changed since: how such runs behaved.
@@ -394,12 +391,10 @@ class Replay:
                       every=args.checkpoint_every,
                       progress=None if progress is None else lambda: progress(self))
         # the end of the file: the trees are refit on the whole window (in place of a pending
-        # refit), so the model that scores the holdout has seen the data; meanwhile the
-        # residual learners, final already, score the first held-out rows
-        early: list[np.ndarray] = []
-        self.model.finish(meanwhile=lambda: early.extend(self._residual_margins()))
+        # refit), so the model that scores the holdout has seen the data
+        self.model.finish()
         seconds = self.seconds_before + time.perf_counter() - t0
-        self._held = self.score_holdout(early)
+        self._held = self.score_holdout()
         return self.report(seconds)
 
     def write_model(self, path: Path) -> None:
@@ -445,33 +440,17 @@ class Replay:
         if self._remove_tmpdir is not None:
             self._remove_tmpdir()
 
-    def _holdout_chunks(self) -> Iterator[Batch]:
-        """The held-out events in the chunks they are scored in."""
-        for stored in self.holdout.batches():
-            for a in range(0, len(stored), HOLDOUT_SCORE_ROWS):
-                yield stored.take(slice(a, a + HOLDOUT_SCORE_ROWS))
-
-    def _residual_margins(self) -> Iterator[np.ndarray]:
-        """The residual stages' margins of the first ``HOLDOUT_EARLY_ROWS`` held-out events,
-        chunk by chunk."""
-        rows = 0
-        for b in self._holdout_chunks():
-            if rows >= HOLDOUT_EARLY_ROWS:
-                return
-            rows += len(b)
-            yield self.model.residual_margins(b)
-
-    def score_holdout(self, early: Sequence[np.ndarray] = ()) -> RecordSpill:
+    def score_holdout(self) -> RecordSpill:
         """The final model's margins of the held-out events, spilled like the progressive
-        ones: memory flat in the number of held-out events (``run`` keeps it until ``close``).
-        ``early``: the first chunks' residual margins (``_residual_margins``), scored while
-        the trees were refit."""
+        ones: memory flat in the number of held-out events (``run`` keeps it until ``close``)."""
         scores = RecordSpill(self.spill_dir / HOLDOUT_SCORES_FILE)
         try:
-            for i, b in enumerate(self._holdout_chunks()):
-                keep = ~np.isnan(b.y)
-                z = self.model.score(b, early[i] if i < len(early) else None).margin[keep]
-                scores.append(z, b.y[keep], np.zeros(z.size, np.int32), b.line[keep])
+            for stored in self.holdout.batches():
+                for a in range(0, len(stored), HOLDOUT_SCORE_ROWS):
+                    b = stored.take(slice(a, a + HOLDOUT_SCORE_ROWS))
+                    keep = ~np.isnan(b.y)
+                    z = self.model.score(b).margin[keep]
+                    scores.append(z, b.y[keep], np.zeros(z.size, np.int32), b.line[keep])
         except BaseException:
             scores.close(remove=True)
             raise

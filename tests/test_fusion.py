@@ -134,20 +134,6 @@ def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
     assert np.array_equal(a.score(probe).margin, b.score(probe).margin)
 
 
-@pytest.mark.parametrize("model,iterations", [("resfusion", 3), ("fm", None)])
-def test_residual_margins_scored_early_give_the_same_scores(model, iterations, rng):
-    m = trained_model(model, iterations=iterations, rows=3000)
-    batch = make_batch(rng, 300)
-    early = m.residual_margins(batch)
-    assert not early[m.is_tree].any()
-    assert np.array_equal(m.score(batch, early).margin, m.score(batch).margin)
-    calls = []
-    m.finish(meanwhile=lambda: calls.append(1))  # with or without tree stages: once
-    assert calls == [1]
-    assert np.array_equal(m.score(batch, m.residual_margins(batch)).margin,
-                          m.score(batch).margin)
-
-
 def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng):
     m = trained_model(seed=7, rows=5000)
     raw = make_batch(rng, 300)

@@ -488,36 +488,6 @@ def test_the_dnn_learner_replays_and_resumes(stream, tmp_path, flags, stages):
     assert code == 0 and strip_timing(resumed) == strip_timing(whole)
 
 
-def test_held_out_rows_scored_while_the_trees_are_refit_score_the_same(stream, tmp_path,
-                                                                        monkeypatch):
-    """The first held-out chunks' residual margins, scored during the end-of-file refit, give
-    the predictions of a run that scores every chunk afterwards."""
-    from streamfusion import replay as replay_mod
-    from streamfusion.online.model import OnlineModel
-
-    scored_early = []
-    real = OnlineModel.residual_margins
-
-    def counted(self, batch):
-        scored_early.append(len(batch))
-        return real(self, batch)
-
-    monkeypatch.setattr(OnlineModel, "residual_margins", counted)
-    monkeypatch.setattr(replay_mod, "HOLDOUT_SCORE_ROWS", 300)
-    args = ["--file", str(stream), *SMALL_MODEL, "--rows", "12000"]
-    runs = {}
-    for early in (0, 900):  # none, or the first three chunks of the 1,200 held-out rows
-        monkeypatch.setattr(replay_mod, "HOLDOUT_EARLY_ROWS", early)
-        scored_early.clear()
-        preds = tmp_path / f"p{early}.csv"
-        code, report = replay(tmp_path, *args, "--predictions", str(preds),
-                              name=f"r{early}.json")
-        assert code == 0 and report["holdout"]["rows"] > 900
-        assert scored_early == [300] * (early // 300)
-        runs[early] = (strip_timing(report), preds.read_bytes())
-    assert runs[0] == runs[900]
-
-
 def test_a_run_learning_in_several_steps_per_batch_resumes_bit_for_bit(stream, tmp_path):
     """Batches of 32 events learned in steps of 8: a resumed run takes the same steps."""
     args = ["--file", str(stream), *RESUME_MODEL, "--step-rows", "8"]

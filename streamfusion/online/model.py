@@ -7,7 +7,6 @@ between mini-batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +59,9 @@ class OnlineModel:
         self.events_learned = 0
         self.skipped_updates = 0
 
-    def score(self, batch: Batch, residual: np.ndarray | None = None) -> Scores:
-        """Score ``batch`` with the whole chain. Pure: changes no state. ``residual``: the
-        residual stages' margins of ``batch`` from ``residual_margins``, computed earlier
-        (the residual learners unchanged since): only the trees score now."""
-        return self._scores(self.chain.margins(batch, residual))
-
-    def residual_margins(self, batch: Batch) -> np.ndarray:
-        """The residual stages' margins of ``batch`` for a later ``score``."""
-        return self.chain.residual_margins(batch)
+    def score(self, batch: Batch) -> Scores:
+        """Score ``batch`` with the whole chain. Pure: changes no state."""
+        return self._scores(self.chain.margins(batch))
 
     def _scores(self, margins: np.ndarray) -> Scores:
         margins = self.chain.blended(margins)
@@ -84,11 +77,10 @@ class OnlineModel:
         """Swap in finished tree refits; call between mini-batches. True when one went live."""
         return self.chain.poll()
 
-    def finish(self, meanwhile: Callable[[], None] | None = None) -> bool:
+    def finish(self) -> bool:
         """At the end of a stream: the trees are refit on their whole window in place of any
-        pending refit (see ``TreeStage.finish``); ``meanwhile`` runs once on this thread
-        while they are. True when a model changed."""
-        return self.chain.finish(meanwhile)
+        pending refit (see ``TreeStage.finish``). True when a model changed."""
+        return self.chain.finish()
 
     def step(self, batch: Batch, learn_mask: np.ndarray | None = None,
              weight: np.ndarray | None = None) -> Scores:

@@ -709,14 +709,13 @@ class TreeStage:
         self._install(job["booster"], job.get("ensemble"))
         return True
 
-    def finish(self, blend: bool = False, meanwhile: Callable[[], None] | None = None) -> bool:
+    def finish(self, blend: bool = False) -> bool:
         """At the end of a stream: when a refit is pending or at least the held-back share of
         the window is newer than the last refit, fit the whole window once more, in place of
         the pending refit (guarded, installed at once; with and without ``end_codes``, the
         better on the held-back rows). ``blend``: fit the end-of-stream blend of this stage
-        and the others (``end_blend``) and choose the fit by the blended loss.
-        ``meanwhile``: work for this thread while the fits run on others (called once, also
-        when nothing is refit). True when the model changed."""
+        and the others (``end_blend``) and choose the fit by the blended loss. True when the
+        model changed."""
         changed = False
         self.end_blend = None
         pending, self._pending = self._pending, None
@@ -729,23 +728,14 @@ class TreeStage:
             tries = [self.codes] if self._I is None else sorted({self.codes, self.end_codes})
             jobs, fits = zip(*[self._refit_job("end", lag=0, codes=k, blend=blend)
                                for k in tries], strict=True)
-            # independent single-threaded fits: side by side, each on a core of its own; this
-            # thread does the caller's work first, then (with two fits) the quicker fit, the
-            # one without codes
-            mine = fits[:1] if len(fits) > 1 or meanwhile is None else []
+            # independent single-threaded fits: side by side, each on a core of its own
             threads = [threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
-                       for fit in fits[len(mine):]]
+                       for fit in fits[1:]]
             for t in threads:
                 t.start()
-            try:
-                if meanwhile is not None:
-                    meanwhile()
-                    meanwhile = None
-                for fit in mine:
-                    fit()
-            finally:
-                for t in threads:
-                    t.join()
+            fits[0]()
+            for t in threads:
+                t.join()
             errors = [j for j in jobs if j["error"] is not None]
             best = errors[0] if errors else min(
                 jobs, key=lambda j: j["blend"].loss if j["blend"] is not None else j["loss"])
@@ -753,8 +743,6 @@ class TreeStage:
             if self._swap(best):
                 changed = True
                 self.end_blend = best["blend"]
-        if meanwhile is not None:
-            meanwhile()
         self._fade_start = -1  # no fade: the final model scores whatever follows
         self._fade_from = self._fade_booster = self._fade_codes = None
         return changed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from types import SimpleNamespace
 
@@ -443,46 +442,6 @@ def test_finish_keeps_the_encoding_better_on_the_newest_rows(monkeypatch):
     restored = _stage(drift=False, first_fit=1000, refit_every=1000, window=3000, end_codes=8)
     restored.load_state_dict(copy.deepcopy(stage.state_dict()))
     assert np.array_equal(restored.margin(b), stage.margin(b))
-
-
-@pytest.mark.parametrize("end_codes", [0, 8])
-def test_finish_runs_the_callers_work_once_while_the_end_fits_run(monkeypatch, end_codes):
-    """``meanwhile`` runs once on the caller's thread with a fit running on another; the
-    caller's thread then takes the fit without codes, if there are two; the trees are those
-    of a finish without it. Nothing to refit: it still runs once."""
-    def fed():
-        stage = _stage(drift=False, first_fit=1000, refit_every=1000, window=3000,
-                       end_codes=end_codes)
-        rng = np.random.default_rng(21)
-        _feed(stage, [_coded_batch(rng, 100) for _ in range(30)])
-        stage.wait()  # the scheduled refit's fit is done: only the end fits are counted
-        return stage
-
-    fitters, calls, waited, ran = [], [], [], threading.Event()
-    real_train = TreeStage._train
-
-    def train(self, *args, **kw):
-        mine = threading.current_thread() is threading.main_thread()
-        fitters.append(mine)
-        if not mine:  # a fit on another thread waits until meanwhile has run
-            waited.append(ran.wait(10))
-        return real_train(self, *args, **kw)
-
-    def meanwhile():
-        calls.append(threading.current_thread() is threading.main_thread())
-        ran.set()
-
-    plain = fed()
-    assert plain.finish()
-    stage = fed()
-    monkeypatch.setattr(TreeStage, "_train", train)
-    assert stage.finish(meanwhile=meanwhile)
-    assert calls == [True] and waited == [True]
-    assert sorted(fitters) == ([False] if end_codes == 0 else [False, True])
-    b = _coded_batch(np.random.default_rng(3), 200)
-    assert np.array_equal(stage.margin(b), plain.margin(b))
-    assert not stage.finish(meanwhile=meanwhile)  # no new rows: nothing to refit
-    assert len(calls) == 2 and len(fitters) == (1 if end_codes == 0 else 2)
 
 
 def test_init_score_fits_start_from_the_click_rate(rng):
