@@ -281,7 +281,8 @@ class Chain:
         """Stage margins as ``margins`` gives them, then the learning of ``learn``, in one pass.
 
         When every row is learned, a residual stage's pre-step margins come out of its own
-        training step (the forward pass it needs anyway), so scoring costs nothing extra.
+        training step (the forward pass it needs anyway), so scoring costs nothing extra
+        for a batch of one step (a larger one scores its later steps' events first).
         The result is bit for bit that of ``margins`` followed by ``learn``.
         """
         if not mask.all():

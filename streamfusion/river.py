@@ -266,8 +266,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
 
     Labels are read as ``bool(y)``; ``predict_proba_one`` returns ``{False: 1 - p, True: p}``
     and is pure. ``learn_many`` scores its frame with the current model, then learns it as one
-    mini-batch (one Adam step, as ``streamfusion replay`` does), so it matches a loop of
-    ``learn_one`` only for frames of one row: river's
+    mini-batch (one Adam step; ``streamfusion replay`` takes steps of 256 events), so it
+    matches a loop of ``learn_one`` only for frames of one row: river's
     ``check_learn_many_matches_learn_one`` is skipped for that reason, as river's own
     gradient-descent linear models do.
 
@@ -486,8 +486,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         """Learn a mini-batch: ``X`` a data frame (pandas, polars, pyarrow), ``y`` its labels.
 
         The frame is scored with the current model first, then learned as one mini-batch:
-        one Adam step for the whole frame, so pass mini-batches (``streamfusion replay`` uses
-        1024 rows), not a whole data set.
+        one Adam step for the whole frame, so pass mini-batches (``streamfusion replay``
+        steps on 256 events), not a whole data set.
         """
         batch = self._encode_many(frames.into_frame(X), y, learn=True)
         if len(batch):

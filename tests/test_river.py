@@ -169,7 +169,8 @@ def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
         del cfg["pair_weights"], cfg["pair_lr"], cfg["step_rows"]  # as the code before wrote them
     old = ResFusionClassifier.__new__(ResFusionClassifier)
     old.__setstate__(state)
-    assert old.model_.config.pair_weights is False
+    assert old.model_.config.pair_weights is False and old.model_.config.step_rows == 0
+    assert model.model_.config.step_rows == 0  # learn_many: one step per frame
     for x, y in PHISHING[600:700]:
         assert old.predict_proba_one(x) == model.predict_proba_one(x)
         old.learn_one(x, y)

@@ -47,7 +47,7 @@ class FitOptions:
     patience : int
         Epochs' worth of validation checks without improvement before stopping.
     batch_size : int
-        Rows per Adam step.
+        Rows per mini-batch: one Adam step each with the paper's ``step_rows=0``.
     seed : int
         Seeds the order rows are visited in.
     checks : int

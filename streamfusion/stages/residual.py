@@ -1,7 +1,7 @@
 """Residual stage: an FM / DeepFM / DNN / LR learner over hashed features, compiled in csrc/.
 
-The learner adds its own margin to the margin of the earlier stages and takes one Adam step per
-mini-batch on ``logloss(y, sigmoid(base_margin + margin))`` (ResFusion, paper eq. 5). All
+The learner adds its own margin to the margin of the earlier stages and takes Adam steps on each
+mini-batch of ``logloss(y, sigmoid(base_margin + margin))`` (ResFusion, paper eq. 5). All
 arrays (parameters, Adam moments, step counter, scratch) are allocated and owned here; the
 kernel ``streamfusion._learner`` only runs loops over them.
 """
@@ -91,7 +91,7 @@ class ResidualLearner:
         How the hashed table rows step. ``"adagrad"``: per-coordinate steps
         ``row_lr / sqrt(sum of squared gradients)`` on the summed per-example gradients (McMahan
         et al. 2013): a rare id learns from its first events at any batch size, a frequent one
-        settles. ``"adam"``: one lazy Adam step of about ``lr`` per batch. ``"mixed"``: AdaGrad
+        settles. ``"adam"``: one lazy Adam step of about ``lr`` per step. ``"mixed"``: AdaGrad
         for the first-order weight, lazy Adam for the embedding (which keeps adapting).
     row_lr, emb_lr : float
         AdaGrad steps of the table rows' first-order weight and of their embedding. Embeddings
@@ -109,7 +109,7 @@ class ResidualLearner:
         Most events in one step: ``partial_fit`` learns a larger batch in consecutive steps
         of ``step_rows`` events, in order (0: one step per batch). A step moves each
         parameter by about ``lr`` whatever the batch size, so more steps per event learn
-        more from a one-pass stream.
+        more from a one-pass stream. The L2 decay of touched rows applies per step too.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated after each step), as a
@@ -311,6 +311,10 @@ class ResidualLearner:
         (``row_optimizer`` for the table rows, Adam for the dense parameters), or consecutive
         steps of ``step_rows`` events in order when the batch is larger.
 
+        The click prior and the value statistics (``standardize``) move once per batch,
+        after its last step, so steps differ from separate calls on the batch's slices when
+        either is on.
+
         Returns ``dict(loss=mean loss of the batch, each step's events before that step,
         n=events, skipped=events with a non-finite margin, label or weight plus parameter
         updates that would have been non-finite; all of them are left out)``.
@@ -421,6 +425,9 @@ class ResidualLearner:
         for key, value in hyper.items():
             if not isinstance(value, (int, float)):
                 raise ValueError(f"residual state config lacks a number for {key!r}")
+        if hyper["step_rows"] < 0 or hyper["step_rows"] != int(hyper["step_rows"]):
+            raise ValueError(f"residual state step_rows must be a whole number >= 0, got "
+                             f"{hyper['step_rows']!r}")
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"residual state step must be a non-negative int, got {step!r}")

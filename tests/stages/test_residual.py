@@ -442,6 +442,11 @@ def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
     assert other.step_rows == 0
     with pytest.raises(ValueError, match="step_rows"):
         ResidualLearner("fm", n_fields=3, bits=6, step_rows=-1)
+    for bad in (-1, 2.5):
+        state["config"]["step_rows"] = bad
+        with pytest.raises(ValueError, match="step_rows"):
+            other.load_state_dict(state)
+        assert other.step_rows == 0
 
 
 def test_pair_weights_are_a_deepfm_option():
