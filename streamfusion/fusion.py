@@ -22,6 +22,11 @@ MODELS = ("resfusion", "gbdt", "fm", "deepfm", "dnn", "lr", "nnres-gbdt")
 RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 
 
+# Settings a saved config (or a checkpoint's flags) may predate whose default has changed
+# since: how such runs behaved (no pair weights, one step per mini-batch).
+CONFIG_BEFORE = {"pair_weights": False, "step_rows": 0}
+
+
 @dataclass
 class ModelConfig:
     """Every knob of a chain, with the defaults of ``streamfusion replay``.
@@ -131,8 +136,7 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        # a config saved before pair weights or step_rows existed was trained without them
-        return cls(**{"pair_weights": False, "step_rows": 0, **d})
+        return cls(**{**CONFIG_BEFORE, **d})
 
 
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):

@@ -40,6 +40,7 @@ from streamfusion.evaluate import (
     summarize_spilled,
 )
 from streamfusion.features import Batch
+from streamfusion.fusion import CONFIG_BEFORE
 from streamfusion.inputs import add_input_arguments
 from streamfusion.model_file import save_model
 from streamfusion.online import (
@@ -62,8 +63,6 @@ HOLDOUT_SCORES_FILE = "holdout-scores.spill"  # the final model's held-out margi
 HOLDOUT_SCORE_ROWS = 8192  # held-out rows scored at once: the MLP's activations stay small
 HOLDOUT_FLUSH_ROWS = 65_536  # held-out rows written at once: few, large records to re-read
 ARRAYS = ("indices", "values", "dense", "y", "line", "time")
-# Flags a checkpoint may predate whose default has changed since: how such runs behaved.
-FLAGS_BEFORE = {"pair_weights": False, "step_rows": 0}
 
 
 class HoldoutStore:
@@ -305,9 +304,9 @@ class Replay:
         """Refuse a checkpoint this run cannot continue exactly (after ``_check_belongs``);
         loads nothing."""
         # Defaults stand in for flags the checkpoint predates: such runs behaved like them,
-        # except where FLAGS_BEFORE says how they behaved.
+        # except where CONFIG_BEFORE says how they behaved.
         saved, now = state["flags"], self.run_flags()
-        saved = {k: saved.get(k, FLAGS_BEFORE.get(k, v)) for k, v in now.items()}
+        saved = {k: saved.get(k, CONFIG_BEFORE.get(k, v)) for k, v in now.items()}
         diffs = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {v!r}"
                  for k, v in now.items() if saved[k] != v]
         if diffs:

@@ -460,8 +460,7 @@ class ResidualLearner:
         for name in _ARRAYS_STATS:
             np.copyto(getattr(self, name), state[name])
         for key, value in hyper.items():
-            setattr(self, key, float(value))
-        self.step_rows = int(self.step_rows)
+            setattr(self, key, int(value) if key == "step_rows" else float(value))
         self.seed = int(cfg.get("seed", self.seed))
 
     def save(self, path: str | os.PathLike) -> None:
