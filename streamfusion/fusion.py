@@ -282,12 +282,14 @@ class Chain:
 
     def score_and_learn(self, batch: Batch, mask: np.ndarray,
                         weight: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """Stage margins as ``margins`` gives them, then the learning of ``learn``, in one pass.
+        """Score then learn ``batch`` in one pass: the learning of ``learn``, each event scored
+        before the step that learns it.
 
-        When every row is learned, a residual stage's pre-step margins come out of its own
-        training step (the forward pass it needs anyway), so scoring costs nothing extra
-        for a batch of one step (a larger one scores its later steps' events first).
-        The result is bit for bit that of ``margins`` followed by ``learn``.
+        When every row is learned, a residual stage's margins come out of its own training
+        steps (the forward pass they need anyway), so scoring costs nothing extra. A batch
+        of one step gives bit for bit what ``margins`` then ``learn`` give; in a larger one
+        the residual scores each step's events after the steps before it (the trees do not
+        change within a batch).
         """
         if not mask.all():
             margins = self.margins(batch)

@@ -318,8 +318,10 @@ class ResidualLearner:
         Returns ``dict(loss=mean loss of the batch, each step's events before that step,
         n=events, skipped=events with a non-finite margin, label or weight plus parameter
         updates that would have been non-finite; all of them are left out)``.
-        ``margin_out`` (float32 [n]), when given, receives ``margin(batch)`` as it was
-        before the first step, bit for bit.
+        ``margin_out`` (float32 [n]), when given, receives each event's margin as it was
+        before the step that learns it, bit for bit (the forward pass that step needs
+        anyway): the first step's events get ``margin(batch)`` as it was before the call,
+        the later ones the margin after the steps before theirs.
         """
         indices, values = self._inputs(batch)
         n = indices.shape[0]
@@ -330,13 +332,6 @@ class ResidualLearner:
             return {"loss": 0.0, "n": 0, "skipped": 0}
         step = self.step_rows if 0 < self.step_rows < n else n
         _set_blas_threads(1)
-        if margin_out is not None and step < n:
-            # the later steps' events as scored before the first step (the first step's
-            # own forward pass gives its events)
-            work, _ = self._scratch(n - step, False)
-            _learner.forward(self._code, self.k, self.hidden, indices[step:],
-                             None if values is None else values[step:], self.table,
-                             self.dense, margin_out[step:], work, self.threads)
         work, iwork = self._scratch(step, True)
         prior = self.prior_margin
         if self.prior:
@@ -351,7 +346,7 @@ class ResidualLearner:
                 None if sw is None else sw[part], self.table, self.table_m, self.table_v,
                 self.dense, self.dense_m, self.dense_v, self.step, self._marker, work, iwork,
                 self.lr, self.beta1, self.beta2, self.eps, self.l2, self.clip, self.threads,
-                None if margin_out is None or lo > 0 else margin_out[part],
+                None if margin_out is None else margin_out[part],
                 _learner.ROW_OPTIMIZERS[self.row_optimizer], self.row_lr, self.emb_lr,
                 self.pair_lr)
             loss, skip_ex, skip_upd = loss + l_, skip_ex + e_, skip_upd + u_

@@ -400,7 +400,7 @@ def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
 @pytest.mark.parametrize("model", MODELS)
 def test_a_batch_larger_than_step_rows_takes_the_steps_of_its_slices(model, rng):
     """Steps of step_rows events are the steps of the batch's consecutive slices, bit for
-    bit; margin_out is the margin before the first step."""
+    bit, and margin_out gives each event's margin as it was before the step that learns it."""
     n, step = 50, 16
     batch = make_batch(rng, n, 5, 64)
     base = rng.normal(0, 0.3, n).astype(np.float32)
@@ -408,28 +408,45 @@ def test_a_batch_larger_than_step_rows_takes_the_steps_of_its_slices(model, rng)
     stepped, sliced = learner(model, step_rows=step), learner(model)
     before, out = stepped.margin(batch), np.empty(n, np.float32)
     res = stepped.partial_fit(batch, base, y, margin_out=out)
-    losses = []
+    losses, margins = [], []
     for lo in range(0, n, step):
         part = SimpleNamespace(indices=batch.indices[lo:lo + step],
                                values=batch.values[lo:lo + step])
-        r = sliced.partial_fit(part, base[lo:lo + step], y[lo:lo + step])
+        margins.append(np.empty(len(part.indices), np.float32))
+        r = sliced.partial_fit(part, base[lo:lo + step], y[lo:lo + step],
+                               margin_out=margins[-1])
         losses.append(r["loss"] * r["n"])
     assert stepped.step[0] == sliced.step[0] == 4
     for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"):
         assert np.array_equal(getattr(stepped, name), getattr(sliced, name)), name
-    assert np.array_equal(out, before)
+    assert np.array_equal(out, np.concatenate(margins))
+    # the first step's events as the batch found the learner, the later ones after it learned
+    assert np.array_equal(out[:step], before[:step]) and not np.array_equal(out, before)
     assert res["n"] == n and res["loss"] == pytest.approx(sum(losses) / n, rel=1e-6)
 
 
 def test_margin_out_with_steps_counts_the_prior_and_the_scaled_values(rng):
+    """The prior and the value statistics stay as the batch found them through its steps."""
     m = learner("deepfm", step_rows=8, prior=True, standardize=True)
     batch = make_batch(rng, 30, 5, 64)
     y = (rng.random(30) < 0.3).astype(np.float32)
     m.partial_fit(batch, np.zeros(30, np.float32), y)  # statistics and prior now move
     batch = make_batch(rng, 30, 5, 64)
+    frozen = ResidualLearner(**m.config())
+    frozen.load_state_dict(m.state_dict())
     before, out = m.margin(batch), np.empty(30, np.float32)
     m.partial_fit(batch, np.zeros(30, np.float32), y, margin_out=out)
-    assert np.array_equal(out, before) and not np.array_equal(m.margin(batch), before)
+    assert np.array_equal(out[:8], before[:8])
+    # the second step's events: scored after the first step, with the batch's prior and stats
+    first = SimpleNamespace(indices=batch.indices[:8], values=batch.values[:8])
+    kept = ("value_mean", "value_m2", "value_count", "clicks", "seen")
+    stats = {name: np.copy(getattr(frozen, name)) for name in kept}
+    frozen.partial_fit(first, np.zeros(8, np.float32), y[:8])
+    for name, value in stats.items():
+        setattr(frozen, name, value[()] if value.ndim == 0 else value)
+    second = SimpleNamespace(indices=batch.indices[8:16], values=batch.values[8:16])
+    assert np.array_equal(out[8:16], frozen.margin(second))
+    assert not np.array_equal(out[8:16], before[8:16])
 
 
 def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
