@@ -48,7 +48,8 @@ cdef extern from "learner_ops.h" nogil:
                            float b2, float eps, float lr_w, float lr_emb, int32_t *marker)
     int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad, float *p, float *m,
                           float *v, float step_size, float b1, float b2, float eps_hat)
-    void sf_bias_relu(int64_t lo, int64_t hi, int d, float *H, const float *b)
+    void sf_dense_relu(int64_t lo, int64_t hi, int din, int dout, const float *In,
+                       const float *W, const float *b, float *Out)
     void sf_out_forward(int64_t lo, int64_t hi, int d, const float *H, const float *w,
                         float b0, float *z)
     void sf_outer(int64_t lo, int64_t hi, int d, const float *g, const float *w, float *dH)
@@ -74,13 +75,13 @@ ROW_OPTIMIZERS = {"adam": 0, "adagrad": 1, "mixed": 2}
 MAX_K = SF_MAX_K
 # Below this many examples a batch runs on one thread: OpenMP start-up would cost more.
 PARALLEL_MIN_ROWS = 256
-# The MLP forward runs GEMMs over blocks of exactly FWD_BLOCK rows (the last one zero-padded):
-# BLAS picks kernels and summation orders by matrix shape, so a fixed shape makes an event's
-# margin independent of the batch it arrives in (scoring in batches of 1 or 10,000 agrees).
-# The block is small because a batch pays for whole blocks: with blocks of 256 the early
-# mini-batches of 32 events cost as much as 256 (DeepFM 128-128: 25 -> 15 us an event at
-# batch 32), and one event scored alone (serve) as much as 256. The backward pass sums weight
-# gradients over blocks of MLP_BLOCK rows (any shape: the order of a sum is fixed by the blocks).
+# The MLP forward runs over blocks of FWD_BLOCK rows (the last one zero-padded; a multiple of
+# the 4 rows sf_dense_relu takes at a time), a block per thread task. Its own kernel sums every
+# row alike, so an event's margin does not depend on the batch it arrives in (scoring in
+# batches of 1 or 10,000 agrees); BLAS kernels do not promise that. The block is small because
+# a batch pays for whole blocks: one event scored alone (serve) costs 32 rows. The backward
+# pass runs BLAS over blocks of MLP_BLOCK rows and sums weight gradients block by block (the
+# order of a sum is fixed by the blocks, whatever the thread count).
 cdef enum:
     FWD_BLOCK = 32
     MLP_BLOCK = 256  # a multiple of FWD_BLOCK: the work buffers are padded to it
@@ -390,10 +391,8 @@ cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
     if hi - lo < FWD_BLOCK:  # zero padding keeps the fixed-shape GEMM finite
         memset(w.H[0] + hi * d0, 0, (lo + FWD_BLOCK - hi) * d0 * sizeof(float))
     for l in range(1, net.L + 1):
-        _gemm(b"N", b"N", net.dims[l], FWD_BLOCK, net.dims[l - 1], dense + net.off_w[l],
-              net.dims[l], w.H[l - 1] + lo * net.dims[l - 1], net.dims[l - 1],
-              w.H[l] + lo * net.dims[l], net.dims[l])
-        sf_bias_relu(lo, hi, net.dims[l], w.H[l], dense + net.off_b[l])
+        sf_dense_relu(lo, lo + FWD_BLOCK, net.dims[l - 1], net.dims[l], w.H[l - 1],
+                      dense + net.off_w[l], dense + net.off_b[l], w.H[l])
     sf_out_forward(lo, hi, net.dims[net.L], w.H[net.L], dense + net.off_wout,
                    dense[net.off_bout], z)
 

@@ -5,18 +5,11 @@ final margin is the sum of the stage margins (Bao et al., CCIR 2020).
 """
 
 import os
-import platform
 
 # Before any OpenMP runtime starts: idle worker threads sleep rather than spin, so a busy
 # machine (a tree refit, a broker, other jobs) never stalls a parallel region on a thread
 # that spins on a core someone else needs. Users can still override it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Before scipy's OpenBLAS loads: its Haswell/Zen sgemm kernels give a row of a GEMM a result
-# that depends on the row's position in the block (1 ulp), so an event's DeepFM margin would
-# depend on the batch it arrives in; the Sandybridge kernels (AVX, no FMA) do not, at about
-# the same speed for our shapes (measured on an AMD EPYC: 122k vs 113-132k events/s, noisy).
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ.setdefault("OPENBLAS_CORETYPE", "Sandybridge")
 
 from streamfusion._check_build import check_build  # noqa: E402
 

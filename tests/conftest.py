@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
-
-# What `import streamfusion` sets, set before any test module imports lightgbm or scipy (they
-# load scipy's OpenBLAS, which reads it once): batch-size-free DeepFM margins need it.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ.setdefault("OPENBLAS_CORETYPE", "Sandybridge")
 
 import numpy as np
 import pytest
