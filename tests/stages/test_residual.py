@@ -111,8 +111,10 @@ def test_loss_has_no_overflow_at_extremes():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("with_values", [True, False])
 @pytest.mark.parametrize("k", [3, 8])  # 8: the kernel's vector path
-def test_forward_matches_numpy_reference(model, with_values, k, rng):
-    m = learner(model, k=k)
+# (40, 19): the MLP kernel's groups of 16 outputs and the outputs past them
+@pytest.mark.parametrize("hidden", [HIDDEN, (40, 19)])
+def test_forward_matches_numpy_reference(model, with_values, k, hidden, rng):
+    m = learner(model, k=k, hidden=hidden)
     m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
     batch = make_batch(rng, 40, 5, 64, with_values)
     expect = ref_margin(m, m.table, m.dense, batch)
