@@ -64,10 +64,15 @@ cdef enum:
 
 MODELS = {"lr": 0, "fm": 1, "deepfm": 2, "dnn": 3}
 # Or-ed into DeepFM's model code: its FM part weights each pair of fields f < g by a learned
-# R_fg starting at 1 (FwFM, Pan et al. 2018; dense parameters after the MLP's). A plain FM
-# crosses every pair of fields alike; in a click log few pairs carry signal, and the weights
-# fade out the rest, rare ids' noisy embeddings with them.
+# R_fg (FwFM, Pan et al. 2018; dense parameters after the MLP's). A plain FM crosses every
+# pair of fields alike; in a click log few pairs carry signal, and the weights fade out the
+# rest, rare ids' noisy embeddings with them.
 PAIR_WEIGHTS = 8
+# Where the pair weights start: half the plain FM, so a pair earns its way up rather than
+# having to fade out (generated 1M Avazu / Criteo, progressive AUC: 0.7296 / 0.6831 from 1,
+# 0.7304 / 0.6861 from 0.5; the real samples within 0.0012 either way).
+cdef float _PAIR_START = 0.5
+PAIR_START = _PAIR_START
 # How table rows step: lazy Adam (one bounded step per batch), per-coordinate AdaGrad on the
 # summed per-example gradients (steps shrink with each row's own history), or mixed: AdaGrad
 # for the first-order weight, lazy Adam for the embedding.
@@ -287,7 +292,7 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
 
     Embeddings ~ N(0, init_std) (Box-Muller), first-order weights (FM, DeepFM, LR) and all
     biases 0, MLP and output weights ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out))
-    (Glorot), pair weights 1 (the plain FM).
+    (Glorot), pair weights PAIR_START (half the plain FM).
     """
     cdef Net net = _make_net(model, n_fields, k, hidden)
     cdef int64_t rows = table.shape[0], r, j, i
@@ -321,7 +326,7 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
             for i in range(net.dims[net.L]):
                 dp[net.off_wout + i] = <float>(a * (2.0 * sf_uniform(&state) - 1.0))
         for i in range(net.pairs):
-            dp[net.off_r + i] = 1.0
+            dp[net.off_r + i] = _PAIR_START
 
 
 cdef void _check_indices(const int32_t[:, ::1] indices, int64_t rows) except *:

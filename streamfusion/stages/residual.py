@@ -99,7 +99,7 @@ class ResidualLearner:
         the margin by about ``F**2 * emb_lr**2``, and large early steps make noise.
     pair_weights : bool
         DeepFM only: the FM part weights each pair of fields f < g by a learned ``R_fg``
-        starting at 1 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
+        starting at 0.5 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
         every pair of fields alike; in a click log few pairs carry signal, and the weights
         fade out the others, rare ids' noisy embeddings with them. The MLP is unchanged.
     pair_lr : float

@@ -381,12 +381,17 @@ def test_save_load_gives_identical_margins_and_next_updates(model, tmp_path, rng
     assert np.array_equal(other.margin(batch), m.margin(batch))
 
 
-def test_pair_weights_start_as_the_plain_fm(rng):
+def test_pair_weights_start_at_half_the_plain_fm_and_at_1_are_the_plain_fm(rng):
     batch = make_batch(rng, 40, 5, 64)
     plain, paired = learner("deepfm", k=8), learner(PAIRED, k=8)
     assert np.array_equal(plain.table, paired.table)
-    assert np.array_equal(paired.dense[plain.dense.size:], np.ones(5 * 4 // 2, np.float32))
+    pairs = paired.dense[plain.dense.size:]
+    assert np.array_equal(pairs, np.full(5 * 4 // 2, _learner.PAIR_START, np.float32))
+    assert _learner.PAIR_START == 0.5
+    half = paired.margin(batch)
+    pairs[:] = 1.0
     np.testing.assert_allclose(paired.margin(batch), plain.margin(batch), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(half, plain.margin(batch), rtol=1e-3, atol=1e-4)
 
 
 def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
