@@ -392,7 +392,6 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
  * the batch it arrives in (BLAS kernels give a row 1 ulp more or less by its place in the
  * block). Four rows share each load of 16 weights: eight vector registers of sums.
  * (hi - lo) must be a multiple of 4: the forward runs on zero-padded blocks. */
-typedef float sf_v8 __attribute__((vector_size(32), aligned(4)));
 
 static inline float sf_relu1(float a) { return a > 0.0f ? a : 0.0f; }
 
@@ -406,7 +405,7 @@ SF_CLONES static void sf_dense_relu(int64_t lo, int64_t hi, int din, int dout, c
             sf_v8 a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
             for (int j = 0; j < din; j++) {
                 const float *w = W + (int64_t)j * dout + o;
-                sf_v8 w0 = *(const sf_v8 *)w, w1 = *(const sf_v8 *)(w + 8);
+                sf_v8 w0 = SF_V8(w), w1 = SF_V8(w + 8);
                 float u0 = x[j], u1 = x[din + j], u2 = x[2 * din + j], u3 = x[3 * din + j];
                 a00 += u0 * w0; a01 += u0 * w1;
                 a10 += u1 * w0; a11 += u1 * w1;

@@ -282,14 +282,15 @@ class Chain:
 
     def score_and_learn(self, batch: Batch, mask: np.ndarray,
                         weight: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """Score then learn ``batch`` in one pass: the learning of ``learn``, each event scored
-        before the step that learns it.
+        """Score then learn ``batch`` in one pass, each event scored before the step that
+        learns it.
 
         When every row is learned, a residual stage's margins come out of its own training
         steps (the forward pass they need anyway), so scoring costs nothing extra. A batch
-        of one step gives bit for bit what ``margins`` then ``learn`` give; in a larger one
-        the residual scores each step's events after the steps before it (the trees do not
-        change within a batch).
+        of one step gives bit for bit what ``margins`` then ``learn`` give. In a larger one
+        a residual stage scores each step's events after the steps before theirs (the trees
+        do not change within a batch), and the stages after it, and the trees' windows, take
+        those margins: each event's base is what the chain scored it with.
         """
         if not mask.all():
             margins = self.margins(batch)

@@ -63,8 +63,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "z-scores of them (default: z-scores, as a StandardScaler would)")
     g.add_argument("--no-pair-weights", dest="pair_weights", action="store_false",
                    help="DeepFM's FM part crosses every pair of fields alike, as in the paper "
-                   "(default: a learned weight per pair of fields, FwFM, so pairs that carry "
-                   "no signal fade out)")
+                   "(default: a learned weight per pair of fields, FwFM, starting at 0.5: pairs "
+                   "that carry signal grow, the others stay small)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
                    help="Adam step of the pair weights (shared by every event: larger than --lr)")
     g.add_argument("--step-rows", type=at.nonneg_int, default=256, metavar="N",

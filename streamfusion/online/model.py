@@ -84,8 +84,9 @@ class OnlineModel:
 
     def step(self, batch: Batch, learn_mask: np.ndarray | None = None,
              weight: np.ndarray | None = None) -> Scores:
-        """Score every event of ``batch``, then learn from the labelled ones in ``learn_mask``
-        (their losses weighted by ``weight`` in the residual learners, when given)."""
+        """Score every event of ``batch`` and learn from the labelled ones in ``learn_mask``
+        (their losses weighted by ``weight`` in the residual learners, when given); each
+        event is scored before the step that learns it (``Chain.score_and_learn``)."""
         mask = ~np.isnan(batch.y)
         if learn_mask is not None:
             mask &= learn_mask

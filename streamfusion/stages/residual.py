@@ -101,7 +101,7 @@ class ResidualLearner:
         DeepFM only: the FM part weights each pair of fields f < g by a learned ``R_fg``
         starting at 0.5 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
         every pair of fields alike; in a click log few pairs carry signal, and the weights
-        fade out the others, rare ids' noisy embeddings with them. The MLP is unchanged.
+        of the others stay small, rare ids' noisy embeddings with them. The MLP is unchanged.
     pair_lr : float
         Adam step of the pair weights. They are few and shared by every event, so they can
         settle faster than the MLP at ``lr``.
@@ -112,7 +112,7 @@ class ResidualLearner:
         more from a one-pass stream. The L2 decay of touched rows applies per step too.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
-        (mean and variance of the values learned so far, updated after each step), as a
+        (mean and variance of the values learned so far, updated once per batch), as a
         ``StandardScaler`` would; fields whose values never varied (categoricals, value 1) pass
         as they are. Numeric-heavy logs then learn as fast as with a scaler.
     prior : bool

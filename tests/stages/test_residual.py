@@ -303,8 +303,12 @@ def test_first_stage_learner_starts_at_the_click_log_odds(rng):
 
 
 # -- invariants ---------------------------------------------------------------------------------
+# 40: the forward kernel's two groups of 16 outputs and 8 past them in one layer
+TRAINED_HIDDEN = (40, 8)
+
+
 def trained(model, seed=3, steps=3, bits=8):
-    m = make(model, n_fields=6, bits=bits, k=4, hidden=(16, 8), seed=seed, lr=0.02)
+    m = make(model, n_fields=6, bits=bits, k=4, hidden=TRAINED_HIDDEN, seed=seed, lr=0.02)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         b = make_batch(rng, 64, 6, 1 << bits)
@@ -376,7 +380,7 @@ def test_save_load_gives_identical_margins_and_next_updates(model, tmp_path, rng
     for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v", "step"):
         assert np.array_equal(getattr(m, name), getattr(loaded, name)), name
     # the in-memory protocol round trip as well
-    other = make(model, n_fields=6, bits=8, k=4, hidden=(16, 8), seed=99)
+    other = make(model, n_fields=6, bits=8, k=4, hidden=TRAINED_HIDDEN, seed=99)
     other.load_state_dict(m.state_dict())
     assert np.array_equal(other.margin(batch), m.margin(batch))
 
@@ -397,11 +401,11 @@ def test_pair_weights_start_at_half_the_plain_fm_and_at_1_are_the_plain_fm(rng):
 def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
     state = trained("deepfm").state_dict()
     del state["config"]["pair_weights"], state["config"]["pair_lr"]
-    plain = ResidualLearner("deepfm", n_fields=6, bits=8, k=4, hidden=(16, 8))
+    plain = ResidualLearner("deepfm", n_fields=6, bits=8, k=4, hidden=TRAINED_HIDDEN)
     plain.load_state_dict(state)
     assert np.array_equal(plain.dense, state["dense"])
     with pytest.raises(ValueError, match="pair_weights"):
-        make(PAIRED, n_fields=6, bits=8, k=4, hidden=(16, 8)).load_state_dict(state)
+        make(PAIRED, n_fields=6, bits=8, k=4, hidden=TRAINED_HIDDEN).load_state_dict(state)
 
 
 @pytest.mark.parametrize("model", MODELS)
