@@ -71,8 +71,7 @@ PAIR_WEIGHTS = 8
 # Where the pair weights start: half the plain FM, so a pair earns its way up rather than
 # having to fade out from 1 (generated 1M Avazu / Criteo, progressive AUC: 0.7296 / 0.6831
 # from 1, 0.7304 / 0.6861 from 0.5; the real samples' AUCs within 0.0025 either way).
-cdef float _PAIR_START = 0.5
-PAIR_START = _PAIR_START
+PAIR_START = 0.5
 # How table rows step: lazy Adam (one bounded step per batch), per-coordinate AdaGrad on the
 # summed per-example gradients (steps shrink with each row's own history), or mixed: AdaGrad
 # for the first-order weight, lazy Adam for the embedding.
@@ -301,6 +300,7 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
     cdef double u1, u2, a
     cdef float *tp
     cdef float *dp
+    cdef float pair_start = PAIR_START
     if table.shape[1] != net.D:
         raise ValueError(f"table has {table.shape[1]} columns, expected {net.D}")
     if dense.shape[0] != net.P:
@@ -326,7 +326,7 @@ def init_params(int model, int n_fields, int k, hidden, float[:, ::1] table, flo
             for i in range(net.dims[net.L]):
                 dp[net.off_wout + i] = <float>(a * (2.0 * sf_uniform(&state) - 1.0))
         for i in range(net.pairs):
-            dp[net.off_r + i] = _PAIR_START
+            dp[net.off_r + i] = pair_start
 
 
 cdef void _check_indices(const int32_t[:, ::1] indices, int64_t rows) except *:

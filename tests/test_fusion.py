@@ -119,16 +119,23 @@ def test_a_refused_stage_state_leaves_no_half_loaded_model(resfusion):
         OnlineModel.from_state(state)
 
 
-@pytest.mark.parametrize("iterations", [1, 3])
-def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
-    """A batch of one step: the fused pass gives what margins then learn give, bit for bit."""
-    a, b = trained_model(iterations=iterations, rows=3000), trained_model(iterations=iterations,
-                                                                          rows=3000)
-    batch = make_batch(rng, a.config.step_rows)
+def fused_and_separate(iterations, rng, steps):
+    """Two equal models and one batch of ``steps`` residual steps: one scores and learns it in
+    the fused pass, the other with ``margins`` then ``learn``."""
+    a = trained_model(iterations=iterations, rows=3000)
+    b = trained_model(iterations=iterations, rows=3000)
+    batch = make_batch(rng, steps * a.config.step_rows)
     everything = np.ones(len(batch), dtype=bool)
     fused, _ = a.chain.score_and_learn(batch, everything)
     separate = b.chain.margins(batch)
     b.chain.learn(batch, separate, everything)
+    return a, b, fused, separate
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
+    """A batch of one step: the fused pass gives what margins then learn give, bit for bit."""
+    a, b, fused, separate = fused_and_separate(iterations, rng, steps=1)
     assert np.array_equal(fused, separate)
     probe = make_batch(rng, 300)
     assert np.array_equal(a.score(probe).margin, b.score(probe).margin)
@@ -138,14 +145,8 @@ def test_fused_score_and_learn_equals_score_then_learn(iterations, rng):
 def test_fused_score_and_learn_scores_each_step_before_it_learns(iterations, rng):
     """A batch of several steps: the trees score it as it came, a residual each step's
     events before that step (the residual's own test checks those margins bit for bit)."""
-    a = trained_model(iterations=iterations, rows=3000)
-    b = trained_model(iterations=iterations, rows=3000)
+    a, b, fused, separate = fused_and_separate(iterations, rng, steps=3)
     step = a.config.step_rows
-    batch = make_batch(rng, 3 * step)
-    everything = np.ones(len(batch), dtype=bool)
-    fused, _ = a.chain.score_and_learn(batch, everything)
-    separate = b.chain.margins(batch)
-    b.chain.learn(batch, separate, everything)
     trees = np.array([kind == "trees" for kind in a.chain.kinds])
     assert trees.any() and (~trees).sum() == (1 if iterations is None else 2)
     assert np.array_equal(fused[trees], separate[trees])
