@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from streamfusion.features import Batch
+from streamfusion.stages.blend import LiveBlend
 from streamfusion.stages.residual import ResidualLearner
 from streamfusion.stages.trees import SLOW_FIT_ROWS, TreeStage
 
@@ -24,7 +25,7 @@ RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
 # since: how such runs behaved (no pair weights, one step per mini-batch).
-CONFIG_BEFORE = {"pair_weights": False, "step_rows": 0}
+CONFIG_BEFORE = {"pair_weights": False, "step_rows": 0, "live_blend": False}
 
 
 @dataclass
@@ -97,6 +98,9 @@ class ModelConfig:
     # keeps them when they win on the held-back rows (Criteo sample, trees alone: 0.7427 ->
     # 0.7593 chrono-holdout AUC; batch LightGBM on native categoricals 0.7591)
     tree_end_codes: int = 64
+    # one tree stage and others score as a * trees + b * rest + c, learned online from each
+    # batch as it was scored (stages.blend.LiveBlend); False: the plain sum until the end
+    live_blend: bool = True
     l2: float = 1e-6
     threads: int = 1
     seed: int = 0
@@ -203,21 +207,25 @@ class Chain:
     >>> z = chain.margin(batch)  # doctest: +SKIP
     """
 
-    def __init__(self, stages: list, kinds: list[str], backfit: bool = False) -> None:
+    def __init__(self, stages: list, kinds: list[str], backfit: bool = False,
+                 live_blend: bool = False) -> None:
         if len(stages) != len(kinds) or not stages:
             raise ValueError("a chain needs one kind per stage and at least one stage")
         self.stages = stages
         self.kinds = kinds
         self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
         self.backfit = bool(backfit) and len(stages) > 1
-        # the end-of-stream blend: one weight per stage, then a bias (None: the plain sum)
+        # the blend as it scores: one weight per stage, then a bias (None: the plain sum)
         self.blend: list[float] | None = None
+        # blends need one tree stage and others: a * trees + b * the rest + c
+        self.blends = len(self.tree_stages) == 1 and len(stages) > 1
+        self.live = LiveBlend() if live_blend and self.blends else None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
         kinds = cfg.stage_kinds()
         return cls([build_stage(kind, i, cfg, n_fields) for i, kind in enumerate(kinds)], kinds,
-                   cfg.backfit)
+                   cfg.backfit, cfg.live_blend)
 
     def margins(self, batch: Batch) -> np.ndarray:
         """Each stage's margin, float32 [n_stages, n]. Pure: changes no state."""
@@ -247,6 +255,31 @@ class Chain:
         out[self.kinds.index("trees")] += np.float32(self.blend[-1])
         return out
 
+    def _blend_list(self, a: float, b: float, c: float) -> list[float]:
+        """``self.blend`` of ``a * trees + b * rest + c``."""
+        return [a if kind == "trees" else b for kind in self.kinds] + [c]
+
+    def _live_weights(self) -> list[float] | None:
+        """The live blend's weights as ``self.blend`` takes them (None without one)."""
+        return None if self.live is None else self._blend_list(*self.live.weights)
+
+    def set_blend(self, blend: list[float] | None) -> None:
+        """Score with ``blend`` (``check_blend``'s form); the live blend, if any, learns on
+        from its weights (a model file's or the end of a stream's)."""
+        self.blend = self.check_blend(blend)
+        if self.live is not None and blend is not None:
+            t = self.kinds.index("trees")
+            self.live.w = np.array([blend[t], blend[1 - t], blend[-1]], np.float64)
+
+    def _learn_blend(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
+        """The live blend learns the rows in ``mask`` from their stage margins as scored."""
+        if self.live is None or not mask.any():
+            return
+        t = self.kinds.index("trees")
+        own = margins[t][mask]
+        self.live.update(own, self.fuse(margins)[mask] - own, batch.y[mask])
+        self.blend = self._live_weights()
+
     def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray,
               weight: np.ndarray | None = None) -> dict[str, float]:
         """Learn from the rows of ``batch`` selected by ``mask`` (labelled, not held out).
@@ -267,6 +300,7 @@ class Chain:
                 stats["skipped"] += int(res["skipped"])
             z_prev += m
         self._observe_trees(batch, margins, mask)
+        self._learn_blend(batch, margins, mask)
         return stats
 
     def _observe_trees(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
@@ -308,14 +342,16 @@ class Chain:
                 stats["skipped"] += int(res["skipped"])
             z_prev += margins[s]
         self._observe_trees(batch, margins, mask)
+        self._learn_blend(batch, margins, mask)
         return margins, stats
 
     def poll(self) -> bool:
         """Swap in finished tree refits (between mini-batches). True when any stage changed;
-        new trees drop the end-of-stream blend, which was fitted for the trees before them."""
+        new trees drop the end-of-stream blend, which was fitted for the trees before them,
+        and score with the live blend (if any), which follows them from the next batch."""
         changed = any([bool(stage.poll()) for stage in self.tree_stages])
         if changed:
-            self.blend = None
+            self.blend = self._live_weights()
         return changed
 
     def finish(self) -> bool:
@@ -324,14 +360,13 @@ class Chain:
         with the blend fitted on that refit's held-back rows (``stages.blend``): the
         residual learned against weaker trees is not counted twice. True when any stage
         changed."""
-        blend = len(self.tree_stages) == 1 and len(self.stages) > 1
-        changed = any([bool(stage.finish(blend=blend)) for stage in self.tree_stages])
+        changed = any([bool(stage.finish(blend=self.blends)) for stage in self.tree_stages])
         if changed:
-            self.blend = None
-            fitted = self.tree_stages[0].end_blend if blend else None
-            if fitted is not None:
-                self.blend = [fitted.a if k == "trees" else fitted.b for k in self.kinds]
-                self.blend.append(fitted.c)
+            fitted = self.tree_stages[0].end_blend if self.blends else None
+            if fitted is None:
+                self.blend = self._live_weights()
+            else:
+                self.set_blend(self._blend_list(fitted.a, fitted.b, fitted.c))
         return changed
 
     @property
@@ -360,6 +395,7 @@ class Chain:
 
     def state_dict(self) -> dict[str, Any]:
         return {"kinds": list(self.kinds), "blend": self.blend,
+                "live_blend": None if self.live is None else self.live.state_dict(),
                 "stages": {str(i): s.state_dict() for i, s in enumerate(self.stages)}}
 
     def check_blend(self, blend: Any) -> list[float] | None:
@@ -383,6 +419,14 @@ class Chain:
         if missing:
             raise ValueError(f"checkpoint lacks stage states {missing}")
         blend = self.check_blend(state.get("blend"))
+        live = None
+        if self.live is not None:
+            if state.get("live_blend") is None:
+                raise ValueError("checkpoint lacks the live blend's state")
+            live = LiveBlend()
+            live.load_state_dict(state["live_blend"])
         for i, stage in enumerate(self.stages):
             stage.load_state_dict(state["stages"][str(i)])
         self.blend = blend
+        if live is not None:
+            self.live = live

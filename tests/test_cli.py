@@ -36,6 +36,11 @@ def replay_config(*flags):
     return config_from_args(build_parser().parse_args(["replay", *flags]))
 
 
+def test_the_live_blend_is_on_unless_switched_off():
+    assert replay_config().live_blend is True
+    assert replay_config("--no-live-blend").live_blend is False
+
+
 def test_pair_weights_are_on_unless_switched_off():
     assert replay_config().pair_weights is True
     assert replay_config("--no-pair-weights").pair_weights is False

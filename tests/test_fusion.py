@@ -26,10 +26,12 @@ def make_batch(rng, n):
                  np.full(n, -1, np.int64))
 
 
-def trained_model(model="resfusion", iterations=None, seed=0, rows=6000, data_seed=None):
+def trained_model(model="resfusion", iterations=None, seed=0, rows=6000, data_seed=None,
+                  live_blend=True):
     rng = np.random.default_rng(seed if data_seed is None else data_seed)
     cfg = ModelConfig(model=model, iterations=iterations, bits=BITS, n_trees=10, num_leaves=7,
-                      refit_every=2000, window=3000, hidden=(16, 16), seed=seed, drift=False)
+                      refit_every=2000, window=3000, hidden=(16, 16), seed=seed, drift=False,
+                      live_blend=live_blend)
     m = OnlineModel(cfg, N_FIELDS)
     for _ in range(rows // 500):
         m.poll()
@@ -154,16 +156,20 @@ def test_fused_score_and_learn_scores_each_step_before_it_learns(iterations, rng
     assert not np.array_equal(fused[~trees][:, step:], separate[~trees][:, step:])
     if iterations is None:  # one residual, nothing after it: it learns the same either way
         probe = make_batch(rng, 300)
-        assert np.array_equal(a.score(probe).margin, b.score(probe).margin)
+        assert np.array_equal(a.chain.margins(probe), b.chain.margins(probe))
+        # the live blend learns the margins each event was scored with: here they differ
+        assert a.chain.blend != b.chain.blend
 
 
-def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng):
-    m = trained_model(seed=7, rows=5000)
+@pytest.mark.parametrize("live_blend", [True, False])
+def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng, live_blend):
+    m = trained_model(seed=7, rows=5000, live_blend=live_blend)
     raw = make_batch(rng, 300)
-    assert m.chain.blend is None
+    live = list(m.chain.live.weights) if live_blend else None
+    assert m.chain.blend == live
     assert m.finish()
     a, b, c = m.chain.blend
-    assert np.isfinite([a, b, c]).all() and (a, b, c) != (1.0, 1.0, 0.0)
+    assert np.isfinite([a, b, c]).all() and [a, b, c] not in ([1.0, 1.0, 0.0], live)
     s = m.score(raw)
     margins = m.chain.margins(raw)
     expect = (margins[0] * np.float32(a) + np.float32(c)) + margins[1] * np.float32(b)
@@ -175,20 +181,66 @@ def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng):
     assert np.array_equal(twin.score(raw).margin, s.margin)
 
 
-def test_new_trees_drop_the_blend(rng):
-    m = trained_model(seed=7, rows=5000)
+@pytest.mark.parametrize("live_blend", [True, False])
+def test_new_trees_drop_the_end_blend(rng, live_blend):
+    m = trained_model(seed=7, rows=5000, live_blend=live_blend)
     m.finish()
-    assert m.chain.blend is not None
+    end = m.chain.blend
+    assert end is not None
     live = m.chain.refits_live
     for _ in range(20):  # learning goes on (serve --init-from): the next swap drops it
         m.step(make_batch(rng, 500))
         if m.poll():
             break
-    assert m.chain.refits_live > live and m.chain.blend is None
+    assert m.chain.refits_live > live
+    # the live blend scores on (it learned each batch meanwhile), or the plain sum
+    assert m.chain.blend == (list(m.chain.live.weights) if live_blend else None)
+    assert m.chain.blend != end
+
+
+def test_the_live_blend_scores_and_resumes_bit_for_bit(tmp_path, rng):
+    m = trained_model(seed=3, rows=4000)
+    a, b, c = m.chain.live.weights
+    assert m.chain.blend == [a, b, c] and (a, b, c) != (1.0, 1.0, 0.0)
+    probe = make_batch(rng, 300)
+    margins = m.chain.margins(probe)
+    expect = (margins[0] * np.float32(a) + np.float32(c)) + margins[1] * np.float32(b)
+    assert np.array_equal(m.score(probe).margin, expect)
+    checkpoint.save(tmp_path, m.state_dict())
+    twin = OnlineModel.from_state(checkpoint.load(tmp_path))
+    more = [make_batch(rng, 500) for _ in range(3)]
+    for batch in more:
+        m.step(batch)
+        twin.step(batch)
+    assert twin.chain.live.state_dict() == m.chain.live.state_dict()
+    assert np.array_equal(twin.score(probe).margin, m.score(probe).margin)
+
+
+def test_a_checkpoint_without_the_live_blend_is_refused_unless_from_before_it(resfusion):
+    state = resfusion.state_dict()
+    del state["chain"]["live_blend"]
+    with pytest.raises(ValueError, match="live blend"):
+        OnlineModel.from_state(state)
+    del state["config"]["live_blend"]  # a config written before the live blend existed
+    state["chain"]["blend"] = None
+    old = OnlineModel.from_state(state)
+    assert old.config.live_blend is False and old.chain.live is None
+    assert old.chain.blend is None
+
+
+@pytest.mark.parametrize("model", ["resfusion", "nnres-gbdt"])
+def test_a_set_blend_is_where_the_live_blend_learns_on(model):
+    chain = Chain.from_config(ModelConfig(model=model, bits=BITS), N_FIELDS)
+    trees = chain.kinds.index("trees")
+    blend = [0.7, 0.7, -0.1]
+    blend[trees] = 1.2
+    chain.set_blend(blend)
+    assert chain.blend == blend and chain.live.weights == (1.2, 0.7, -0.1)
 
 
 def test_chains_of_several_tree_stages_keep_the_plain_sum():
     m = trained_model(iterations=2, rows=4000)
+    assert m.chain.live is None and m.chain.blend is None
     m.finish()
     assert m.chain.blend is None
 

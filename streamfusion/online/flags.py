@@ -65,6 +65,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="DeepFM's FM part crosses every pair of fields alike, as in the paper "
                    "(default: a learned weight per pair of fields, FwFM, starting at 0.5: pairs "
                    "that carry signal grow, the others stay small)")
+    g.add_argument("--no-live-blend", dest="live_blend", action="store_false",
+                   help="trees and residual score as their plain sum until the end of a file "
+                   "(default: a * trees + b * residual + c, the weights learned online from "
+                   "each batch as it was scored)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
                    help="Adam step of the pair weights (shared by every event: larger than --lr)")
     g.add_argument("--step-rows", type=at.nonneg_int, default=256, metavar="N",
@@ -95,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
         standardize=args.standardize, pair_weights=args.pair_weights, pair_lr=args.pair_lr,
-        step_rows=args.step_rows,
+        step_rows=args.step_rows, live_blend=args.live_blend,
         tree_codes=args.tree_codes,
         tree_end_codes=args.tree_end_codes,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,

@@ -1,4 +1,5 @@
-"""The end-of-stream blend: scales recovered from the data, pulled towards the plain sum."""
+"""The blends: scales recovered from the data, pulled towards the plain sum; the live blend
+learned batch by batch, bit for bit after a resume."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamfusion.evaluate import logloss_from_margin
-from streamfusion.stages.blend import fit_blend
+from streamfusion.stages.blend import LiveBlend, fit_blend
 
 
 def _clicks(rng: np.random.Generator, z: np.ndarray) -> np.ndarray:
@@ -59,3 +60,87 @@ def test_extreme_margins_and_one_class_give_finite_scales(rows):
     own, rest, y = (np.array(c, np.float64) for c in zip(*rows, strict=True))
     blend = fit_blend(own, rest, y)
     assert np.isfinite([blend.a, blend.b, blend.c, blend.loss]).all()
+
+
+def _batches(seed: int, n: int, rows: int = 1000, rest_scale: float = 1.0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        own, noise = rng.normal(size=(2, rows))
+        yield own, rest_scale * noise, _clicks(rng, own)
+
+
+def test_the_live_blend_starts_at_the_plain_sum_and_learns_a_noisy_rest_away():
+    live = LiveBlend()
+    assert live.weights == (1.0, 1.0, 0.0)
+    live.update(np.zeros(0), np.zeros(0), np.zeros(0))
+    assert live.weights == (1.0, 1.0, 0.0)
+    for own, rest, y in _batches(0, 40):
+        live.update(own, rest, y)
+    a, b, c = live.weights
+    assert a == pytest.approx(1.0, abs=0.1) and abs(b) < 0.1 and abs(c) < 0.1
+
+
+def test_the_live_blend_scales_a_rest_that_repeats_the_trees():
+    rng = np.random.default_rng(4)
+    live = LiveBlend()
+    for _ in range(40):
+        own = rng.normal(size=1000)
+        live.update(own, own + 0.1 * rng.normal(size=1000), _clicks(rng, own))
+    a, b, _ = live.weights
+    assert a + b == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_few_events_barely_move_the_live_blend():
+    live = LiveBlend()
+    own, rest, y = next(_batches(1, 1, rows=20))
+    live.update(own, rest, y)
+    assert np.allclose(live.weights, (1.0, 1.0, 0.0), atol=0.05)
+
+
+def test_the_live_blend_follows_a_change():
+    """Old evidence fades: after the rest turns from signal to noise, its scale falls."""
+    rng = np.random.default_rng(5)
+    live = LiveBlend()
+    for signal in (True, False):
+        for _ in range(300):
+            own, rest = rng.normal(size=(2, 1000))
+            live.update(own, rest, _clicks(rng, own + rest if signal else own))
+        b = live.weights[1]
+        assert (b > 0.9) if signal else (b < 0.2)
+
+
+def test_a_resumed_live_blend_learns_on_bit_for_bit():
+    whole, first = LiveBlend(), LiveBlend()
+    batches = list(_batches(2, 10))
+    for own, rest, y in batches:
+        whole.update(own, rest, y)
+    for own, rest, y in batches[:4]:
+        first.update(own, rest, y)
+    resumed = LiveBlend()
+    resumed.load_state_dict(first.state_dict())
+    for own, rest, y in batches[4:]:
+        resumed.update(own, rest, y)
+    assert resumed.weights == whole.weights
+    assert resumed.state_dict() == whole.state_dict()
+
+
+@pytest.mark.parametrize("state", [{}, {"w": [1.0, 1.0], "h": np.eye(3).tolist()},
+                                   {"w": [1.0, float("nan"), 0.0], "h": np.eye(3).tolist()},
+                                   {"w": [1.0, 1.0, 0.0], "h": [[1.0]]},
+                                   {"w": "1 1 0", "h": np.eye(3).tolist()}])
+def test_a_bad_live_blend_state_is_refused(state):
+    live = LiveBlend()
+    with pytest.raises(ValueError, match="live blend"):
+        live.load_state_dict(state)
+    assert live.weights == (1.0, 1.0, 0.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e30, 1e30), st.floats(-1e30, 1e30), st.booleans()),
+                min_size=1, max_size=50))
+def test_extreme_margins_leave_the_live_blend_finite(rows):
+    own, rest, y = (np.array(c, np.float64) for c in zip(*rows, strict=True))
+    live = LiveBlend()
+    live.update(own, rest, y)
+    live.update(own, rest, y)
+    assert np.isfinite(live.weights).all() and np.isfinite(live.h).all()
