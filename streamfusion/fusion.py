@@ -4,7 +4,9 @@ Every model streamfusion runs is a ``Chain``: trees alone, a residual learner al
 (trees then DeepFM), NNres+GBDT (DeepFM then trees fitted through ``init_score``) and the
 paper's Table 3 iterations (trees, +DeepFM, +trees, +DeepFM). Each stage learns the residual of
 the stages before it: a residual stage minimises ``logloss(y, sigmoid(z_prev + m))`` and a tree
-stage after the first is fitted with ``init_score = z_prev``.
+stage after the first is fitted with ``init_score = z_prev``. A chain of one tree stage and
+others scores with a blend of the two, ``a * trees + b * rest + c`` (``stages.blend``):
+learned online, and refitted at the end of a stream.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
 
 
 class Chain:
-    """A sequence of stages whose margins add up.
+    """A sequence of stages whose margins add up (scaled by ``blend``, when there is one).
 
     Parameters
     ----------
@@ -200,6 +202,10 @@ class Chain:
         ``TreeStage`` and ``ResidualLearner`` objects, in fitting order.
     kinds : list of str
         The kind of each stage (``"trees"``, ``"fm"``, ``"deepfm"``, ``"dnn"``, ``"lr"``).
+    backfit : bool
+        Tree refits fit the labels given every other stage's margin.
+    live_blend : bool
+        One tree stage and others score with the blend learned online (``LiveBlend``).
 
     Examples
     --------
@@ -268,8 +274,8 @@ class Chain:
         from its weights (a model file's or the end of a stream's)."""
         self.blend = self.check_blend(blend)
         if self.live is not None and blend is not None:
-            t = self.kinds.index("trees")
-            self.live.w = np.array([blend[t], blend[1 - t], blend[-1]], np.float64)
+            rest = next(i for i, kind in enumerate(self.kinds) if kind != "trees")
+            self.live.w = np.array([blend[self.kinds.index("trees")], blend[rest], blend[-1]])
 
     def _learn_blend(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
         """The live blend learns the rows in ``mask`` from their stage margins as scored."""
@@ -358,8 +364,8 @@ class Chain:
         """End of the stream: every tree stage installs its pending refit and refits its whole
         window (``TreeStage.finish``). A chain of one tree stage and other stages then scores
         with the blend fitted on that refit's held-back rows (``stages.blend``): the
-        residual learned against weaker trees is not counted twice. True when any stage
-        changed."""
+        residual learned against weaker trees is not counted twice (a live blend learns on
+        from it). True when any stage changed."""
         changed = any([bool(stage.finish(blend=self.blends)) for stage in self.tree_stages])
         if changed:
             fitted = self.tree_stages[0].end_blend if self.blends else None
