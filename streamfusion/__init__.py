@@ -1,7 +1,8 @@
 """streamfusion: online ResFusion click-through-rate prediction.
 
 LightGBM trees are fitted first and a compiled FM/DeepFM learner fits their residual; the
-final margin is the sum of the stage margins (Bao et al., CCIR 2020).
+final margin is the sum of the stage margins (Bao et al., CCIR 2020), blended as
+``a * trees + b * residual + c`` with weights learned online.
 """
 
 import os

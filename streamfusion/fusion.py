@@ -26,7 +26,8 @@ RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 
 
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
-# since: how such runs behaved (no pair weights, one step per mini-batch).
+# since: how such runs behaved (no pair weights, one step per mini-batch, the plain sum until
+# the end of a stream).
 CONFIG_BEFORE = {"pair_weights": False, "step_rows": 0, "live_blend": False}
 
 
@@ -221,11 +222,12 @@ class Chain:
         self.kinds = kinds
         self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
         self.backfit = bool(backfit) and len(stages) > 1
-        # the blend as it scores: one weight per stage, then a bias (None: the plain sum)
-        self.blend: list[float] | None = None
         # blends need one tree stage and others: a * trees + b * the rest + c
-        self.blends = len(self.tree_stages) == 1 and len(stages) > 1
-        self.live = LiveBlend() if live_blend and self.blends else None
+        self.can_blend = len(self.tree_stages) == 1 and len(stages) > 1
+        self.live = LiveBlend() if live_blend and self.can_blend else None
+        # the blend as it scores: one weight per stage, then a bias (None: the plain sum);
+        # a live blend starts at the plain sum's weights
+        self.blend: list[float] | None = self._live_weights()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_fields: int) -> Chain:
@@ -250,15 +252,15 @@ class Chain:
 
     def margin(self, batch: Batch) -> np.ndarray:
         """The fused margin ``z(x)``, float32 [n]. Pure."""
-        return self.fuse(self.blended(self.margins(batch)))
+        return self.fuse(self.blended(self.margins(batch), self.blend))
 
-    def blended(self, margins: np.ndarray) -> np.ndarray:
-        """The stage margins as they score: each scaled by its blend weight, the bias added
-        to the first tree stage's (unchanged without a blend)."""
-        if self.blend is None:
+    def blended(self, margins: np.ndarray, blend: list[float] | None) -> np.ndarray:
+        """The stage margins as they score with ``blend`` (``self.blend``'s form): each scaled
+        by its weight, the bias added to the first tree stage's (unchanged for None)."""
+        if blend is None:
             return margins
-        out = margins * np.asarray(self.blend[:-1], np.float32)[:, None]
-        out[self.kinds.index("trees")] += np.float32(self.blend[-1])
+        out = margins * np.asarray(blend[:-1], np.float32)[:, None]
+        out[self.kinds.index("trees")] += np.float32(blend[-1])
         return out
 
     def _blend_list(self, a: float, b: float, c: float) -> list[float]:
@@ -269,21 +271,24 @@ class Chain:
         """The live blend's weights as ``self.blend`` takes them (None without one)."""
         return None if self.live is None else self._blend_list(*self.live.weights)
 
-    def set_blend(self, blend: list[float] | None) -> None:
-        """Score with ``blend`` (``check_blend``'s form); the live blend, if any, learns on
-        from its weights (a model file's or the end of a stream's)."""
-        self.blend = self.check_blend(blend)
+    def load_blend(self, blend: list[float] | None) -> None:
+        """Score with a saved ``blend`` (a model file's, ``check_blend``'s form); a live blend
+        learns on from its weights."""
+        blend = self.check_blend(blend)
         if self.live is not None and blend is not None:
             rest = next(i for i, kind in enumerate(self.kinds) if kind != "trees")
-            self.live.w = np.array([blend[self.kinds.index("trees")], blend[rest], blend[-1]])
+            self.live.start_from(blend[self.kinds.index("trees")], blend[rest], blend[-1])
+        self.blend = blend if self.live is None else self._live_weights()
 
-    def _learn_blend(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
-        """The live blend learns the rows in ``mask`` from their stage margins as scored."""
+    def _learn_blend(self, batch: Batch, margins: np.ndarray, mask: np.ndarray,
+                     weight: np.ndarray | None) -> None:
+        """The live blend learns the rows in ``mask`` (weighted by ``weight``, as the
+        residual learners' losses are) from their stage margins as scored."""
         if self.live is None or not mask.any():
             return
-        t = self.kinds.index("trees")
-        own = margins[t][mask]
-        self.live.update(own, self.fuse(margins)[mask] - own, batch.y[mask])
+        trees = np.array([kind == "trees" for kind in self.kinds])
+        self.live.update(margins[trees][0][mask], margins[~trees].sum(axis=0)[mask],
+                         batch.y[mask], None if weight is None else weight[mask])
         self.blend = self._live_weights()
 
     def learn(self, batch: Batch, margins: np.ndarray, mask: np.ndarray,
@@ -306,7 +311,7 @@ class Chain:
                 stats["skipped"] += int(res["skipped"])
             z_prev += m
         self._observe_trees(batch, margins, mask)
-        self._learn_blend(batch, margins, mask)
+        self._learn_blend(batch, margins, mask, weight)
         return stats
 
     def _observe_trees(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
@@ -348,7 +353,7 @@ class Chain:
                 stats["skipped"] += int(res["skipped"])
             z_prev += margins[s]
         self._observe_trees(batch, margins, mask)
-        self._learn_blend(batch, margins, mask)
+        self._learn_blend(batch, margins, mask, weight)
         return margins, stats
 
     def poll(self) -> bool:
@@ -366,13 +371,16 @@ class Chain:
         with the blend fitted on that refit's held-back rows (``stages.blend``): the
         residual learned against weaker trees is not counted twice (a live blend learns on
         from it). True when any stage changed."""
-        changed = any([bool(stage.finish(blend=self.blends)) for stage in self.tree_stages])
+        changed = any([bool(stage.finish(blend=self.can_blend)) for stage in self.tree_stages])
         if changed:
-            fitted = self.tree_stages[0].end_blend if self.blends else None
+            fitted = self.tree_stages[0].end_blend if self.can_blend else None
             if fitted is None:
                 self.blend = self._live_weights()
+            elif self.live is None:
+                self.blend = self._blend_list(fitted.a, fitted.b, fitted.c)
             else:
-                self.set_blend(self._blend_list(fitted.a, fitted.b, fitted.c))
+                self.live.start_from(fitted.a, fitted.b, fitted.c)
+                self.blend = self._live_weights()
         return changed
 
     @property

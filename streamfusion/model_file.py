@@ -254,7 +254,7 @@ def _saved_model(state: dict[str, Any], name: str, threads: int) -> SavedModel:
                 _load_trees(stage, {**st, "config": {**st["config"], "threads": threads}})
             else:
                 _load_learner(stage, {**st, "config": {**st["config"], "threads": threads}})
-        model.chain.set_blend(state["blend"])
+        model.chain.load_blend(state["blend"])
         encoder = _load_encoder(state["encoder"])
         if len(encoder.schema.field_names) != model.n_fields and not encoder.schema.is_svm:
             raise ValueError("the encoder's fields do not match the learner's")

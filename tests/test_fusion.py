@@ -181,21 +181,43 @@ def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng, live
     assert np.array_equal(twin.score(raw).margin, s.margin)
 
 
-@pytest.mark.parametrize("live_blend", [True, False])
-def test_new_trees_drop_the_end_blend(rng, live_blend):
-    m = trained_model(seed=7, rows=5000, live_blend=live_blend)
+def test_new_trees_drop_the_end_blend(rng):
+    m = trained_model(seed=7, rows=5000, live_blend=False)
     m.finish()
-    end = m.chain.blend
-    assert end is not None
+    assert m.chain.blend is not None
     live = m.chain.refits_live
     for _ in range(20):  # learning goes on (serve --init-from): the next swap drops it
         m.step(make_batch(rng, 500))
         if m.poll():
             break
-    assert m.chain.refits_live > live
-    # the live blend scores on (it learned each batch meanwhile), or the plain sum
-    assert m.chain.blend == (list(m.chain.live.weights) if live_blend else None)
-    assert m.chain.blend != end
+    assert m.chain.refits_live > live and m.chain.blend is None
+
+
+def test_the_live_blend_learns_on_from_the_end_blend(rng):
+    m = trained_model(seed=7, rows=5000)
+    m.finish()
+    end = m.chain.blend
+    assert list(m.chain.live.weights) == end
+    m.step(make_batch(rng, 500))
+    assert m.chain.blend == list(m.chain.live.weights) != end
+
+
+def test_a_batch_is_scored_with_the_blend_from_before_its_labels(rng):
+    m = trained_model(seed=3, rows=2000)
+    batch = make_batch(rng, m.config.step_rows)
+    before = m.chain.blend
+    margins = m.chain.margins(batch)  # one step: scored as the model stands
+    s = m.step(batch)
+    assert m.chain.blend != before
+    assert np.array_equal(s.margin, Chain.fuse(m.chain.blended(margins, before)))
+
+
+def test_a_fresh_live_blend_scores_as_the_plain_sum(rng):
+    m = OnlineModel(ModelConfig(bits=BITS, hidden=(16, 16)), N_FIELDS)
+    assert m.chain.blend == [1.0, 1.0, 0.0] and m.describe()["blend"] == [1.0, 1.0, 0.0]
+    probe = make_batch(rng, 300)
+    s = m.score(probe)
+    assert np.array_equal(s.margin, Chain.fuse(m.chain.margins(probe)))
 
 
 def test_the_live_blend_scores_and_resumes_bit_for_bit(tmp_path, rng):
@@ -229,13 +251,15 @@ def test_a_checkpoint_without_the_live_blend_is_refused_unless_from_before_it(re
 
 
 @pytest.mark.parametrize("model", ["resfusion", "nnres-gbdt"])
-def test_a_set_blend_is_where_the_live_blend_learns_on(model):
+def test_a_loaded_blend_is_where_the_live_blend_learns_on(model):
     chain = Chain.from_config(ModelConfig(model=model, bits=BITS), N_FIELDS)
     trees = chain.kinds.index("trees")
     blend = [0.7, 0.7, -0.1]
     blend[trees] = 1.2
-    chain.set_blend(blend)
+    chain.load_blend(blend)
     assert chain.blend == blend and chain.live.weights == (1.2, 0.7, -0.1)
+    chain.load_blend(None)  # a model file from before any blend: the weights stay
+    assert chain.blend == blend
 
 
 def test_chains_of_several_tree_stages_keep_the_plain_sum():

@@ -61,10 +61,10 @@ class OnlineModel:
 
     def score(self, batch: Batch) -> Scores:
         """Score ``batch`` with the whole chain. Pure: changes no state."""
-        return self._scores(self.chain.margins(batch))
+        return self._scores(self.chain.margins(batch), self.chain.blend)
 
-    def _scores(self, margins: np.ndarray) -> Scores:
-        margins = self.chain.blended(margins)
+    def _scores(self, margins: np.ndarray, blend: list[float] | None) -> Scores:
+        margins = self.chain.blended(margins, blend)
         n = margins.shape[1]
         z = Chain.fuse(margins)
         zeros = np.zeros(n, dtype=np.float32)
@@ -86,14 +86,16 @@ class OnlineModel:
              weight: np.ndarray | None = None) -> Scores:
         """Score every event of ``batch`` and learn from the labelled ones in ``learn_mask``
         (their losses weighted by ``weight`` in the residual learners, when given); each
-        event is scored before the step that learns it (``Chain.score_and_learn``)."""
+        event is scored before the step that learns it (``Chain.score_and_learn``), with the
+        blend as it was before the batch (the live blend learns from these labels too)."""
         mask = ~np.isnan(batch.y)
         if learn_mask is not None:
             mask &= learn_mask
+        blend = self.chain.blend
         margins, stats = self.chain.score_and_learn(batch, mask, weight)
         self.events_learned += int(mask.sum())
         self.skipped_updates += int(stats["skipped"])
-        return self._scores(margins)
+        return self._scores(margins, blend)
 
     @property
     def version(self) -> int:

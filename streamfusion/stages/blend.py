@@ -92,10 +92,11 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
 
 
 class LiveBlend:
-    """The blend ``a * own + b * rest + c`` learned online, one Newton step per batch.
+    """The blend ``a * own + b * rest + c`` learned online, one damped Newton step per batch.
 
     Each batch's events, as they were scored, move the weights by the logloss gradient over
-    the curvature gathered so far (the prior's and the decayed events'): a few hundred
+    the curvature gathered so far (the prior's, the decayed events' and the batch's), the
+    step halved until the batch's loss plus the past's quadratic falls: a few hundred
     events barely move them, a long stream pins them down and keeps following the stages.
     float64 throughout: the same batches give the same weights bit for bit.
 
@@ -119,23 +120,42 @@ class LiveBlend:
     def weights(self) -> tuple[float, float, float]:
         return float(self.w[0]), float(self.w[1]), float(self.w[2])
 
-    def update(self, own: np.ndarray, rest: np.ndarray, y: np.ndarray) -> None:
-        """One Newton step on the events ``own`` / ``rest`` (their margins as scored), ``y``."""
+    def start_from(self, a: float, b: float, c: float) -> None:
+        """Learn on from these weights (a blend fitted elsewhere), with the curvature so far."""
+        self.w = np.array([a, b, c], np.float64)
+
+    def update(self, own: np.ndarray, rest: np.ndarray, y: np.ndarray,
+               weight: np.ndarray | None = None) -> None:
+        """One Newton step on the events' margins as scored (``own`` / ``rest``), their labels
+        ``y`` and, when given, their loss weights."""
         if len(y) == 0:
             return
         X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)
-        fade = np.exp(-len(y) / MEMORY_ROWS)
+        yy = np.asarray(y, np.float64)
+        sw = np.ones(len(yy)) if weight is None else np.asarray(weight, np.float64)
+        fade = np.exp(-len(yy) / MEMORY_ROWS)
+        before = fade * self.h + (1 - fade) * LIVE_PRIOR * np.eye(3)  # what came before
+
+        def objective(w: np.ndarray) -> float:  # the batch's loss + the quadratic of the past
+            z, d = X @ w, w - self.w
+            return float(sw @ (np.logaddexp(0.0, z) - yy * z) + 0.5 * d @ before @ d)
+
         with np.errstate(over="ignore", invalid="ignore"):
             p = sigmoid(X @ self.w)
-            h = (fade * self.h + (X * (p * (1 - p))[:, None]).T @ X
-                 + (1 - fade) * LIVE_PRIOR * np.eye(3))
-            grad = X.T @ (p - np.asarray(y, np.float64))
+            h = before + (X * (sw * p * (1 - p))[:, None]).T @ X
+            grad = X.T @ (sw * (p - yy))
             if not (np.isfinite(h).all() and np.isfinite(grad).all()):
                 return  # an overflowing batch moves nothing
             try:
-                w = self.w - np.linalg.solve(h, grad)
+                step = np.linalg.solve(h, grad)
             except np.linalg.LinAlgError:  # margins so large the prior drowns in rounding
                 return
+            # halve the step until the objective falls: with confident margins the curvature
+            # at the old weights is small and a full step overshoots
+            f0, t = objective(self.w), 1.0
+            while t > 1e-4 and not objective(self.w - t * step) < f0:
+                t /= 2
+        w = self.w - t * step if t > 1e-4 else self.w  # no step falls: already at the optimum
         if np.isfinite(w).all():
             self.w, self.h = w, h
 

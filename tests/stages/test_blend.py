@@ -90,6 +90,27 @@ def test_the_live_blend_scales_a_rest_that_repeats_the_trees():
     assert a + b == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("scale", [3.0, 10.0, 30.0])
+def test_a_loud_noisy_rest_is_scaled_away_without_swinging(scale):
+    """Confident noise: the curvature at the plain sum is small, so a full Newton step would
+    swing b far below 0 and back; the halved steps keep it near 0 from the first batch."""
+    live = LiveBlend()
+    for own, rest, y in _batches(6, 8, rest_scale=scale):
+        live.update(own, rest, y)
+        assert -0.15 < live.weights[1] < 0.2
+    assert abs(live.weights[1]) < 0.05
+
+
+def test_the_live_blend_learns_the_weighted_loss():
+    own, rest, y = next(_batches(7, 1))
+    unweighted, weighted, ignored = LiveBlend(), LiveBlend(), LiveBlend()
+    unweighted.update(own, rest, y)
+    weighted.update(own, rest, y, np.where(y == 1, 3.0, 1.0))  # clicks count three times
+    ignored.update(own, rest, y, np.zeros(len(y)))
+    assert ignored.weights == (1.0, 1.0, 0.0)
+    assert weighted.weights[2] > unweighted.weights[2] + 0.1  # the bias follows the clicks
+
+
 def test_a_few_events_barely_move_the_live_blend():
     live = LiveBlend()
     own, rest, y = next(_batches(1, 1, rows=20))
