@@ -92,12 +92,13 @@ def test_the_live_blend_scales_a_rest_that_repeats_the_trees():
 
 @pytest.mark.parametrize("scale", [3.0, 10.0, 30.0])
 def test_a_loud_noisy_rest_is_scaled_away_without_swinging(scale):
-    """Confident noise: the curvature at the plain sum is small, so a full Newton step would
-    swing b far below 0 and back; the halved steps keep it near 0 from the first batch."""
+    """Confident noise: the curvature at the plain sum is small, so one full Newton step would
+    swing b far below 0 and back (at 30: to -0.41, then +0.39); the damped steps towards each
+    batch's minimum bring it down from above."""
     live = LiveBlend()
-    for own, rest, y in _batches(6, 8, rest_scale=scale):
+    for own, rest, y in _batches(6, 10, rest_scale=scale):
         live.update(own, rest, y)
-        assert -0.15 < live.weights[1] < 0.2
+        assert -0.02 < live.weights[1] < 1.0
     assert abs(live.weights[1]) < 0.05
 
 
