@@ -156,6 +156,8 @@ class LiveBlend:
                     step = np.linalg.solve(h, grad)
                 except np.linalg.LinAlgError:  # margins so large the prior drowns in rounding
                     return
+                if np.abs(step).max() < 1e-6:  # converged: the rest moves nothing that scores
+                    break
                 # halve the step until the objective falls: with confident margins the
                 # curvature is small where the step starts, and a full step overshoots
                 f, t = objective(w), 1.0
