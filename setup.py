@@ -31,7 +31,7 @@ directives = {
     "nonecheck": False,
 }
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
-compile_args += ["-fopenmp", "-fno-strict-aliasing"]
+compile_args += ["-fopenmp", "-fno-strict-aliasing", "-fno-math-errno"]
 
 extensions = [
     Extension(
