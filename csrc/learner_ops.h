@@ -390,36 +390,43 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
  * stored input by input (W[j * dout + o]). Every row is summed the same way, input 0 first, one
  * multiply-add at a time, whatever rows share its block: an event's margin does not depend on
  * the batch it arrives in (BLAS kernels give a row 1 ulp more or less by its place in the
- * block). Four rows share each load of 16 weights: eight vector registers of sums.
- * (hi - lo) must be a multiple of 4: the forward runs on zero-padded blocks. */
+ * block). Four rows share each load of a group of outputs, two vectors wide: eight vector
+ * registers of sums. (hi - lo) must be a multiple of 4: the forward runs on zero-padded
+ * blocks. */
 
 static inline float sf_relu1(float a) { return a > 0.0f ? a : 0.0f; }
+
+/* The groups of 2 * VW outputs from o on, in vectors of type VT (VW floats): advances o past
+ * the last whole group. One body for the 8-float vectors of the x86-64-v3 clone and the
+ * 16-float ones of AVX-512, so each output is the same chain of fused multiply-adds. */
+#define SF_DENSE_GROUPS(VT, VW)                                                               \
+    for (; o + 2 * (VW) <= dout; o += 2 * (VW)) {                                             \
+        for (int64_t i = lo; i < hi; i += 4) {                                                \
+            const float *x = In + i * din;                                                    \
+            VT a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};                                    \
+            VT a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};                                    \
+            for (int j = 0; j < din; j++) {                                                   \
+                const float *w = W + (int64_t)j * dout + o;                                   \
+                VT w0 = *(const VT *)w, w1 = *(const VT *)(w + (VW));                         \
+                float u0 = x[j], u1 = x[din + j], u2 = x[2 * din + j], u3 = x[3 * din + j];   \
+                a00 += u0 * w0; a01 += u0 * w1;                                               \
+                a10 += u1 * w0; a11 += u1 * w1;                                               \
+                a20 += u2 * w0; a21 += u2 * w1;                                               \
+                a30 += u3 * w0; a31 += u3 * w1;                                               \
+            }                                                                                 \
+            VT acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};                             \
+            for (int r = 0; r < 4; r++) {                                                     \
+                float *out = Out + (i + r) * dout + o;                                        \
+                for (int q = 0; q < 2 * (VW); q++)                                            \
+                    out[q] = sf_relu1(acc[2 * r + q / (VW)][q % (VW)] + b[o + q]);            \
+            }                                                                                 \
+        }                                                                                     \
+    }
 
 SF_CLONES static void sf_dense_relu_from(int o, int64_t lo, int64_t hi, int din, int dout,
                                          const float *In, const float *W, const float *b,
                                          float *Out) {
-    for (; o + 16 <= dout; o += 16) {
-        for (int64_t i = lo; i < hi; i += 4) {
-            const float *x = In + i * din;
-            sf_v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
-            sf_v8 a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-            for (int j = 0; j < din; j++) {
-                const float *w = W + (int64_t)j * dout + o;
-                sf_v8 w0 = SF_V8(w), w1 = SF_V8(w + 8);
-                float u0 = x[j], u1 = x[din + j], u2 = x[2 * din + j], u3 = x[3 * din + j];
-                a00 += u0 * w0; a01 += u0 * w1;
-                a10 += u1 * w0; a11 += u1 * w1;
-                a20 += u2 * w0; a21 += u2 * w1;
-                a30 += u3 * w0; a31 += u3 * w1;
-            }
-            sf_v8 acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
-            for (int r = 0; r < 4; r++) {
-                float *out = Out + (i + r) * dout + o;
-                for (int q = 0; q < 16; q++)
-                    out[q] = sf_relu1(acc[2 * r + q / 8][q % 8] + b[o + q]);
-            }
-        }
-    }
+    SF_DENSE_GROUPS(sf_v8, 8)
     for (; o < dout; o++) {  /* outputs past the last full group of 16 */
         for (int64_t i = lo; i < hi; i++) {
             const float *x = In + i * din;
@@ -434,37 +441,13 @@ SF_CLONES static void sf_dense_relu_from(int o, int64_t lo, int64_t hi, int din,
 #define SF_HAVE_V4 1
 /* Sixteen floats as one value: one AVX-512 register. */
 typedef float sf_v16 __attribute__((vector_size(64), aligned(4), may_alias));
-#define SF_V16(p) (*(sf_v16 *)(p))
 
-/* sf_dense_relu's groups of 32 outputs on AVX-512: four rows share each load of 32 weights.
- * Each output is the same chain of fused multiply-adds, input 0 first, as in the 16-output
- * groups of the x86-64-v3 clone. Returns the first output it left. */
+/* sf_dense_relu's groups of 32 outputs on AVX-512. Returns the first output it left. */
 __attribute__((target("arch=x86-64-v4")))
 static int sf_dense_relu_v4(int64_t lo, int64_t hi, int din, int dout, const float *In,
                             const float *W, const float *b, float *Out) {
     int o = 0;
-    for (; o + 32 <= dout; o += 32) {
-        for (int64_t i = lo; i < hi; i += 4) {
-            const float *x = In + i * din;
-            sf_v16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
-            sf_v16 a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-            for (int j = 0; j < din; j++) {
-                const float *w = W + (int64_t)j * dout + o;
-                sf_v16 w0 = SF_V16(w), w1 = SF_V16(w + 16);
-                float u0 = x[j], u1 = x[din + j], u2 = x[2 * din + j], u3 = x[3 * din + j];
-                a00 += u0 * w0; a01 += u0 * w1;
-                a10 += u1 * w0; a11 += u1 * w1;
-                a20 += u2 * w0; a21 += u2 * w1;
-                a30 += u3 * w0; a31 += u3 * w1;
-            }
-            sf_v16 acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
-            for (int r = 0; r < 4; r++) {
-                float *out = Out + (i + r) * dout + o;
-                for (int q = 0; q < 32; q++)
-                    out[q] = sf_relu1(acc[2 * r + q / 16][q % 16] + b[o + q]);
-            }
-        }
-    }
+    SF_DENSE_GROUPS(sf_v16, 16)
     return o;
 }
 #endif
