@@ -377,7 +377,7 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
         float nm = b1 * m[j] + (1.0f - b1) * gj;
         float nv = b2 * v[j] + (1.0f - b2) * gj * gj;
         float np_ = p[j] - step_size * nm / (sqrtf(nv) + eps_hat);
-        int ok = isfinite(np_) & isfinite(nv);
+        int ok = !!isfinite(np_) & !!isfinite(nv);
         p[j] = ok ? np_ : p[j];
         m[j] = ok ? nm : m[j];
         v[j] = ok ? nv : v[j];
@@ -458,8 +458,7 @@ static void sf_dense_relu(int64_t lo, int64_t hi, int din, int dout, const float
                           const float *W, const float *b, float *Out) {
     int o = 0;
 #ifdef SF_HAVE_V4
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    if (__builtin_cpu_supports("x86-64-v4"))  /* every feature its target may use */
         o = sf_dense_relu_v4(lo, hi, din, dout, In, W, b, Out);
 #endif
     sf_dense_relu_from(o, lo, hi, din, dout, In, W, b, Out);

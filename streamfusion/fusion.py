@@ -357,9 +357,10 @@ class Chain:
         return margins, stats
 
     def poll(self) -> bool:
-        """Swap in finished tree refits (between mini-batches). True when any stage changed;
-        new trees drop the end-of-stream blend, which was fitted for the trees before them,
-        and score with the live blend (if any), which follows them from the next batch."""
+        """Swap in finished tree refits (between mini-batches). True when any stage changed.
+        New trees score with the live blend, which follows them from the next batch (it
+        learns on from an end-of-stream blend); without one they drop an end-of-stream blend,
+        which was fitted for the trees before them."""
         changed = any([bool(stage.poll()) for stage in self.tree_stages])
         if changed:
             self.blend = self._live_weights()
@@ -442,5 +443,6 @@ class Chain:
         for i, stage in enumerate(self.stages):
             stage.load_state_dict(state["stages"][str(i)])
         self.blend = blend
-        if live is not None:
+        if live is not None:  # it scores with what it learns with
             self.live = live
+            self.blend = self._live_weights()

@@ -67,7 +67,7 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
     """
     X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)
     yy = np.asarray(y, np.float64)
-    prior = np.array([1.0, 1.0, 0.0])
+    prior = np.array(PLAIN_SUM)
     pull = np.array([ridge, ridge, 1e-6])
 
     def objective(w: np.ndarray) -> float:  # the summed logloss plus the ridge pull
@@ -130,8 +130,8 @@ class LiveBlend:
 
     def update(self, own: np.ndarray, rest: np.ndarray, y: np.ndarray,
                weight: np.ndarray | None = None) -> None:
-        """One Newton step on the events' margins as scored (``own`` / ``rest``), their labels
-        ``y`` and, when given, their loss weights."""
+        """Damped Newton steps on the events' margins as scored (``own`` / ``rest``), their
+        labels ``y`` and, when given, their loss weights."""
         if len(y) == 0:
             return
         X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)

@@ -111,8 +111,9 @@ def test_loss_has_no_overflow_at_extremes():
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("with_values", [True, False])
 @pytest.mark.parametrize("k", [3, 8])  # 8: the kernel's vector path
-# (40, 19): the MLP kernel's groups of 16 outputs and the outputs past them
-@pytest.mark.parametrize("hidden", [HIDDEN, (40, 19)])
+# (40, 19), (56, 19): the MLP kernel's groups of 32 outputs (AVX-512), of 16 and the outputs
+# past them
+@pytest.mark.parametrize("hidden", [HIDDEN, (40, 19), (56, 19)])
 def test_forward_matches_numpy_reference(model, with_values, k, hidden, rng):
     m = learner(model, k=k, hidden=hidden)
     m.dense[:] += rng.normal(0, 0.2, m.dense.shape).astype(np.float32)
@@ -303,7 +304,7 @@ def test_first_stage_learner_starts_at_the_click_log_odds(rng):
 
 
 # -- invariants ---------------------------------------------------------------------------------
-# 40: the forward kernel's two groups of 16 outputs and 8 past them in one layer
+# 40: the forward kernel's groups of 32 (AVX-512) or of 16 outputs and 8 past them in one layer
 TRAINED_HIDDEN = (40, 8)
 
 
