@@ -437,7 +437,9 @@ SF_CLONES static void sf_dense_relu_from(int o, int64_t lo, int64_t hi, int din,
     }
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* GCC 12 is the first to name the x86-64-v4 level in __builtin_cpu_supports. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) \
+    && defined(__linux__)
 #define SF_HAVE_V4 1
 /* Sixteen floats as one value: one AVX-512 register. */
 typedef float sf_v16 __attribute__((vector_size(64), aligned(4), may_alias));
