@@ -221,6 +221,7 @@ class Chain:
         self.stages = stages
         self.kinds = kinds
         self.tree_stages = [s for s, k in zip(stages, kinds, strict=True) if k == "trees"]
+        self.is_tree = np.array([k == "trees" for k in kinds])
         self.backfit = bool(backfit) and len(stages) > 1
         # blends need one tree stage and others: a * trees + b * the rest + c
         self.can_blend = len(self.tree_stages) == 1 and len(stages) > 1
@@ -286,7 +287,7 @@ class Chain:
         residual learners' losses are) from their stage margins as scored."""
         if self.live is None or not mask.any():
             return
-        trees = np.array([kind == "trees" for kind in self.kinds])
+        trees = self.is_tree
         self.live.update(margins[trees][0][mask], margins[~trees].sum(axis=0)[mask],
                          batch.y[mask], None if weight is None else weight[mask])
         self.blend = self._live_weights()

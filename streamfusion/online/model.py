@@ -55,7 +55,6 @@ class OnlineModel:
         self.config = config
         self.n_fields = int(n_fields)
         self.chain = Chain.from_config(config, self.n_fields)
-        self.is_tree = np.array([k == "trees" for k in self.chain.kinds])
         self.events_learned = 0
         self.skipped_updates = 0
 
@@ -68,9 +67,9 @@ class OnlineModel:
         n = margins.shape[1]
         z = Chain.fuse(margins)
         zeros = np.zeros(n, dtype=np.float32)
-        base = margins[self.is_tree].sum(axis=0, dtype=np.float32) if self.is_tree.any() else zeros
-        resid = (margins[~self.is_tree].sum(axis=0, dtype=np.float32)
-                 if (~self.is_tree).any() else zeros)
+        trees = self.chain.is_tree
+        base = margins[trees].sum(axis=0, dtype=np.float32) if trees.any() else zeros
+        resid = margins[~trees].sum(axis=0, dtype=np.float32) if (~trees).any() else zeros
         return Scores(z, base, resid, sigmoid(z), margins)
 
     def poll(self) -> bool:

@@ -68,31 +68,47 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
     X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)
     yy = np.asarray(y, np.float64)
     prior = np.array(PLAIN_SUM)
-    pull = np.array([ridge, ridge, 1e-6])
-
-    def objective(w: np.ndarray) -> float:  # the summed logloss plus the ridge pull
-        z = X @ w
-        return float(np.sum(np.logaddexp(0.0, z) - yy * z) + 0.5 * pull @ (w - prior) ** 2)
-
-    w, f = prior.copy(), objective(prior)
-    for _ in range(NEWTON_STEPS):
-        p = sigmoid(X @ w)
-        grad = X.T @ (p - yy) + pull * (w - prior)
-        hess = (X * (p * (1 - p))[:, None]).T @ X + np.diag(pull)
-        step = np.linalg.solve(hess, grad)
-        # halve the step until the objective falls: a full Newton step from the plain sum
-        # can overshoot and oscillate (a noisy ``rest``: b flips between +1 and -1)
-        t = 1.0
-        while t > 1e-4 and not (f_new := objective(w - t * step)) < f:
-            t /= 2
-        if t <= 1e-4:
-            break
-        w, f = w - t * step, f_new
-        if np.abs(t * step).max() < 1e-9:
-            break
-    if not np.isfinite(w).all():
-        w = prior
+    fit = _newton(X, yy, np.ones(len(yy)), prior, np.diag([ridge, ridge, 1e-6]),
+                  NEWTON_STEPS, 1e-9)
+    w = prior if fit is None or not np.isfinite(fit[0]).all() else fit[0]
     return Blend(float(w[0]), float(w[1]), float(w[2]), logloss_from_margin(X @ w, yy))
+
+
+def _newton(X: np.ndarray, y: np.ndarray, sw: np.ndarray, center: np.ndarray,
+            pull: np.ndarray, steps: int, tol: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both blends' fit: minimise ``sum(sw * logloss(y, X w)) + (w - center)' pull
+    (w - center) / 2`` by Newton steps from ``center``, each halved until the objective
+    falls. A full step from weights far off overshoots and swings back (a noisy or loud
+    ``rest``: b flips between +1 and -1, or far below 0). Stops after ``steps``, or once a
+    step would move no weight by ``tol``. Returns the weights and the curvature where the
+    last step started; None when the numbers overflow."""
+
+    def objective(w: np.ndarray) -> float:
+        z, d = X @ w, w - center
+        return float(sw @ (np.logaddexp(0.0, z) - y * z) + 0.5 * d @ pull @ d)
+
+    w, h = center, pull
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = objective(center)
+        for _ in range(steps):
+            p = sigmoid(X @ w)
+            h = pull + (X * (sw * p * (1 - p))[:, None]).T @ X
+            grad = X.T @ (sw * (p - y)) + pull @ (w - center)
+            if not (np.isfinite(h).all() and np.isfinite(grad).all()):
+                return None
+            try:
+                step = np.linalg.solve(h, grad)
+            except np.linalg.LinAlgError:  # margins so large the pull drowns in rounding
+                return None
+            if np.abs(step).max() < tol:
+                break
+            t = 1.0
+            while t > 1e-4 and not (f_new := objective(w - t * step)) < f:
+                t /= 2
+            if t <= 1e-4:  # no step falls: at the minimum
+                break
+            w, f = w - t * step, f_new
+    return w, h
 
 
 class LiveBlend:
@@ -139,35 +155,9 @@ class LiveBlend:
         sw = np.ones(len(yy)) if weight is None else np.asarray(weight, np.float64)
         fade = np.exp(-len(yy) / MEMORY_ROWS)
         before = fade * self.h + (1 - fade) * LIVE_PRIOR * np.eye(3)  # what came before
-
-        def objective(w: np.ndarray) -> float:  # the batch's loss + the quadratic of the past
-            z, d = X @ w, w - self.w
-            return float(sw @ (np.logaddexp(0.0, z) - yy * z) + 0.5 * d @ before @ d)
-
-        w, h = self.w, None
-        with np.errstate(over="ignore", invalid="ignore"):
-            for _ in range(LIVE_NEWTON_STEPS):
-                p = sigmoid(X @ w)
-                h = before + (X * (sw * p * (1 - p))[:, None]).T @ X
-                grad = X.T @ (sw * (p - yy)) + before @ (w - self.w)
-                if not (np.isfinite(h).all() and np.isfinite(grad).all()):
-                    return  # an overflowing batch moves nothing
-                try:
-                    step = np.linalg.solve(h, grad)
-                except np.linalg.LinAlgError:  # margins so large the prior drowns in rounding
-                    return
-                if np.abs(step).max() < 1e-6:  # converged: the rest moves nothing that scores
-                    break
-                # halve the step until the objective falls: with confident margins the
-                # curvature is small where the step starts, and a full step overshoots
-                f, t = objective(w), 1.0
-                while t > 1e-4 and not objective(w - t * step) < f:
-                    t /= 2
-                if t <= 1e-4:  # no step falls: at the minimum
-                    break
-                w = w - t * step
-        if np.isfinite(w).all():
-            self.w, self.h = w, h
+        fit = _newton(X, yy, sw, self.w, before, LIVE_NEWTON_STEPS, 1e-6)
+        if fit is not None and np.isfinite(fit[0]).all():  # an overflowing batch moves nothing
+            self.w, self.h = fit
 
     def state_dict(self) -> dict[str, list]:
         return {"w": self.w.tolist(), "h": self.h.tolist()}
