@@ -278,9 +278,7 @@ class Replay:
 
     def run_flags(self) -> dict[str, Any]:
         """The flags that define this run (all but ``RESUMABLE_FLAGS``), JSON-ready."""
-        parser = argparse.ArgumentParser(add_help=False)
-        add_arguments(parser)
-        defaults = vars(parser.parse_args([]))
+        defaults = vars(_run_parser().parse_args([]))
         return {k: _plain(getattr(self.args, k, v)) for k, v in sorted(defaults.items())
                 if k not in self.RESUMABLE_FLAGS}
 
@@ -307,8 +305,8 @@ class Replay:
         # except where CONFIG_BEFORE says how they behaved.
         saved, now = state["flags"], self.run_flags()
         saved = {k: saved.get(k, CONFIG_BEFORE.get(k, v)) for k, v in now.items()}
-        diffs = [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {v!r}"
-                 for k, v in now.items() if saved[k] != v]
+        actions = {a.dest: a for a in _run_parser()._actions}
+        diffs = [_flag_change(actions[k], saved[k], v) for k, v in now.items() if saved[k] != v]
         if diffs:
             raise checkpoint.CheckpointError(
                 "--resume with flags that differ from the checkpoint's run: "
@@ -479,6 +477,24 @@ class Replay:
             "column_kinds": self.source.schema.column_kinds(),
             "unparsed_numbers": self.source.encoder.unparsed_numbers(),
         }
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    """The replay's flags alone, for their defaults and names."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return parser
+
+
+def _flag_change(action: argparse.Action, saved: Any, now: Any) -> str:
+    """How a flag differs from the checkpoint's run, named as it is typed: a switch such as
+    ``--no-live-blend`` says which run had it, a value both values."""
+    flag = action.option_strings[0]
+    if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false
+        def used(value: Any) -> str:
+            return "set" if value == action.const else "not set"
+        return f"{flag}: {used(saved)} in the checkpoint's run, {used(now)} now"
+    return f"{flag}: checkpoint {saved!r}, now {now!r}"
 
 
 def _plain(value: Any) -> Any:
