@@ -29,6 +29,23 @@
 #else
 #define SF_PREFETCH(p, rw) ((void)0)
 #endif
+/* Flush-to-zero and denormals-are-zero for the calling thread, returning the state to restore.
+ * A dense parameter whose gradient stays 0 (a ReLU that never fires) has its Adam moment
+ * decay by b1 a step into denormal floats, and each operation on those takes a microcode
+ * assist: about a tenth of a 1M-event replay's learning time on x86. Elsewhere a no-op. */
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+static inline unsigned sf_flush_denormals(void) {
+    const unsigned old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
+    return old;
+}
+static inline void sf_restore_fp(unsigned old) { _mm_setcsr(old); }
+#else
+static inline unsigned sf_flush_denormals(void) { return 0; }
+static inline void sf_restore_fp(unsigned old) { (void)old; }
+#endif
+
 /* Rows ahead to prefetch: table rows are random accesses into arrays far larger than cache. */
 #define SF_PF_ROWS 8
 #define SF_PF_EXAMPLES 2
@@ -372,6 +389,7 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
                                        float *m, float *v, float step_size, float b1, float b2,
                                        float eps_hat) {
     int64_t skipped = 0;
+    const unsigned fp = sf_flush_denormals();  /* moments that decay below normal floats: 0 */
     for (int64_t j = lo; j < hi; j++) {  /* branch-free, so it runs in vectors */
         float gj = grad[j];
         float nm = b1 * m[j] + (1.0f - b1) * gj;
@@ -383,6 +401,7 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
         v[j] = ok ? nv : v[j];
         skipped += !ok;
     }
+    sf_restore_fp(fp);
     return skipped;
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from types import SimpleNamespace
 
 import numpy as np
@@ -203,6 +204,26 @@ def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
         np.testing.assert_allclose(m.dense, expect, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(m.table, before["table"])
     assert (m._marker == -1).all()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="flush-to-zero is set on x86 only")
+def test_dense_adam_flushes_denormal_moments_and_restores_the_float_mode(rng):
+    """A moment that decays below the normal floats is 0 after the step (each operation on a
+    denormal costs x86 a microcode assist); the caller's float mode is left as it was."""
+    m = learner("deepfm")
+    n_in, (h1, _) = 5 * 3, HIDDEN
+    m.dense[1 + n_in * h1] = -1e6  # the first hidden unit's bias: it never fires
+    dead = 1 + np.arange(n_in) * h1  # the weights into it: their gradient is exactly 0
+    batch = make_batch(rng, 16, 5, 64)
+    base, y = np.zeros(16, np.float32), (rng.random(16) < 0.5).astype(np.float32)
+    assert not m.gradients(batch, base, y)["dense_grad"][dead].any()
+    tiny = np.float32(1e-39)
+    assert 0 < tiny < np.finfo(np.float32).tiny  # a denormal
+    m.dense_m[dead] = tiny
+    m.partial_fit(batch, base, y)
+    assert not m.dense_m[dead].any()
+    assert tiny * np.float32(0.5) > 0  # this thread still keeps denormals
 
 
 @pytest.mark.parametrize("model", MODELS)
