@@ -80,7 +80,7 @@ MAX_K = SF_MAX_K
 # Below this many examples a batch runs on one thread: OpenMP start-up would cost more.
 PARALLEL_MIN_ROWS = 256
 # The MLP forward runs over blocks of FWD_BLOCK rows (the last one zero-padded; a multiple of
-# the 4 rows sf_dense_relu takes at a time), a block per thread task. Its own kernel sums every
+# the 8 rows sf_dense_relu takes at a time), a block per thread task. Its own kernel sums every
 # row alike, so an event's margin does not depend on the batch it arrives in (scoring in
 # batches of 1 or 10,000 agrees); BLAS kernels do not promise that. The block is small because
 # a batch pays for whole blocks: one event scored alone (serve) costs 32 rows. The backward

@@ -409,35 +409,39 @@ SF_CLONES static int64_t sf_adam_dense(int64_t lo, int64_t hi, const float *grad
  * stored input by input (W[j * dout + o]). Every row is summed the same way, input 0 first, one
  * multiply-add at a time, whatever rows share its block: an event's margin does not depend on
  * the batch it arrives in (BLAS kernels give a row 1 ulp more or less by its place in the
- * block). Four rows share each load of a group of outputs, two vectors wide: eight vector
- * registers of sums. (hi - lo) must be a multiple of 4: the forward runs on zero-padded
- * blocks. */
+ * block). Rows share each load of a group of outputs, two vectors wide: four rows (eight
+ * registers of sums) in the 16 vector registers of AVX2, eight (sixteen) in the 32 of AVX-512,
+ * where four left the multiply-adds waiting on each other (a quarter slower). (hi - lo) must
+ * be a multiple of 8: the forward runs on zero-padded blocks. */
 
 static inline float sf_relu1(float a) { return a > 0.0f ? a : 0.0f; }
 
-/* The groups of 2 * VW outputs from o on, in vectors of type VT (VW floats): advances o past
- * the last whole group. One body for the 8-float vectors of the x86-64-v3 clone and the
+/* The groups of 2 * VW outputs from o on, in vectors of type VT (VW floats), R rows at a time
+ * (they share each load of the group's weights; (hi - lo) must be a multiple of R): advances
+ * o past the last whole group. One body for the 8-float vectors of the x86-64-v3 clone and the
  * 16-float ones of AVX-512, so each output is the same chain of fused multiply-adds. */
-#define SF_DENSE_GROUPS(VT, VW)                                                               \
+#define SF_DENSE_GROUPS(VT, VW, R)                                                            \
     for (; o + 2 * (VW) <= dout; o += 2 * (VW)) {                                             \
-        for (int64_t i = lo; i < hi; i += 4) {                                                \
+        for (int64_t i = lo; i < hi; i += (R)) {                                              \
             const float *x = In + i * din;                                                    \
-            VT a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};                                    \
-            VT a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};                                    \
+            VT a0[R], a1[R];                                                                  \
+            _Pragma("GCC unroll 16")                                                          \
+            for (int r = 0; r < (R); r++) a0[r] = a1[r] = (VT){0};                            \
             for (int j = 0; j < din; j++) {                                                   \
                 const float *w = W + (int64_t)j * dout + o;                                   \
                 VT w0 = *(const VT *)w, w1 = *(const VT *)(w + (VW));                         \
-                float u0 = x[j], u1 = x[din + j], u2 = x[2 * din + j], u3 = x[3 * din + j];   \
-                a00 += u0 * w0; a01 += u0 * w1;                                               \
-                a10 += u1 * w0; a11 += u1 * w1;                                               \
-                a20 += u2 * w0; a21 += u2 * w1;                                               \
-                a30 += u3 * w0; a31 += u3 * w1;                                               \
+                _Pragma("GCC unroll 16")                                                      \
+                for (int r = 0; r < (R); r++) {                                               \
+                    const float u = x[r * din + j];                                           \
+                    a0[r] += u * w0; a1[r] += u * w1;                                         \
+                }                                                                             \
             }                                                                                 \
-            VT acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};                             \
-            for (int r = 0; r < 4; r++) {                                                     \
+            for (int r = 0; r < (R); r++) {                                                   \
                 float *out = Out + (i + r) * dout + o;                                        \
-                for (int q = 0; q < 2 * (VW); q++)                                            \
-                    out[q] = sf_relu1(acc[2 * r + q / (VW)][q % (VW)] + b[o + q]);            \
+                for (int q = 0; q < (VW); q++) {                                              \
+                    out[q] = sf_relu1(a0[r][q] + b[o + q]);                                   \
+                    out[(VW) + q] = sf_relu1(a1[r][q] + b[o + (VW) + q]);                     \
+                }                                                                             \
             }                                                                                 \
         }                                                                                     \
     }
@@ -445,7 +449,7 @@ static inline float sf_relu1(float a) { return a > 0.0f ? a : 0.0f; }
 SF_CLONES static void sf_dense_relu_from(int o, int64_t lo, int64_t hi, int din, int dout,
                                          const float *In, const float *W, const float *b,
                                          float *Out) {
-    SF_DENSE_GROUPS(sf_v8, 8)
+    SF_DENSE_GROUPS(sf_v8, 8, 4)
     for (; o < dout; o++) {  /* outputs past the last full group of 16 */
         for (int64_t i = lo; i < hi; i++) {
             const float *x = In + i * din;
@@ -468,7 +472,7 @@ __attribute__((target("arch=x86-64-v4")))
 static int sf_dense_relu_v4(int64_t lo, int64_t hi, int din, int dout, const float *In,
                             const float *W, const float *b, float *Out) {
     int o = 0;
-    SF_DENSE_GROUPS(sf_v16, 16)
+    SF_DENSE_GROUPS(sf_v16, 16, 8)
     return o;
 }
 #endif
