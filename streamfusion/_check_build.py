@@ -10,7 +10,7 @@ import os
 import shutil
 import sysconfig
 
-KERNELS = ("_learner", "_parse", "_trees")
+KERNELS = ("_blend", "_learner", "_parse", "_trees")
 BUILD_COMMAND = "pip install -e .   (or: python setup.py build_ext --inplace)"
 INSTALL_HINT = """\
 Install a C compiler with OpenMP (gcc) and Python's C headers, then run the install again:

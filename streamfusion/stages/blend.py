@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streamfusion.evaluate import logloss_from_margin, sigmoid
+from streamfusion import _blend
+from streamfusion.evaluate import logloss_from_margin
 
 # The ridge pull of (a, b) towards (1, 1), in rows' worth of logloss: a few hundred held-back
 # rows cannot move the scales far on noise.
@@ -65,50 +66,29 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
     >>> round(blend.a, 1), abs(blend.b) < 0.1
     (1.0, True)
     """
-    X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)
-    yy = np.asarray(y, np.float64)
     prior = np.array(PLAIN_SUM)
-    fit = _newton(X, yy, np.ones(len(yy)), prior, np.diag([ridge, ridge, 1e-6]),
+    fit = _newton(own, rest, y, np.ones(len(y)), prior, np.diag([ridge, ridge, 1e-6]),
                   NEWTON_STEPS, 1e-9)
-    w = prior if fit is None or not np.isfinite(fit[0]).all() else fit[0]
-    return Blend(float(w[0]), float(w[1]), float(w[2]), logloss_from_margin(X @ w, yy))
+    a, b, c = prior if fit is None or not np.isfinite(fit[0]).all() else fit[0]
+    margin = a * np.asarray(own, np.float64) + b * np.asarray(rest, np.float64) + c
+    return Blend(float(a), float(b), float(c), logloss_from_margin(margin, y))
 
 
-def _newton(X: np.ndarray, y: np.ndarray, sw: np.ndarray, center: np.ndarray,
-            pull: np.ndarray, steps: int, tol: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """Both blends' fit: minimise ``sum(sw * logloss(y, X w)) + (w - center)' pull
-    (w - center) / 2`` by Newton steps from ``center``, each halved until the objective
+def _newton(own: np.ndarray, rest: np.ndarray, y: np.ndarray, sw: np.ndarray,
+            center: np.ndarray, pull: np.ndarray, steps: int,
+            tol: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both blends' fit: minimise ``sum(sw * logloss(y, a own + b rest + c)) + (w - center)'
+    pull (w - center) / 2`` by Newton steps from ``center``, each halved until the objective
     falls. A full step from weights far off overshoots and swings back (a noisy or loud
     ``rest``: b flips between +1 and -1, or far below 0). Stops after ``steps``, or once a
     step would move no weight by ``tol``. Returns the weights and the curvature where the
-    last step started; None when the numbers overflow."""
+    last step started; None when the numbers overflow. Compiled (``_blend.newton``): the
+    live blend runs it after every mini-batch."""
+    def f64(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, np.float64)
 
-    def objective(w: np.ndarray) -> float:
-        z, d = X @ w, w - center
-        return float(sw @ (np.logaddexp(0.0, z) - y * z) + 0.5 * d @ pull @ d)
-
-    w, h = center, pull
-    with np.errstate(over="ignore", invalid="ignore"):
-        f = objective(center)
-        for _ in range(steps):
-            p = sigmoid(X @ w)
-            h = pull + (X * (sw * p * (1 - p))[:, None]).T @ X
-            grad = X.T @ (sw * (p - y)) + pull @ (w - center)
-            if not (np.isfinite(h).all() and np.isfinite(grad).all()):
-                return None
-            try:
-                step = np.linalg.solve(h, grad)
-            except np.linalg.LinAlgError:  # margins so large the pull drowns in rounding
-                return None
-            if np.abs(step).max() < tol:
-                break
-            t = 1.0
-            while t > 1e-4 and not (f_new := objective(w - t * step)) < f:
-                t /= 2
-            if t <= 1e-4:  # no step falls: at the minimum
-                break
-            w, f = w - t * step, f_new
-    return w, h
+    return _blend.newton(f64(own), f64(rest), f64(y), f64(sw), f64(center), f64(pull),
+                         steps, tol)
 
 
 class LiveBlend:
@@ -126,7 +106,7 @@ class LiveBlend:
     >>> live = LiveBlend()
     >>> for _ in range(50):  # ``rest`` is noise: its scale falls towards 0
     ...     own, rest = rng.normal(size=1000), rng.normal(size=1000)
-    ...     live.update(own, rest, (rng.random(1000) < sigmoid(own)).astype(float))
+    ...     live.update(own, rest, (rng.random(1000) < 1 / (1 + np.exp(-own))).astype(float))
     >>> a, b, c = live.weights
     >>> round(a, 1), b < 0.2
     (1.0, True)
@@ -150,12 +130,10 @@ class LiveBlend:
         labels ``y`` and, when given, their loss weights."""
         if len(y) == 0:
             return
-        X = np.column_stack([own, rest, np.ones(len(own))]).astype(np.float64)
-        yy = np.asarray(y, np.float64)
-        sw = np.ones(len(yy)) if weight is None else np.asarray(weight, np.float64)
-        fade = np.exp(-len(yy) / MEMORY_ROWS)
+        sw = np.ones(len(y)) if weight is None else weight
+        fade = np.exp(-len(y) / MEMORY_ROWS)
         before = fade * self.h + (1 - fade) * LIVE_PRIOR * np.eye(3)  # what came before
-        fit = _newton(X, yy, sw, self.w, before, LIVE_NEWTON_STEPS, 1e-6)
+        fit = _newton(own, rest, y, sw, self.w, before, LIVE_NEWTON_STEPS, 1e-6)
         if fit is not None and np.isfinite(fit[0]).all():  # an overflowing batch moves nothing
             self.w, self.h = fit
 

@@ -9,11 +9,61 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamfusion.evaluate import logloss_from_margin
-from streamfusion.stages.blend import LiveBlend, fit_blend
+from streamfusion.stages.blend import LiveBlend, _newton, fit_blend
 
 
 def _clicks(rng: np.random.Generator, z: np.ndarray) -> np.ndarray:
     return (rng.random(len(z)) < 1 / (1 + np.exp(-z))).astype(np.float64)
+
+
+def _newton_reference(own, rest, y, sw, center, pull, steps, tol):
+    """The blends' Newton fit in NumPy, as the compiled one must do it."""
+    X = np.column_stack([own, rest, np.ones(len(own))])
+
+    def objective(w):
+        z, d = X @ w, w - center
+        return sw @ (np.logaddexp(0.0, z) - y * z) + 0.5 * d @ pull @ d
+
+    w, h, f = center, pull, objective(center)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(X @ w, -30, 30)))
+        h = pull + (X * (sw * p * (1 - p))[:, None]).T @ X
+        step = np.linalg.solve(h, X.T @ (sw * (p - y)) + pull @ (w - center))
+        if np.abs(step).max() < tol:
+            break
+        t = 1.0
+        while t > 1e-4 and not (f_new := objective(w - t * step)) < f:
+            t /= 2
+        if t <= 1e-4:
+            break
+        w, f = w - t * step, f_new
+    return w, h
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400), steps=st.integers(0, 30),
+       scale=st.sampled_from([0.1, 1.0, 5.0, 40.0]), weighted=st.booleans())
+def test_the_compiled_newton_fit_is_the_numpy_one(seed, n, steps, scale, weighted):
+    rng = np.random.default_rng(seed)
+    own, rest = rng.normal(0, scale, n), rng.normal(0, scale, n)
+    y = _clicks(rng, own)
+    sw = rng.uniform(0, 2, n) if weighted else np.ones(n)
+    center = rng.normal(0, 1, 3)
+    a = rng.normal(0, 1, (3, 3))
+    pull = a @ a.T + np.diag(rng.uniform(1e-3, 100, 3))  # symmetric positive definite
+    fit = _newton(own, rest, y, sw, center, pull, steps, 1e-9)
+    w, h = _newton_reference(own, rest, y, sw, center, pull, steps, 1e-9)
+    np.testing.assert_allclose(fit[0], w, rtol=1e-6, atol=1e-8)
+    # curvature entries against the matrix's scale: saturated events (scale 40) leave a
+    # small off-diagonal entry the sum of large ones, the last bits of each step's order
+    np.testing.assert_allclose(fit[1], h, rtol=1e-6, atol=1e-6 * np.abs(h).max())
+
+
+def test_the_newton_fit_refuses_overflow_and_mismatched_lengths():
+    ones, pull = np.ones(4), 1e-300 * np.eye(3)
+    assert _newton(np.full(4, 1e300), ones, ones, ones, np.zeros(3), pull, 3, 1e-9) is None
+    with pytest.raises(ValueError, match="same length"):
+        _newton(ones, ones[:3], ones, ones, np.zeros(3), np.eye(3), 3, 1e-9)
 
 
 def test_a_rest_that_repeats_the_trees_is_scaled_down():
