@@ -40,7 +40,7 @@ DRIFT_LOSS_CAP = 4.0  # per-row logloss clipped here before ADWIN (which wants [
 # Config keys a checkpoint must agree on (threads is machine-specific and may differ).
 _STRUCTURE = ("n_trees", "num_leaves", "learning_rate", "refit_every", "window", "drift",
               "seed", "use_init_score", "min_data_in_leaf", "feature_fraction", "lambda_l2",
-              "swap_lag", "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
+              "first_fit", "min_fit_rows", "warm_start", "warm_trees", "max_trees",
               "drift_delta", "drift_min_gap", "drift_samples", "fade", "valid_fraction",
               "guard", "codes", "end_codes", "leaf_rows")
 MIN_VALID_ROWS = 100  # fewer newest rows than this cannot early-stop or judge a swap
@@ -202,7 +202,8 @@ class TreeStage:
         Observed rows between the start of a refit and its swap (default ``refit_every // 10``).
         It is at most half the interval to the next refit (the whole interval for a window of
         ``slow_fit_rows`` or more), which matters while the schedule ramps up (see
-        ``first_fit``): early trees see little data and should go live soon.
+        ``first_fit``): early trees see little data and should go live soon. Not part of a
+        state: a state loads into a stage of another lag.
     first_fit : int, optional
         Observed rows before the first fit (default ``refit_every``). The interval between
         scheduled refits then doubles from ``first_fit`` up to ``refit_every``: the first
@@ -320,10 +321,12 @@ class TreeStage:
         cfg = {k: getattr(self, k) for k in _STRUCTURE}
         cfg["threads"] = self.threads
         cfg["background"] = self.background
-        # how a refit trains, not what a state holds: states and model files from before it
-        # existed load, and their next refits train as this code does
+        # how a refit trains and when it swaps, not what a state holds: states and model
+        # files from other settings load (a pending refit keeps its swap row), and their next
+        # refits train and swap as this code does
         cfg["quantize_rows"] = self.quantize_rows
         cfg["slow_fit_rows"] = self.slow_fit_rows
+        cfg["swap_lag"] = self.swap_lag
         return cfg
 
     def lgb_params(self, rows: int | None = None) -> dict:

@@ -213,6 +213,28 @@ def test_warm_start_keeps_old_trees(rng):
     assert stage.booster.num_trees() == 10 + 3 * (stage.version - 1)
 
 
+def test_a_state_loads_into_a_stage_of_another_swap_lag():
+    """The swap lag says when refits go live, not what a state holds: a pending refit keeps
+    its swap row, the next ones swap at the loading stage's lag."""
+    stream = _stream(3, 50)
+    part = _stage()
+    cut = 0
+    while cut < 12 or part._pending is None:
+        _feed(part, stream[cut:cut + 1])
+        cut += 1
+    swap_at = part._pending["swap_at"]
+    later = _stage(swap_lag=450)
+    later.load_state_dict(part.state_dict())
+    assert later._pending["swap_at"] == swap_at and later.swap_lag == 450
+    lags = []
+    for batch in stream[cut:]:
+        refits = later.refits
+        _feed(later, [batch])
+        if later.refits > refits:  # a refit started in this batch
+            lags.append(later._pending["swap_at"] - later.n_seen)
+    assert lags and set(lags) == {450}  # half the interval (500) would be more
+
+
 @pytest.mark.parametrize("breaker", [
     lambda s: s.update(format="other"),
     lambda s: s["config"].update(window=7),
