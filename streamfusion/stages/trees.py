@@ -549,14 +549,16 @@ class TreeStage:
             job["thread"].start()
 
     def _refit_job(self, reason: str, lag: int | None = None, codes: int | None = None,
-                   blend: bool = False) -> tuple[dict[str, Any], Any]:
+                   blend: bool = False, window: tuple | None = None
+                   ) -> tuple[dict[str, Any], Any]:
         """A refit of the window as a job and the function that fits it (changes no state).
 
         ``codes``: code count of the fit (default ``self.codes``, or ``end_codes`` once the
         live trees use them); ``blend``: also fit the end-of-stream blend on the held-back
-        rows (``job["blend"]``).
+        rows (``job["blend"]``); ``window``: a ``_snapshot()`` to fit (the fit only reads it,
+        so fits side by side can share one).
         """
-        X, y, z, rest, ind = self._snapshot()
+        X, y, z, rest, ind = self._snapshot() if window is None else window
         init = z if self.use_init_score else None
         if codes is None:  # after an end refit chose codes, later refits keep them
             live_coded = self._codes is not None and self._codes.width > 0
@@ -729,7 +731,9 @@ class TreeStage:
         if (self._n_features and self._count >= self.min_fit_rows
                 and (pending is not None or self.since_refit >= enough)):
             tries = [self.codes] if self._I is None else sorted({self.codes, self.end_codes})
-            jobs, fits = zip(*[self._refit_job("end", lag=0, codes=k, blend=blend)
+            window = self._snapshot()  # one copy for all of them (a 200k-row window: 40 MB)
+            jobs, fits = zip(*[self._refit_job("end", lag=0, codes=k, blend=blend,
+                                               window=window)
                                for k in tries], strict=True)
             # independent single-threaded fits: side by side, each on a core of its own
             threads = [threading.Thread(target=fit, name="streamfusion-refit", daemon=True)
