@@ -65,8 +65,9 @@ cdef bint _solve3(double a[3][3], double *b, double *x) noexcept nogil:
     return True
 
 
-def newton(const double[::1] own, const double[::1] rest, const double[::1] y,
-           const double[::1] sw, const double[::1] center, const double[:, ::1] pull,
+def newton(const double[::1] own not None, const double[::1] rest not None,
+           const double[::1] y not None, const double[::1] sw not None,
+           const double[::1] center not None, const double[:, ::1] pull not None,
            int steps, double tol):
     """Minimise ``sum(sw * logloss(y, a own + b rest + c)) + (w - center)' pull (w - center)
     / 2`` over ``w = (a, b, c)`` by Newton steps from ``center``, each halved until the

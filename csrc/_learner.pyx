@@ -80,12 +80,13 @@ MAX_K = SF_MAX_K
 # Below this many examples a batch runs on one thread: OpenMP start-up would cost more.
 PARALLEL_MIN_ROWS = 256
 # The MLP forward runs over blocks of FWD_BLOCK rows (the last one zero-padded; a multiple of
-# the 8 rows sf_dense_relu takes at a time), a block per thread task. Its own kernel sums every
-# row alike, so an event's margin does not depend on the batch it arrives in (scoring in
-# batches of 1 or 10,000 agrees); BLAS kernels do not promise that. The block is small because
-# a batch pays for whole blocks: one event scored alone (serve) costs 32 rows. The backward
-# pass runs BLAS over blocks of MLP_BLOCK rows and sums weight gradients block by block (the
-# order of a sum is fixed by the blocks, whatever the thread count).
+# the 8 rows sf_dense_relu takes at a time on AVX-512, 4 on AVX2), a block per thread task.
+# Its own kernel sums every row alike, so an event's margin does not depend on the batch it
+# arrives in (scoring in batches of 1 or 10,000 agrees); BLAS kernels do not promise that.
+# The block is small because a batch pays for whole blocks: one event scored alone (serve)
+# costs 32 rows. The backward pass runs BLAS over blocks of MLP_BLOCK rows and sums weight
+# gradients block by block (the order of a sum is fixed by the blocks, whatever the thread
+# count).
 cdef enum:
     FWD_BLOCK = 32
     MLP_BLOCK = 256  # a multiple of FWD_BLOCK: the work buffers are padded to it

@@ -166,10 +166,11 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             codes=cfg.tree_codes,
             end_codes=cfg.tree_end_codes,
             # a refit (100 trees x 63 leaves on 200k rows) takes 2-3 s of the other core while
-            # the stream learns 100k events a second: give it three quarters of a period of
-            # stream before the swap point joins it. At half a period the stream stopped to
-            # wait at 9 of 12 swaps (about 4.5 s of a 3M-event replay; wall 28.7 -> 25.4 s at
-            # three quarters, progressive / holdout AUC 0.7456 / 0.7255 -> 0.7455 / 0.7255;
+            # the stream learns 100k events a second: a slow fit (slow_fit_rows) swaps at most
+            # three quarters of a period of stream after it starts (small fits half the
+            # interval ahead, below either cap). At half a period the stream stopped to wait
+            # at 9 of 12 swaps (about 4.5 s of a 3M-event replay; wall 28.7 -> 25.4 s at three
+            # quarters, progressive / holdout AUC 0.7456 / 0.7255 -> 0.7455 / 0.7255;
             # generated 1M streams unchanged or +0.0002). An explicit early first fit is
             # honoured
             **{"swap_lag": cfg.refit_every * 3 // 4,

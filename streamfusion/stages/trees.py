@@ -572,7 +572,7 @@ class TreeStage:
             # half way to the next refit: early fits go live soon, a fit has time to finish
             # (1M generated events, before pair weights: 0.7150 / 0.7157 / 0.7157 progressive
             # AUC at a full / a half / a quarter interval for every refit); a slow fit a
-            # whole interval on (slow_fit_rows)
+            # whole interval on (slow_fit_rows); swap_lag caps both
             ahead = self._interval(self.refits + 1)
             slow = self.slow_fit_rows and len(y) >= self.slow_fit_rows
             lag = min(self.swap_lag, ahead if slow else ahead // 2)
