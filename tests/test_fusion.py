@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from streamfusion import checkpoint
 from streamfusion.features import Batch
-from streamfusion.fusion import Chain, ModelConfig
+from streamfusion.fusion import ROW_STEP, Chain, ModelConfig
 from streamfusion.online import OnlineModel
 from streamfusion.stages.trees import SLOW_FIT_ROWS
 
@@ -307,3 +307,17 @@ def test_only_a_chain_with_a_residual_learner_lets_slow_refits_swap_later():
     assert slow("gbdt") == [0]
     assert slow("resfusion") == slow("nnres-gbdt") == [SLOW_FIT_ROWS]
     assert slow("resfusion", slow_fit_rows=7) == [7]  # a caller's own setting wins
+
+
+def test_the_first_order_step_is_spread_over_the_fields():
+    """By default an event's first-order steps add up to the same margin move whatever its
+    field count; an explicit step wins; the report states the step taken."""
+    for n in (3, 23, 52):
+        chain = Chain.from_config(ModelConfig(bits=BITS), n)
+        assert [s.row_lr for s in chain.stages if hasattr(s, "row_lr")] == [ROW_STEP / n]
+    chain = Chain.from_config(ModelConfig(bits=BITS, row_lr=0.07), 23)
+    assert chain.stages[1].row_lr == 0.07
+    assert OnlineModel(ModelConfig(bits=BITS), 23).describe()["config"]["row_lr"] == \
+        ROW_STEP / 23
+    assert OnlineModel(ModelConfig(model="gbdt", bits=BITS), 23).describe()["config"][
+        "row_lr"] is None  # no learner, no step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from streamfusion import argtypes as at
-from streamfusion.fusion import MODELS, RESIDUAL_KINDS, ModelConfig
+from streamfusion.fusion import MODELS, RESIDUAL_KINDS, ROW_STEP, ModelConfig
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +45,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--row-optimizer", choices=("mixed", "adagrad", "adam"), default="mixed",
                    help="steps of the hashed table rows: mixed = AdaGrad first-order weights "
                    "and Adam embeddings; adagrad = AdaGrad for both; adam = lazy Adam")
-    g.add_argument("--row-lr", type=at.positive_float, default=0.05,
+    g.add_argument("--row-lr", type=at.positive_float, default=None,
                    help="AdaGrad step of the table rows' first-order weights under "
-                   "--row-optimizer mixed or adagrad (adam steps them with Adam at --lr)")
+                   "--row-optimizer mixed or adagrad (adam steps them with Adam at --lr); "
+                   f"None: {ROW_STEP} / the learner's fields (0.05 at Avazu's 23)")
     g.add_argument("--emb-lr", type=at.positive_float, default=0.005,
                    help="AdaGrad step of the table rows' embeddings (FM / DeepFM) under "
                    "--row-optimizer adagrad (mixed and adam step them with Adam at --lr)")

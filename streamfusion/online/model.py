@@ -106,6 +106,10 @@ class OnlineModel:
 
     def describe(self) -> dict[str, Any]:
         """The report's ``model`` entry."""
+        config = self.config.to_dict()
+        steps = [s.row_lr for s in self.chain.stages if hasattr(s, "row_lr")]
+        if config["row_lr"] is None and steps:  # the step it took: ROW_STEP / fields
+            config["row_lr"] = steps[0]
         return {
             "stages": list(self.chain.kinds),
             "refits": self.refits,
@@ -116,7 +120,7 @@ class OnlineModel:
             "version": self.version,
             "events_learned": self.events_learned,
             "skipped_updates": self.skipped_updates,
-            "config": self.config.to_dict(),
+            "config": config,
         }
 
     def close(self) -> None:
