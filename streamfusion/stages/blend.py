@@ -69,7 +69,7 @@ def fit_blend(own: np.ndarray, rest: np.ndarray, y: np.ndarray, ridge: float = R
     prior = np.array(PLAIN_SUM)
     fit = _newton(own, rest, y, np.ones(len(y)), prior, np.diag([ridge, ridge, 1e-6]),
                   NEWTON_STEPS, 1e-9)
-    a, b, c = prior if fit is None or not np.isfinite(fit[0]).all() else fit[0]
+    a, b, c = prior if fit is None else fit[0]
     margin = a * np.asarray(own, np.float64) + b * np.asarray(rest, np.float64) + c
     return Blend(float(a), float(b), float(c), logloss_from_margin(margin, y))
 
@@ -81,8 +81,9 @@ def _newton(own: np.ndarray, rest: np.ndarray, y: np.ndarray, sw: np.ndarray,
     pull (w - center) / 2`` by Newton steps from ``center``, each halved until the objective
     falls. A full step from weights far off overshoots and swings back (a noisy or loud
     ``rest``: b flips between +1 and -1, or far below 0). Stops after ``steps``, or once a
-    step would move no weight by ``tol``. Returns the weights and the curvature where the
-    last step started; None when the numbers overflow. Compiled (``_blend.newton``): the
+    step would move no weight by ``tol``. Returns the weights (finite from a finite center: a
+    step is taken only where the objective falls) and the curvature where the last step
+    started; None when the numbers overflow. Compiled (``_blend.newton``): the
     live blend runs it after every mini-batch."""
     def f64(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, np.float64)
@@ -134,7 +135,7 @@ class LiveBlend:
         fade = np.exp(-len(y) / MEMORY_ROWS)
         before = fade * self.h + (1 - fade) * LIVE_PRIOR * np.eye(3)  # what came before
         fit = _newton(own, rest, y, sw, self.w, before, LIVE_NEWTON_STEPS, 1e-6)
-        if fit is not None and np.isfinite(fit[0]).all():  # an overflowing batch moves nothing
+        if fit is not None:  # an overflowing batch moves nothing
             self.w, self.h = fit
 
     def state_dict(self) -> dict[str, list]:
