@@ -35,6 +35,9 @@ RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 # 0.7266 / 0.7171 and the Avazu sample 0.6791 / 0.6827; 0.0435 / 0.061 generated Avazu 0.7326
 # / 0.7281, 0.0256 / 0.0295 / 0.036 generated Criteo 0.6925 / 0.6938 / 0.6926
 ROW_STEP = 1.15
+# The fixed step (ROW_STEP / 23) where events fill a varying number of learner slots (river
+# dicts padded to max_fields): the padding would count as fields
+ROW_LR = 0.05
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
 # since: how such runs behaved (no pair weights, one step per mini-batch, the plain sum until
 # the end of a stream).
@@ -90,7 +93,7 @@ class ModelConfig:
     row_optimizer: str = "mixed"
     # AdaGrad step of the first-order weights; None: ROW_STEP / the learner's fields
     row_lr: float | None = None
-    emb_lr: float = 0.005  # embeddings: 0.1 x row_lr (0.02-0.3 x tried; larger adds noise)
+    emb_lr: float = 0.005  # embeddings: 0.1 x Avazu's first-order step (0.02-0.3 x tried)
     # DeepFM's FM part weights each pair of fields (FwFM), the weights stepped at pair_lr:
     # generated Avazu progressive AUC 1M 0.7155 -> 0.7230, 3M 0.7355 -> 0.7443; the real
     # samples within -0.0003..+0.0008. pair_lr 0.0009 / 0.003 / 0.009 / 0.09 gave 1M 0.7162 /

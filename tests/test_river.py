@@ -18,6 +18,7 @@ import pytest
 from river import checks, datasets, evaluate, linear_model, metrics, optim, preprocessing
 from streamfusion._parse import hash_value
 
+from streamfusion.fusion import ROW_LR
 from streamfusion.river import PAD_ROW, ResFusionClassifier
 
 PHISHING = list(datasets.Phishing())  # 1250 events, 9 numeric features
@@ -356,3 +357,11 @@ def test_frequent_refits_with_features_coming_and_going():
     assert model.model_.refits >= 2
     p = model.predict_proba_one(PHISHING[500][0])
     assert 0 < p[True] < 1 and p[False] == 1 - p[True]
+
+
+def test_the_first_order_step_does_not_count_padded_slots():
+    """A dict fills some of the max_fields slots: the learner keeps the fixed step whatever
+    max_fields is, where a chain of fixed fields spreads ROW_STEP over them."""
+    for max_fields in (8, 32, 64):
+        config = ResFusionClassifier(max_fields=max_fields)._config()
+        assert config.row_lr == ROW_LR
