@@ -11,7 +11,7 @@ learned online, and refitted at the end of a stream.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,8 @@ RESIDUAL_KINDS = ("fm", "deepfm", "dnn", "lr")
 # 0.7266 / 0.7171 and the Avazu sample 0.6791 / 0.6827; 0.0435 / 0.061 generated Avazu 0.7326
 # / 0.7281, 0.0256 / 0.0295 / 0.036 generated Criteo 0.6925 / 0.6938 / 0.6926
 ROW_STEP = 1.15
-# The fixed step (ROW_STEP / 23) where events fill a varying number of learner slots (river
-# dicts padded to max_fields): the padding would count as fields
+# The fixed step (ROW_STEP / 23) where events fill a varying number of learner slots
+# (ModelConfig.for_input): the empty slots would count as fields
 ROW_LR = 0.05
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
 # since: how such runs behaved (no pair weights, one step per mini-batch, the plain sum until
@@ -145,6 +145,12 @@ class ModelConfig:
             "lr": ["lr"],
             "nnres-gbdt": [self.residual, "trees"],
         }[self.model]
+
+    def for_input(self, slotted: bool) -> ModelConfig:
+        """The config a chain over this input runs: where events fill a varying number of
+        learner slots (``slotted``: libsvm, libfm, libffm, river dicts) the fixed first-order
+        step ``ROW_LR`` unless one is set, as ``ROW_STEP / fields`` would count empty slots."""
+        return replace(self, row_lr=ROW_LR) if slotted and self.row_lr is None else self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,7 +19,7 @@ from river.utils import dataframe as frames
 
 from streamfusion._parse import hash_value
 from streamfusion.features import Batch
-from streamfusion.fusion import RESIDUAL_KINDS, ROW_LR, ModelConfig
+from streamfusion.fusion import RESIDUAL_KINDS, ModelConfig
 from streamfusion.online import OnlineModel
 
 PAD_ROW = 0  # padding fields carry value 0, so whatever row they point at contributes nothing
@@ -418,7 +418,6 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             tree_threads=1, bits=int(self.bits), k=int(self.k), hidden=tuple(self.hidden),
             lr=float(self.lr), l2=float(self.l2), threads=1, seed=self._seed,
             step_rows=0,  # learn_many: one step per call
-            row_lr=ROW_LR,  # a dict fills some of max_fields slots, the rest padding
             # TreeStage's defaults suit click logs of millions of rows (first fit after 1000
             # rows, leaves of 100); river-sized streams need smaller ones.
             first_fit=int(self.first_fit),
@@ -428,7 +427,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
                              "min_data_in_leaf": int(self.min_data_in_leaf),
                              # leaves of a few min_data_in_leaf: windows are small here
                              "leaf_rows": 2 * int(self.min_data_in_leaf)}},
-        )
+        ).for_input(slotted=True)  # a dict fills some of the max_fields slots
 
     # ------------------------------------------------------------------ encoding
     def _encode_one(self, x: dict, y: Any, learn: bool) -> Batch:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from streamfusion import checkpoint
 from streamfusion.features import Batch
-from streamfusion.fusion import ROW_STEP, Chain, ModelConfig
+from streamfusion.fusion import ROW_LR, ROW_STEP, Chain, ModelConfig
 from streamfusion.online import OnlineModel
 from streamfusion.stages.trees import SLOW_FIT_ROWS
 
@@ -321,3 +321,11 @@ def test_the_first_order_step_is_spread_over_the_fields():
         ROW_STEP / 23
     assert OnlineModel(ModelConfig(model="gbdt", bits=BITS), 23).describe()["config"][
         "row_lr"] is None  # no learner, no step
+
+
+def test_inputs_of_slots_keep_the_fixed_first_order_step():
+    """libsvm-like events fill some of their slots: ROW_STEP / slots would count the empty
+    ones, so such input takes ROW_LR unless a step is set."""
+    assert ModelConfig().for_input(slotted=True).row_lr == ROW_LR
+    assert ModelConfig(row_lr=0.2).for_input(slotted=True).row_lr == 0.2
+    assert ModelConfig().for_input(slotted=False).row_lr is None  # ROW_STEP / fields

@@ -18,6 +18,7 @@ import pytest
 from streamfusion.cli import main
 from streamfusion.data.generate import generate
 from streamfusion.evaluate import PROGRESSIVE_FILE
+from streamfusion.fusion import ROW_LR
 from streamfusion.replay import HOLDOUT_FILE, count_events
 
 SMALL = ["--trees", "10", "--leaves", "7", "--refit-every", "3000", "--first-fit", "1500",
@@ -127,6 +128,9 @@ def test_libsvm_like_input_gives_the_trees_columns_by_default(tmp_path, fmt, tok
     assert code == 0 and r["holdout"]["auc"] == 0.5 and r["column_kinds"] == {"label": "label"}
     code, r = replay(tmp_path, *args, "--dense-features", "100")
     assert code == 0 and len(r["column_kinds"]) == 101
+    # an event fills 10 of the 64 slots: the learner keeps the fixed first-order step
+    code, r = replay(tmp_path, "--file", str(path), *SMALL, "--format", fmt)
+    assert code == 0 and r["model"]["config"]["row_lr"] == ROW_LR
 
 
 def test_header_only_file_gives_an_empty_report_in_strict_json(stream, tmp_path, capsys):
