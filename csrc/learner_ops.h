@@ -159,10 +159,12 @@ static void sf_pairs_reduce(int64_t pairs, int k, const float *dRv, float *out) 
  * z[i] = bias + sum_f w_f x_f + 0.5 * sum_j ((sum_f e_fj)^2 - sum_f e_fj^2), e_fj = v_fj x_f.
  * s (n x k, may be NULL) receives sum_f e_fj for the backward pass; h0 (n x F*k, may be NULL)
  * receives the value-scaled embeddings, i.e. the MLP input. DNN: z[i] = bias and h0 only.
- * R (DeepFM, may be NULL): pair weights, the pair term is sum_{f<g} R_fg <e_f, e_g> (s unused). */
+ * R (DeepFM, may be NULL): pair weights, the pair term is sum_{f<g} R_fg <e_f, e_g> (s unused).
+ * Wf (with R, may be NULL): field weights, the first-order term is sum_f Wf_f w_f x_f. */
 SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, int k,
                                     const int32_t *idx, const float *val, const float *table,
-                                    float bias, const float *R, float *z, float *s, float *h0) {
+                                    float bias, const float *R, const float *Wf, float *z,
+                                    float *s, float *h0) {
     const int D = sf_width(model, k);
     float acc[SF_MAX_K], sq[SF_MAX_K];
     for (int64_t i = lo; i < hi; i++) {
@@ -199,7 +201,7 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
             for (int f = 0; f < F; f++) {
                 const float *row = table + (int64_t)ri[f] * D;
                 float x = xi ? xi[f] : 1.0f;
-                lin += row[k] * x;
+                lin += (Wf ? Wf[f] * row[k] : row[k]) * x;
                 for (int j = 0; j < k; j++) hi0[f * k + j] = row[j] * x;
             }
             z[i] = bias + lin + sf_pairs_forward(F, k, hi0, R);
@@ -228,12 +230,14 @@ SF_CLONES static void sf_fm_forward(int model, int64_t lo, int64_t hi, int F, in
  * gw[o] = g_i x_f and gv[o, j] = x_f (dh0[o, j] + g_i (s_ij - v_fj x_f)), where dh0 is what the
  * MLP sent back into its input (DeepFM; has_dh0 = 1, read in place from gv) or zero.
  * With pair weights R (DeepFM; h0 the forward's embeddings): gv[o, j] = x_f (dh0[o, j] +
- * g_i sum_{g != f} R_fg e_gj), and dRv (pairs x k) accumulates for sf_pairs_reduce.
+ * g_i sum_{g != f} R_fg e_gj), and dRv (pairs x k) accumulates for sf_pairs_reduce; with
+ * field weights Wf too, gw[o] = g_i x_f Wf_f and dWf[f] += g_i x_f w_f.
  * DNN: gv[o, j] = x_f dh0[o, j] only (no first-order weight, no FM term; gw unused). */
 SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, int k,
                                      const int32_t *idx, const float *val, const float *table,
                                      const float *g, const float *s, int has_dh0, float *gv,
-                                     float *gw, const float *h0, const float *R, float *dRv) {
+                                     float *gw, const float *h0, const float *R,
+                                     float *dRv, const float *Wf, float *dWf) {
     const int D = sf_width(model, k);
     for (int64_t i = lo; i < hi; i++) {
         const float gi = g[i];
@@ -244,7 +248,12 @@ SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, i
             for (int f = 0; f < F; f++) {
                 const int64_t o = i * F + f;
                 const float x = val ? val[o] : 1.0f;
-                gw[o] = gi * x;
+                if (Wf) {
+                    gw[o] = gi * x * Wf[f];
+                    dWf[f] += gi * x * table[(int64_t)idx[o] * D + k];
+                } else {
+                    gw[o] = gi * x;
+                }
                 for (int j = 0; j < k; j++) ge[f * k + j] *= x;
             }
             continue;

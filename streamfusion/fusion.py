@@ -41,7 +41,8 @@ ROW_LR = 0.05
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
 # since: how such runs behaved (no pair weights, one step per mini-batch, the plain sum until
 # the end of a stream).
-CONFIG_BEFORE = {"pair_weights": False, "step_rows": 0, "live_blend": False}
+CONFIG_BEFORE = {"pair_weights": False, "field_weights": False, "step_rows": 0,
+                 "live_blend": False}
 
 
 @dataclass
@@ -100,6 +101,9 @@ class ModelConfig:
     # 0.7170 / 0.7211 / 0.7222 (3M 0.7347 / 0.7366 / 0.7394 / 0.7402). Per-field scales
     # instead (pair weight s_f s_g) gained at 1M (0.7181) but lost at 3M (0.7345)
     pair_weights: bool = True
+    # with pair weights, a learned weight on each field's first-order term too (FwFM's
+    # linear part), stepped at pair_lr: _learner.FIELD_WEIGHTS has the figures
+    field_weights: bool = True
     pair_lr: float = 0.03
     # an Adam step learns from at most 256 events (batches reach 1,024): a step moves each
     # weight by about lr whatever its size, so more steps learn more in one pass. Progressive
@@ -213,6 +217,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         emb_lr=cfg.emb_lr,
         standardize=cfg.standardize,
         pair_weights=cfg.pair_weights and kind == "deepfm",
+        field_weights=cfg.field_weights and cfg.pair_weights and kind == "deepfm",
         pair_lr=cfg.pair_lr,
         step_rows=cfg.step_rows,
         prior=position == 0,  # a first stage starts at the click log-odds, as trees do

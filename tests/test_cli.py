@@ -44,6 +44,8 @@ def test_the_live_blend_is_on_unless_switched_off():
 def test_pair_weights_are_on_unless_switched_off():
     assert replay_config().pair_weights is True
     assert replay_config("--no-pair-weights").pair_weights is False
+    assert replay_config().field_weights is True
+    assert replay_config("--no-field-weights").field_weights is False
 
 
 def test_step_rows_flag():

@@ -289,6 +289,18 @@ def test_pair_weights_reach_deepfm_stages_only_and_old_configs_stay_plain():
     assert ModelConfig.from_dict(saved).pair_weights is False
 
 
+def test_field_weights_come_with_pair_weights_and_old_configs_go_without():
+    assert Chain.from_config(ModelConfig(bits=BITS), N_FIELDS).stages[1].field_weights
+    for cfg in (ModelConfig(bits=BITS, pair_weights=False),
+                ModelConfig(bits=BITS, field_weights=False),
+                ModelConfig(residual="fm", bits=BITS)):
+        assert Chain.from_config(cfg, N_FIELDS).stages[1].field_weights is False
+    saved = ModelConfig().to_dict()
+    assert saved["field_weights"] is True
+    del saved["field_weights"]  # a config written before field weights existed
+    assert ModelConfig.from_dict(saved).field_weights is False
+
+
 def test_step_rows_reach_every_residual_learner_and_old_configs_take_one_step():
     cfg = ModelConfig(model="nnres-gbdt", residual="fm", bits=BITS, step_rows=64)
     assert Chain.from_config(cfg, N_FIELDS).stages[0].step_rows == 64

@@ -506,10 +506,10 @@ def test_a_run_learning_in_several_steps_per_batch_resumes_bit_for_bit(stream, t
 
 
 def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, tmp_path, capsys):
-    """A run checkpointed before pair weights and step_rows existed continues as the plain
-    DeepFM of one step per batch it was, and only with the flags that say so."""
+    """A run checkpointed before pair and field weights and step_rows existed continues as
+    the plain DeepFM of one step per batch it was, and only with the flags that say so."""
     opts = ["--file", str(stream), *RESUME_MODEL]
-    before = ["--no-pair-weights", "--step-rows", "0"]
+    before = ["--no-pair-weights", "--no-field-weights", "--step-rows", "0"]
     code, whole = replay(tmp_path, *opts, *before, "--rows", "9000", name="whole.json")
     assert code == 0
     ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4000"]
@@ -519,11 +519,13 @@ def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, t
     for config in (state["flags"], state["model"]["config"],
                    state["model"]["chain"]["stages"]["1"]["config"]):
         del config["pair_weights"], config["pair_lr"], config["step_rows"]  # as written before
+        del config["field_weights"]
     checkpoint.save(tmp_path / "ckpt", state)
     capsys.readouterr()
     code, _ = replay(tmp_path, *opts, "--rows", "9000", *ckpt, "--resume")
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "--no-pair-weights: set in the checkpoint's run, not set now" in err, err
+    assert "--no-field-weights: set in the checkpoint's run, not set now" in err, err
     assert "--step-rows: checkpoint 0, now 256" in err, err
     code, resumed = replay(tmp_path, *opts, *before, "--rows", "9000", *ckpt,
                            "--resume", name="resumed.json")

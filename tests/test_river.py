@@ -158,8 +158,8 @@ def test_pickle_round_trip_continues_identically():
 
 
 def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
-    """A DeepFM classifier pickled before pair weights existed continues as the plain DeepFM
-    it was, whatever today's defaults."""
+    """A DeepFM classifier pickled before pair and field weights existed continues as the
+    plain DeepFM it was, whatever today's defaults."""
     config = ResFusionClassifier._config
     with monkeypatch.context() as m:
         m.setattr(ResFusionClassifier, "_config",
@@ -168,9 +168,11 @@ def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
     state = model.__getstate__()
     for cfg in (state["model_"]["config"], state["model_"]["chain"]["stages"]["1"]["config"]):
         del cfg["pair_weights"], cfg["pair_lr"], cfg["step_rows"]  # as the code before wrote them
+        del cfg["field_weights"]
     old = ResFusionClassifier.__new__(ResFusionClassifier)
     old.__setstate__(state)
     assert old.model_.config.pair_weights is False and old.model_.config.step_rows == 0
+    assert old.model_.config.field_weights is False
     assert model.model_.config.step_rows == 0  # learn_many: one step per frame
     for x, y in PHISHING[600:700]:
         assert old.predict_proba_one(x) == model.predict_proba_one(x)

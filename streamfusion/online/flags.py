@@ -66,6 +66,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="DeepFM's FM part crosses every pair of fields alike, as in the paper "
                    "(default: a learned weight per pair of fields, FwFM, starting at 0.5: pairs "
                    "that carry signal grow, the others stay small)")
+    g.add_argument("--no-field-weights", dest="field_weights", action="store_false",
+                   help="with pair weights, every field's first-order term counts alike "
+                   "(default: a learned weight per field, starting at 1: fields whose ids' "
+                   "weights do not carry over to new events shrink)")
     g.add_argument("--no-live-blend", dest="live_blend", action="store_false",
                    help="trees and residual score as their plain sum until the end of a file "
                    "(default: a * trees + b * residual + c, the weights learned online from "
@@ -99,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         first_fit=args.first_fit, window=args.window, drift=not args.no_drift, fade=args.fade,
         backfit=args.backfit, bits=args.bits, k=args.k, hidden=hidden, lr=args.lr, l2=args.l2,
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
-        standardize=args.standardize, pair_weights=args.pair_weights, pair_lr=args.pair_lr,
+        standardize=args.standardize, pair_weights=args.pair_weights,
+        field_weights=args.field_weights, pair_lr=args.pair_lr,
         step_rows=args.step_rows, live_blend=args.live_blend,
         tree_codes=args.tree_codes,
         tree_end_codes=args.tree_end_codes,

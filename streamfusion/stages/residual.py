@@ -24,9 +24,9 @@ FORMAT = "streamfusion.residual"
 FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 # Structural settings: a state can only be loaded into a learner that agrees on all of them.
 _STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
-              "standardize", "pair_weights")
+              "standardize", "pair_weights", "field_weights")
 # What a state from before a setting existed was trained with.
-_BEFORE = {"pair_weights": False, "pair_lr": 0.03, "step_rows": 0}
+_BEFORE = {"pair_weights": False, "field_weights": False, "pair_lr": 0.03, "step_rows": 0}
 _ARRAYS_STATS = ("value_mean", "value_m2")
 # A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
 VARYING_M2 = 1e-12
@@ -102,9 +102,15 @@ class ResidualLearner:
         starting at 0.5 (a field-weighted FM, Pan et al.'s FwFM, 2018). A plain FM crosses
         every pair of fields alike; in a click log few pairs carry signal, and the weights
         of the others stay small, rare ids' noisy embeddings with them. The MLP is unchanged.
+    field_weights : bool
+        With ``pair_weights``: each field's first-order term is weighted by a learned
+        ``W_f`` starting at 1 (FwFM's field-weighted linear part). A field whose ids carry no
+        signal still fits each id's weight to that id's past clicks; ``W_f`` learns from
+        events scored before they are learned, so it shrinks where those fits do not carry
+        over to new events.
     pair_lr : float
-        Adam step of the pair weights. They are few and shared by every event, so they can
-        settle faster than the MLP at ``lr``.
+        Adam step of the pair and field weights. They are few and shared by every event, so
+        they can settle faster than the MLP at ``lr``.
     step_rows : int
         Most events in one step: ``partial_fit`` learns a larger batch in consecutive steps
         of ``step_rows`` events, in order (0: one step per batch). A step moves each
@@ -164,6 +170,7 @@ class ResidualLearner:
         standardize: bool = False,
         prior: bool = False,
         pair_weights: bool = False,
+        field_weights: bool = False,
         pair_lr: float = 0.03,
         step_rows: int = 0,
     ) -> None:
@@ -183,6 +190,8 @@ class ResidualLearner:
             raise ValueError(f"step_rows must be >= 0, got {step_rows}")
         if pair_weights and model != "deepfm":
             raise ValueError(f"pair_weights is a DeepFM option, not {model!r}")
+        if field_weights and not pair_weights:
+            raise ValueError("field_weights come with pair_weights")
         if not (lr > 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0 and l2 >= 0
                 and clip > 0 and init_std >= 0):
             raise ValueError("need lr > 0, 0 <= beta1, beta2 < 1, eps > 0, l2 >= 0, clip > 0")
@@ -198,6 +207,7 @@ class ResidualLearner:
         self.prior = bool(prior)
         self.standardize = bool(standardize)
         self.pair_weights, self.pair_lr = bool(pair_weights), float(pair_lr)
+        self.field_weights = bool(field_weights)
         self.step_rows = int(step_rows)
         # running value statistics per field (Chan et al.'s parallel update, float64)
         self.value_count = 0
@@ -207,7 +217,8 @@ class ResidualLearner:
         self.seen = 0
         self.seed = int(seed)
         self.threads = int(threads)
-        self._code = _learner.MODELS[model] | (_learner.PAIR_WEIGHTS if pair_weights else 0)
+        self._code = (_learner.MODELS[model] | (_learner.PAIR_WEIGHTS if pair_weights else 0)
+                      | (_learner.FIELD_WEIGHTS if field_weights else 0))
         # validates n_fields, k and hidden in one place (the kernel's own checks)
         p = _learner.dense_size(self._code, self.n_fields, self.k, self.hidden)
         rows = 1 << self.bits
@@ -392,6 +403,7 @@ class ResidualLearner:
                 "init_std": self.init_std, "row_optimizer": self.row_optimizer,
                 "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
                 "standardize": self.standardize, "pair_weights": self.pair_weights,
+                "field_weights": self.field_weights,
                 "pair_lr": self.pair_lr, "step_rows": self.step_rows}
 
     def state_dict(self) -> dict:

@@ -14,7 +14,8 @@ from streamfusion import _learner
 from streamfusion.stages.residual import ResidualLearner
 
 PAIRED = "deepfm+pairs"  # DeepFM with pair weights (FwFM)
-MODELS = ("lr", "fm", "deepfm", "dnn", PAIRED)
+FIELDED = "deepfm+fields"  # and field weights on the first-order terms
+MODELS = ("lr", "fm", "deepfm", "dnn", PAIRED, FIELDED)
 HIDDEN = (7, 4)
 
 
@@ -27,8 +28,9 @@ def make_batch(rng, n, fields, rows, with_values=True, dup=True):
 
 
 def make(model, **kw):
-    if model == PAIRED:
-        return ResidualLearner("deepfm", pair_weights=True, **kw)
+    if model in (PAIRED, FIELDED):
+        return ResidualLearner("deepfm", pair_weights=True, field_weights=model == FIELDED,
+                               **kw)
     return ResidualLearner(model, **kw)
 
 
@@ -39,6 +41,8 @@ def learner(model, seed=1, **kw):
     # term is exercised
     out.table[:, -1] = np.random.default_rng(seed).normal(0, 0.2, out.table.shape[0])
     out.dense[0] = 0.1
+    if out.field_weights:  # away from their start at 1, so the reference must apply them
+        out.dense[-out.n_fields:] = np.random.default_rng(seed).uniform(0.5, 1.5, out.n_fields)
     return out
 
 
@@ -53,12 +57,16 @@ def ref_margin(m: ResidualLearner, table, dense, batch) -> np.ndarray:
         assert t.shape[1] == m.k
         z = np.full(idx.shape[0], d[0])
     else:
-        z = d[0] + np.sum(rows[:, :, -1] * x, axis=1)
+        n_f = idx.shape[1]
+        # field weights: the last F dense parameters
+        fw = d[d.size - n_f:] if m.field_weights else np.ones(n_f)
+        z = d[0] + np.sum(fw * rows[:, :, -1] * x, axis=1)
+        d = d[: d.size - n_f] if m.field_weights else d
     if m.model == "lr":
         return z
     e = rows[:, :, : m.k] * x[:, :, None]
     n_f = idx.shape[1]
-    # pair weights: the last F (F - 1) / 2 dense parameters, pairs in row order
+    # pair weights: the last F (F - 1) / 2 dense parameters before those, pairs in row order
     pw = d[d.size - n_f * (n_f - 1) // 2:] if m.pair_weights else np.ones(n_f * n_f)
     if m.model != "dnn":
         p = 0
@@ -196,10 +204,11 @@ def test_partial_fit_is_lazy_adam_on_the_gradients(model, rng):
         gd = g["dense_grad"].astype(np.float64)
         em = m.beta1 * dm + (1 - m.beta1) * gd
         ev = m.beta2 * dv + (1 - m.beta2) * gd ** 2
-        # the dense parameters at lr, the pair weights (the last ones) at their own step
+        # the dense parameters at lr, the pair and field weights (the last ones) at their
+        # own step
         lr = np.full(dense.size, m.lr)
-        if m.pair_weights:
-            lr[dense.size - 5 * 4 // 2:] = m.pair_lr  # one per pair of the 5 fields
+        if m.pair_weights:  # one per pair of the 5 fields, then one per field
+            lr[dense.size - 5 * 4 // 2 - (5 if m.field_weights else 0):] = m.pair_lr
         expect = dense - (lr / bc1) * em / (np.sqrt(ev / bc2) + m.eps)
         np.testing.assert_allclose(m.dense, expect, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(m.table, before["table"])
@@ -420,6 +429,40 @@ def test_pair_weights_start_at_half_the_plain_fm_and_at_1_are_the_plain_fm(rng):
     assert not np.allclose(half, plain.margin(batch), rtol=1e-3, atol=1e-4)
 
 
+def test_field_weights_start_at_1_and_weigh_each_first_order_term(rng):
+    """At 1 the field weights are the pair-weighted DeepFM; off 1, field f's first-order
+    term w_f x_f counts W_f times."""
+    assert np.array_equal(make(FIELDED, n_fields=5, bits=6).dense[-5:], np.ones(5, np.float32))
+    batch = make_batch(rng, 40, 5, 64)
+    paired, fielded = learner(PAIRED, k=8), learner(FIELDED, k=8)  # the same start
+    assert np.array_equal(fielded.table, paired.table)
+    w = fielded.dense[-5:].copy()
+    assert not np.allclose(w, 1.0)
+    fielded.dense[-5:] = 1.0
+    assert np.array_equal(fielded.margin(batch), paired.margin(batch))
+    fielded.dense[-5:] = w
+    lin = paired.table[batch.indices, -1].astype(np.float64) * batch.values
+    np.testing.assert_allclose(fielded.margin(batch) - paired.margin(batch), lin @ (w - 1.0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_field_weights_come_with_pair_weights():
+    with pytest.raises(ValueError, match="come with pair_weights"):
+        ResidualLearner("deepfm", n_fields=3, bits=6, field_weights=True)
+    with pytest.raises(ValueError, match="come with pair weights"):
+        _learner.dense_size(_learner.MODELS["deepfm"] | _learner.FIELD_WEIGHTS, 3, 4, (4,))
+
+
+def test_a_state_from_before_field_weights_loads_without_them():
+    state = trained(PAIRED).state_dict()
+    del state["config"]["field_weights"]
+    paired = make(PAIRED, n_fields=6, bits=8, k=4, hidden=TRAINED_HIDDEN)
+    paired.load_state_dict(state)
+    assert np.array_equal(paired.dense, state["dense"])
+    with pytest.raises(ValueError, match="field_weights"):
+        make(FIELDED, n_fields=6, bits=8, k=4, hidden=TRAINED_HIDDEN).load_state_dict(state)
+
+
 def test_a_state_from_before_pair_weights_loads_as_plain_deepfm():
     state = trained("deepfm").state_dict()
     del state["config"]["pair_weights"], state["config"]["pair_lr"]
@@ -538,10 +581,10 @@ def test_same_seed_identical_runs_different_seed_differs(model):
     assert not np.array_equal(a.table, c.table)
 
 
-@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn", PAIRED])
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dnn", PAIRED, FIELDED])
 def test_threads_do_not_change_results(model):
     def run(threads):
-        k = 8 if model == PAIRED else 4  # the pair kernel's vector path
+        k = 8 if model in (PAIRED, FIELDED) else 4  # the pair kernel's vector path
         m = make(model, n_fields=6, bits=10, k=k, hidden=(32, 16), seed=2, threads=threads)
         rng = np.random.default_rng(0)
         for _ in range(3):  # batches above the parallel threshold
