@@ -173,8 +173,8 @@ class ResFusion:
             head = self._csv(table, y, header=True)
             self.schema = detect_schema(head, True, "csv", self.label, self.types)
         self._encoder = Encoder(self.schema, bits=self.config.bits, seed=self.config.seed)
-        self._model = OnlineModel(self.config.for_input(self.schema.is_svm),
-                                  len(self.schema.field_names))
+        self._model = OnlineModel(self.config, len(self.schema.field_names),
+                                  slotted=self.schema.is_svm)
 
     # -- learning and scoring ------------------------------------------------------------------
     def partial_fit(self, X: Any, y: Any) -> ResFusion:

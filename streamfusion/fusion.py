@@ -150,11 +150,14 @@ class ModelConfig:
             "nnres-gbdt": [self.residual, "trees"],
         }[self.model]
 
-    def for_input(self, slotted: bool) -> ModelConfig:
-        """The config a chain over this input runs: where events fill a varying number of
-        learner slots (``slotted``: libsvm, libfm, libffm, river dicts) the fixed first-order
-        step ``ROW_LR`` unless one is set, as ``ROW_STEP / fields`` would count empty slots."""
-        return replace(self, row_lr=ROW_LR) if slotted and self.row_lr is None else self
+    def for_input(self, n_fields: int, slotted: bool = False) -> ModelConfig:
+        """The config a chain over ``n_fields`` learner fields runs: the first-order step
+        set where none is given, ``ROW_STEP / n_fields``, or the fixed ``ROW_LR`` where events
+        fill a varying number of the fields (``slotted``: libsvm, libfm, libffm, river dicts),
+        as ``ROW_STEP / n_fields`` would count empty slots."""
+        if self.row_lr is not None:
+            return self
+        return replace(self, row_lr=ROW_LR if slotted else ROW_STEP / n_fields)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -213,7 +216,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         seed=seed,
         threads=cfg.threads,
         row_optimizer=cfg.row_optimizer,
-        row_lr=cfg.row_lr if cfg.row_lr is not None else ROW_STEP / n_fields,
+        row_lr=cfg.for_input(n_fields).row_lr,  # as set, or spread over the fields
         emb_lr=cfg.emb_lr,
         standardize=cfg.standardize,
         pair_weights=cfg.pair_weights and kind == "deepfm",

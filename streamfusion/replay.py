@@ -248,7 +248,7 @@ class Replay:
         self._remove_tmpdir = (None if args.checkpoint else
                                weakref.finalize(self, shutil.rmtree, self.spill_dir, True))
         if self.state is None:
-            self.model = OnlineModel(config.for_input(schema.is_svm), n_fields)
+            self.model = OnlineModel(config, n_fields, slotted=schema.is_svm)
             self.progressive = Progressive(self.windowing.events, self.spill_dir / PROGRESSIVE_FILE)
             self.holdout = HoldoutStore(self.spill_dir / HOLDOUT_FILE)
             events, self.seconds_before = 0, 0.0

@@ -427,7 +427,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
                              "min_data_in_leaf": int(self.min_data_in_leaf),
                              # leaves of a few min_data_in_leaf: windows are small here
                              "leaf_rows": 2 * int(self.min_data_in_leaf)}},
-        ).for_input(slotted=True)  # a dict fills some of the max_fields slots
+        )
 
     # ------------------------------------------------------------------ encoding
     def _encode_one(self, x: dict, y: Any, learn: bool) -> Batch:
@@ -463,7 +463,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         return np.asarray(self.model_.score(batch).p, dtype=np.float64)
 
     def _build(self) -> OnlineModel:
-        return OnlineModel(self._config(), n_fields=int(self.max_fields))
+        # a dict fills some of the max_fields slots
+        return OnlineModel(self._config(), n_fields=int(self.max_fields), slotted=True)
 
     def _learn(self, batch: Batch) -> None:
         if self.model_ is None:

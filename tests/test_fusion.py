@@ -329,15 +329,16 @@ def test_the_first_order_step_is_spread_over_the_fields():
         assert [s.row_lr for s in chain.stages if hasattr(s, "row_lr")] == [ROW_STEP / n]
     chain = Chain.from_config(ModelConfig(bits=BITS, row_lr=0.07), 23)
     assert chain.stages[1].row_lr == 0.07
-    assert OnlineModel(ModelConfig(bits=BITS), 23).describe()["config"]["row_lr"] == \
-        ROW_STEP / 23
-    assert OnlineModel(ModelConfig(model="gbdt", bits=BITS), 23).describe()["config"][
-        "row_lr"] is None  # no learner, no step
+    model = OnlineModel(ModelConfig(bits=BITS), 23)
+    assert model.config.row_lr == model.describe()["config"]["row_lr"] == ROW_STEP / 23
+    assert OnlineModel.from_state(model.state_dict()).config == model.config
 
 
 def test_inputs_of_slots_keep_the_fixed_first_order_step():
     """libsvm-like events fill some of their slots: ROW_STEP / slots would count the empty
     ones, so such input takes ROW_LR unless a step is set."""
-    assert ModelConfig().for_input(slotted=True).row_lr == ROW_LR
-    assert ModelConfig(row_lr=0.2).for_input(slotted=True).row_lr == 0.2
-    assert ModelConfig().for_input(slotted=False).row_lr is None  # ROW_STEP / fields
+    assert ModelConfig().for_input(64, slotted=True).row_lr == ROW_LR
+    assert ModelConfig(row_lr=0.2).for_input(64, slotted=True).row_lr == 0.2
+    assert ModelConfig().for_input(64).row_lr == ROW_STEP / 64
+    model = OnlineModel(ModelConfig(bits=BITS), 64, slotted=True)
+    assert model.config.row_lr == model.chain.stages[1].row_lr == ROW_LR

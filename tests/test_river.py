@@ -365,5 +365,5 @@ def test_the_first_order_step_does_not_count_padded_slots():
     """A dict fills some of the max_fields slots: the learner keeps the fixed step whatever
     max_fields is, where a chain of fixed fields spreads ROW_STEP over them."""
     for max_fields in (8, 32, 64):
-        config = ResFusionClassifier(max_fields=max_fields)._config()
-        assert config.row_lr == ROW_LR
+        model = ResFusionClassifier(max_fields=max_fields)._build()
+        assert model.config.row_lr == model.chain.stages[-1].row_lr == ROW_LR

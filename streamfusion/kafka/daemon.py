@@ -357,8 +357,7 @@ class Daemon:
                      self.cfg.init_from, self.model.events_learned)
             return
         cfg = self.model_config
-        self.model = OnlineModel(cfg.for_input(self.schema.is_svm),
-                                 len(self.schema.field_names))
+        self.model = OnlineModel(cfg, len(self.schema.field_names), slotted=self.schema.is_svm)
         self.encoder = Encoder(self.schema, bits=cfg.bits, seed=cfg.seed)
 
     def _load_or_build(self) -> None:

@@ -37,6 +37,9 @@ class OnlineModel:
         The chain and every stage's settings (one ``seed`` included).
     n_fields : int
         Number of learner fields of the stream's schema.
+    slotted : bool
+        Events fill a varying number of the fields (libsvm, libfm, libffm, river dicts): the
+        first-order step is not spread over them (``ModelConfig.for_input``).
 
     Examples
     --------
@@ -51,10 +54,10 @@ class OnlineModel:
     (4,)
     """
 
-    def __init__(self, config: ModelConfig, n_fields: int) -> None:
-        self.config = config
+    def __init__(self, config: ModelConfig, n_fields: int, slotted: bool = False) -> None:
         self.n_fields = int(n_fields)
-        self.chain = Chain.from_config(config, self.n_fields)
+        self.config = config.for_input(self.n_fields, slotted)  # the steps it takes
+        self.chain = Chain.from_config(self.config, self.n_fields)
         self.events_learned = 0
         self.skipped_updates = 0
 
@@ -106,10 +109,6 @@ class OnlineModel:
 
     def describe(self) -> dict[str, Any]:
         """The report's ``model`` entry."""
-        config = self.config.to_dict()
-        steps = [s.row_lr for s in self.chain.stages if hasattr(s, "row_lr")]
-        if config["row_lr"] is None and steps:  # the step it took: ROW_STEP / fields
-            config["row_lr"] = steps[0]
         return {
             "stages": list(self.chain.kinds),
             "refits": self.refits,
@@ -120,7 +119,7 @@ class OnlineModel:
             "version": self.version,
             "events_learned": self.events_learned,
             "skipped_updates": self.skipped_updates,
-            "config": config,
+            "config": self.config.to_dict(),
         }
 
     def close(self) -> None:
