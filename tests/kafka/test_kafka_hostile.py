@@ -155,7 +155,8 @@ def test_a_signed_snapshot_round_trips_and_scores_alike(rng) -> None:
     assert parsed == note
     model, encoder = _rebuild(parsed, chunks)
     assert encoder.schema == avazu_schema()
-    assert model.state_dict()["config"] == OnlineModel(SMALL, 22).state_dict()["config"]
+    fields = len(avazu_schema().field_names)
+    assert model.state_dict()["config"] == OnlineModel(SMALL, fields).state_dict()["config"]
 
 
 def test_unsigned_wrongly_signed_and_doctored_snapshots_are_refused() -> None:
