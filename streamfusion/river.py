@@ -276,7 +276,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     millions in mini-batches. Here the residual is ``fm`` (CLI: ``deepfm``), 20 trees of 15
     leaves at learning rate 0.1 (CLI: 100 of 63 at 0.05), the first fit after 100 events and
     refits every 500 on a 5,000-event window (CLI: 1,000; 500,000; 200,000), ``2**16`` rows
-    (CLI: ``2**20``), MLP 64-64 (CLI: 128-128), Adam rate 0.01 (CLI: 0.003), one step per
+    (CLI: ``2**20``), MLP 64-64 (CLI: 128-128), Adam rate 0.01 (CLI: 0.0015), one step per
     event (CLI: mini-batches growing from 32 to 1,024), so the live blend of trees and
     residual also takes a step per event; the other settings are the CLI's.
     ``streamfusion.ResFusion`` is the API for tables with a fixed

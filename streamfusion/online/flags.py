@@ -40,7 +40,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=at.positive_int, default=8, help="embedding size")
     g.add_argument("--hidden", type=at.int_list, default="128,128",
                    help="DeepFM MLP sizes, comma separated")
-    g.add_argument("--lr", type=at.positive_float, default=3e-3,
+    g.add_argument("--lr", type=at.positive_float, default=1.5e-3,
                    help="Adam learning rate of the residual")
     g.add_argument("--row-optimizer", choices=("mixed", "adagrad", "adam"), default="mixed",
                    help="steps of the hashed table rows: mixed = AdaGrad first-order weights "
