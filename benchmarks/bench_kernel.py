@@ -7,7 +7,8 @@ a 2**20-row table (per-field Zipf(1.3) values over cardinalities from 4 to 2M, h
 Measured in one run:
 
 - ours: FM, DeepFM with MLP 400-400-400 and with 128-128 (the replay default's MLP), 1 and N
-  threads; plain DeepFM, as the peers' (the replay also weights each pair of fields);
+  threads; plain DeepFM, as the peers' (the replay also weights each pair of fields and each
+  field's first-order term);
 - PyTorch (CPU, torch.set_num_threads(N)): the same models, nn.Embedding(sparse=True) with
   SparseAdam for the table, Adam for bias and MLP, BCE-with-logits on base + margin;
 - river FMClassifier.learn_one (one-hot dict per event; a small number of events: it is slow);

@@ -131,7 +131,7 @@ cdef struct Work:
     float *dA
     float *dB
     float *blk                  # per-block dense gradients [blocks, P] (DeepFM, DNN)
-    float *pairv                # per-block pair- and field-weight gradients [blocks, _pair_span]
+    float *pairv                # per-block pair-weight products [blocks, pairs, k]
     int32_t *touched
     int32_t *slot
 
@@ -217,11 +217,6 @@ cdef int _max_hidden(Net *net) noexcept nogil:
     return mx
 
 
-cdef inline int64_t _pair_span(Net *net) noexcept nogil:
-    """Floats of one block's pair- and field-weight gradients: pairs x k, then F."""
-    return net.pairs * net.k + (net.F if net.off_f >= 0 else 0)
-
-
 cdef tuple _sizes(Net *net, int64_t n, bint train):
     """Float and int32 scratch sizes for a batch of n examples."""
     cdef int64_t occ = n * net.F
@@ -231,7 +226,7 @@ cdef tuple _sizes(Net *net, int64_t n, bint train):
         nf += 2 * n + n * net.k + occ * net.k + occ + occ * net.D + net.P
         if _has_mlp(net.model):
             nf += (2 * _padded(n) * _max_hidden(net)
-                   + _padded(n) // MLP_BLOCK * (net.P + _pair_span(net)))
+                   + _padded(n) // MLP_BLOCK * (net.P + net.pairs * net.k))
         ni = 2 * occ
     return nf, ni
 
@@ -258,7 +253,7 @@ cdef void _carve(Net *net, int64_t n, bint train, float *fw, int32_t *iw, Work *
             w.dA = p; p += _padded(n) * _max_hidden(net)
             w.dB = p; p += _padded(n) * _max_hidden(net)
             w.blk = p; p += _padded(n) // MLP_BLOCK * net.P
-            w.pairv = p; p += _padded(n) // MLP_BLOCK * _pair_span(net)
+            w.pairv = p; p += _padded(n) // MLP_BLOCK * net.pairs * net.k
 
 
 cdef int _dynamic_threads = 0
@@ -418,7 +413,7 @@ cdef void _forward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
     cdef int l
     cdef int d0 = net.dims[0]
     sf_fm_forward(net.model, lo, hi, net.F, net.k, idx, val, table, dense[0],
-                  dense + net.off_r if net.pairs else NULL,
+                  dense + net.off_r if net.off_r >= 0 else NULL,
                   dense + net.off_f if net.off_f >= 0 else NULL, z, s, w.H[0])
     if hi - lo < FWD_BLOCK:  # zero padding: the kernel runs whole blocks on finite rows
         memset(w.H[0] + hi * d0, 0, (lo + FWD_BLOCK - hi) * d0 * sizeof(float))
@@ -497,6 +492,8 @@ cdef void _backward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
     cdef float *nxt = w.dB + lo * _max_hidden(net)
     cdef float *tmp
     cdef float *pv
+    cdef const float *fw = NULL
+    cdef float *dfw = NULL
     cdef float gs = 0.0
     for i in range(lo, hi):
         gs = gs + w.g[i]
@@ -521,17 +518,15 @@ cdef void _backward_block(Net *net, int64_t blk, int64_t n, const int32_t *idx,
         tmp = cur
         cur = nxt
         nxt = tmp
-    if net.pairs:
-        pv = w.pairv + blk * _pair_span(net)
-        memset(pv, 0, _pair_span(net) * sizeof(float))
-        if net.off_f >= 0:  # the field weights' gradients follow the pairs' products
-            sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1,
-                           w.gv, w.gw, w.H[0], dense + net.off_r, pv, dense + net.off_f,
-                           pv + net.pairs * net.k)
-            memcpy(bb + net.off_f, pv + net.pairs * net.k, net.F * sizeof(float))
-        else:
-            sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1,
-                           w.gv, w.gw, w.H[0], dense + net.off_r, pv, NULL, NULL)
+    if net.off_r >= 0:  # pair weights (none for one field) and field weights
+        pv = w.pairv + blk * net.pairs * net.k
+        memset(pv, 0, net.pairs * net.k * sizeof(float))
+        if net.off_f >= 0:  # summed straight into this block's dense gradients
+            fw = dense + net.off_f
+            dfw = bb + net.off_f
+            memset(dfw, 0, net.F * sizeof(float))
+        sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv,
+                       w.gw, w.H[0], dense + net.off_r, pv, fw, dfw)
         sf_pairs_reduce(net.pairs, net.k, pv, bb + net.off_r)
     else:
         sf_fm_backward(net.model, lo, hi, net.F, net.k, idx, val, table, w.g, w.s, 1, w.gv,
@@ -701,7 +696,8 @@ def train(int model, int k, hidden, const int32_t[:, ::1] indices,
     Table rows follow lazy Adam (torch SparseAdam) or, with ``row_optimizer`` 1, AdaGrad with
     step ``row_lr`` on the summed per-example gradients (``table_m`` unused, ``table_v`` the
     accumulator); dense parameters torch Adam, the pair and field weights (PAIR_WEIGHTS,
-    FIELD_WEIGHTS) at step ``pair_lr``; the step counter ``step[0]`` advances once per non-empty batch.
+    FIELD_WEIGHTS) at step ``pair_lr``; the step counter ``step[0]`` advances once per
+    non-empty batch.
     """
     cdef Net net = _make_net(model, indices.shape[1], k, hidden)
     cdef int64_t n = indices.shape[0], nt, t64, skipped_upd = 0, P

@@ -250,7 +250,8 @@ SF_CLONES static void sf_fm_backward(int model, int64_t lo, int64_t hi, int F, i
                 const float x = val ? val[o] : 1.0f;
                 if (Wf) {
                     gw[o] = gi * x * Wf[f];
-                    dWf[f] += gi * x * table[(int64_t)idx[o] * D + k];
+                    /* a skipped example (gi = 0) may carry a non-finite value */
+                    if (gi != 0.0f) dWf[f] += gi * x * table[(int64_t)idx[o] * D + k];
                 } else {
                     gw[o] = gi * x;
                 }

@@ -39,8 +39,8 @@ ROW_STEP = 1.15
 # (ModelConfig.for_input): the empty slots would count as fields
 ROW_LR = 0.05
 # Settings a saved config (or a checkpoint's flags) may predate whose default has changed
-# since: how such runs behaved (no pair weights, one step per mini-batch, the plain sum until
-# the end of a stream).
+# since: how such runs behaved (no pair or field weights, one step per mini-batch, the plain
+# sum until the end of a stream).
 CONFIG_BEFORE = {"pair_weights": False, "field_weights": False, "step_rows": 0,
                  "live_blend": False}
 
@@ -158,7 +158,7 @@ class ModelConfig:
             "nnres-gbdt": [self.residual, "trees"],
         }[self.model]
 
-    def for_input(self, n_fields: int, slotted: bool = False) -> ModelConfig:
+    def for_input(self, n_fields: int, *, slotted: bool = False) -> ModelConfig:
         """The config a chain over ``n_fields`` learner fields runs: the first-order step
         set where none is given, ``ROW_STEP / n_fields``, or the fixed ``ROW_LR`` where events
         fill a varying number of the fields (``slotted``: libsvm, libfm, libffm, river dicts),

@@ -75,7 +75,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "(default: a * trees + b * residual + c, the weights learned online from "
                    "each batch as it was scored)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
-                   help="Adam step of the pair weights (shared by every event: larger than --lr)")
+                   help="Adam step of the pair and field weights (shared by every event: "
+                   "larger than --lr)")
     g.add_argument("--step-rows", type=at.nonneg_int, default=256, metavar="N",
                    help="most events in one step of the residual learner: a larger mini-batch "
                    "is learned in consecutive steps of N events (0 = one step per mini-batch; "

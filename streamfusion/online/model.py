@@ -56,7 +56,7 @@ class OnlineModel:
 
     def __init__(self, config: ModelConfig, n_fields: int, slotted: bool = False) -> None:
         self.n_fields = int(n_fields)
-        self.config = config.for_input(self.n_fields, slotted)  # the steps it takes
+        self.config = config.for_input(self.n_fields, slotted=slotted)  # the steps it takes
         self.chain = Chain.from_config(self.config, self.n_fields)
         self.events_learned = 0
         self.skipped_updates = 0

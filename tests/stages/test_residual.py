@@ -446,6 +446,37 @@ def test_field_weights_start_at_1_and_weigh_each_first_order_term(rng):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", [PAIRED, FIELDED])
+def test_gradients_of_many_blocks_are_the_sums_of_their_slices(model, rng):
+    """A batch over several backward blocks: the dense gradients of its mean loss are the
+    size-weighted sums of its slices' (each block sums its own pair and field weights)."""
+    m = learner(model, k=8)
+    n, cut = 600, 250
+    batch = make_batch(rng, n, 5, 64)
+    base = rng.normal(0, 1, n).astype(np.float32)
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    whole = m.gradients(batch, base, y)["dense_grad"].astype(np.float64)
+    parts = [(slice(0, cut), cut), (slice(cut, n), n - cut)]
+    summed = sum(w * m.gradients(SimpleNamespace(indices=batch.indices[s],
+                                                 values=batch.values[s]),
+                                 base[s], y[s])["dense_grad"].astype(np.float64)
+                 for s, w in parts) / n
+    np.testing.assert_allclose(whole, summed, rtol=1e-4, atol=1e-6)
+
+
+def test_one_field_has_a_field_weight_and_no_pairs(rng):
+    """One field: no pair of fields, but its first-order term is weighted and learned."""
+    m = learner(FIELDED, n_fields=1)
+    batch = make_batch(rng, 20, 1, 64)
+    np.testing.assert_allclose(m.margin(batch), ref_margin(m, m.table, m.dense, batch),
+                               rtol=1e-5, atol=1e-5)
+    y = (rng.random(20) < 0.5).astype(np.float32)
+    g = m.gradients(batch, np.zeros(20, np.float32), y)["dense_grad"]
+    rows = m.table[batch.indices[:, 0], -1].astype(np.float64) * batch.values[:, 0]
+    p = 1 / (1 + np.exp(-ref_margin(m, m.table, m.dense, batch)))
+    assert g[-1] == pytest.approx(np.mean((p - y) * rows), rel=1e-4, abs=1e-7)
+
+
 def test_field_weights_come_with_pair_weights():
     with pytest.raises(ValueError, match="come with pair_weights"):
         ResidualLearner("deepfm", n_fields=3, bits=6, field_weights=True)
