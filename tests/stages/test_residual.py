@@ -477,13 +477,6 @@ def test_one_field_has_a_field_weight_and_no_pairs(rng):
     assert g[-1] == pytest.approx(np.mean((p - y) * rows), rel=1e-4, abs=1e-7)
 
 
-def test_field_weights_come_with_pair_weights():
-    with pytest.raises(ValueError, match="come with pair_weights"):
-        ResidualLearner("deepfm", n_fields=3, bits=6, field_weights=True)
-    with pytest.raises(ValueError, match="come with pair weights"):
-        _learner.dense_size(_learner.MODELS["deepfm"] | _learner.FIELD_WEIGHTS, 3, 4, (4,))
-
-
 def test_a_state_from_before_field_weights_loads_without_them():
     state = trained(PAIRED).state_dict()
     del state["config"]["field_weights"]
@@ -573,11 +566,16 @@ def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
         assert other.step_rows == 0
 
 
-def test_pair_weights_are_a_deepfm_option():
-    with pytest.raises(ValueError, match="DeepFM option"):
-        ResidualLearner("fm", n_fields=3, bits=6, pair_weights=True)
-    with pytest.raises(ValueError, match="DeepFM option"):
-        _learner.dense_size(_learner.MODELS["dnn"] | _learner.PAIR_WEIGHTS, 3, 4, (4,))
+@pytest.mark.parametrize(("kw", "code", "match"), [
+    ({"model": "fm", "pair_weights": True}, _learner.MODELS["dnn"] | _learner.PAIR_WEIGHTS,
+     "(pair_weights is a|pair weights are a) DeepFM option"),
+    ({"model": "deepfm", "field_weights": True},
+     _learner.MODELS["deepfm"] | _learner.FIELD_WEIGHTS, "come with pair[_ ]weights")])
+def test_pair_weights_are_a_deepfm_option_and_field_weights_come_with_them(kw, code, match):
+    with pytest.raises(ValueError, match=match):
+        ResidualLearner(n_fields=3, bits=6, **kw)
+    with pytest.raises(ValueError, match=match):
+        _learner.dense_size(code, 3, 4, (4,))
 
 
 def test_load_state_dict_rejects_mismatch_without_changing_anything():
