@@ -213,6 +213,7 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
                "slow_fit_rows": SLOW_FIT_ROWS if len(cfg.stage_kinds()) > 1 else 0,
                **cfg.extra.get("trees", {})},
         )
+    pairs = cfg.pair_weights and kind == "deepfm"
     return ResidualLearner(
         model=kind,
         n_fields=n_fields,
@@ -227,8 +228,8 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         row_lr=cfg.for_input(n_fields).row_lr,  # as set, or spread over the fields
         emb_lr=cfg.emb_lr,
         standardize=cfg.standardize,
-        pair_weights=cfg.pair_weights and kind == "deepfm",
-        field_weights=cfg.field_weights and cfg.pair_weights and kind == "deepfm",
+        pair_weights=pairs,
+        field_weights=pairs and cfg.field_weights,
         pair_lr=cfg.pair_lr,
         step_rows=cfg.step_rows,
         prior=position == 0,  # a first stage starts at the click log-odds, as trees do
