@@ -2,7 +2,7 @@
 
     python benchmarks/bench_accuracy.py [--data DIR] [--only NAME,...] [--skip-generated]
         [--gen-rows N] [--cache DIR] [--regenerate] [--markdown PATH]
-        [--vw-numbers raw|cat|both] [--fm-max-rows N] [--no-fm-chrono]
+        [--vw-numbers raw|cat|both] [--fm-max-rows N] [--no-fm-chrono] [--seeds N]
 
 Issue 11, item 6. Data sets (names for ``--only``):
 
@@ -20,7 +20,12 @@ streamfusion runs through its CLI in a child process (``streamfusion replay --fi
 [format flags] --quiet --report R.json``): the default model, ``--model gbdt`` and
 ``--model deepfm``, each once with the default random 10% holdout and once with
 ``--holdout-mode chrono`` (last 10% held out). Progressive metrics and events/s come from the
-random-holdout run's report.
+random-holdout run's report. The default model runs once more in chrono mode for each of
+``--seed 1..N-1`` (``--seeds N``, default 3): the seed moves the learner's initial weights and
+LightGBM's sampling while the rows stay the same, so the spread of those runs' progressive
+(first 90%) and chrono AUCs is how far a figure moves on the model's chance alone. On the
+generated streams, the share of the gap from trees alone (``--model gbdt``) to the generator's
+truth that the default closes is given for the table's run and for each seed.
 
 The peers see exactly the same rows in file order, parsed here with pandas (Criteo I1..I13
 numbers, C* categorical; Avazu all categorical except ``click`` (label) and ``id`` (dropped),
@@ -358,7 +363,8 @@ def cli() -> list[str]:
 def run_sf(spec: Spec, model: list[str], chrono: bool, work: Path) -> dict[str, Any]:
     import json
 
-    name = "-".join(model[1:] or ["default"]) + ("-chrono" if chrono else "-random")
+    name = ("-".join(a.lstrip("-") for a in model) or "default") + (
+        "-chrono" if chrono else "-random")
     report, preds = work / f"sf-{name}.json", work / f"sf-{name}.csv"
     cmd = [*cli(), "replay", "--file", str(spec.path), *spec.replay_flags, "--quiet",
            "--report", str(report), "--predictions", str(preds), *model]
@@ -631,6 +637,7 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                 notes.append(f"{label}, {mode} holdout: replay failed ({rep['error']})")
                 continue
             res[f"{mode}_auc"] = rep["holdout"]["auc"]
+            res[f"{mode}_prog_auc"] = rep["progressive"]["auc"]
             got = (rep["rows"], rep["holdout"]["rows"], rep["progressive"]["rows"])
             expect = (n, int(want.sum()), n - int(want.sum()))
             if got != expect:
@@ -652,6 +659,14 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                 res["prog_logloss"] = rep["progressive"]["logloss"]
                 res["eps"] = rep["events_per_second"]
         rows[label] = res
+    seeds = [(0, rows["sf default"].get("chrono_prog_auc"), rows["sf default"].get("chrono_auc"))]
+    for seed in range(1, args.seeds):
+        rep = run_sf(spec, ["--seed", str(seed)], True, work)
+        if "error" in rep:
+            notes.append(f"sf default --seed {seed}, chrono holdout: replay failed "
+                         f"({rep['error']})")
+        else:
+            seeds.append((seed, rep["progressive"]["auc"], rep["holdout"]["auc"]))
 
     log(f"{spec.name}: Vowpal Wabbit")
     rows.update(run_vw(table, held, start, work, args.vw_numbers))
@@ -680,6 +695,7 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                      f"pandas would type them; best iteration {res['best_iteration']}).")
 
     order = [r for r in ROWS if r in rows or r not in OPTIONAL_ROWS]
+    closed = ""
     if spec.truth is not None:
         t = read_floats(spec.truth)
         if len(t) == n:
@@ -690,6 +706,7 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                 "random_auc": auc(table.y[held], t[held]),
                 "chrono_auc": auc(table.y[start:], t[start:])}
             order.append("truth (generator)")
+            closed = gap_closed(rows, seeds, auc(table.y[:start], t[:start]))
 
     out = [f"## {spec.name}: `{spec.path}`", "",
            f"{n:,} rows, {len(table.columns)} feature columns ({n_num} numeric, "
@@ -708,6 +725,10 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
     out.append("")
     out.append(targets(rows, {"prog": table.y[~held], "chrono": table.y[start:]}))
     out.append("")
+    if len(seeds) > 1:
+        out += [seed_spread(seeds), ""]
+    if closed:
+        out += [closed, ""]
     out += [f"- {x}" for x in notes]
     out.append("")
     return "\n".join(out)
@@ -746,6 +767,39 @@ def targets(rows: dict[str, dict[str, Any]], labels: dict[str, np.ndarray]) -> s
             f"same rows, {BOOTSTRAP_REPS} replicates; rows resampled independently, so for "
             "progressive predictions, which drift together, the intervals are if anything too "
             "narrow): " + "; ".join(parts) + ".")
+
+
+def _spread(values: list[float]) -> str:
+    return (" / ".join(f"{v:.4f}" for v in values) +
+            f" (mean {np.mean(values):.4f}, max - min {max(values) - min(values):.4f})")
+
+
+def seed_spread(seeds: list[tuple[int, float | None, float | None]]) -> str:
+    """The default model's chrono runs under each seed: (seed, progressive AUC over the
+    first 90%, chrono AUC)."""
+    ok = [s for s in seeds if s[1] is not None and s[2] is not None]
+    return (f"**seeds** (sf default, chrono runs, `--seed` {', '.join(str(s[0]) for s in ok)}: "
+            "the same rows, the model's chance only): progressive AUC over the first 90% "
+            f"{_spread([s[1] for s in ok])}; chrono AUC {_spread([s[2] for s in ok])}.")
+
+
+def gap_closed(rows: dict[str, dict[str, Any]], seeds: list[tuple[int, float | None,
+               float | None]], truth_first: float) -> str:
+    """The share of the gap from trees alone to the generator's truth that the default
+    closes, progressive: the table's (random-holdout) run, and each seed's chrono run over
+    the first 90% (trees alone: ``sf gbdt``'s chrono run, seed 0)."""
+    def share(ours: float | None, trees: float | None, truth: float | None) -> str:
+        if None in (ours, trees, truth) or truth == trees:
+            return "n/a"
+        return f"{100 * (ours - trees) / (truth - trees):.1f}%"
+
+    sf, gb = rows.get("sf default", {}), rows.get("sf gbdt", {})
+    table = share(sf.get("prog_auc"), gb.get("prog_auc"),
+                  rows.get("truth (generator)", {}).get("prog_auc"))
+    per_seed = ", ".join(f"seed {s}: {share(p, gb.get('chrono_prog_auc'), truth_first)}"
+                         for s, p, _ in seeds)
+    return (f"**gap closed** from trees alone to the truth, progressive AUC (target 50%): "
+            f"the table's run {table}; chrono runs over the first 90% {per_seed}.")
 
 
 # ----------------------------------------------------------------------------- main
@@ -810,7 +864,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="river FMClassifier only on files up to this many rows")
     ap.add_argument("--fm-chrono", action=argparse.BooleanOptionalAction, default=True,
                     help="also train river FM a second time for its chrono holdout")
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="the default model's chrono run under --seed 0..N-1 (1: seed 0 only)")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
 
     import lightgbm
     import river
