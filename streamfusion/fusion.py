@@ -412,9 +412,9 @@ class Chain:
     def finish(self) -> bool:
         """End of the stream: every tree stage installs its pending refit and refits its whole
         window (``TreeStage.finish``). A chain of one tree stage and other stages then scores
-        with the blend fitted on that refit's held-back rows (``stages.blend``): the
-        residual learned against weaker trees is not counted twice (a live blend learns on
-        from it). True when any stage changed."""
+        with the blend fitted on that refit's held-back rows, or on a small window's every
+        row out of fold (``stages.blend``): the residual learned against weaker trees is not
+        counted twice (a live blend learns on from it). True when any stage changed."""
         changed = any([bool(stage.finish(blend=self.can_blend)) for stage in self.tree_stages])
         if changed:
             fitted = self.tree_stages[0].end_blend if self.can_blend else None

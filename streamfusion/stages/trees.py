@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,6 +63,17 @@ QUANTIZE_ROWS = 100_000
 # is smaller; a whole interval for every refit hurt them (Criteo sample chrono-holdout AUC
 # 0.7467 -> 0.7418).
 SLOW_FIT_ROWS = 50_000
+# On a window of at most FOLD_BLEND_ROWS rows the end-of-stream blend is fitted on every
+# window row, the trees' margins out of fold (BLEND_FOLDS chronological folds, each fitted on
+# the others and early-stopped on itself), instead of on the few hundred held-back rows alone.
+# Holdout AUC, mean of seeds 0-4, held-back rows -> 5 folds: chrono, the Criteo sample
+# 0.7476 -> 0.7583 (higher at every seed; at seed 0 its 900 held-back rows gave the residual
+# 1.3 times the trees' weight, the whole window 0.8 times), the Avazu sample 0.7212 -> 0.7204;
+# random, 0.7563 -> 0.7568 and 0.7193 -> 0.7182. 10 folds at seed 0: chrono 0.7603, 0.7218.
+# A larger window holds back thousands of rows, enough for three numbers (Adult, 4,400: the
+# same chrono AUC either way).
+FOLD_BLEND_ROWS = 20_000
+BLEND_FOLDS = 5
 
 
 class RefitCancelled(Exception):
@@ -367,7 +379,7 @@ class TreeStage:
         self._y: np.ndarray | None = None
         self._z: np.ndarray | None = None
         self._r: np.ndarray | None = None  # the other stages' margins as they scored the rows
-        # the blend fitted on the end refit's held-back rows (finish), or None
+        # the blend fitted at the end of the stream (finish), or None
         self.end_blend: Blend | None = None
         self._pos = 0            # next ring slot
         self._count = 0          # filled slots
@@ -582,7 +594,7 @@ class TreeStage:
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None,
                                "offset": 0.0, "accept": True, "loss": float("inf"),
-                               "blend": None, "cancel": False}
+                               "blend": None, "cancel": False, "n_codes": codes}
         # the live model as of now, for the guard (it cannot change before the swap: one
         # refit is pending at a time)
         live_offset, live_ensemble, prior = self.offset, self._ensemble, self.prior
@@ -719,8 +731,9 @@ class TreeStage:
         the window is newer than the last refit, fit the whole window once more, in place of
         the pending refit (guarded, installed at once; with and without ``end_codes``, the
         better on the held-back rows). ``blend``: fit the end-of-stream blend of this stage
-        and the others (``end_blend``) and choose the fit by the blended loss. True when the
-        model changed."""
+        and the others (``end_blend``) and choose the fit by the blended loss; on a window of
+        at most ``FOLD_BLEND_ROWS`` rows the chosen fit's blend is then refitted on every row
+        (``_fold_blend``). True when the model changed."""
         changed = False
         self.end_blend = None
         pending, self._pending = self._pending, None
@@ -746,6 +759,9 @@ class TreeStage:
             errors = [j for j in jobs if j["error"] is not None]
             best = errors[0] if errors else min(
                 jobs, key=lambda j: j["blend"].loss if j["blend"] is not None else j["loss"])
+            if (blend and best["blend"] is not None and best["error"] is None
+                    and self._count <= FOLD_BLEND_ROWS):
+                best["blend"] = self._fold_blend(window, best["n_codes"])
             self._launch(best, lambda: None, wait=True)
             if self._swap(best):
                 changed = True
@@ -753,6 +769,34 @@ class TreeStage:
         self._fade_start = -1  # no fade: the final model scores whatever follows
         self._fade_from = self._fade_booster = self._fade_codes = None
         return changed
+
+    def _fold_blend(self, window: tuple, codes: int) -> Blend:
+        """The end-of-stream blend fitted on every row of ``window`` (a ``_snapshot()``),
+        the trees' margins out of fold: ``BLEND_FOLDS`` chronological folds, each scored by
+        trees fitted as the end refit is (``codes`` codes per field) on the other folds and
+        early-stopped on itself. Folds are fitted two at a time, each on one thread."""
+        X, y, z, rest, ind = window
+        own = np.empty(len(y))
+        bounds = np.linspace(0, len(y), BLEND_FOLDS + 1).astype(int)
+
+        def fit(fold: int) -> None:
+            a, b = bounds[fold], bounds[fold + 1]
+            rows = np.r_[0:a, b:len(y)]
+            table = CodeTable.fit(ind[rows], codes) if ind is not None and codes else None
+            XF = _features(X, ind, table)
+            cats = list(range(X.shape[1], XF.shape[1]))
+            off, init, vinit = 0.0, None, None
+            if self.use_init_score:
+                off = _offset(y[rows], z[rows])
+                init, vinit = z[rows] + off, z[a:b] + off
+            booster = self._train(XF[rows], y[rows], init, self.n_trees, None,
+                                  (XF[a:b], y[a:b], vinit), cats)
+            own[a:b] = off + TreeEnsemble.from_booster(booster).predict_margin(
+                XF[a:b], threads=self.threads)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="streamfusion-refit") as pool:
+            list(pool.map(fit, range(BLEND_FOLDS)))
+        return fit_blend(own, rest, y)
 
     def _install(self, booster: lgb.Booster, ensemble: TreeEnsemble | None = None) -> None:
         self._ensemble = ensemble if ensemble is not None else TreeEnsemble.from_booster(booster)

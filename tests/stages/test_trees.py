@@ -10,6 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from streamfusion.stages import trees
 from streamfusion.stages.trees import RefitCancelled, TreeStage
 
 T = 4
@@ -427,6 +428,70 @@ def test_finish_cancels_the_pending_refit_it_replaces(monkeypatch):
     b = _batch(np.random.default_rng(2), 300)
     with pytest.raises(RefitCancelled):  # the check itself, without threads
         real_train(stage, b.dense, b.y, None, 50, None, stop=lambda: True)
+
+
+def _feed_with_rest(stage: TreeStage, seed: int, n_batches: int) -> None:
+    """Batches whose label depends on the dense columns and on what only the other stages'
+    margin (``rest``) knows."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_batches):
+        b = _batch(rng, 100)
+        rest = rng.normal(size=100).astype(np.float32)
+        logit = 3 * (b.dense[:, 0] - 0.5) + rest - 1
+        b.y = (rng.random(100) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+        stage.observe(b, np.zeros(100, np.float32), np.ones(100, bool), rest=rest)
+        stage.poll()
+
+
+def test_a_small_window_blends_on_every_row_out_of_fold(monkeypatch):
+    """The end blend of a window of at most FOLD_BLEND_ROWS rows is fitted on all its rows,
+    each scored by trees fitted without its fold and early-stopped on it."""
+    blends, folds = [], []
+    real_blend, real_train = trees.fit_blend, TreeStage._train
+
+    def blend_spy(own, rest, y):
+        blends.append(len(y))
+        return real_blend(own, rest, y)
+
+    def train_spy(self, X, y, init, rounds, base, valid=None, *args, **kw):
+        if valid is not None and len(y) + len(valid[1]) == self._count:
+            folds.append((X, valid[0]))
+        return real_train(self, X, y, init, rounds, base, valid, *args, **kw)
+
+    monkeypatch.setattr(trees, "fit_blend", blend_spy)
+    monkeypatch.setattr(TreeStage, "_train", train_spy)
+    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
+    _feed_with_rest(stage, 31, 25)
+    folds.clear()
+    assert stage.finish(blend=True)
+    assert blends == [250, 2500]  # the held-back rows', then the whole window's
+    # the end refit (fitted on 2250 rows, early-stopped on 250), then 5 folds of 500 rows
+    assert [len(v) for _, v in folds] == [250] + [500] * trees.BLEND_FOLDS
+    for X, valid in folds[1:]:
+        fitted = {row.tobytes() for row in X}
+        assert not any(row.tobytes() in fitted for row in valid)
+    seen = np.concatenate([v for _, v in folds[1:]])
+    assert len({row.tobytes() for row in seen}) == 2500  # every row once
+    a, b, _ = stage.end_blend[:3]
+    assert a > 0.5 and 0.7 < b < 1.3  # rest is the true margin of what the trees cannot see
+
+    twin = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
+    _feed_with_rest(twin, 31, 25)
+    twin.finish(blend=True)
+    assert twin.end_blend == stage.end_blend  # folds fitted side by side, the same blend
+
+
+def test_a_larger_window_blends_on_its_held_back_rows(monkeypatch):
+    blends = []
+    real_blend = trees.fit_blend
+    monkeypatch.setattr(trees, "fit_blend",
+                        lambda own, rest, y: blends.append(len(y)) or real_blend(own, rest, y))
+    monkeypatch.setattr(trees, "FOLD_BLEND_ROWS", 2499)
+    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
+    _feed_with_rest(stage, 31, 25)
+    assert stage.finish(blend=True)
+    assert blends == [250]
+    assert stage.end_blend.loss > 0
 
 
 def _coded_batch(rng: np.random.Generator, n: int) -> SimpleNamespace:
