@@ -20,12 +20,13 @@ streamfusion runs through its CLI in a child process (``streamfusion replay --fi
 [format flags] --quiet --report R.json``): the default model, ``--model gbdt`` and
 ``--model deepfm``, each once with the default random 10% holdout and once with
 ``--holdout-mode chrono`` (last 10% held out). Progressive metrics and events/s come from the
-random-holdout run's report. The default model runs once more in chrono mode for each of
+random-holdout run's report. Each of the three runs once more in chrono mode for each of
 ``--seed 1..N-1`` (``--seeds N``, default 3): the seed moves the learner's initial weights and
 LightGBM's sampling while the rows stay the same, so the spread of those runs' progressive
-(first 90%) and chrono AUCs is how far a figure moves on the model's chance alone. On the
-generated streams, the share of the gap from trees alone (``--model gbdt``) to the generator's
-truth that the default closes is given for the table's run and for each seed.
+(first 90%) and chrono AUCs is how far a figure moves on the model's chance alone, and the
+default's mean difference to ``gbdt`` and ``deepfm`` over the seeds is the comparison without
+it. On the generated streams, the share of the gap from trees alone (``--model gbdt``) to the
+generator's truth that the default closes is given for the table's run and for each seed.
 
 The peers see exactly the same rows in file order, parsed here with pandas (Criteo I1..I13
 numbers, C* categorical; Avazu all categorical except ``click`` (label) and ``id`` (dropped),
@@ -659,14 +660,17 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
                 res["prog_logloss"] = rep["progressive"]["logloss"]
                 res["eps"] = rep["events_per_second"]
         rows[label] = res
-    seeds = [(0, rows["sf default"].get("chrono_prog_auc"), rows["sf default"].get("chrono_auc"))]
+    # each model's chrono runs by seed: {label: {seed: (progressive AUC, chrono AUC)}}
+    seeds = {label: {0: (rows[label]["chrono_prog_auc"], rows[label]["chrono_auc"])}
+             for label, _ in SF_MODELS if "chrono_auc" in rows[label]}
     for seed in range(1, args.seeds):
-        rep = run_sf(spec, ["--seed", str(seed)], True, work)
-        if "error" in rep:
-            notes.append(f"sf default --seed {seed}, chrono holdout: replay failed "
-                         f"({rep['error']})")
-        else:
-            seeds.append((seed, rep["progressive"]["auc"], rep["holdout"]["auc"]))
+        for label, model in SF_MODELS:
+            rep = run_sf(spec, [*model, "--seed", str(seed)], True, work)
+            if "error" in rep:
+                notes.append(f"{label} --seed {seed}, chrono holdout: replay failed "
+                             f"({rep['error']})")
+            elif label in seeds:
+                seeds[label][seed] = (rep["progressive"]["auc"], rep["holdout"]["auc"])
 
     log(f"{spec.name}: Vowpal Wabbit")
     rows.update(run_vw(table, held, start, work, args.vw_numbers))
@@ -725,7 +729,7 @@ def bench(spec: Spec, args: argparse.Namespace, work: Path) -> str:
     out.append("")
     out.append(targets(rows, {"prog": table.y[~held], "chrono": table.y[start:]}))
     out.append("")
-    if len(seeds) > 1:
+    if args.seeds > 1:
         out += [seed_spread(seeds), ""]
     if closed:
         out += [closed, ""]
@@ -774,20 +778,30 @@ def _spread(values: list[float]) -> str:
             f" (mean {np.mean(values):.4f}, max - min {max(values) - min(values):.4f})")
 
 
-def seed_spread(seeds: list[tuple[int, float | None, float | None]]) -> str:
-    """The default model's chrono runs under each seed: (seed, progressive AUC over the
-    first 90%, chrono AUC)."""
-    ok = [s for s in seeds if s[1] is not None and s[2] is not None]
-    return (f"**seeds** (sf default, chrono runs, `--seed` {', '.join(str(s[0]) for s in ok)}: "
-            "the same rows, the model's chance only): progressive AUC over the first 90% "
-            f"{_spread([s[1] for s in ok])}; chrono AUC {_spread([s[2] for s in ok])}.")
+def seed_spread(seeds: dict[str, dict[int, tuple[float, float]]]) -> str:
+    """Each model's chrono runs by seed (``{label: {seed: (progressive AUC over the first
+    90%, chrono AUC)}}``), and the default's mean difference to the others over the seeds
+    all of them ran."""
+    parts = [f"{label} progressive {_spread([p for p, _ in by.values()])}, chrono "
+             f"{_spread([c for _, c in by.values()])}" for label, by in seeds.items()]
+    ours = seeds.get("sf default", {})
+    for label, by in seeds.items():
+        common = sorted(set(ours) & set(by))
+        if label == "sf default" or not common:
+            continue
+        dp = np.mean([ours[s][0] - by[s][0] for s in common])
+        dc = np.mean([ours[s][1] - by[s][1] for s in common])
+        parts.append(f"default minus {label.removeprefix('sf ')}, mean over seeds "
+                     f"{', '.join(map(str, common))}: progressive {dp:+.4f}, chrono {dc:+.4f}")
+    return ("**seeds** (chrono runs by `--seed`, the same rows: the model's chance only; "
+            "progressive AUC over the first 90%): " + "; ".join(parts) + ".")
 
 
-def gap_closed(rows: dict[str, dict[str, Any]], seeds: list[tuple[int, float | None,
-               float | None]], truth_first: float) -> str:
+def gap_closed(rows: dict[str, dict[str, Any]], seeds: dict[str, dict[int, tuple[float, float]]],
+               truth_first: float) -> str:
     """The share of the gap from trees alone to the generator's truth that the default
-    closes, progressive: the table's (random-holdout) run, and each seed's chrono run over
-    the first 90% (trees alone: ``sf gbdt``'s chrono run, seed 0)."""
+    closes, progressive: the table's (random-holdout) run, and each seed's chrono runs over
+    the first 90% (trees alone: ``sf gbdt``'s under the same seed)."""
     def share(ours: float | None, trees: float | None, truth: float | None) -> str:
         if None in (ours, trees, truth) or truth == trees:
             return "n/a"
@@ -796,8 +810,10 @@ def gap_closed(rows: dict[str, dict[str, Any]], seeds: list[tuple[int, float | N
     sf, gb = rows.get("sf default", {}), rows.get("sf gbdt", {})
     table = share(sf.get("prog_auc"), gb.get("prog_auc"),
                   rows.get("truth (generator)", {}).get("prog_auc"))
-    per_seed = ", ".join(f"seed {s}: {share(p, gb.get('chrono_prog_auc'), truth_first)}"
-                         for s, p, _ in seeds)
+    trees = seeds.get("sf gbdt", {})
+    per_seed = ", ".join(
+        f"seed {s}: {share(p, trees.get(s, (None,))[0], truth_first)}"
+        for s, (p, _) in seeds.get("sf default", {}).items())
     return (f"**gap closed** from trees alone to the truth, progressive AUC (target 50%): "
             f"the table's run {table}; chrono runs over the first 90% {per_seed}.")
 
