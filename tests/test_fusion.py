@@ -162,7 +162,7 @@ def test_fused_score_and_learn_scores_each_step_before_it_learns(iterations, rng
 
 
 @pytest.mark.parametrize("live_blend", [True, False])
-def test_finish_blends_trees_and_residual_on_the_newest_rows(tmp_path, rng, live_blend):
+def test_finish_blends_trees_and_residual(tmp_path, rng, live_blend):
     m = trained_model(seed=7, rows=5000, live_blend=live_blend)
     raw = make_batch(rng, 300)
     live = list(m.chain.live.weights) if live_blend else None

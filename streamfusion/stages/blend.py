@@ -14,7 +14,7 @@ Two fits of the same three numbers:
   click-log sample: trees alone 0.7593 chrono-holdout AUC, trees + residual 0.7436, with the
   residual scaled by 0.25 0.7627). It is fitted on the refit's held-back rows, which neither
   the new trees nor the scales saw before, with a ridge pull towards the plain sum; on a small
-  window (``stages.trees.FOLD_BLEND_ROWS``), where those are a few hundred rows, on every
+  window (``stages.trees.FOLD_BLEND_ROWS``), where those are at most 2,000 rows, on every
   window row with the trees' margins out of fold.
 """
 

@@ -443,55 +443,99 @@ def _feed_with_rest(stage: TreeStage, seed: int, n_batches: int) -> None:
         stage.poll()
 
 
-def test_a_small_window_blends_on_every_row_out_of_fold(monkeypatch):
-    """The end blend of a window of at most FOLD_BLEND_ROWS rows is fitted on all its rows,
-    each scored by trees fitted without its fold and early-stopped on it."""
-    blends, folds = [], []
+@pytest.fixture
+def spied(monkeypatch):
+    """Every ``fit_blend`` call's row count and result, and every ``_train`` call's rows."""
+    calls = SimpleNamespace(blends=[], fits=[])
     real_blend, real_train = trees.fit_blend, TreeStage._train
 
     def blend_spy(own, rest, y):
-        blends.append(len(y))
-        return real_blend(own, rest, y)
+        calls.blends.append((len(y), real_blend(own, rest, y)))
+        return calls.blends[-1][1]
 
     def train_spy(self, X, y, init, rounds, base, valid=None, *args, **kw):
-        if valid is not None and len(y) + len(valid[1]) == self._count:
-            folds.append((X, valid[0]))
+        calls.fits.append((X, rounds, None if valid is None else len(valid[1])))
         return real_train(self, X, y, init, rounds, base, valid, *args, **kw)
 
     monkeypatch.setattr(trees, "fit_blend", blend_spy)
     monkeypatch.setattr(TreeStage, "_train", train_spy)
-    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
-    _feed_with_rest(stage, 31, 25)
-    folds.clear()
+    return calls
+
+
+def _small_window(seed: int = 31, **kw) -> TreeStage:
+    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000, **kw)
+    _feed_with_rest(stage, seed, 25)  # 2,500 rows, the last refit at 2,000 (swapped at 2,300)
+    return stage
+
+
+def test_a_small_window_blends_on_every_row_out_of_fold(spied):
+    """The end blend of a window of at most FOLD_BLEND_ROWS rows is fitted on all its rows,
+    each scored by trees fitted without its fold."""
+    stage = _small_window()
+    spied.fits.clear()
     assert stage.finish(blend=True)
-    assert blends == [250, 2500]  # the held-back rows', then the whole window's
-    # the end refit (fitted on 2250 rows, early-stopped on 250), then 5 folds of 500 rows
-    assert [len(v) for _, v in folds] == [250] + [500] * trees.BLEND_FOLDS
-    for X, valid in folds[1:]:
-        fitted = {row.tobytes() for row in X}
-        assert not any(row.tobytes() in fitted for row in valid)
-    seen = np.concatenate([v for _, v in folds[1:]])
-    assert len({row.tobytes() for row in seen}) == 2500  # every row once
+    assert [n for n, _ in spied.blends[-2:]] == [250, 2500]  # held-back rows, whole window
+    assert stage.end_blend == spied.blends[-1][1]
+    end, folds = spied.fits[0], spied.fits[1:]
+    assert len(end[0]) == 2250 and end[2] == 250  # the end refit, early-stopped on 250 rows
+    assert [(len(X), valid) for X, _, valid in folds] == [(2000, None)] * trees.BLEND_FOLDS
+    assert {rounds for _, rounds, _ in folds} == {stage.booster.num_trees()}
+    window = {row.tobytes() for row in stage._snapshot()[0]}
+    left_out = [window - {row.tobytes() for row in X} for X, _, _ in folds]
+    assert [len(rows) for rows in left_out] == [500] * trees.BLEND_FOLDS
+    assert set().union(*left_out) == window  # each row scored once, out of its fold
     a, b, _ = stage.end_blend[:3]
     assert a > 0.5 and 0.7 < b < 1.3  # rest is the true margin of what the trees cannot see
-
-    twin = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
-    _feed_with_rest(twin, 31, 25)
+    twin = _small_window()
     twin.finish(blend=True)
     assert twin.end_blend == stage.end_blend  # folds fitted side by side, the same blend
 
 
-def test_a_larger_window_blends_on_its_held_back_rows(monkeypatch):
-    blends = []
-    real_blend = trees.fit_blend
-    monkeypatch.setattr(trees, "fit_blend",
-                        lambda own, rest, y: blends.append(len(y)) or real_blend(own, rest, y))
+def test_a_larger_window_blends_on_its_held_back_rows(spied, monkeypatch):
     monkeypatch.setattr(trees, "FOLD_BLEND_ROWS", 2499)
-    stage = _stage(drift=False, first_fit=1000, refit_every=4000, window=3000)
-    _feed_with_rest(stage, 31, 25)
+    stage = _small_window()
+    spied.blends.clear()
     assert stage.finish(blend=True)
-    assert blends == [250]
-    assert stage.end_blend.loss > 0
+    assert [n for n, _ in spied.blends] == [250] and stage.end_blend == spied.blends[0][1]
+
+
+def test_the_out_of_fold_blend_of_trees_fitted_over_other_margins(spied):
+    stage = _small_window(use_init_score=True)
+    spied.blends.clear()
+    assert stage.finish(blend=True)
+    assert [n for n, _ in spied.blends] == [250, 2500]
+    assert np.isfinite(stage.end_blend[:3]).all() and stage.end_blend.b > 0.5
+
+
+def test_a_failed_out_of_fold_blend_keeps_the_refit_and_its_own_blend(spied, monkeypatch):
+    def fail(self, *args):
+        raise MemoryError("no room for a fold")
+
+    monkeypatch.setattr(TreeStage, "_fold_blend", fail)
+    stage = _small_window()
+    version = stage.version
+    spied.blends.clear()
+    with pytest.warns(RuntimeWarning, match="no room for a fold"):
+        assert stage.finish(blend=True)
+    assert stage.version == version + 1 and stage.end_blend == spied.blends[0][1]
+
+
+def test_no_out_of_fold_blend_for_a_refit_the_guard_rejects(spied, monkeypatch):
+    make = TreeStage._refit_job
+
+    def rejected(self, *args, **kw):
+        job, fit = make(self, *args, **kw)
+
+        def fit_then_reject() -> None:
+            fit()
+            job["accept"] = False
+        return job, fit_then_reject
+
+    stage = _small_window()
+    monkeypatch.setattr(TreeStage, "_refit_job", rejected)
+    spied.fits.clear()
+    assert not stage.finish(blend=True)
+    assert stage.end_blend is None and len(spied.fits) == 1  # the end refit, no fold
 
 
 def _coded_batch(rng: np.random.Generator, n: int) -> SimpleNamespace:
