@@ -156,6 +156,14 @@ def _features(dense: np.ndarray, indices: np.ndarray | None,
     return np.hstack([np.asarray(dense, np.float32), codes.transform(indices)])
 
 
+def _fit_input(dense: np.ndarray, indices: np.ndarray | None,
+               codes: CodeTable | None) -> tuple[np.ndarray, list[int]]:
+    """A fit's input (``_features``) and its categorical columns: the codes, after the
+    dense ones."""
+    XF = _features(dense, indices, codes)
+    return XF, list(range(dense.shape[1], XF.shape[1]))
+
+
 def _offset(y: np.ndarray, z: np.ndarray) -> float:
     """The constant ``c`` with ``mean(sigmoid(z + c)) = mean(y)`` (Newton steps, smoothed).
 
@@ -619,8 +627,7 @@ class TreeStage:
                 # codes from the fitted rows; a warm start keeps the live model's codes
                 table = (live_codes if base is not None else
                          CodeTable.fit(ind[:cut], codes) if ind is not None and codes else None)
-                XF = _features(X, ind, table)
-                cats = list(range(X.shape[1], XF.shape[1]))
+                XF, cats = _fit_input(X, ind, table)
                 if valid is not None:
                     valid = (XF[cut:],) + valid[1:]
                 booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats,
@@ -796,8 +803,7 @@ class TreeStage:
             a, b = bounds[fold], bounds[fold + 1]
             rows = np.r_[0:a, b:len(y)]
             table = CodeTable.fit(ind[rows], codes) if ind is not None and codes else None
-            XF = _features(X, ind, table)
-            cats = list(range(X.shape[1], XF.shape[1]))
+            XF, cats = _fit_input(X, ind, table)
             off, init = 0.0, None
             if self.use_init_score:
                 off = _offset(y[rows], z[rows])
