@@ -30,6 +30,7 @@ nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0, "a number > 0")
 nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+unit_interval = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def at_least(low: int) -> Callable[[str], int]:

@@ -48,6 +48,14 @@ def test_pair_weights_are_on_unless_switched_off():
     assert replay_config("--no-field-weights").field_weights is False
 
 
+def test_tree_shrinkage_flag():
+    assert replay_config().tree_shrinkage == 0.5
+    assert replay_config("--tree-shrinkage", "1").tree_shrinkage == 1.0
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit):
+            replay_config("--tree-shrinkage", bad)
+
+
 def test_step_rows_flag():
     assert replay_config().step_rows == 256
     assert replay_config("--step-rows", "0").step_rows == 0

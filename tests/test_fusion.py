@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamfusion import checkpoint
+from streamfusion.batch.fit import offline_config
 from streamfusion.features import Batch
 from streamfusion.fusion import ROW_LR, ROW_STEP, Chain, ModelConfig
 from streamfusion.online import OnlineModel
@@ -308,6 +309,23 @@ def test_step_rows_reach_every_residual_learner_and_old_configs_take_one_step():
     assert saved["step_rows"] == 256
     del saved["step_rows"]  # a config written before it existed
     assert ModelConfig.from_dict(saved).step_rows == 0
+
+
+def test_only_trees_in_front_of_residual_learners_are_shrunk_and_old_configs_not():
+    def shrinkage(**kw):
+        chain = Chain.from_config(ModelConfig(bits=BITS, **kw), N_FIELDS)
+        return [s.shrinkage for s in chain.tree_stages]
+
+    assert shrinkage() == shrinkage(iterations=1) == shrinkage(residual="fm") == [0.5]
+    assert shrinkage(tree_shrinkage=0.8) == [0.8]
+    # trees alone, trees after a residual learner, several tree stages (no blend scales them)
+    assert shrinkage(model="gbdt") == shrinkage(model="nnres-gbdt") == [1.0]
+    assert shrinkage(iterations=2) == [1.0, 1.0]
+    assert offline_config(ModelConfig()).tree_shrinkage == 1.0  # the paper's batch fits
+    saved = ModelConfig().to_dict()
+    assert saved["tree_shrinkage"] == 0.5
+    del saved["tree_shrinkage"]  # a config written before shrinkage existed
+    assert ModelConfig.from_dict(saved).tree_shrinkage == 1.0
 
 
 def test_only_a_chain_with_a_residual_learner_lets_slow_refits_swap_later():

@@ -302,8 +302,9 @@ def fit_trees(stage: Any, data: EncodedLog, init: np.ndarray | None, oof: int = 
 
 
 def offline_config(cfg: ModelConfig, **changes: Any) -> ModelConfig:
-    """A config for one-shot fitting: no background refits, no drift detection."""
-    return replace(cfg, drift=False, **changes)
+    """A config for one-shot fitting: no background refits, no drift detection, and trees
+    that score their plain margin (one fit on all the training rows, as in the paper)."""
+    return replace(cfg, drift=False, tree_shrinkage=1.0, **changes)
 
 
 def fold_stage_factory(cfg: ModelConfig, position: int) -> Callable[[int], Any]:

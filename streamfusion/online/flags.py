@@ -74,6 +74,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="trees and residual score as their plain sum until the end of a file "
                    "(default: a * trees + b * residual + c, the weights learned online from "
                    "each batch as it was scored)")
+    g.add_argument("--tree-shrinkage", type=at.unit_interval, default=0.5, metavar="S",
+                   help="online, trees in front of a residual learner score prior + S * "
+                   "(trees - prior), and the residual learns what they miss: small windows' "
+                   "noisy trees cost it less (1 = the paper's plain residual; the blend "
+                   "scales both)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
                    help="Adam step of the pair and field weights (shared by every event: "
                    "larger than --lr)")
@@ -107,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         standardize=args.standardize, pair_weights=args.pair_weights,
         field_weights=args.field_weights, pair_lr=args.pair_lr,
         step_rows=args.step_rows, live_blend=args.live_blend,
+        tree_shrinkage=args.tree_shrinkage,
         tree_codes=args.tree_codes,
         tree_end_codes=args.tree_end_codes,
         threads=args.threads, tree_threads=args.threads, seed=args.seed,

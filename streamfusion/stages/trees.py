@@ -267,6 +267,12 @@ class TreeStage:
         field and keeps the better on the held-back rows (the same as ``codes``: one fit).
         Codes help batch trees on some logs and hurt on others (see ``CodeTable``); online,
         they shock the residual learner, so only the end refit tries them.
+    shrinkage : float
+        The trees score ``prior + shrinkage * (trees - prior)`` (the click prior, as before
+        the first fit): the shrinkage of a boosting stage, for trees in front of a residual
+        learner (1: their plain margin). The residual learner then learns what the shrunk
+        trees miss instead of undoing each small window's noise, and the blend scales the
+        two (``end_blend`` is fitted on the shrunk margins).
 
     Examples
     --------
@@ -298,10 +304,12 @@ class TreeStage:
                  fade: int = 0, background: bool = True, valid_fraction: float = 0.1,
                  guard: bool = True, codes: int = 0, end_codes: int = 0,
                  leaf_rows: int = LEAF_ROWS, quantize_rows: int = QUANTIZE_ROWS,
-                 slow_fit_rows: int = 0) -> None:
+                 slow_fit_rows: int = 0, shrinkage: float = 1.0) -> None:
         if refit_every < 1 or window < 1 or n_trees < 1 or num_leaves < 2 or fade < 0:
             raise ValueError("refit_every, window, n_trees must be >= 1, num_leaves >= 2 and "
                              "fade >= 0")
+        if not 0.0 < shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
         self.n_trees = int(n_trees)
         self.num_leaves = int(num_leaves)
         self.learning_rate = float(learning_rate)
@@ -334,6 +342,7 @@ class TreeStage:
         self.leaf_rows = max(1, int(leaf_rows))
         self.quantize_rows = max(0, int(quantize_rows))
         self.slow_fit_rows = max(0, int(slow_fit_rows))
+        self.shrinkage = float(shrinkage)
         self._reset_state()
 
     # -- configuration -------------------------------------------------------------------------
@@ -348,6 +357,7 @@ class TreeStage:
         cfg["quantize_rows"] = self.quantize_rows
         cfg["slow_fit_rows"] = self.slow_fit_rows
         cfg["swap_lag"] = self.swap_lag
+        cfg["shrinkage"] = self.shrinkage  # how the trees score: model files keep it
         return cfg
 
     def lgb_params(self, rows: int | None = None) -> dict:
@@ -413,8 +423,8 @@ class TreeStage:
         return 0.0 if self.use_init_score else click_logodds(self.clicks, self.n_seen)
 
     def margin(self, batch: Any) -> np.ndarray:
-        """The trees' raw score on ``batch.dense`` (and ``batch.indices`` when the trees split
-        on codes), float32 [n]; pure."""
+        """The trees' score on ``batch.dense`` (and ``batch.indices`` when the trees split
+        on codes), shrunk towards the prior by ``shrinkage``, float32 [n]; pure."""
         dense = batch.dense
         if self._ensemble is None:
             return np.full(dense.shape[0], self.prior, dtype=np.float32)
@@ -433,7 +443,14 @@ class TreeStage:
             m -= old
             m *= np.float32(w)
             m += old
-        return m
+        return self._shrunk(m, self.prior)
+
+    def _shrunk(self, m: np.ndarray, prior: float) -> np.ndarray:
+        """``prior + shrinkage * (m - prior)`` (``m`` itself at shrinkage 1)."""
+        if self.shrinkage == 1.0:
+            return m
+        p = np.asarray(prior, m.dtype)
+        return p + np.asarray(self.shrinkage, m.dtype) * (m - p)
 
     @property
     def fade_weight(self) -> float:
@@ -640,7 +657,7 @@ class TreeStage:
                     own = off + job["ensemble"].predict_margin(XF[cut:], threads=self.threads)
                     job["loss"] = logloss_from_margin(vz + own, yv)
                     if blend:
-                        job["blend"] = fit_blend(own, rest[cut:], yv)
+                        job["blend"] = fit_blend(self._shrunk(own, prior), rest[cut:], yv)
                 if self.guard and n_valid:
                     old = vz + (np.full(n_valid, prior) if live_ensemble is None else
                                 live_ensemble.predict_margin(
@@ -814,7 +831,7 @@ class TreeStage:
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="streamfusion-refit") as pool:
             list(pool.map(fit, range(BLEND_FOLDS)))
-        return fit_blend(own, rest, y)
+        return fit_blend(self._shrunk(own, self.prior), rest, y)
 
     def _install(self, booster: lgb.Booster, ensemble: TreeEnsemble | None = None) -> None:
         self._ensemble = ensemble if ensemble is not None else TreeEnsemble.from_booster(booster)

@@ -266,6 +266,28 @@ def test_bad_state_raises_and_changes_nothing(breaker):
     assert np.array_equal(before["window_X"], after["window_X"])
 
 
+def test_shrinkage_pulls_the_margin_towards_the_prior_before_during_and_after_a_fade():
+    """Two stages on the same rows grow the same trees; the one with shrinkage 0.5 scores
+    prior + 0.5 * (the other's margin - prior) at every step."""
+    full, half = (_stage(fade=500, shrinkage=s) for s in (1.0, 0.5))
+    probe = _batch(np.random.default_rng(5), 200)
+    weights = set()
+    for b in _stream(11, 25):
+        for stage in (full, half):
+            stage.observe(b, np.zeros(len(b.y), np.float32), np.ones(len(b.y), bool))
+            stage.wait()
+            stage.poll()
+        prior = np.float32(full.prior)
+        np.testing.assert_allclose(half.margin(probe), prior + 0.5 * (full.margin(probe) - prior),
+                                   rtol=1e-6, atol=1e-6)
+        weights.add(round(half.fade_weight, 2))
+    assert half.version == full.version == 2 and len(weights) > 2  # two swaps, one fading
+    assert TreeStage(**half.config()).shrinkage == 0.5
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="shrinkage"):
+            _stage(shrinkage=bad)
+
+
 def _fading_stage() -> TreeStage:
     # first fit at 1000 rows, live at 1200, fading in until 2200 (the next interval, 1000)
     return _stage(fade=5000, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
@@ -445,11 +467,13 @@ def _feed_with_rest(stage: TreeStage, seed: int, n_batches: int) -> None:
 
 @pytest.fixture
 def spied(monkeypatch):
-    """Every ``fit_blend`` call's row count and result, and every ``_train`` call's rows."""
-    calls = SimpleNamespace(blends=[], fits=[])
+    """Every ``fit_blend`` call's row count and result (and its trees' margins), and every
+    ``_train`` call's rows."""
+    calls = SimpleNamespace(blends=[], fits=[], owns=[])
     real_blend, real_train = trees.fit_blend, TreeStage._train
 
     def blend_spy(own, rest, y):
+        calls.owns.append(np.array(own))
         calls.blends.append((len(y), real_blend(own, rest, y)))
         return calls.blends[-1][1]
 
@@ -497,6 +521,20 @@ def test_a_larger_window_blends_on_its_held_back_rows(spied, monkeypatch):
     spied.blends.clear()
     assert stage.finish(blend=True)
     assert [n for n, _ in spied.blends] == [250] and stage.end_blend == spied.blends[0][1]
+
+
+def test_the_end_blends_take_the_trees_margins_as_they_score(spied):
+    """With shrinkage, both end blends (held-back rows, out of fold) are fitted on the shrunk
+    margins the trees score with."""
+    owns = []
+    for shrinkage in (1.0, 0.5):
+        stage = _small_window(shrinkage=shrinkage)
+        spied.owns.clear()
+        assert stage.finish(blend=True)
+        owns.append(spied.owns[-2:])
+    prior = _small_window().prior
+    for plain, shrunk in zip(*owns, strict=True):
+        np.testing.assert_allclose(shrunk, prior + 0.5 * (plain - prior), rtol=1e-12)
 
 
 def test_the_out_of_fold_blend_of_trees_fitted_over_other_margins(spied):
