@@ -340,6 +340,15 @@ def test_bad_parameters_are_refused():
         ResFusionClassifier(residual="gbdt")
     with pytest.raises(ValueError, match="max_fields"):
         ResFusionClassifier(max_fields=0)
+    with pytest.raises(ValueError, match="tree_shrinkage"):
+        ResFusionClassifier(tree_shrinkage=0.0)
+
+
+def test_the_tree_shrinkage_reaches_the_chain():
+    model = ResFusionClassifier(tree_shrinkage=0.5, bits=12)
+    model.learn_one({"a": 1.0}, True)
+    assert model.model_.chain.tree_stages[0].shrinkage == 0.5
+    assert ResFusionClassifier().tree_shrinkage == 1.0
 
 
 def test_docstring_example_runs():
