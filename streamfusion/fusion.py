@@ -154,6 +154,8 @@ class ModelConfig:
             raise ValueError(f"unknown residual learner {self.residual!r}")
         if self.iterations is not None and not 0 <= self.iterations <= 8:
             raise ValueError(f"--iterations must be in 0..8, got {self.iterations}")
+        if not 0.0 < self.tree_shrinkage <= 1.0:
+            raise ValueError(f"tree_shrinkage must be in (0, 1], got {self.tree_shrinkage}")
         self.hidden = tuple(int(h) for h in self.hidden)
 
     def stage_kinds(self) -> list[str]:
@@ -212,9 +214,6 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             fade=cfg.fade,
             codes=cfg.tree_codes,
             end_codes=cfg.tree_end_codes,
-            # the trees in front of a residual learner, in a chain the blend scales
-            shrinkage=(cfg.tree_shrinkage if position == 0 and _one_tree_stage_first(cfg)
-                       else 1.0),
             # a refit (100 trees x 63 leaves on 200k rows) takes 2-3 s of the other core while
             # the stream learns 100k events a second: a slow fit (slow_fit_rows) swaps at most
             # three quarters of a period of stream after it starts (small fits half the
@@ -223,7 +222,11 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             # quarters, progressive / holdout AUC 0.7456 / 0.7255 -> 0.7455 / 0.7255;
             # generated 1M streams unchanged or +0.0002). An explicit early first fit is
             # honoured
-            **{"swap_lag": cfg.refit_every * 3 // 4,
+            # the trees in front of residual learners, in a chain the blend scales (backfit
+            # trees correct the learners' margin instead: not measured shrunk)
+            **{"shrinkage": (cfg.tree_shrinkage if position == 0 and not backfit
+                             and _one_tree_stage_first(cfg) else 1.0),
+               "swap_lag": cfg.refit_every * 3 // 4,
                "min_fit_rows": min(1000, cfg.first_fit, cfg.refit_every),
                "slow_fit_rows": SLOW_FIT_ROWS if len(cfg.stage_kinds()) > 1 else 0,
                **cfg.extra.get("trees", {})},

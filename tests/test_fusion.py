@@ -320,12 +320,15 @@ def test_only_trees_in_front_of_residual_learners_are_shrunk_and_old_configs_not
     assert shrinkage(tree_shrinkage=0.8) == [0.8]
     # trees alone, trees after a residual learner, several tree stages (no blend scales them)
     assert shrinkage(model="gbdt") == shrinkage(model="nnres-gbdt") == [1.0]
+    assert shrinkage(backfit=True) == [1.0]  # trees fitted over the learner's margin
     assert shrinkage(iterations=2) == [1.0, 1.0]
     assert offline_config(ModelConfig()).tree_shrinkage == 1.0  # the paper's batch fits
     saved = ModelConfig().to_dict()
     assert saved["tree_shrinkage"] == 0.5
     del saved["tree_shrinkage"]  # a config written before shrinkage existed
     assert ModelConfig.from_dict(saved).tree_shrinkage == 1.0
+    with pytest.raises(ValueError, match="tree_shrinkage"):
+        ModelConfig(tree_shrinkage=0.0)
 
 
 def test_only_a_chain_with_a_residual_learner_lets_slow_refits_swap_later():

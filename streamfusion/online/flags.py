@@ -75,10 +75,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "(default: a * trees + b * residual + c, the weights learned online from "
                    "each batch as it was scored)")
     g.add_argument("--tree-shrinkage", type=at.unit_interval, default=0.5, metavar="S",
-                   help="online, trees in front of a residual learner score prior + S * "
-                   "(trees - prior), and the residual learns what they miss: small windows' "
-                   "noisy trees cost it less (1 = the paper's plain residual; the blend "
-                   "scales both)")
+                   help="online, the trees in front of a residual learner score prior + S * "
+                   "(trees - prior), the prior being the click log-odds, and the residual "
+                   "learns what they miss: small windows' noisy trees cost it less (1 = the "
+                   "paper's plain residual; the blend scales both; trees alone or after a "
+                   "learner are never shrunk)")
     g.add_argument("--pair-lr", type=at.positive_float, default=0.03,
                    help="Adam step of the pair and field weights (shared by every event: "
                    "larger than --lr)")

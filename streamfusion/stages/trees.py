@@ -268,11 +268,11 @@ class TreeStage:
         Codes help batch trees on some logs and hurt on others (see ``CodeTable``); online,
         they shock the residual learner, so only the end refit tries them.
     shrinkage : float
-        The trees score ``prior + shrinkage * (trees - prior)`` (the click prior, as before
-        the first fit): the shrinkage of a boosting stage, for trees in front of a residual
-        learner (1: their plain margin). The residual learner then learns what the shrunk
-        trees miss instead of undoing each small window's noise, and the blend scales the
-        two (``end_blend`` is fitted on the shrunk margins).
+        The trees score ``prior + shrinkage * (trees - prior)`` (``prior``: their margin
+        before the first fit, the click log-odds): the shrinkage of a boosting stage, for
+        trees in front of a residual learner (1: their plain margin). The residual learner
+        then learns what the shrunk trees miss instead of undoing each small window's noise,
+        and the blend scales the two (``end_blend`` is fitted on the shrunk margins).
 
     Examples
     --------
@@ -357,7 +357,8 @@ class TreeStage:
         cfg["quantize_rows"] = self.quantize_rows
         cfg["slow_fit_rows"] = self.slow_fit_rows
         cfg["swap_lag"] = self.swap_lag
-        cfg["shrinkage"] = self.shrinkage  # how the trees score: model files keep it
+        cfg["shrinkage"] = self.shrinkage  # how the trees score: a state loads only into a
+        # stage of the same shrinkage
         return cfg
 
     def lgb_params(self, rows: int | None = None) -> dict:
@@ -658,6 +659,8 @@ class TreeStage:
                     job["loss"] = logloss_from_margin(vz + own, yv)
                     if blend:
                         job["blend"] = fit_blend(self._shrunk(own, prior), rest[cut:], yv)
+                # the guard judges the trees as fitted (raw margins, the same prior for both
+                # sides); the shrinkage that scales them in the chain is not theirs
                 if self.guard and n_valid:
                     old = vz + (np.full(n_valid, prior) if live_ensemble is None else
                                 live_ensemble.predict_margin(
@@ -932,6 +935,9 @@ class TreeStage:
             if cfg.get(key) != getattr(self, key):
                 raise ValueError(f"tree stage state has {key}={cfg.get(key)!r}, this stage has "
                                  f"{getattr(self, key)!r}")
+        if cfg.get("shrinkage", 1.0) != self.shrinkage:  # states from before it: unshrunk
+            raise ValueError(f"tree stage state scores with shrinkage {cfg.get('shrinkage')!r},"
+                             f" this stage with {self.shrinkage!r}")
         ints = {}
         for key in ("version", "refits", "rejected", "n_seen", "clicks", "since_refit"):
             v = state.get(key)

@@ -283,6 +283,11 @@ def test_shrinkage_pulls_the_margin_towards_the_prior_before_during_and_after_a_
         weights.add(round(half.fade_weight, 2))
     assert half.version == full.version == 2 and len(weights) > 2  # two swaps, one fading
     assert TreeStage(**half.config()).shrinkage == 0.5
+    with pytest.raises(ValueError, match="shrinkage 0.5"):  # it would score otherwise
+        _stage(fade=500).load_state_dict(half.state_dict())
+    state = full.state_dict()
+    del state["config"]["shrinkage"]  # a state from before shrinkage: unshrunk
+    _stage(fade=500).load_state_dict(state)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="shrinkage"):
             _stage(shrinkage=bad)
