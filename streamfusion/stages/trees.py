@@ -935,9 +935,10 @@ class TreeStage:
             if cfg.get(key) != getattr(self, key):
                 raise ValueError(f"tree stage state has {key}={cfg.get(key)!r}, this stage has "
                                  f"{getattr(self, key)!r}")
-        if cfg.get("shrinkage", 1.0) != self.shrinkage:  # states from before it: unshrunk
-            raise ValueError(f"tree stage state scores with shrinkage {cfg.get('shrinkage')!r},"
-                             f" this stage with {self.shrinkage!r}")
+        shrinkage = cfg.get("shrinkage", 1.0)  # states from before it: unshrunk
+        if shrinkage != self.shrinkage:
+            raise ValueError(f"tree stage state scores with shrinkage {shrinkage!r}, this "
+                             f"stage with {self.shrinkage!r}")
         ints = {}
         for key in ("version", "refits", "rejected", "n_seen", "clicks", "since_refit"):
             v = state.get(key)
