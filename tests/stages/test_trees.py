@@ -269,7 +269,8 @@ def test_bad_state_raises_and_changes_nothing(breaker):
 def test_shrinkage_pulls_the_margin_towards_the_prior_before_during_and_after_a_fade():
     """Two stages on the same rows grow the same trees; the one with shrinkage 0.5 scores
     prior + 0.5 * (the other's margin - prior) at every step."""
-    full, half = (_stage(fade=500, shrinkage=s) for s in (1.0, 0.5))
+    # no drift refits: the two stages' drift signals are their own (shrunk) margins
+    full, half = (_stage(fade=500, drift=False, shrinkage=s) for s in (1.0, 0.5))
     probe = _batch(np.random.default_rng(5), 200)
     weights = set()
     for b in _stream(11, 25):
@@ -284,10 +285,10 @@ def test_shrinkage_pulls_the_margin_towards_the_prior_before_during_and_after_a_
     assert half.version == full.version == 2 and len(weights) > 2  # two swaps, one fading
     assert TreeStage(**half.config()).shrinkage == 0.5
     with pytest.raises(ValueError, match="shrinkage 0.5"):  # it would score otherwise
-        _stage(fade=500).load_state_dict(half.state_dict())
+        _stage(fade=500, drift=False).load_state_dict(half.state_dict())
     state = full.state_dict()
     del state["config"]["shrinkage"]  # a state from before shrinkage: unshrunk
-    _stage(fade=500).load_state_dict(state)
+    _stage(fade=500, drift=False).load_state_dict(state)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="shrinkage"):
             _stage(shrinkage=bad)
