@@ -198,7 +198,8 @@ class ModelConfig:
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
     """Create one stage; stage seeds are derived from the one ``seed``."""
     seed = (cfg.seed * 1_000_003 + position) % (2**31)
-    backfit = cfg.backfit and len(cfg.stage_kinds()) > 1
+    kinds = cfg.stage_kinds()
+    backfit = cfg.backfit and len(kinds) > 1
     if kind == "trees":
         return TreeStage(
             n_trees=cfg.n_trees,
@@ -222,13 +223,13 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
             # quarters, progressive / holdout AUC 0.7456 / 0.7255 -> 0.7455 / 0.7255;
             # generated 1M streams unchanged or +0.0002). An explicit early first fit is
             # honoured
-            # the trees in front of residual learners, in a chain the blend scales (backfit
-            # trees correct the learners' margin instead: not measured shrunk)
+            # the first and only tree stage, in front of residual learners: the blend scales
+            # it (backfit trees correct the learners' margin instead: not measured shrunk)
             **{"shrinkage": (cfg.tree_shrinkage if position == 0 and not backfit
-                             and _one_tree_stage_first(cfg) else 1.0),
+                             and len(kinds) > 1 and kinds.count("trees") == 1 else 1.0),
                "swap_lag": cfg.refit_every * 3 // 4,
                "min_fit_rows": min(1000, cfg.first_fit, cfg.refit_every),
-               "slow_fit_rows": SLOW_FIT_ROWS if len(cfg.stage_kinds()) > 1 else 0,
+               "slow_fit_rows": SLOW_FIT_ROWS if len(kinds) > 1 else 0,
                **cfg.extra.get("trees", {})},
         )
     pairs = cfg.pair_weights and kind == "deepfm"
@@ -252,12 +253,6 @@ def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
         step_rows=cfg.step_rows,
         prior=position == 0,  # a first stage starts at the click log-odds, as trees do
     )
-
-
-def _one_tree_stage_first(cfg: ModelConfig) -> bool:
-    """The chain is trees then residual learners only (the blend has a scale for each)."""
-    kinds = cfg.stage_kinds()
-    return len(kinds) > 1 and kinds[0] == "trees" and kinds.count("trees") == 1
 
 
 class Chain:
