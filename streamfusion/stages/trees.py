@@ -156,6 +156,11 @@ def _features(dense: np.ndarray, indices: np.ndarray | None,
     return np.hstack([np.asarray(dense, np.float32), codes.transform(indices)])
 
 
+def _patience(rounds: int) -> int:
+    """Trees without a better held-back loss before early stopping ends a fit of ``rounds``."""
+    return max(5, rounds // 10)
+
+
 def _fit_input(dense: np.ndarray, indices: np.ndarray | None,
                codes: CodeTable | None) -> tuple[np.ndarray, list[int]]:
     """A fit's input (``_features``) and its categorical columns: the codes, after the
@@ -201,7 +206,13 @@ class TreeStage:
 
     Parameters
     ----------
-    n_trees, num_leaves, learning_rate : LightGBM size and step.
+    n_trees, num_leaves, learning_rate : LightGBM size and step. A refit early-stops on the
+        window's newest rows (``valid_fraction``) after ``n_trees // 10`` trees (at least 5)
+        without a better loss there, and grows at most ``max_trees`` trees while they help
+        (Adult, 44k rows: 0.9153 / 0.9290 -> 0.9164 / 0.9301 progressive / chrono-holdout AUC,
+        mean of seeds 0-2, against at most ``n_trees``; batch LightGBM stopped at 333 trees;
+        the click-log samples stop before 100 and are unchanged). Without enough newest rows
+        to stop on (``MIN_VALID_ROWS``), a fit grows ``n_trees``.
     refit_every : int
         Refit after this many observed (learnable) rows since the last refit started.
     window : int
@@ -234,7 +245,8 @@ class TreeStage:
         Against refit shocks: continue from the live booster (LightGBM ``init_model``) with
         ``warm_trees`` new trees on the window instead of a fresh fit, so that the new model
         agrees with the old one where the window says little. Once the model would exceed
-        ``max_trees`` trees, the next refit is a fresh one.
+        ``max_trees`` trees, the next refit is a fresh one. ``max_trees`` (default
+        ``3 * n_trees``) also bounds a fresh fit.
     fade : int
         Observed rows over which a swapped-in model fades in: its margin is
         ``old + w * (new - old)`` with ``w`` rising linearly from 0 to 1 (0: switch at once),
@@ -602,11 +614,17 @@ class TreeStage:
         if codes is None:  # after an end refit chose codes, later refits keep them
             live_coded = self._codes is not None and self._codes.width > 0
             codes = self.codes or (self.end_codes if live_coded else 0)
+        n_valid = int(len(y) * self.valid_fraction)
+        if n_valid < MIN_VALID_ROWS:
+            n_valid = 0
         base = None
-        rounds = self.n_trees
+        # a fresh fit grows trees until early stopping on the held-back rows ends it
+        rounds = self.max_trees if n_valid else self.n_trees
+        patience = _patience(self.n_trees)
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
             base, rounds = self.booster, self.warm_trees
+            patience = _patience(rounds)
         if lag is None:
             # half way to the next refit: early fits go live soon, a fit has time to finish
             # (1M generated events, before pair weights: 0.7150 / 0.7157 / 0.7157 progressive
@@ -615,9 +633,6 @@ class TreeStage:
             ahead = self._interval(self.refits + 1)
             slow = self.slow_fit_rows and len(y) >= self.slow_fit_rows
             lag = min(self.swap_lag, ahead if slow else ahead // 2)
-        n_valid = int(len(y) * self.valid_fraction)
-        if n_valid < MIN_VALID_ROWS:
-            n_valid = 0
         job: dict[str, Any] = {"swap_at": self.n_seen + lag, "reason": reason,
                                "booster": None, "error": None, "thread": None,
                                "offset": 0.0, "accept": True, "loss": float("inf"),
@@ -649,7 +664,7 @@ class TreeStage:
                 if valid is not None:
                     valid = (XF[cut:],) + valid[1:]
                 booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats,
-                                      stop=lambda: job["cancel"])
+                                      stop=lambda: job["cancel"], patience=patience)
                 job["booster"], job["offset"], job["codes"] = booster, off, table
                 # compile the evaluator here too, off the stream's thread
                 job["ensemble"] = TreeEnsemble.from_booster(booster)
@@ -675,7 +690,8 @@ class TreeStage:
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None,
                categorical: list[int] | None = None, window: bool = True,
-               stop: Callable[[], bool] | None = None) -> lgb.Booster:
+               stop: Callable[[], bool] | None = None, patience: int | None = None
+               ) -> lgb.Booster:
         # a window's refit is sized to its rows; a one-shot batch fit takes the sizes as given
         params = self.lgb_params(len(y) if window else None)
         if np.count_nonzero(X) * 2 >= X.size:
@@ -708,7 +724,8 @@ class TreeStage:
             kwargs["valid_sets"] = [lgb.Dataset(np.asarray(vx, np.float32),
                                                 np.asarray(vy, np.float64), init_score=vinit,
                                                 reference=ds)]
-            kwargs["callbacks"].append(lgb.early_stopping(max(5, rounds // 10), verbose=False))
+            kwargs["callbacks"].append(lgb.early_stopping(
+                patience or _patience(rounds), verbose=False))
         if base is not None and not merge:
             kwargs["init_model"] = base  # LightGBM continues the live trees
         booster = lgb.train(params, ds, num_boost_round=rounds, **kwargs)
@@ -802,7 +819,7 @@ class TreeStage:
         if (job["blend"] is None or self._count > FOLD_BLEND_ROWS
                 or self._count // BLEND_FOLDS < MIN_VALID_ROWS):
             return job["blend"]
-        rounds = min(self.n_trees, job["booster"].num_trees())
+        rounds = job["booster"].num_trees()
         try:
             return self._fold_blend(window, job["n_codes"], rounds)
         except Exception as exc:  # the refit itself is fine: keep it and its own blend

@@ -207,11 +207,30 @@ def test_fit_one_shot_with_early_stopping(rng):
     assert isinstance(s2.booster, lgb.Booster)
 
 
+def test_a_refit_grows_trees_while_they_help_on_the_newest_rows():
+    # n_trees 10: at most max_trees (30) trees, early-stopped on the newest 10% of the window
+    slow = _stage(drift=False, learning_rate=0.03)
+    _feed(slow, _stream(0, 13))  # the first refit, of 1,000 rows, went live at 1,300
+    assert slow.version == 1 and 10 < slow.booster.num_trees() <= 30
+    fast = _stage(drift=False, learning_rate=0.5)  # overfits after a few trees
+    _feed(fast, _stream(0, 13))
+    assert fast.version == 1 and fast.booster.num_trees() < 10
+    # too few newest rows to stop on (fewer than MIN_VALID_ROWS): n_trees
+    blind = _stage(drift=False, learning_rate=0.03, valid_fraction=0.05)
+    _feed(blind, _stream(0, 13))
+    assert blind.version == 1 and blind.booster.num_trees() == 10
+
+
 def test_warm_start_keeps_old_trees(rng):
     stage = _stage(warm_start=True, warm_trees=3, drift=False)
-    _feed(stage, _stream(8, 35))
+    stream = _stream(8, 35)
+    _feed(stage, stream[:15])
+    assert stage.version == 1
+    first = stage.booster.num_trees()  # a fresh fit (early-stopped)
+    _feed(stage, stream[15:])
     assert stage.version >= 2
-    assert stage.booster.num_trees() == 10 + 3 * (stage.version - 1)
+    # each warm start adds at most warm_trees (fewer where early stopping ends it)
+    assert first + stage.version - 1 <= stage.booster.num_trees() <= first + 3 * (stage.version - 1)
 
 
 def test_a_state_loads_into_a_stage_of_another_swap_lag():
