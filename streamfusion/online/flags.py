@@ -18,8 +18,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=at.nonneg_int, default=None, metavar="K",
                    help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
     g.add_argument("--trees", type=at.positive_int, default=100,
-                   help="trees per refit; a refit early-stops on its newest rows after "
-                   "TREES / 10 trees without gain and grows up to 3 x TREES while they help")
+                   help="trees per refit on a full window (early-stopped on its newest "
+                   "rows after TREES / 10 trees without gain); a window not yet full may grow "
+                   "up to 3 x TREES, as long as rows x trees stays within a full window's fit")
     g.add_argument("--leaves", type=at.at_least(2), default=63, help="leaves per tree")
     g.add_argument("--tree-lr", type=at.positive_float, default=0.05, help="LightGBM learning rate")
     g.add_argument("--refit-every", type=at.positive_int, default=500_000, metavar="N",

@@ -207,16 +207,20 @@ def test_fit_one_shot_with_early_stopping(rng):
     assert isinstance(s2.booster, lgb.Booster)
 
 
-def test_a_refit_grows_trees_while_they_help_on_the_newest_rows():
-    # n_trees 10: at most max_trees (30) trees, early-stopped on the newest 10% of the window
-    slow = _stage(drift=False, learning_rate=0.03)
-    _feed(slow, _stream(0, 13))  # the first refit, of 1,000 rows, went live at 1,300
-    assert slow.version == 1 and 10 < slow.booster.num_trees() <= 30
-    fast = _stage(drift=False, learning_rate=0.5)  # overfits after a few trees
+def test_a_refit_of_a_window_not_yet_full_may_grow_more_trees():
+    # n_trees 10, window 4000: rows x trees within a full window's fit, up to max_trees (30)
+    stage = _stage(drift=False, window=4000, learning_rate=0.03)
+    assert [stage._rounds(r) for r in (8000, 4000, 2000, 1000, 100)] == [10, 10, 20, 30, 30]
+    _feed(stage, _stream(0, 13))  # the first refit, of 1,000 rows, went live at 1,300
+    assert stage.version == 1 and 10 < stage.booster.num_trees() <= 30
+    fast = _stage(drift=False, window=4000, learning_rate=0.5)  # overfits after a few trees
     _feed(fast, _stream(0, 13))
     assert fast.version == 1 and fast.booster.num_trees() < 10
+    full = _stage(drift=False, window=1000, learning_rate=0.03)
+    _feed(full, _stream(0, 13))
+    assert full.version == 1 and full.booster.num_trees() == 10
     # too few newest rows to stop on (fewer than MIN_VALID_ROWS): n_trees
-    blind = _stage(drift=False, learning_rate=0.03, valid_fraction=0.05)
+    blind = _stage(drift=False, window=4000, learning_rate=0.03, valid_fraction=0.05)
     _feed(blind, _stream(0, 13))
     assert blind.version == 1 and blind.booster.num_trees() == 10
 
@@ -430,7 +434,8 @@ def test_a_refit_worse_on_the_newest_rows_never_goes_live(monkeypatch):
 
 
 def test_guarded_refits_go_live_when_they_help():
-    stage = _stage(drift=False, guard=True)
+    # a full window at every refit, so every fit may grow as many trees
+    stage = _stage(drift=False, guard=True, window=1000)
     _feed(stage, _stream(13, 40))
     assert stage.version >= 2 and stage.rejected + stage.version <= stage.refits
 
