@@ -195,6 +195,12 @@ class ModelConfig:
         return cls(**{**CONFIG_BEFORE, **d})
 
 
+def _labelled(y: np.ndarray) -> np.ndarray:
+    """The labels of ``y`` that a stage learns (NaN: unlabelled)."""
+    y = np.asarray(y, np.float32)
+    return y[~np.isnan(y)]
+
+
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
     """Create one stage; stage seeds are derived from the one ``seed``."""
     seed = (cfg.seed * 1_000_003 + position) % (2**31)
@@ -365,9 +371,12 @@ class Chain:
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         sub = batch if mask.all() else batch.take(mask)
         z_prev = np.zeros(len(batch), dtype=np.float32)
+        shift = 0.0
         for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
-            if kind != "trees" and len(sub):
-                res = stage.partial_fit(sub, z_prev[mask], sub.y,
+            if kind == "trees":
+                shift += stage.prior_shift(_labelled(sub.y))
+            elif len(sub):
+                res = stage.partial_fit(sub, z_prev[mask] + np.float32(shift), sub.y,
                                         sample_weight=None if weight is None else weight[mask])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
@@ -405,12 +414,14 @@ class Chain:
         margins = np.empty((len(self.stages), len(batch)), dtype=np.float32)
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         z_prev = np.zeros(len(batch), dtype=np.float32)
+        shift = 0.0
         for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
             if kind == "trees":
                 margins[s] = stage.margin(batch)
+                shift += stage.prior_shift(_labelled(batch.y))
             else:
-                res = stage.partial_fit(batch, z_prev, batch.y, sample_weight=weight,
-                                        margin_out=margins[s])
+                res = stage.partial_fit(batch, z_prev + np.float32(shift), batch.y,
+                                        sample_weight=weight, margin_out=margins[s])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
             z_prev += margins[s]

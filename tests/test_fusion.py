@@ -11,6 +11,7 @@ from streamfusion.batch.fit import offline_config
 from streamfusion.features import Batch
 from streamfusion.fusion import ROW_LR, ROW_STEP, Chain, ModelConfig
 from streamfusion.online import OnlineModel
+from streamfusion.stages import click_logodds
 from streamfusion.stages.trees import SLOW_FIT_ROWS
 
 N_FIELDS, N_DENSE, BITS = 6, 4, 12
@@ -367,3 +368,25 @@ def test_inputs_of_slots_keep_the_fixed_first_order_step():
     assert ModelConfig().for_input(64).row_lr == ROW_STEP / 64
     model = OnlineModel(ModelConfig(bits=BITS), 64, slotted=True)
     assert model.config.row_lr == model.chain.stages[1].row_lr == ROW_LR
+
+
+@pytest.mark.parametrize("path", ["learn", "score_and_learn"])
+def test_the_residual_learns_against_the_prior_its_batch_moved(rng, path):
+    # before their first fit the trees score their click prior; the batch's labels move it,
+    # and the residual learns the batch against the moved prior (against the old one it would
+    # learn the batch's click rate a second time), while the events score with the old one
+    cfg = ModelConfig(bits=BITS, n_trees=10, num_leaves=7, hidden=(16, 16), seed=3)
+    chain, twin = Chain.from_config(cfg, N_FIELDS), Chain.from_config(cfg, N_FIELDS)
+    batch = make_batch(rng, 64)
+    mask = np.ones(64, bool)
+    if path == "learn":
+        margins = chain.margins(batch)
+        chain.learn(batch, margins, mask)
+    else:
+        margins, _ = chain.score_and_learn(batch, mask)
+    assert np.all(margins[0] == 0.0)  # click_logodds(0, 0): the prior as the batch found it
+    moved = np.full(64, click_logodds(int(batch.y.sum()), 64), np.float32)
+    twin.stages[1].partial_fit(batch, moved, batch.y)
+    for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"):
+        assert np.array_equal(getattr(chain.stages[1], name), getattr(twin.stages[1], name))
+    assert chain.stages[0].prior == moved[0]

@@ -344,9 +344,15 @@ class ResidualLearner:
         step = self.step_rows if 0 < self.step_rows < n else n
         _set_blas_threads(1)
         work, iwork = self._scratch(step, True)
-        prior = self.prior_margin
+        prior = self.prior_margin  # what scored the batch's events (margin_out)
         if self.prior:
-            base = base + prior
+            # the steps learn against the prior the batch's own labels moved: a first batch
+            # learned against p = 0.5 drives every weight towards the click rate, which the
+            # prior then takes up too, and the stream starts far below it
+            labelled = yy[np.isfinite(yy)]
+            self.clicks += float(labelled.sum())
+            self.seen += int(labelled.size)
+            base = base + self.prior_margin
         loss, skip_ex, skip_upd = 0.0, 0, 0
         for lo in range(0, n, step):
             hi = min(n, lo + step)
@@ -362,12 +368,8 @@ class ResidualLearner:
                 self.pair_lr)
             loss, skip_ex, skip_upd = loss + l_, skip_ex + e_, skip_upd + u_
         self._update_value_stats(batch)
-        if self.prior:
-            if margin_out is not None:
-                margin_out += prior
-            labelled = yy[np.isfinite(yy)]
-            self.clicks += float(labelled.sum())
-            self.seen += int(labelled.size)
+        if self.prior and margin_out is not None:
+            margin_out += prior
         used = n - skip_ex
         return {"loss": loss / used if used else float("nan"), "n": n,
                 "skipped": int(skip_ex + skip_upd)}

@@ -459,6 +459,16 @@ class TreeStage:
             m += old
         return self._shrunk(m, self.prior)
 
+    def prior_shift(self, y: np.ndarray) -> float:
+        """How far ``margin`` moves once the stage has observed the labelled rows ``y``:
+        its click prior moves, and the margin with it (all the way before the first fit, by
+        ``1 - shrinkage`` after). A learner after the trees learns these rows against the
+        moved margin; against the old one, both would learn the batch's click rate."""
+        if self.use_init_score or not len(y):
+            return 0.0
+        moved = click_logodds(self.clicks + int(np.sum(y)), self.n_seen + len(y))
+        return (1.0 if self._ensemble is None else 1.0 - self.shrinkage) * (moved - self.prior)
+
     def _shrunk(self, m: np.ndarray, prior: float) -> np.ndarray:
         """``prior + shrinkage * (m - prior)`` (``m`` itself at shrinkage 1)."""
         if self.shrinkage == 1.0:

@@ -317,6 +317,29 @@ def test_shrinkage_pulls_the_margin_towards_the_prior_before_during_and_after_a_
             _stage(shrinkage=bad)
 
 
+def test_prior_shift_is_how_far_the_margin_moves_with_the_batch_labels(rng):
+    y = np.array([1, 0, 0, 1, 0], np.float32)
+    for shrinkage in (1.0, 0.5):
+        stage = _stage(drift=False, shrinkage=shrinkage)
+        b = _batch(rng, 5)
+        b.y = y
+        before = stage.margin(b)
+        shift = stage.prior_shift(y)  # before the first fit: the whole prior move
+        stage.observe(b, np.zeros(5, np.float32))
+        np.testing.assert_allclose(stage.margin(b), before + shift, rtol=1e-6)
+        assert shift == pytest.approx(np.log(3 / 4))
+        _feed(stage, _stream(4, 14))
+        stage.wait()
+        stage.poll()
+        assert stage.version >= 1
+        b = _batch(rng, 50)
+        before, shift = stage.margin(b), stage.prior_shift(b.y)
+        stage.observe(b, np.zeros(50, np.float32))
+        np.testing.assert_allclose(stage.margin(b), before + shift, rtol=1e-5, atol=1e-6)
+        assert (shift == 0.0) == (shrinkage == 1.0)  # a fitted, unshrunk model ignores it
+    assert _stage(use_init_score=True).prior_shift(y) == 0.0
+
+
 def _fading_stage() -> TreeStage:
     # first fit at 1000 rows, live at 1200, fading in until 2200 (the next interval, 1000)
     return _stage(fade=5000, drift=False, refit_every=2000, first_fit=1000, swap_lag=200)
