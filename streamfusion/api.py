@@ -65,9 +65,10 @@ class ResFusion:
     """Online ResFusion over columns: LightGBM trees, then a DeepFM residual learner.
 
     The same chain as ``streamfusion replay`` with the same defaults (``ModelConfig``):
-    ``partial_fit`` cuts its rows into the replay's mini-batch schedule (batches of 32 events
-    growing to ``batch_size``) and learns test-then-train; a call learns all its rows, the last
-    ones as a shorter batch when the call ends within one. Fed in chunks that end on the
+    ``partial_fit`` cuts its rows into the replay's mini-batch schedule (one event, doubling
+    to 32 over the first 32 events, then growing to ``batch_size``) and learns
+    test-then-train; a call learns all its rows, the last ones as a shorter batch when the
+    call ends within one. Fed in chunks that end on the
     schedule's batch boundaries (one call, or multiples of the batch size), then ``finish``,
     it learns what a replay without holdout (``--holdout 0``) learns, bit for bit. Column
     kinds are inferred

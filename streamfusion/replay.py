@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rows", type=at.positive_int,
                    help="stop after N events (sizes the default stream)")
     g.add_argument("--batch-size", type=at.positive_int, default=1024,
-                   help="largest mini-batch: batches start small and double with the events "
+                   help="largest mini-batch: batches start at one event and double with the events "
                    "seen up to this size (see the report's model.batch_schedule); serve and "
                    "the river classifier batch differently (docs/cli.md)")
     e = parser.add_argument_group("evaluation")

@@ -437,9 +437,12 @@ def test_the_batch_schedule_grows_from_small_batches_to_the_largest():
     while done < 200_000:
         sizes.append(batch_size_at(done, 1024))
         done += sizes[-1]
-    assert sizes[0] == 32 and sizes[-1] == 512  # 200k events: not yet at full size
+    # one event, then doubling to 32 over the first 32 events
+    assert sizes[:7] == [1, 1, 2, 4, 8, 16, 32] and sum(sizes[:6]) == 32
+    assert sizes[-1] == 512  # 200k events: not yet at full size
     assert all(b in (a, 2 * a) for a, b in zip(sizes, sizes[1:], strict=False))
-    assert batch_size_at(10**7, 1024) == 1024 and batch_size_at(0, 8) == 8
+    assert batch_size_at(10**7, 1024) == 1024 and batch_size_at(0, 8) == 1
+    assert [batch_size_at(n, 8) for n in (4, 8, 9)] == [4, 8, 8]
     assert [batch_size_at(n, 1024) for n in (16383, 16384)] == [32, 64]
 
 
@@ -452,7 +455,7 @@ def test_trees_are_live_on_a_small_file_and_the_report_counts_them(stream, tmp_p
     assert m["refits_started"] >= 3 and 1 <= m["refits_live"] <= m["refits_started"]
     assert m["refits_live"] + m["refits_rejected"] <= m["refits_started"]
     assert r["holdout"]["auc"] > 0.55  # not the constant prior (0.5)
-    assert m["batch_schedule"] == {"min": 32, "max": 1024, "growth": 512}
+    assert m["batch_schedule"] == {"start": 1, "min": 32, "max": 1024, "growth": 512}
 
 
 def test_first_stage_learners_start_at_the_click_rate(stream, tmp_path):

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from streamfusion.features import Batch
 from streamfusion.online.source import Source
 
-# The mini-batch schedule: a batch holds about 1/BATCH_GROWTH of the events seen before it,
-# between MIN_BATCH and the largest size, in powers of two. Early events take many small steps
+# The mini-batch schedule: one event first, then batches doubling to MIN_BATCH; from then on a
+# batch holds about 1/BATCH_GROWTH of the events seen before it, between MIN_BATCH and the
+# largest size, in powers of two. Early events take many small steps
 # (a 10k-event log learns from hundreds of updates, not ten) and at scale batches are full size
 # (1,024 from about half a million events on), so learning fast early costs no throughput.
 MIN_BATCH = 32
@@ -19,6 +20,14 @@ BATCH_GROWTH = 512
 def batch_size_at(events: int, max_size: int) -> int:
     """The size of the mini-batch that starts after ``events`` events: deterministic, so a
     resumed run cuts the same batches as an uninterrupted one."""
+    if events < MIN_BATCH:
+        # the very start: one event, then batches doubling up to MIN_BATCH, so the first
+        # events are not all scored by a model that has seen nothing (p = 0.5 ranks a whole
+        # first batch above every later event)
+        size = 1
+        while size * 2 <= events:
+            size *= 2
+        return min(size, max_size)
     size = MIN_BATCH
     while size < max_size and size * BATCH_GROWTH <= events:
         size *= 2
@@ -27,7 +36,8 @@ def batch_size_at(events: int, max_size: int) -> int:
 
 def batch_schedule(max_size: int) -> dict[str, int]:
     """The schedule of ``batch_size_at`` as the report's model block states it."""
-    return {"min": min(MIN_BATCH, max_size), "max": max_size, "growth": BATCH_GROWTH}
+    return {"start": 1, "min": min(MIN_BATCH, max_size), "max": max_size,
+            "growth": BATCH_GROWTH}
 
 
 def exact_batches(source: Source, max_size: int, limit: int | None,
