@@ -195,12 +195,6 @@ class ModelConfig:
         return cls(**{**CONFIG_BEFORE, **d})
 
 
-def _labelled(y: np.ndarray) -> np.ndarray:
-    """The labels of ``y`` that a stage learns (NaN: unlabelled)."""
-    y = np.asarray(y, np.float32)
-    return y[~np.isnan(y)]
-
-
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
     """Create one stage; stage seeds are derived from the one ``seed``."""
     seed = (cfg.seed * 1_000_003 + position) % (2**31)
@@ -364,19 +358,18 @@ class Chain:
         """Learn from the rows of ``batch`` selected by ``mask`` (labelled, not held out).
 
         ``margins`` are the stage margins computed *before* learning (test-then-train), so
-        each stage sees the residual of the stages before it as they scored these rows.
+        each stage sees the residual of the stages before it as they scored these rows,
+        with the trees' click prior as these rows' labels move it (``_base_shifts``).
         ``weight`` (per row of ``batch``) weighs the residual learners' losses; the trees'
         window keeps the rows unweighted.
         """
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         sub = batch if mask.all() else batch.take(mask)
         z_prev = np.zeros(len(batch), dtype=np.float32)
-        shift = 0.0
-        for stage, kind, m in zip(self.stages, self.kinds, margins, strict=True):
-            if kind == "trees":
-                shift += stage.prior_shift(_labelled(sub.y))
-            elif len(sub):
-                res = stage.partial_fit(sub, z_prev[mask] + np.float32(shift), sub.y,
+        shifts = self._base_shifts(sub.y)
+        for stage, kind, m, shift in zip(self.stages, self.kinds, margins, shifts, strict=True):
+            if kind != "trees" and len(sub):
+                res = stage.partial_fit(sub, z_prev[mask] + shift, sub.y,
                                         sample_weight=None if weight is None else weight[mask])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])
@@ -384,6 +377,20 @@ class Chain:
         self._observe_trees(batch, margins, mask)
         self._learn_blend(batch, margins, mask, weight)
         return stats
+
+    def _base_shifts(self, y: np.ndarray) -> list[np.float32]:
+        """For each stage, how far the margins of the tree stages before it move once they
+        observe the labels ``y`` of the learned rows (``TreeStage.prior_shift``): a learner
+        learns these rows against the trees' prior as their own labels move it; against the
+        old one, both would learn the batch's click rate."""
+        labels = np.asarray(y, np.float32)
+        labels = labels[~np.isnan(labels)]
+        out, shift = [], 0.0
+        for stage, kind in zip(self.stages, self.kinds, strict=True):
+            out.append(np.float32(shift))
+            if kind == "trees":
+                shift += stage.prior_shift(labels)
+        return out
 
     def _observe_trees(self, batch: Batch, margins: np.ndarray, mask: np.ndarray) -> None:
         """Give each tree stage its window rows with the margin it is to be refit against:
@@ -406,7 +413,8 @@ class Chain:
         of one step gives bit for bit what ``margins`` then ``learn`` give. In a larger one
         a residual stage scores each step's events after the steps before theirs (the trees
         do not change within a batch), and the stages after it, and the trees' windows, take
-        those margins: each event's base is what the chain scored it with.
+        those margins: each event's base is what the chain scored it with (a learner learns
+        it with the trees' prior as the batch's labels move it, as in ``learn``).
         """
         if not mask.all():
             margins = self.margins(batch)
@@ -414,13 +422,12 @@ class Chain:
         margins = np.empty((len(self.stages), len(batch)), dtype=np.float32)
         stats = {"loss": 0.0, "n": 0, "skipped": 0}
         z_prev = np.zeros(len(batch), dtype=np.float32)
-        shift = 0.0
+        shifts = self._base_shifts(batch.y)
         for s, (stage, kind) in enumerate(zip(self.stages, self.kinds, strict=True)):
             if kind == "trees":
                 margins[s] = stage.margin(batch)
-                shift += stage.prior_shift(_labelled(batch.y))
             else:
-                res = stage.partial_fit(batch, z_prev + np.float32(shift), batch.y,
+                res = stage.partial_fit(batch, z_prev + shifts[s], batch.y,
                                         sample_weight=weight, margin_out=margins[s])
                 stats["loss"], stats["n"] = float(res["loss"]), int(res["n"])
                 stats["skipped"] += int(res["skipped"])

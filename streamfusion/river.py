@@ -277,7 +277,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
     leaves at learning rate 0.1 (CLI: 100 of 63 at 0.05), the first fit after 100 events and
     refits every 500 on a 5,000-event window (CLI: 1,000; 500,000; 200,000), ``2**16`` rows
     (CLI: ``2**20``), MLP 64-64 (CLI: 128-128), Adam rate 0.01 (CLI: 0.0015), one step per
-    event (CLI: mini-batches growing from 32 to 1,024), so the live blend of trees and
+    event (CLI: mini-batches growing from one event to 1,024), so the live blend of trees and
     residual also takes a step per event; the other settings are the CLI's.
     ``streamfusion.ResFusion`` is the API for tables with a fixed
     schema; this class takes river's dicts, whose features may change from event to event.
@@ -288,7 +288,8 @@ class ResFusionClassifier(base.MiniBatchClassifier):
         The residual learner: ``"fm"`` (default here; the CLI's is ``"deepfm"``), ``"deepfm"``
         or ``"lr"``.
     n_trees : int
-        Trees per refit.
+        Trees per refit on a full window (early-stopped on its newest rows; a window not yet
+        full may grow up to three times as many, as the CLI's ``--trees``).
     num_leaves : int
         Leaves per tree.
     tree_learning_rate : float

@@ -19,8 +19,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="paper Table 3: K+1 alternating stages (trees, +DeepFM, +trees, ...)")
     g.add_argument("--trees", type=at.positive_int, default=100,
                    help="trees per refit on a full window (early-stopped on its newest "
-                   "rows after TREES / 10 trees without gain); a window not yet full may grow "
-                   "up to 3 x TREES, as long as rows x trees stays within a full window's fit")
+                   "rows after TREES / 10 trees, at least 5, without gain); a window not yet "
+                   "full may grow up to 3 x TREES, as long as rows x trees stays within a full "
+                   "window's fit")
     g.add_argument("--leaves", type=at.at_least(2), default=63, help="leaves per tree")
     g.add_argument("--tree-lr", type=at.positive_float, default=0.05, help="LightGBM learning rate")
     g.add_argument("--refit-every", type=at.positive_int, default=500_000, metavar="N",
@@ -35,7 +36,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "learner is not shocked by the swap (0 = switch at once)")
     g.add_argument("--warm-start", action="store_true",
                    help="refits add trees to the live model (n_trees/5 per refit, a fresh fit "
-                   "past 3 x n_trees): cheaper refits, smaller shocks")
+                   "of n_trees past 3 x n_trees): cheaper refits, smaller shocks")
     g.add_argument("--backfit", action="store_true",
                    help="refit the first trees given the residual learner's margins "
                    "(init_score) instead of on the labels alone (the paper's setting)")

@@ -13,6 +13,7 @@ from streamfusion.online.source import Source
 # largest size, in powers of two. Early events take many small steps
 # (a 10k-event log learns from hundreds of updates, not ten) and at scale batches are full size
 # (1,024 from about half a million events on), so learning fast early costs no throughput.
+FIRST_BATCH = 1
 MIN_BATCH = 32
 BATCH_GROWTH = 512
 
@@ -24,7 +25,7 @@ def batch_size_at(events: int, max_size: int) -> int:
         # the very start: one event, then batches doubling up to MIN_BATCH, so the first
         # events are not all scored by a model that has seen nothing (p = 0.5 ranks a whole
         # first batch above every later event)
-        size = 1
+        size = FIRST_BATCH
         while size * 2 <= events:
             size *= 2
         return min(size, max_size)
@@ -36,7 +37,7 @@ def batch_size_at(events: int, max_size: int) -> int:
 
 def batch_schedule(max_size: int) -> dict[str, int]:
     """The schedule of ``batch_size_at`` as the report's model block states it."""
-    return {"start": 1, "min": min(MIN_BATCH, max_size), "max": max_size,
+    return {"start": FIRST_BATCH, "min": min(MIN_BATCH, max_size), "max": max_size,
             "growth": BATCH_GROWTH}
 
 

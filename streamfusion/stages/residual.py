@@ -322,9 +322,10 @@ class ResidualLearner:
         (``row_optimizer`` for the table rows, Adam for the dense parameters), or consecutive
         steps of ``step_rows`` events in order when the batch is larger.
 
-        The click prior and the value statistics (``standardize``) move once per batch,
-        after its last step, so steps differ from separate calls on the batch's slices when
-        either is on.
+        The click prior moves with the batch's labels before its first step (the steps learn
+        against it; ``margin_out`` gets the prior as the batch found it), the value
+        statistics (``standardize``) after its last step, so steps differ from separate calls
+        on the batch's slices when either is on.
 
         Returns ``dict(loss=mean loss of the batch, each step's events before that step,
         n=events, skipped=events with a non-finite margin, label or weight plus parameter

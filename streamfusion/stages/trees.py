@@ -593,7 +593,10 @@ class TreeStage:
         newest rows ends it: ``n_trees`` on a full window, more on a smaller one, up to
         ``max_trees``, as long as rows x trees stays within a full window's fit (refits that
         take longer hold the stream up at their swap point: 3M generated events grew 100-182
-        trees a refit on full windows without this bound, 1.27x the wall time)."""
+        trees a refit on full windows without this bound, 1.27x the wall time). With
+        ``warm_start``, ``n_trees``: warm starts add trees up to ``max_trees``."""
+        if self.warm_start:
+            return self.n_trees
         return max(self.n_trees,
                    min(self.max_trees, self.n_trees * self.window // max(rows, 1)))
 
@@ -639,11 +642,14 @@ class TreeStage:
             n_valid = 0
         base = None
         rounds = self._rounds(len(y)) if n_valid else self.n_trees
+        if reason == "end" and n_valid and self.booster is not None:
+            # the guard compares the end refit with the live trees: it may grow as many
+            # (a window not yet full allowed earlier fits more; online refits are bounded)
+            rounds = max(rounds, min(self.max_trees, self.booster.num_trees()))
         patience = _patience(self.n_trees)
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
-            base, rounds = self.booster, self.warm_trees
-            patience = _patience(rounds)
+            base, rounds, patience = self.booster, self.warm_trees, None
         if lag is None:
             # half way to the next refit: early fits go live soon, a fit has time to finish
             # (1M generated events, before pair weights: 0.7150 / 0.7157 / 0.7157 progressive
@@ -838,7 +844,7 @@ class TreeStage:
         if (job["blend"] is None or self._count > FOLD_BLEND_ROWS
                 or self._count // BLEND_FOLDS < MIN_VALID_ROWS):
             return job["blend"]
-        rounds = job["booster"].num_trees()
+        rounds = job["booster"].num_trees()  # the folds' fits mirror the end refit's trees
         try:
             return self._fold_blend(window, job["n_codes"], rounds)
         except Exception as exc:  # the refit itself is fine: keep it and its own blend

@@ -545,6 +545,18 @@ def _small_window(seed: int = 31, **kw) -> TreeStage:
     return stage
 
 
+def test_the_end_refit_may_grow_as_many_trees_as_the_live_model(spied):
+    # the first fit (1,000 rows of a 2,000-row window) may grow 20 trees, the end refit of
+    # 1,900 rows 10 by its own budget, and as many as the live model has
+    stage = _stage(drift=False, window=2000, first_fit=1000, learning_rate=0.03)
+    _feed(stage, _stream(2, 19))
+    live = stage.booster.num_trees()
+    assert stage.version == 1 and live > 10 and stage._rounds(1900) == 10
+    spied.fits.clear()
+    stage.finish()
+    assert spied.fits[0][1] == live  # the end refit's rounds
+
+
 def test_a_small_window_blends_on_every_row_out_of_fold(spied):
     """The end blend of a window of at most FOLD_BLEND_ROWS rows is fitted on all its rows,
     each scored by trees fitted without its fold."""
