@@ -68,8 +68,8 @@ class ResFusion:
     ``partial_fit`` cuts its rows into the replay's mini-batch schedule (one event, doubling
     to 32 over the first 32 events, then growing to ``batch_size``) and learns
     test-then-train; a call learns all its rows, the last ones as a shorter batch when the
-    call ends within one. Fed in chunks that end on the
-    schedule's batch boundaries (one call, or multiples of the batch size), then ``finish``,
+    call ends within one. Fed in chunks that end on the schedule's batch boundaries (one
+    call, or multiples of the batch size), then ``finish``,
     it learns what a replay without holdout (``--holdout 0``) learns, bit for bit. Column
     kinds are inferred
     from the first ``partial_fit`` as replay infers a CSV's (``types`` overrides them), or come

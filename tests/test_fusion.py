@@ -35,8 +35,8 @@ def trained_model(model="resfusion", iterations=None, seed=0, rows=6000, data_se
                       refit_every=2000, window=3000, hidden=(16, 16), seed=seed, drift=False,
                       live_blend=live_blend,
                       # every fit grows at most n_trees: a fit of a window not yet full may
-                      # grow more, and the guard may then keep it live over a full window's
-                      # (test_trees covers that); these tests are about the chain
+                      # grow more, and the guard may then keep it live over a full window's;
+                      # these tests are about the chain
                       extra={"trees": {"max_trees": 10}})
     m = OnlineModel(cfg, N_FIELDS)
     for _ in range(rows // 500):

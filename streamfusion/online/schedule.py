@@ -10,9 +10,9 @@ from streamfusion.online.source import Source
 
 # The mini-batch schedule: one event first, then batches doubling to MIN_BATCH; from then on a
 # batch holds about 1/BATCH_GROWTH of the events seen before it, between MIN_BATCH and the
-# largest size, in powers of two. Early events take many small steps
-# (a 10k-event log learns from hundreds of updates, not ten) and at scale batches are full size
-# (1,024 from about half a million events on), so learning fast early costs no throughput.
+# largest size, in powers of two. Early events take many small steps (a 10k-event log learns
+# from hundreds of updates, not ten) and at scale batches are full size (1,024 from about half
+# a million events on), so learning fast early costs no throughput.
 FIRST_BATCH = 1
 MIN_BATCH = 32
 BATCH_GROWTH = 512

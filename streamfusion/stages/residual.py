@@ -347,9 +347,9 @@ class ResidualLearner:
         work, iwork = self._scratch(step, True)
         prior = self.prior_margin  # what scored the batch's events (margin_out)
         if self.prior:
-            # the steps learn against the prior the batch's own labels moved: a first batch
-            # learned against p = 0.5 drives every weight towards the click rate, which the
-            # prior then takes up too, and the stream starts far below it
+            # the steps learn against the prior the batch's own labels moved: against the
+            # old one (p = 0.5 for a first batch) every weight would learn the batch's click
+            # rate, which the prior then takes up as well
             labelled = yy[np.isfinite(yy)]
             self.clicks += float(labelled.sum())
             self.seen += int(labelled.size)

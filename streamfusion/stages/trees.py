@@ -593,8 +593,11 @@ class TreeStage:
         newest rows ends it: ``n_trees`` on a full window, more on a smaller one, up to
         ``max_trees``, as long as rows x trees stays within a full window's fit (refits that
         take longer hold the stream up at their swap point: 3M generated events grew 100-182
-        trees a refit on full windows without this bound, 1.27x the wall time). With
-        ``warm_start``, ``n_trees``: warm starts add trees up to ``max_trees``."""
+        trees a refit on full windows without this bound, 1.27x the wall time). Once the
+        window is full, a refit may thus grow fewer trees than a live model fitted on a smaller
+        window; the guard keeps whichever is better on the newest rows (the end refit may
+        grow as many as the live model). With ``warm_start``, ``n_trees``: warm starts add
+        trees up to ``max_trees``."""
         if self.warm_start:
             return self.n_trees
         return max(self.n_trees,
