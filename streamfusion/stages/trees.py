@@ -156,11 +156,6 @@ def _features(dense: np.ndarray, indices: np.ndarray | None,
     return np.hstack([np.asarray(dense, np.float32), codes.transform(indices)])
 
 
-def _patience(rounds: int) -> int:
-    """Trees without a better held-back loss before early stopping ends a fit of ``rounds``."""
-    return max(5, rounds // 10)
-
-
 def _fit_input(dense: np.ndarray, indices: np.ndarray | None,
                codes: CodeTable | None) -> tuple[np.ndarray, list[int]]:
     """A fit's input (``_features``) and its categorical columns: the codes, after the
@@ -649,10 +644,9 @@ class TreeStage:
             # the guard compares the end refit with the live trees: it may grow as many
             # (a window not yet full allowed earlier fits more; online refits are bounded)
             rounds = max(rounds, min(self.max_trees, self.booster.num_trees()))
-        patience = _patience(self.n_trees)
         if (self.warm_start and self.booster is not None
                 and self.booster.num_trees() + self.warm_trees <= self.max_trees):
-            base, rounds, patience = self.booster, self.warm_trees, None
+            base, rounds = self.booster, self.warm_trees
         if lag is None:
             # half way to the next refit: early fits go live soon, a fit has time to finish
             # (1M generated events, before pair weights: 0.7150 / 0.7157 / 0.7157 progressive
@@ -692,7 +686,7 @@ class TreeStage:
                 if valid is not None:
                     valid = (XF[cut:],) + valid[1:]
                 booster = self._train(XF[:cut], y[:cut], fit_init, rounds, base, valid, cats,
-                                      stop=lambda: job["cancel"], patience=patience)
+                                      stop=lambda: job["cancel"])
                 job["booster"], job["offset"], job["codes"] = booster, off, table
                 # compile the evaluator here too, off the stream's thread
                 job["ensemble"] = TreeEnsemble.from_booster(booster)
@@ -718,8 +712,7 @@ class TreeStage:
     def _train(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
                base: lgb.Booster | None, valid: tuple | None = None,
                categorical: list[int] | None = None, window: bool = True,
-               stop: Callable[[], bool] | None = None, patience: int | None = None
-               ) -> lgb.Booster:
+               stop: Callable[[], bool] | None = None) -> lgb.Booster:
         # a window's refit is sized to its rows; a one-shot batch fit takes the sizes as given
         params = self.lgb_params(len(y) if window else None)
         if np.count_nonzero(X) * 2 >= X.size:
@@ -752,8 +745,10 @@ class TreeStage:
             kwargs["valid_sets"] = [lgb.Dataset(np.asarray(vx, np.float32),
                                                 np.asarray(vy, np.float64), init_score=vinit,
                                                 reference=ds)]
-            kwargs["callbacks"].append(lgb.early_stopping(
-                patience or _patience(rounds), verbose=False))
+            # patience: a tenth of the trees a fresh fit would grow on a full window (of the
+            # new trees for a warm start), whatever more it may grow
+            patience = max(5, (rounds if base is not None else self.n_trees) // 10)
+            kwargs["callbacks"].append(lgb.early_stopping(patience, verbose=False))
         if base is not None and not merge:
             kwargs["init_model"] = base  # LightGBM continues the live trees
         booster = lgb.train(params, ds, num_boost_round=rounds, **kwargs)
