@@ -429,6 +429,7 @@ class ResFusionClassifier(base.MiniBatchClassifier):
             tree_threads=1, bits=int(self.bits), k=int(self.k), hidden=tuple(self.hidden),
             lr=float(self.lr), l2=float(self.l2), threads=1, seed=self._seed,
             step_rows=0,  # learn_many: one step per call
+            adam_batch=0,  # lr is set for steps of one event
             # TreeStage's defaults suit click logs of millions of rows (first fit after 1000
             # rows, leaves of 100); river-sized streams need smaller ones.
             first_fit=int(self.first_fit),

@@ -59,3 +59,10 @@ def test_tree_shrinkage_flag():
 def test_step_rows_flag():
     assert replay_config().step_rows == 256
     assert replay_config("--step-rows", "0").step_rows == 0
+
+
+def test_adam_batch_flag():
+    assert replay_config().adam_batch == 32
+    assert replay_config("--adam-batch", "0").adam_batch == 0
+    with pytest.raises(SystemExit):
+        replay_config("--adam-batch", "-1")

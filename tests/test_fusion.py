@@ -308,12 +308,14 @@ def test_field_weights_come_with_pair_weights_and_old_configs_go_without():
 
 
 def test_step_rows_reach_every_residual_learner_and_old_configs_take_one_step():
-    cfg = ModelConfig(model="nnres-gbdt", residual="fm", bits=BITS, step_rows=64)
-    assert Chain.from_config(cfg, N_FIELDS).stages[0].step_rows == 64
+    cfg = ModelConfig(model="nnres-gbdt", residual="fm", bits=BITS, step_rows=64, adam_batch=8)
+    stage = Chain.from_config(cfg, N_FIELDS).stages[0]
+    assert stage.step_rows == 64 and stage.adam_batch == 8
     saved = ModelConfig().to_dict()
-    assert saved["step_rows"] == 256
-    del saved["step_rows"]  # a config written before it existed
+    assert saved["step_rows"] == 256 and saved["adam_batch"] == 32
+    del saved["step_rows"], saved["adam_batch"]  # a config written before they existed
     assert ModelConfig.from_dict(saved).step_rows == 0
+    assert ModelConfig.from_dict(saved).adam_batch == 0
 
 
 def test_only_trees_in_front_of_residual_learners_are_shrunk_and_old_configs_not():

@@ -437,13 +437,13 @@ def test_the_batch_schedule_grows_from_small_batches_to_the_largest():
     while done < 200_000:
         sizes.append(batch_size_at(done, 1024))
         done += sizes[-1]
-    # one event, then doubling to 32 over the first 32 events
-    assert sizes[:7] == [1, 1, 2, 4, 8, 16, 32] and sum(sizes[:6]) == 32
+    # one event, then doubling to 16 over the first 16 events, 16 until 8,192 events
+    assert sizes[:7] == [1, 1, 2, 4, 8, 16, 16] and sum(sizes[:5]) == 16
     assert sizes[-1] == 512  # 200k events: not yet at full size
     assert all(b in (a, 2 * a) for a, b in zip(sizes, sizes[1:], strict=False))
     assert batch_size_at(10**7, 1024) == 1024 and batch_size_at(0, 8) == 1
     assert [batch_size_at(n, 8) for n in (4, 8, 9)] == [4, 8, 8]
-    assert [batch_size_at(n, 1024) for n in (16383, 16384)] == [32, 64]
+    assert [batch_size_at(n, 1024) for n in (8191, 8192, 16383, 16384)] == [16, 32, 32, 64]
 
 
 def test_trees_are_live_on_a_small_file_and_the_report_counts_them(stream, tmp_path):
@@ -455,7 +455,7 @@ def test_trees_are_live_on_a_small_file_and_the_report_counts_them(stream, tmp_p
     assert m["refits_started"] >= 3 and 1 <= m["refits_live"] <= m["refits_started"]
     assert m["refits_live"] + m["refits_rejected"] <= m["refits_started"]
     assert r["holdout"]["auc"] > 0.55  # not the constant prior (0.5)
-    assert m["batch_schedule"] == {"start": 1, "min": 32, "max": 1024, "growth": 512}
+    assert m["batch_schedule"] == {"start": 1, "min": 16, "max": 1024, "growth": 512}
 
 
 def test_first_stage_learners_start_at_the_click_rate(stream, tmp_path):
@@ -509,10 +509,11 @@ def test_a_run_learning_in_several_steps_per_batch_resumes_bit_for_bit(stream, t
 
 
 def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, tmp_path, capsys):
-    """A run checkpointed before pair and field weights and step_rows existed continues as
-    the plain DeepFM of one step per batch it was, and only with the flags that say so."""
+    """A run checkpointed before pair and field weights, step_rows and adam_batch existed
+    continues as the plain DeepFM of one unscaled step per batch it was, and only with the
+    flags that say so."""
     opts = ["--file", str(stream), *RESUME_MODEL]
-    before = ["--no-pair-weights", "--no-field-weights", "--step-rows", "0"]
+    before = ["--no-pair-weights", "--no-field-weights", "--step-rows", "0", "--adam-batch", "0"]
     code, whole = replay(tmp_path, *opts, *before, "--rows", "9000", name="whole.json")
     assert code == 0
     ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "4000"]
@@ -522,7 +523,7 @@ def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, t
     for config in (state["flags"], state["model"]["config"],
                    state["model"]["chain"]["stages"]["1"]["config"]):
         del config["pair_weights"], config["pair_lr"], config["step_rows"]  # as written before
-        del config["field_weights"]
+        del config["field_weights"], config["adam_batch"]
     checkpoint.save(tmp_path / "ckpt", state)
     capsys.readouterr()
     code, _ = replay(tmp_path, *opts, "--rows", "9000", *ckpt, "--resume")
@@ -530,8 +531,10 @@ def test_a_checkpoint_from_before_pair_weights_resumes_as_plain_deepfm(stream, t
     assert code == 1 and "--no-pair-weights: set in the checkpoint's run, not set now" in err, err
     assert "--no-field-weights: set in the checkpoint's run, not set now" in err, err
     assert "--step-rows: checkpoint 0, now 256" in err, err
+    assert "--adam-batch: checkpoint 0, now 32" in err, err
     code, resumed = replay(tmp_path, *opts, *before, "--rows", "9000", *ckpt,
                            "--resume", name="resumed.json")
     assert code == 0 and resumed["model"]["config"]["pair_weights"] is False
     assert resumed["model"]["config"]["step_rows"] == 0
+    assert resumed["model"]["config"]["adam_batch"] == 0
     assert strip_timing(resumed) == strip_timing(whole)

@@ -91,6 +91,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="most events in one step of the residual learner: a larger mini-batch "
                    "is learned in consecutive steps of N events (0 = one step per mini-batch; "
                    "--threads share a step's backward pass in blocks of 256 events)")
+    g.add_argument("--adam-batch", type=at.nonneg_int, default=32, metavar="N",
+                   help="a learner step on fewer than N events scales its Adam steps by "
+                   "sqrt(events / N), so the small batches early in a stream learn as much per "
+                   "event as batches of N (0 = unscaled)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")
@@ -116,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
         row_optimizer=args.row_optimizer, row_lr=args.row_lr, emb_lr=args.emb_lr,
         standardize=args.standardize, pair_weights=args.pair_weights,
         field_weights=args.field_weights, pair_lr=args.pair_lr,
-        step_rows=args.step_rows, live_blend=args.live_blend,
+        step_rows=args.step_rows, adam_batch=args.adam_batch, live_blend=args.live_blend,
         tree_shrinkage=args.tree_shrinkage,
         tree_codes=args.tree_codes,
         tree_end_codes=args.tree_end_codes,

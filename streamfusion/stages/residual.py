@@ -26,13 +26,15 @@ FORMAT_VERSION = 2  # 2: row optimizer, row_lr and the click prior
 _STRUCTURE = ("model", "n_fields", "bits", "k", "hidden", "row_optimizer", "prior",
               "standardize", "pair_weights", "field_weights")
 # What a state from before a setting existed was trained with.
-_BEFORE = {"pair_weights": False, "field_weights": False, "pair_lr": 0.03, "step_rows": 0}
+_BEFORE = {"pair_weights": False, "field_weights": False, "pair_lr": 0.03, "step_rows": 0,
+           "adam_batch": 0}
 _ARRAYS_STATS = ("value_mean", "value_m2")
 # A field varies when its values' variance exceeds this: categoricals (always 1.0) never do
 VARYING_M2 = 1e-12
 # Optimiser settings travel with the state so a resumed run takes identical next steps.
 _HYPER = ("lr", "row_lr", "emb_lr", "pair_lr", "l2", "clip", "beta1", "beta2", "eps",
-          "init_std", "step_rows")
+          "init_std", "step_rows", "adam_batch")
+_WHOLE = ("step_rows", "adam_batch")  # the hyper-parameters that count events
 _ARRAYS = ("table", "table_m", "table_v", "dense", "dense_m", "dense_v")
 MLP_MODELS = ("deepfm", "dnn")  # the learners with hidden layers
 
@@ -116,6 +118,12 @@ class ResidualLearner:
         of ``step_rows`` events, in order (0: one step per batch). A step moves each
         parameter by about ``lr`` whatever the batch size, so more steps per event learn
         more from a one-pass stream. The L2 decay of touched rows applies per step too.
+    adam_batch : int
+        A step on fewer than ``adam_batch`` events scales its Adam steps (dense parameters,
+        embeddings, pair and field weights) by ``sqrt(events / adam_batch)``, the square-root
+        rule: a small batch's noisier gradient then moves the weights about as far per event
+        as a batch of ``adam_batch``, the size the steps were set for (0: no scaling; the
+        first-order AdaGrad steps normalise themselves either way).
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated once per batch), as a
@@ -173,6 +181,7 @@ class ResidualLearner:
         field_weights: bool = False,
         pair_lr: float = 0.03,
         step_rows: int = 0,
+        adam_batch: int = 0,
     ) -> None:
         if model not in _learner.MODELS:
             raise ValueError(f"model must be one of {sorted(_learner.MODELS)}, got {model!r}")
@@ -186,8 +195,9 @@ class ResidualLearner:
         if not (row_lr > 0 and emb_lr > 0 and pair_lr > 0):
             raise ValueError(f"row_lr, emb_lr and pair_lr must be > 0, got {row_lr}, {emb_lr}, "
                              f"{pair_lr}")
-        if step_rows < 0:
-            raise ValueError(f"step_rows must be >= 0, got {step_rows}")
+        if step_rows < 0 or adam_batch < 0:
+            raise ValueError(f"step_rows and adam_batch must be >= 0, got {step_rows}, "
+                             f"{adam_batch}")
         if pair_weights and model != "deepfm":
             raise ValueError(f"pair_weights is a DeepFM option, not {model!r}")
         if field_weights and not pair_weights:
@@ -208,7 +218,7 @@ class ResidualLearner:
         self.standardize = bool(standardize)
         self.pair_weights, self.pair_lr = bool(pair_weights), float(pair_lr)
         self.field_weights = bool(field_weights)
-        self.step_rows = int(step_rows)
+        self.step_rows, self.adam_batch = int(step_rows), int(adam_batch)
         # running value statistics per field (Chan et al.'s parallel update, float64)
         self.value_count = 0
         self.value_mean = np.zeros(self.n_fields, np.float64)
@@ -320,7 +330,8 @@ class ResidualLearner:
                     sample_weight: Any = None, margin_out: np.ndarray | None = None) -> dict:
         """Learn ``logloss(y, sigmoid(base_margin + margin(batch)))``: one step
         (``row_optimizer`` for the table rows, Adam for the dense parameters), or consecutive
-        steps of ``step_rows`` events in order when the batch is larger.
+        steps of ``step_rows`` events in order when the batch is larger. A step on fewer than
+        ``adam_batch`` events scales its Adam steps by ``sqrt(events / adam_batch)``.
 
         The click prior moves with the batch's labels before its first step (the steps learn
         against it; ``margin_out`` gets the prior as the batch found it), the value
@@ -358,15 +369,17 @@ class ResidualLearner:
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             part = slice(lo, hi)
+            scale = min(1.0, ((hi - lo) / self.adam_batch) ** 0.5) if self.adam_batch else 1.0
             l_, e_, u_, _ = _learner.train(
                 self._code, self.k, self.hidden, indices[part],
                 None if values is None else values[part], base[part], yy[part],
                 None if sw is None else sw[part], self.table, self.table_m, self.table_v,
                 self.dense, self.dense_m, self.dense_v, self.step, self._marker, work, iwork,
-                self.lr, self.beta1, self.beta2, self.eps, self.l2, self.clip, self.threads,
+                self.lr * scale, self.beta1, self.beta2, self.eps, self.l2, self.clip,
+                self.threads,
                 None if margin_out is None else margin_out[part],
                 _learner.ROW_OPTIMIZERS[self.row_optimizer], self.row_lr, self.emb_lr,
-                self.pair_lr)
+                self.pair_lr * scale)
             loss, skip_ex, skip_upd = loss + l_, skip_ex + e_, skip_upd + u_
         self._update_value_stats(batch)
         if self.prior and margin_out is not None:
@@ -407,7 +420,8 @@ class ResidualLearner:
                 "row_lr": self.row_lr, "emb_lr": self.emb_lr, "prior": self.prior,
                 "standardize": self.standardize, "pair_weights": self.pair_weights,
                 "field_weights": self.field_weights,
-                "pair_lr": self.pair_lr, "step_rows": self.step_rows}
+                "pair_lr": self.pair_lr, "step_rows": self.step_rows,
+                "adam_batch": self.adam_batch}
 
     def state_dict(self) -> dict:
         """Parameters, Adam moments, step and config (arrays are copies)."""
@@ -435,9 +449,10 @@ class ResidualLearner:
         for key, value in hyper.items():
             if not isinstance(value, (int, float)):
                 raise ValueError(f"residual state config lacks a number for {key!r}")
-        if hyper["step_rows"] < 0 or hyper["step_rows"] != int(hyper["step_rows"]):
-            raise ValueError(f"residual state step_rows must be a whole number >= 0, got "
-                             f"{hyper['step_rows']!r}")
+        for key in _WHOLE:
+            if hyper[key] < 0 or hyper[key] != int(hyper[key]):
+                raise ValueError(f"residual state {key} must be a whole number >= 0, got "
+                                 f"{hyper[key]!r}")
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"residual state step must be a non-negative int, got {step!r}")
@@ -470,7 +485,7 @@ class ResidualLearner:
         for name in _ARRAYS_STATS:
             np.copyto(getattr(self, name), state[name])
         for key, value in hyper.items():
-            setattr(self, key, int(value) if key == "step_rows" else float(value))
+            setattr(self, key, int(value) if key in _WHOLE else float(value))
         self.seed = int(cfg.get("seed", self.seed))
 
     def save(self, path: str | os.PathLike) -> None:

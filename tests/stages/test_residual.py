@@ -589,6 +589,46 @@ def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
         assert other.step_rows == 0
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_small_step_scales_its_adam_steps_by_the_square_root_rule(model, rng):
+    """A step on fewer than adam_batch events takes the Adam steps of a learner whose lr and
+    pair_lr are scaled by sqrt(events / adam_batch), bit for bit; AdaGrad's are unchanged; a
+    step of adam_batch events or more is unscaled."""
+    scaled, plain = learner(model, adam_batch=32), learner(model)
+    twin = learner(model, lr=plain.lr * 0.5, pair_lr=plain.pair_lr * 0.5)  # sqrt(8 / 32)
+    for n, fit in ((8, twin), (32, plain), (40, plain)):
+        batch = make_batch(rng, n, 5, 64)
+        base = rng.normal(0, 0.3, n).astype(np.float32)
+        y = (rng.random(n) < 0.3).astype(np.float32)
+        # the twins start where scaled is, with their own settings
+        other = learner(model)
+        for twin_ in (fit, other):
+            twin_.load_state_dict({**scaled.state_dict(), "config": twin_.config()})
+        scaled.partial_fit(batch, base, y)
+        fit.partial_fit(batch, base, y)
+        other.partial_fit(batch, base, y)  # unscaled, from the same state
+        for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"):
+            assert np.array_equal(getattr(scaled, name), getattr(fit, name)), (n, name)
+        assert (n < 32) != np.array_equal(scaled.dense, other.dense), n
+
+
+def test_adam_batch_travels_with_the_state_and_states_before_it_are_unscaled():
+    state = ResidualLearner("fm", n_fields=6, bits=8, k=4, adam_batch=16).state_dict()
+    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, adam_batch=32)
+    other.load_state_dict(state)
+    assert other.adam_batch == 16 and other.config()["adam_batch"] == 16
+    del state["config"]["adam_batch"]  # as the code before wrote it
+    other.load_state_dict(state)
+    assert other.adam_batch == 0
+    with pytest.raises(ValueError, match="adam_batch"):
+        ResidualLearner("fm", n_fields=3, bits=6, adam_batch=-1)
+    for bad in (-1, 2.5):
+        state["config"]["adam_batch"] = bad
+        with pytest.raises(ValueError, match="adam_batch"):
+            other.load_state_dict(state)
+        assert other.adam_batch == 0
+
+
 @pytest.mark.parametrize(("kw", "code", "match"), [
     ({"model": "fm", "pair_weights": True}, _learner.MODELS["dnn"] | _learner.PAIR_WEIGHTS,
      "(pair_weights is a|pair weights are a) DeepFM option"),
