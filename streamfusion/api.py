@@ -66,7 +66,7 @@ class ResFusion:
 
     The same chain as ``streamfusion replay`` with the same defaults (``ModelConfig``):
     ``partial_fit`` cuts its rows into the replay's mini-batch schedule (one event, doubling
-    to 32 over the first 32 events, then growing to ``batch_size``) and learns
+    to 16 over the first 16 events, then growing to ``batch_size``) and learns
     test-then-train; a call learns all its rows, the last ones as a shorter batch when the
     call ends within one. Fed in chunks that end on the schedule's batch boundaries (one
     call, or multiples of the batch size), then ``finish``,

@@ -114,16 +114,19 @@ class ModelConfig:
     field_weights: bool = True
     pair_lr: float = 0.03
     # an Adam step learns from at most 256 events (batches reach 1,024): a step moves each
-    # weight by about lr whatever its size, so more steps learn more in one pass. Progressive
+    # weight by about lr whatever its size (from adam_batch events up), so more steps learn
+    # more in one pass. Progressive
     # AUC, generated 1M Avazu / Criteo: steps of 1,024 0.7225 / 0.6684, 512 0.7267 / 0.6756,
     # 256 0.7296 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443 -> 0.7455. Batches of the
     # click-log samples stay at or below 256 events, so they learn as before.
     step_rows: int = 256
-    # a step on fewer events than this scales its Adam steps by sqrt(events / adam_batch):
-    # the schedule's batches of 16 (online.schedule.MIN_BATCH) then learn as much per event
-    # as the batches of 32 that lr was chosen with. Mean of seeds 0-2 with batches of 16,
-    # unscaled / scaled: generated 1M Criteo, deepfm alone, progressive AUC 0.6917 / 0.6963
-    # (batches of 32: 0.6990); the Criteo sample's chrono holdout 0.7624 / 0.7658 (0.7642)
+    # a step on fewer learned events than this scales lr and pair_lr by sqrt(events /
+    # adam_batch), the square-root rule for gradient noise: lr was chosen with batches of
+    # 32, and the schedule's batches of 16 (online.schedule.MIN_BATCH) or a small poll of
+    # labels (serve) step less far. Mean of seeds 0-2 with batches of 16, unscaled / scaled:
+    # generated 1M Criteo, deepfm alone, progressive AUC of random-holdout runs 0.6917 /
+    # 0.6963 (batches of 32: 0.6990); the Criteo sample's chrono holdout 0.7624 / 0.7658
+    # (0.7642)
     adam_batch: int = 32
     standardize: bool = True  # numbers as running z-scores for the learner
     # trees also split on categorical codes of each field's most frequent values (LightGBM

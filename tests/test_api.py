@@ -138,7 +138,7 @@ def test_partial_fit_learns_what_a_replay_learns(tmp_path):
     y = table.column("click").to_numpy().astype(int)
     X = table.drop_columns(["click"])
     model = api.ResFusion(avazu_schema(), **SMALL)
-    step = 94 * 32  # after the first 32 events the schedule's batches are 32 up to 16,384
+    step = 94 * 32  # after the first 16 events the batches are 16 (to 8,192), then 32 (to 16,384)
     for a in range(0, 9000, step):
         model.partial_fit(X.slice(a, step), y[a:a + step])
     model.finish().save(tmp_path / "api.sfm")

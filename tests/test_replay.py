@@ -495,7 +495,8 @@ def test_the_dnn_learner_replays_and_resumes(stream, tmp_path, flags, stages):
 
 
 def test_a_run_learning_in_several_steps_per_batch_resumes_bit_for_bit(stream, tmp_path):
-    """Batches of 32 events learned in steps of 8: a resumed run takes the same steps."""
+    """Batches of 16 and 32 events learned in steps of 8 (Adam steps scaled by --adam-batch):
+    a resumed run takes the same steps."""
     args = ["--file", str(stream), *RESUME_MODEL, "--step-rows", "8"]
     code, whole = replay(tmp_path, *args, "--rows", "9000", name="whole.json")
     assert code == 0 and whole["model"]["config"]["step_rows"] == 8

@@ -174,6 +174,7 @@ def test_a_pickle_from_before_pair_weights_loads_as_it_was(monkeypatch):
     assert old.model_.config.pair_weights is False and old.model_.config.step_rows == 0
     assert old.model_.config.field_weights is False
     assert model.model_.config.step_rows == 0  # learn_many: one step per frame
+    assert model.model_.config.adam_batch == 0  # lr is set for steps of one event
     for x, y in PHISHING[600:700]:
         assert old.predict_proba_one(x) == model.predict_proba_one(x)
         old.learn_one(x, y)

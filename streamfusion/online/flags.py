@@ -92,9 +92,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    "is learned in consecutive steps of N events (0 = one step per mini-batch; "
                    "--threads share a step's backward pass in blocks of 256 events)")
     g.add_argument("--adam-batch", type=at.nonneg_int, default=32, metavar="N",
-                   help="a learner step on fewer than N events scales its Adam steps by "
-                   "sqrt(events / N), so the small batches early in a stream learn as much per "
-                   "event as batches of N (0 = unscaled)")
+                   help="a learner step on fewer than N learned events (the first batches of "
+                   "a stream, a small poll of labels) scales its Adam steps by sqrt(events / "
+                   "N), the square-root rule for gradient noise (0 = unscaled)")
     g.add_argument("--l2", type=at.nonneg_float, default=1e-6, help="L2 on touched rows")
     g.add_argument("--threads", type=at.positive_int, default=1,
                    help="threads for the residual learner and tree refits (1 = bit-for-bit)")

@@ -116,14 +116,16 @@ class ResidualLearner:
     step_rows : int
         Most events in one step: ``partial_fit`` learns a larger batch in consecutive steps
         of ``step_rows`` events, in order (0: one step per batch). A step moves each
-        parameter by about ``lr`` whatever the batch size, so more steps per event learn
-        more from a one-pass stream. The L2 decay of touched rows applies per step too.
+        parameter by about ``lr`` whatever the batch size (below ``adam_batch`` events,
+        less), so more steps per event learn more from a one-pass stream. The L2 decay of
+        touched rows applies per step too.
     adam_batch : int
-        A step on fewer than ``adam_batch`` events scales its Adam steps (dense parameters,
-        embeddings, pair and field weights) by ``sqrt(events / adam_batch)``, the square-root
-        rule: a small batch's noisier gradient then moves the weights about as far per event
-        as a batch of ``adam_batch``, the size the steps were set for (0: no scaling; the
-        first-order AdaGrad steps normalise themselves either way).
+        A step on fewer than ``adam_batch`` learned events scales ``lr`` and ``pair_lr`` by
+        ``sqrt(events / adam_batch)`` (0: never), the square-root rule for a batch's
+        gradient noise; ``lr`` is set for steps of ``adam_batch`` events. What that scales:
+        every Adam step (the dense parameters, pair and field weights, and the table columns
+        Adam steps: embeddings under ``"mixed"``, whole rows under ``"adam"``); AdaGrad's steps
+        (``row_lr``, ``emb_lr``) normalise themselves and are never scaled.
     standardize : bool
         Feed the kernel each varying field's values as z-scores under running statistics
         (mean and variance of the values learned so far, updated once per batch), as a
@@ -450,7 +452,7 @@ class ResidualLearner:
             if not isinstance(value, (int, float)):
                 raise ValueError(f"residual state config lacks a number for {key!r}")
         for key in _WHOLE:
-            if hyper[key] < 0 or hyper[key] != int(hyper[key]):
+            if not 0 <= hyper[key] < float("inf") or hyper[key] != int(hyper[key]):
                 raise ValueError(f"residual state {key} must be a whole number >= 0, got "
                                  f"{hyper[key]!r}")
         step = state.get("step")

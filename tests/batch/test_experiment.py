@@ -326,3 +326,9 @@ def test_blend_curve_is_traced_whatever_the_model_order(data):
     w = rows[1]["blend_weights"]
     assert len(w) == 3 and all(np.isfinite(w))
     exp.close()
+
+
+def test_the_paper_protocol_takes_one_unscaled_adam_step_per_mini_batch():
+    for quick in (True, False):
+        cfg, _ = default_config(quick, 0)
+        assert cfg.row_optimizer == "adam" and cfg.step_rows == 0 and cfg.adam_batch == 0

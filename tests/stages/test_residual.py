@@ -572,21 +572,23 @@ def test_margin_out_with_steps_counts_the_prior_and_the_scaled_values(rng):
     assert not np.array_equal(out[8:16], before[8:16])
 
 
-def test_step_rows_travel_with_the_state_and_states_before_them_take_one_step():
-    state = ResidualLearner("fm", n_fields=6, bits=8, k=4, step_rows=32).state_dict()
-    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, step_rows=256)
+@pytest.mark.parametrize("key", ["step_rows", "adam_batch"])
+def test_event_counts_travel_with_the_state_and_states_before_them_load_as_0(key):
+    """step_rows (0: one step per batch) and adam_batch (0: unscaled Adam steps)."""
+    state = ResidualLearner("fm", n_fields=6, bits=8, k=4, **{key: 16}).state_dict()
+    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, **{key: 256})
     other.load_state_dict(state)
-    assert other.step_rows == 32 and other.config()["step_rows"] == 32
-    del state["config"]["step_rows"]  # as the code before wrote it
+    assert getattr(other, key) == 16 and other.config()[key] == 16
+    del state["config"][key]  # as the code before wrote it
     other.load_state_dict(state)
-    assert other.step_rows == 0
-    with pytest.raises(ValueError, match="step_rows"):
-        ResidualLearner("fm", n_fields=3, bits=6, step_rows=-1)
-    for bad in (-1, 2.5):
-        state["config"]["step_rows"] = bad
-        with pytest.raises(ValueError, match="step_rows"):
+    assert getattr(other, key) == 0
+    with pytest.raises(ValueError, match=key):
+        ResidualLearner("fm", n_fields=3, bits=6, **{key: -1})
+    for bad in (-1, 2.5, float("inf"), float("nan")):
+        state["config"][key] = bad
+        with pytest.raises(ValueError, match=key):
             other.load_state_dict(state)
-        assert other.step_rows == 0
+        assert getattr(other, key) == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -610,23 +612,16 @@ def test_a_small_step_scales_its_adam_steps_by_the_square_root_rule(model, rng):
         for name in ("table", "table_m", "table_v", "dense", "dense_m", "dense_v"):
             assert np.array_equal(getattr(scaled, name), getattr(fit, name)), (n, name)
         assert (n < 32) != np.array_equal(scaled.dense, other.dense), n
-
-
-def test_adam_batch_travels_with_the_state_and_states_before_it_are_unscaled():
-    state = ResidualLearner("fm", n_fields=6, bits=8, k=4, adam_batch=16).state_dict()
-    other = ResidualLearner("fm", n_fields=6, bits=8, k=4, adam_batch=32)
-    other.load_state_dict(state)
-    assert other.adam_batch == 16 and other.config()["adam_batch"] == 16
-    del state["config"]["adam_batch"]  # as the code before wrote it
-    other.load_state_dict(state)
-    assert other.adam_batch == 0
-    with pytest.raises(ValueError, match="adam_batch"):
-        ResidualLearner("fm", n_fields=3, bits=6, adam_batch=-1)
-    for bad in (-1, 2.5):
-        state["config"]["adam_batch"] = bad
-        with pytest.raises(ValueError, match="adam_batch"):
-            other.load_state_dict(state)
-        assert other.adam_batch == 0
+    # steps of step_rows events: each step scales by its own events (32 unscaled, then 8)
+    stepped, sliced = learner(model, step_rows=32, adam_batch=32), learner(model, adam_batch=32)
+    batch = make_batch(rng, 40, 5, 64)
+    base, y = rng.normal(0, 0.3, 40).astype(np.float32), (rng.random(40) < 0.3).astype(np.float32)
+    stepped.partial_fit(batch, base, y)
+    for part in (slice(0, 32), slice(32, 40)):
+        sliced.partial_fit(SimpleNamespace(indices=batch.indices[part],
+                                           values=batch.values[part]), base[part], y[part])
+    assert np.array_equal(stepped.table, sliced.table)
+    assert np.array_equal(stepped.dense, sliced.dense)
 
 
 @pytest.mark.parametrize(("kw", "code", "match"), [
