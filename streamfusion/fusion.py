@@ -115,10 +115,10 @@ class ModelConfig:
     pair_lr: float = 0.03
     # an Adam step learns from at most 256 events (batches reach 1,024): a step moves each
     # weight by about lr whatever its size (from adam_batch events up), so more steps learn
-    # more in one pass. Progressive
-    # AUC, generated 1M Avazu / Criteo: steps of 1,024 0.7225 / 0.6684, 512 0.7267 / 0.6756,
-    # 256 0.7296 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443 -> 0.7455. Batches of the
-    # click-log samples stay at or below 256 events, so they learn as before.
+    # more in one pass. Progressive AUC, generated 1M Avazu / Criteo: steps of 1,024 0.7225 /
+    # 0.6684, 512 0.7267 / 0.6756, 256 0.7296 / 0.6832, 128 0.7285 / 0.6805; 3M Avazu 0.7443
+    # -> 0.7455. Batches of the click-log samples stay at or below 256 events, so they learn
+    # as before.
     step_rows: int = 256
     # a step on fewer learned events than this scales lr and pair_lr by sqrt(events /
     # adam_batch), the square-root rule for gradient noise: lr was chosen with batches of

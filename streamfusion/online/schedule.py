@@ -11,8 +11,8 @@ from streamfusion.online.source import Source
 # The mini-batch schedule: one event first, then batches doubling to MIN_BATCH; from then on a
 # batch holds about 1/BATCH_GROWTH of the events seen before it, between MIN_BATCH and the
 # largest size, in powers of two. Early events take many small steps (a 10k-event log learns
-# from hundreds of updates, not ten) and at scale batches are full size (1,024 from about half
-# 262,144 events on), so learning fast early costs no throughput. Batches of 16 rather than
+# from hundreds of updates, not ten) and at scale batches are full size (1,024 from 262,144
+# events on), so learning fast early costs no throughput. Batches of 16 rather than
 # 32 until 8k events, with the learner's Adam steps scaled to the batch (ModelConfig.
 # adam_batch), mean of seeds 0-2, progressive AUC 32 -> 16: the Avazu / Criteo samples 0.6845
 # -> 0.6868 / 0.7294 -> 0.7311, Adult 0.9167 -> 0.9170 (chrono runs), four small public tables
