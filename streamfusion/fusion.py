@@ -204,6 +204,19 @@ class ModelConfig:
         return cls(**{**CONFIG_BEFORE, **d})
 
 
+def kept_settings(running: ModelConfig, asked: ModelConfig) -> list[str]:
+    """The settings in which ``asked`` (a run's flags) differs from ``running``, the config of
+    a model the run goes on from, which keeps its own: ``name running (asked: value)``.
+
+    Examples
+    --------
+    >>> kept_settings(ModelConfig(lr=0.001), ModelConfig(lr=0.002, adam_batch=0))
+    ['lr 0.001 (asked: 0.002)', 'adam_batch 32 (asked: 0)']
+    """
+    have, want = running.to_dict(), asked.to_dict()
+    return [f"{k} {have[k]!r} (asked: {want[k]!r})" for k in want if have.get(k) != want[k]]
+
+
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):
     """Create one stage; stage seeds are derived from the one ``seed``."""
     seed = (cfg.seed * 1_000_003 + position) % (2**31)

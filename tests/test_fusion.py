@@ -1,6 +1,8 @@
 """The chain's invariants (DESIGN.md): fused margin = sum of stage margins, pure scoring,
 batch-size independence, bit-exact checkpoint round trips, base swap changes only the base."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from streamfusion import checkpoint
 from streamfusion.batch.fit import offline_config
 from streamfusion.features import Batch
-from streamfusion.fusion import ROW_LR, ROW_STEP, Chain, ModelConfig
+from streamfusion.fusion import ROW_LR, ROW_STEP, Chain, ModelConfig, kept_settings
 from streamfusion.online import OnlineModel
 from streamfusion.stages import click_logodds
 from streamfusion.stages.trees import SLOW_FIT_ROWS
@@ -305,6 +307,15 @@ def test_field_weights_come_with_pair_weights_and_old_configs_go_without():
     assert saved["field_weights"] is True
     del saved["field_weights"]  # a config written before field weights existed
     assert ModelConfig.from_dict(saved).field_weights is False
+
+
+def test_kept_settings_name_what_a_run_asks_for_and_a_model_it_continues_keeps():
+    running = ModelConfig().for_input(N_FIELDS)
+    assert kept_settings(running, ModelConfig().for_input(N_FIELDS)) == []
+    asked = dataclasses.replace(running, lr=0.002, hidden=(64, 64), adam_batch=0)
+    assert kept_settings(running, asked) == [
+        "hidden [128, 128] (asked: [64, 64])", "lr 0.0015 (asked: 0.002)",
+        "adam_batch 32 (asked: 0)"]
 
 
 def test_step_rows_reach_every_residual_learner_and_old_configs_take_one_step():

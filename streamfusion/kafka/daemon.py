@@ -44,7 +44,7 @@ from streamfusion import checkpoint
 from streamfusion.data.encoder import Encoder
 from streamfusion.data.schema import Schema, avazu_schema
 from streamfusion.features import Batch
-from streamfusion.fusion import ModelConfig
+from streamfusion.fusion import ModelConfig, kept_settings
 from streamfusion.kafka.client_log import ClientLog
 from streamfusion.kafka.commits import CommitCycle
 from streamfusion.kafka.encoding import internal_reason
@@ -355,6 +355,7 @@ class Daemon:
                                                           self.model_config.threads)
             log.info("starting from the replay checkpoint in %s (%d events learned)",
                      self.cfg.init_from, self.model.events_learned)
+            self._warn_kept_settings(f"the model of --init-from {self.cfg.init_from}")
             return
         cfg = self.model_config
         self.model = OnlineModel(cfg, len(self.schema.field_names), slotted=self.schema.is_svm)
@@ -367,9 +368,20 @@ class Daemon:
             self._restore(state)
             log.info("resumed from checkpoint %s: %d events, positions %s", d,
                      self.counters["events"], self.cycle.state_positions)
+            self._warn_kept_settings(f"the model of checkpoint {d}")
         else:
             self._build_fresh()
         self._new_loop()
+
+    def _warn_kept_settings(self, source: str) -> None:
+        """A model continued from ``source`` keeps the settings it learned with: say which
+        model flags of this run that overrules, so a restart meant to change them does not
+        pass in silence."""
+        asked = self.model_config.for_input(self.model.n_fields, slotted=self.schema.is_svm)
+        kept = kept_settings(self.model.config, asked)
+        if kept:
+            log.warning("%s keeps its own settings; these model flags differ and are not "
+                        "used: %s", source, "; ".join(kept))
 
     def _new_loop(self) -> None:
         """The online loop over the current model (again after a snapshot replaced it)."""

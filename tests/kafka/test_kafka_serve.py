@@ -128,8 +128,12 @@ def test_kill9_mid_stream_then_restart_loses_nothing(kafka_bootstrap, topic_name
     (ck_pos,) = [o for topic, _, o in state["positions"] if topic == t["in"]]
     assert ck_pos >= max(committed(kafka_bootstrap, topic_name, t["in"])[0], 0)
 
-    second = Serve(kafka_bootstrap, [*args, "--exit-when-idle", "3"], tmp_path / "second.log")
+    # a restart keeps the checkpoint's model settings, and says which flags it overrules
+    second = Serve(kafka_bootstrap, [*args, "--exit-when-idle", "3", "--lr", "0.002"],
+                   tmp_path / "second.log")
     assert second.wait() == 0, second.log()
+    assert "flags differ and are not used: lr 0.0015 (asked: 0.002)" in second.log()
+    assert "flags differ" not in first.log()
     outs, seen = scored_ids(kafka_bootstrap, t["out"], set(ids))
     assert seen == set(ids)
     final = checkpoint.load(ckpt)
