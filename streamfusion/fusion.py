@@ -214,7 +214,7 @@ def kept_settings(running: ModelConfig, asked: ModelConfig) -> list[str]:
     ['lr 0.001 (asked: 0.002)', 'adam_batch 32 (asked: 0)']
     """
     have, want = running.to_dict(), asked.to_dict()
-    return [f"{k} {have[k]!r} (asked: {want[k]!r})" for k in want if have.get(k) != want[k]]
+    return [f"{k} {have[k]!r} (asked: {want[k]!r})" for k in want if have[k] != want[k]]
 
 
 def build_stage(kind: str, position: int, cfg: ModelConfig, n_fields: int):

@@ -391,8 +391,7 @@ def default_config(quick: bool, seed: int) -> tuple[ModelConfig, FitOptions]:
     beyond its noise on the Criteo sample, Adult or a generated 1M Criteo log), smaller under
     ``--quick``; ``FitOptions``' validation checks and stage scales."""
     paper = {"row_optimizer": "adam", "standardize": False, "pair_weights": False,
-             "field_weights": False, "step_rows": 0, "adam_batch": 0,
-             "seed": seed}
+             "field_weights": False, "step_rows": 0, "adam_batch": 0, "seed": seed}
     if quick:
         cfg = ModelConfig(n_trees=60, num_leaves=31, tree_learning_rate=0.15, bits=18, k=8,
                           hidden=(64, 64), lr=2e-3, **paper)
