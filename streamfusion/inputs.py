@@ -18,6 +18,7 @@ from streamfusion.data.schema import (
     DEFAULT_SAMPLE_ROWS,
     DENSE_AUTO_MAX,
     FORMATS,
+    LABEL_NAMES,
 )
 
 # the flags' destinations, which are open_source's keyword names too
@@ -30,8 +31,11 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     group.add_argument(
         "--format", default="auto", choices=FORMATS,
         help="input format (default: auto, Avazu, Criteo, libsvm = libfm 'label idx:val' or "
-        "libffm 'label field:idx:val' from the first lines; other files: csv with --label)")
-    group.add_argument("--label", help="label column of a generic CSV")
+        "libffm 'label field:idx:val' from the first lines, or a csv whose label column is "
+        "named as labels are; other files: csv with --label)")
+    group.add_argument(
+        "--label", help="label column of a generic CSV (default: the one 0/1 column named "
+        f"{', '.join(LABEL_NAMES)}, any case)")
     group.add_argument(
         "--types", type=at.column_types, metavar="COL=KIND,...",
         help="column kinds (num, cat or skip) overriding the inferred ones, e.g. "

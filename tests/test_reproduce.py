@@ -321,7 +321,7 @@ def test_cli_bad_input_flags_are_one_line_errors(tmp_path):
     path = tmp_path / "log.csv"
     _word_log(path)
     for args, message in (
-            (["--format", "csv"], "format='csv' needs label=COLUMN"),
+            (["--label", "nope"], "label column 'nope' not in the header"),
             (["--label", "clk", "--types", "nope=cat"], "no column 'nope'"),
             (["--format", "avazu"], "not an Avazu file"),
             (["--label", "clk", "--report", str(tmp_path)], "is a directory")):

@@ -77,6 +77,9 @@ ID_MIN_VALUE = 10_000
 ID_MAX_SKEW = 1.5
 # names that say "id": `*id` (user_id, userId, adgroupid) or containing `hash`
 ID_NAME = re.compile(r"(?i).*id|.*hash.*")
+# a generic CSV read without a label column named: the one column with one of these names
+# (any case) whose sampled values are all 0 or 1 is the label
+LABEL_NAMES = ("label", "click", "clicked", "clk", "is_click", "is_clicked", "target", "y")
 # rows read for type inference: enough for rare words and id cardinality to show, for about
 # 0.2 s of Python on a 15-column log
 DEFAULT_SAMPLE_ROWS = 20_000
@@ -546,7 +549,8 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     ``format="auto"`` recognises Avazu (header names, or 24 comma fields with a 0/1 click and a
     YYMMDDHH hour), Criteo (40 or 39 tab-separated fields, or the Kaggle csv headers), libsvm
     (``idx:val`` tokens, reported as ``libsvm``; libFM files are the same) and libffm
-    (``field:idx:val``); any other file needs ``format="csv"`` or a label. A sample of up to
+    (``field:idx:val``) and a CSV whose label column is named as labels are
+    (:func:`guess_label`); any other file needs ``format="csv"`` and a label. A sample of up to
     ``sample_rows`` lines (:func:`type_sample`) types a CSV's columns and, with
     ``dense_features=None``, chooses a libsvm-like file's tree columns (:func:`svm_dense_ids`).
     """
@@ -556,7 +560,7 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     first = lines[0].decode("utf-8", "replace")
     fmt = format
     if fmt == "auto":
-        fmt = _detect(first, lines, label)
+        fmt = _detect(first, lines, label, delimiter)
     if fmt == "avazu":
         cells = first.split(",")
         if tuple(cells) == AVAZU_COLUMNS:
@@ -574,12 +578,14 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
             type_sample(head, complete, sample_rows, read_rest()), fmt == "libffm")
         schema = libsvm_schema(max_features, dense_features or 0, fmt, ids)
     elif fmt == "csv":
-        if label is None:
-            raise ValueError("format='csv' needs label=COLUMN")
         names = split_cells(first, delimiter)
         lines = type_sample(head, complete, sample_rows, read_rest())
         text = b"\n".join(lines[1:]).decode("utf-8", "replace")
         rows = split_sample(text.split("\n") if text else [], delimiter)
+        label = label or guess_label(names, rows)
+        if label is None:
+            raise ValueError("format='csv' needs label=COLUMN (no column is named "
+                             f"{'/'.join(LABEL_NAMES)} with 0/1 values)")
         return infer_csv_schema(names, rows, label, types, delimiter)
     else:
         raise ValueError(f"unknown format {format!r}: {', '.join(FORMATS)}")
@@ -589,7 +595,7 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     return schema.with_types(types)
 
 
-def _detect(first: str, lines: Sequence[bytes], label: str | None) -> str:
+def _detect(first: str, lines: Sequence[bytes], label: str | None, delimiter: str) -> str:
     cells = first.split(",")
     if tuple(cells) == AVAZU_COLUMNS or (
         len(cells) == len(AVAZU_COLUMNS) and cells[1] in ("0", "1")
@@ -606,10 +612,36 @@ def _detect(first: str, lines: Sequence[bytes], label: str | None) -> str:
     svm = _svm_format(lines[:SVM_DETECT_LINES])
     if svm is not None:
         return svm
-    if label is not None:
+    if label is not None or guess_label(_cells_or_none(first, delimiter), split_sample(
+            [ln.decode("utf-8", "replace") for ln in lines[1:]], delimiter)) is not None:
         return "csv"
-    raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm or libffm): "
-                     "give --format csv --label COLUMN, or another --format")
+    raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm, libffm, nor "
+                     f"a CSV with a 0/1 column named {'/'.join(LABEL_NAMES)}): give --format "
+                     "csv --label COLUMN, or another --format")
+
+
+def guess_label(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str | None:
+    """The label column of a CSV read without one named: the only column called as labels
+    are (:data:`LABEL_NAMES`, any case) whose sampled cells are all 0 or 1 (or empty); else
+    None.
+
+    Examples
+    --------
+    >>> guess_label(["user_id", "Click", "price"], [["7", "0", "3.5"], ["8", "1", "2"]])
+    'Click'
+    >>> guess_label(["label", "target"], [["0", "1"], ["1", "0"]]) is None  # two candidates
+    True
+    """
+    good = [r for r in rows if len(r) == len(names)]  # as infer_csv_schema reads them
+
+    def labels(j: int) -> bool:  # empty cells aside (malformed rows later), all 0 or 1
+        cells = [c for r in good if (c := r[j].strip())]
+        return bool(cells) and all(_parse.parse_number(c.encode()) in (0.0, 1.0)
+                                   for c in cells)
+
+    found = [j for j, name in enumerate(names)
+             if name.strip().lower() in LABEL_NAMES and labels(j)]
+    return names[found[0]] if len(found) == 1 else None
 
 
 def _svm_format(lines: Sequence[bytes]) -> str | None:

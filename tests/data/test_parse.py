@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import math
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from streamfusion.data import (
     read_all,
 )
 from streamfusion.data.encoder import PAD_FIELD
+from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import AVAZU_COLUMNS, AVAZU_INT_COLUMNS, DENSE_AUTO_MAX
 
 M64 = (1 << 64) - 1
@@ -298,6 +300,32 @@ def test_csv_without_label_is_refused(tmp_path):
     p = write(tmp_path, "x.csv", "a,b\n1,2\n")
     with pytest.raises(ParseError, match="cannot detect the format"):
         open_source(p)
+    with pytest.raises(ParseError, match="needs label=COLUMN"):
+        open_source(p, format="csv")
+
+
+@pytest.mark.parametrize("fmt", ["auto", "csv"])
+def test_csv_label_column_found_by_name(tmp_path, fmt):
+    p = write(tmp_path, "x.csv", "user_id,Clk,price\n7,0,3.5\n8,1,2\n9,,4\n8,1.0,1\n")
+    with pytest.warns(UserWarning, match="the label column is 'Clk'"), open_source(
+            p, format=fmt, on_error="skip") as src:
+        assert src.schema.name == "csv" and src.schema.label == "Clk"
+        assert src.next_batch(10).y.tolist() == [0, 1, 1]  # the empty label: a malformed row
+    # named --label: no warning, whatever the names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert log_schema(p, label="price", format="csv").label == "price"
+
+
+@pytest.mark.parametrize("text", [
+    "label,target,x\n0,1,5\n1,0,6\n",  # two candidates
+    "target,x\n0,5\n2,6\n",  # a value other than 0/1
+    "outcome,x\n0,5\n1,6\n",  # not a label's name
+    "click,x\n",  # no rows to look at
+])
+def test_csv_label_not_guessed(tmp_path, text):
+    with pytest.raises(ParseError, match="cannot detect the format"):
+        open_source(write(tmp_path, "x.csv", text))
 
 
 def test_libsvm_rows(tmp_path):
