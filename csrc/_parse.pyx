@@ -5,7 +5,8 @@ Python (streamfusion/data/encoder.py) owns every array: the outputs of a Batch, 
 table, the compiled schema and a small int64 state array through which the pass reports
 where it stopped, the line number, out-of-order counts and the first malformed row.
 Each inline C helper has a Python-visible twin for tests: ``hash_value``, ``field_salt``,
-``parse_number``, ``utf8_valid``, ``parse_hour``, ``dense_slot``, ``format_g9``.
+``parse_number``, ``utf8_valid``, ``parse_hour``, ``parse_time``, ``dense_slot``,
+``format_g9``.
 
 ``json_events`` (C in json_events.h) turns a Kafka batch of JSON events into lines for the
 tokenizer; ``json_events([value], ...)`` is its one-message twin.
@@ -45,6 +46,8 @@ cdef extern from "parse_core.h" nogil:
     int sf_parse_num(const unsigned char *p, const unsigned char *e, double *out)
     int sf_utf8_valid(const unsigned char *p, const unsigned char *e)
     int sf_parse_hour(const unsigned char *p, const unsigned char *e, int64_t *t, int *hod,
+                      int *wd)
+    int sf_parse_time(const unsigned char *p, const unsigned char *e, int64_t *t, int *hod,
                       int *wd)
     int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_t start,
                            int64_t end, int64_t max_rows, int32_t *ind, float *val,
@@ -149,6 +152,17 @@ def parse_hour(const unsigned char[::1] text):
     cdef int hod = 0, wd = 0
     cdef const unsigned char *p = _ptr(text)
     if sf_parse_hour(p, p + text.shape[0], &t, &hod, &wd):
+        return t, hod, wd
+    return None
+
+
+def parse_time(const unsigned char[::1] text):
+    """``(time, hour_of_day, weekday)`` of a timestamp (ISO 8601 date and time, or Unix
+    seconds or milliseconds; time = YYYYMMDDHH), or None when it is not one."""
+    cdef int64_t t = 0
+    cdef int hod = 0, wd = 0
+    cdef const unsigned char *p = _ptr(text)
+    if sf_parse_time(p, p + text.shape[0], &t, &hod, &wd):
         return t, hod, wd
     return None
 

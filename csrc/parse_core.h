@@ -17,7 +17,7 @@
 #include <string.h>
 
 /* column kinds (Python mirror in streamfusion/data/schema.py) */
-enum { SF_SKIP = 0, SF_LABEL = 1, SF_NUM = 2, SF_CAT = 3, SF_HOUR = 4 };
+enum { SF_SKIP = 0, SF_LABEL = 1, SF_NUM = 2, SF_CAT = 3, SF_HOUR = 4, SF_TIME = 5 };
 /* what a categorical column gives the trees */
 enum { SF_DENSE_NONE = 0, SF_DENSE_INT = 1, SF_DENSE_COUNT = 2 };
 /* per-row error codes (Python mirror: streamfusion/data/encoder.py REASONS) */
@@ -201,6 +201,103 @@ static inline int sf_parse_hour(const unsigned char *p, const unsigned char *e,
     return 1;
 }
 
+/* Reads exactly `n` digits at *pp as a number (advancing *pp); 0 when fewer are there. */
+static inline int sf_digits(const unsigned char **pp, const unsigned char *e, int n, int *out)
+{
+    const unsigned char *p = *pp;
+    int i, v = 0;
+    if (e - p < n) return 0;
+    for (i = 0; i < n; i++) {
+        if (!SF_ISDIGIT(p[i])) return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *pp = p + n;
+    *out = v;
+    return 1;
+}
+
+/* A timestamp of a generic log -> time key YYYYMMDDHH, hour of day, weekday (Monday = 0), for
+ * years 1970-2099:
+ * - ISO 8601 `YYYY-MM-DD`, then optionally `T` or a space and `HH[:MM[:SS[.frac]]]`, then
+ *   optionally `Z` or an offset `+HH[[:]MM]` / `-HH[[:]MM]`: read as written, the clock time
+ *   of its own zone (when a user clicks is what hour of day means);
+ * - Unix time in seconds (9-10 digits) or milliseconds (12-13 digits), with an optional
+ *   fraction: UTC. */
+static inline int sf_parse_time(const unsigned char *p, const unsigned char *e,
+                                int64_t *t, int *hod, int *wd)
+{
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    static const int sak[12] = {0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4};
+    const unsigned char *q = p;
+    int y, mo, d, h = 0, mi, sec, yy;
+    while (q < e && SF_ISDIGIT(*q)) q++;
+    if (q - p == 4 && q < e && *q == '-') { /* ISO 8601 */
+        q = p;
+        if (!sf_digits(&q, e, 4, &y) || *q++ != '-' || !sf_digits(&q, e, 2, &mo)
+            || q >= e || *q++ != '-' || !sf_digits(&q, e, 2, &d)) return 0;
+        if (q < e && (*q == 'T' || *q == ' ')) {
+            q++;
+            if (!sf_digits(&q, e, 2, &h) || h > 23) return 0;
+            if (q < e && *q == ':') {
+                q++;
+                if (!sf_digits(&q, e, 2, &mi) || mi > 59) return 0;
+                if (q < e && *q == ':') {
+                    q++;
+                    if (!sf_digits(&q, e, 2, &sec) || sec > 60) return 0;
+                    if (q < e && (*q == '.' || *q == ',')) {
+                        const unsigned char *f = ++q;
+                        while (q < e && SF_ISDIGIT(*q)) q++;
+                        if (q == f) return 0;
+                    }
+                }
+            }
+            if (q < e && *q == 'Z') q++;
+            else if (q < e && (*q == '+' || *q == '-')) {
+                int oh, om;
+                q++;
+                if (!sf_digits(&q, e, 2, &oh) || oh > 23) return 0;
+                if (q < e && *q == ':') q++;
+                if (q < e && (!sf_digits(&q, e, 2, &om) || om > 59)) return 0;
+            }
+        }
+        if (q != e || y < 1970 || y > 2099 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
+            return 0;
+        if (mo == 2 && d == 29 && (y % 4 != 0 || (y % 100 == 0 && y % 400 != 0))) return 0;
+        yy = mo < 3 ? y - 1 : y;
+        *wd = ((yy + yy / 4 - yy / 100 + yy / 400 + sak[mo - 1] + d) % 7 + 6) % 7; /* Sakamoto */
+    } else { /* Unix time */
+        int64_t secs = 0, days, z, era, doe, yoe, doy, mp;
+        const unsigned char *r;
+        int n = (int)(q - p);
+        if (!(n == 9 || n == 10 || n == 12 || n == 13)) return 0;
+        for (r = p; r < q; r++) secs = secs * 10 + (*r - '0');
+        if (q < e && *q == '.') {
+            const unsigned char *f = ++q;
+            while (q < e && SF_ISDIGIT(*q)) q++;
+            if (q == f) return 0;
+        }
+        if (q != e) return 0;
+        if (n >= 12) secs /= 1000;
+        days = secs / 86400;
+        h = (int)(secs % 86400 / 3600);
+        *wd = (int)((days + 3) % 7); /* 1970-01-01 was a Thursday */
+        /* the civil date of a day count (H. Hinnant's days_from_civil, inverted) */
+        z = days + 719468;
+        era = z / 146097;
+        doe = z - era * 146097;
+        yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        mp = (5 * doy + 2) / 153;
+        d = (int)(doy - (153 * mp + 2) / 5 + 1);
+        mo = (int)(mp < 10 ? mp + 3 : mp - 9);
+        y = (int)(yoe + era * 400 + (mo <= 2));
+        if (y > 2099) return 0;
+    }
+    *t = (int64_t)y * 1000000 + mo * 10000 + d * 100 + h;
+    *hod = h;
+    return 1;
+}
+
 /* The compiled form of a delimited schema (built by streamfusion/data/encoder.py). */
 typedef struct {
     int ncols;            /* input columns per line */
@@ -208,9 +305,9 @@ typedef struct {
     int F, T;             /* learner fields, tree features */
     int bits, count_bits;
     int label_missing_ok; /* empty label -> y NaN (Kafka) instead of an error (files) */
-    const int32_t *kind;  /* [ncols] SF_SKIP..SF_HOUR */
-    const int32_t *field; /* [ncols] learner slot (HOUR: hour_of_day, weekday = +1) or -1 */
-    const int32_t *dslot; /* [ncols] dense slot (HOUR: hour_of_day, weekday = +1) or -1 */
+    const int32_t *kind;  /* [ncols] SF_SKIP..SF_TIME */
+    const int32_t *field; /* [ncols] learner slot (HOUR, TIME: hour of day, weekday = +1) or -1 */
+    const int32_t *dslot; /* [ncols] dense slot (HOUR, TIME: hour of day, weekday = +1) or -1 */
     const int32_t *dmode; /* [ncols] SF_DENSE_* for SF_CAT */
     const uint64_t *salt; /* [F] per learner field */
     const int32_t *num_row; /* [F] learner row of a numeric field (hash of the field alone) */
@@ -358,6 +455,26 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                     ri[f + 1] = sf_row(sf_murmur64(&wdc, 1, s->salt[f + 1]), s->bits);
                     rv[f + 1] = 1.0f;
                     if (d >= 0) { rd[d] = (float)hod; rd[d + 1] = (float)wd; }
+                } else if (k == SF_TIME) {
+                    /* as HOUR's fields; a cell that is not a time is missing there (the
+                     * empty token, NaN for the trees) and counted when not empty. The first
+                     * readable time column is the row's time. */
+                    int64_t tc = -1;
+                    int th = 0, tw = 0;
+                    const int ok = sf_parse_time(fs[c], fe[c], &tc, &th, &tw);
+                    const unsigned char hc[2] = {(unsigned char)('0' + th / 10),
+                                                 (unsigned char)('0' + th % 10)};
+                    const unsigned char wc = (unsigned char)('0' + tw);
+                    if (!ok && fs[c] != fe[c]) s->unparsed[c]++;
+                    ri[f] = sf_row(sf_murmur64(hc, ok ? 2 : 0, s->salt[f]), s->bits);
+                    rv[f] = 1.0f;
+                    ri[f + 1] = sf_row(sf_murmur64(&wc, ok ? 1 : 0, s->salt[f + 1]), s->bits);
+                    rv[f + 1] = 1.0f;
+                    if (d >= 0) {
+                        rd[d] = ok ? (float)th : NAN;
+                        rd[d + 1] = ok ? (float)tw : NAN;
+                    }
+                    if (ok && t < 0) t = tc;
                 }
             }
             y[rows] = (float)label;

@@ -10,6 +10,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from streamfusion.data.schema import TYPES
+
 
 def _number(kind: type, test: Callable[[float], bool], rule: str) -> Callable[[str], float]:
     def parse(text: str):
@@ -57,13 +59,13 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def column_types(text: str) -> dict[str, str]:
-    """``COL=num|cat|skip`` pairs, comma separated, e.g. ``zip=cat,score=num``."""
+    """``COL=num|cat|time|skip`` pairs, comma separated, e.g. ``zip=cat,score=num``."""
     out = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, sep, kind = part.rpartition("=")
-        if not sep or not name or kind not in ("num", "cat", "skip"):
+        if not sep or not name or kind not in TYPES:
             raise argparse.ArgumentTypeError(
-                f"{part!r} is not COLUMN=num, COLUMN=cat or COLUMN=skip")
+                f"{part!r} is not COLUMN=num, COLUMN=cat, COLUMN=time or COLUMN=skip")
         if name in out:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a list of distinct columns ({name!r} twice)")

@@ -38,12 +38,14 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
         f"{', '.join(LABEL_NAMES)}, any case)")
     group.add_argument(
         "--types", type=at.column_types, metavar="COL=KIND,...",
-        help="column kinds (num, cat or skip) overriding the inferred ones, e.g. "
+        help="column kinds (num, cat, time or skip) overriding the inferred ones, e.g. "
         f"zip=cat,score=num. A CSV's kinds are inferred from a sample of "
         f"{DEFAULT_SAMPLE_ROWS:,} rows, the first half and the rest spread over the file: "
-        "integer columns named *id or *hash*, or whose values look like ids (many "
-        "distinct, 5+ digits or evenly spread), are categorical; a numeric column's rare words "
-        "(unknown, ?) are missing values, counted in the report's unparsed_numbers")
+        "timestamps (ISO 8601, or Unix seconds or milliseconds in a column named *time*, "
+        "*date*, *stamp*, ts, *_ts or *_at) give their hour of day and weekday; integer "
+        "columns named *id or *hash*, or whose values look like ids (many distinct, 5+ digits "
+        "or evenly spread), are categorical; a numeric column's rare words (unknown, ?) are "
+        "missing values, counted in the report's unparsed_numbers")
     group.add_argument(
         "--on-error", choices=["fail", "skip"], default="fail",
         help="malformed rows: stop with file/line/reason (default), or skip and count them")

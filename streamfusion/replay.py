@@ -357,10 +357,21 @@ class Replay:
         return holdout_mask(batch.line, self.args.holdout, self.args.seed)
 
     def _day(self, batch: Batch) -> np.ndarray | None:
-        """Logs of several days window by day (YYMMDD); others by ``--window-rows`` events."""
-        if self.windowing.by_day and len(batch) and batch.time[0] >= 0:
-            return (batch.time // 100).astype(np.int32)
-        return None
+        """Logs of several days window by day (an hour column's YYMMDD, a time column's
+        YYYYMMDD); others by ``--window-rows`` events. An event whose time was missing or
+        unreadable (-1) stays in the window of the event before it."""
+        if not (self.windowing.by_day and len(batch)):
+            return None
+        day = batch.time // 100
+        if (batch.time < 0).any():
+            last = self.progressive.spill.read(len(self.progressive) - 1, len(
+                self.progressive))["key"] if len(self.progressive) else []
+            known = np.flatnonzero(batch.time >= 0)
+            first = last[0] if len(last) else day[known[0]] if known.size else 0
+            before = np.maximum.accumulate(np.where(batch.time >= 0,
+                                                    np.arange(len(batch)), -1))
+            day = np.where(before >= 0, day[np.maximum(before, 0)], first)
+        return day.astype(np.int32)
 
     def save_checkpoint(self, elapsed: float) -> None:
         position = self.source.position()

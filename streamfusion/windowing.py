@@ -1,6 +1,7 @@
 """How a replay cuts its progressive metrics into windows: by day, or by a number of events.
 
-A log with an hour column (Avazu) is windowed by day when it spans more than one day. Any
+A log with an hour column (Avazu) or a time column (a generic CSV's timestamps) is windowed
+by day when it spans more than one day. Any
 other log, and a log of a single day, is cut into runs of ``--window-rows`` events; by
 default that length comes from the file's length, so a 9k-row sample gives a curve of a few
 dozen points and a 40M-row log one of a few dozen windows too, never a single dot.
@@ -8,6 +9,7 @@ dozen points and a 40M-row log one of a few dozen windows too, never a single do
 
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import os
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamfusion.data.schema import Schema
+from streamfusion import _parse
+from streamfusion.data.schema import Schema, split_cells
 
 TARGET_WINDOWS = 40  # points on the replay plot's line: a trend is visible, each window large
 MIN_WINDOW_EVENTS = 250  # fewer and a window's AUC is mostly noise (~40 clicks at 17% CTR)
@@ -92,13 +95,19 @@ def _last_line(path: Path, gz: bool) -> bytes | None:
 
 
 def _day_of(line: bytes, schema: Schema) -> int | None:
-    """The day (YYMMDD) of a raw line of a log with an hour column, None if unreadable."""
-    col = next(i for i, c in enumerate(schema.columns) if c.kind == "hour")
-    cells = line.split(schema.delimiter.encode())
+    """The day (YYMMDD, or YYYYMMDD of a time column) of a raw line of a log with an hour or
+    time column, None if unreadable."""
+    col, kind = next((i, c.kind) for i, c in enumerate(schema.columns)
+                     if c.kind in ("hour", "time"))
     try:
-        return int(cells[col]) // 100
-    except (IndexError, ValueError):
+        cells = split_cells(line.decode("utf-8", "replace"), schema.delimiter)
+    except csv.Error:
         return None
+    if col >= len(cells):
+        return None
+    parse = _parse.parse_hour if kind == "hour" else _parse.parse_time
+    time = parse(cells[col].encode())
+    return None if time is None else time[0] // 100
 
 
 def spans_days(path: Path, schema: Schema, head: bytes, gz: bool) -> bool:

@@ -103,13 +103,13 @@ class Encoder:
             k = KINDS[c.kind]
             kind.append(k)
             dmode.append(DENSE_MODES[c.dense])
-            if c.kind in ("num", "cat", "hour"):
+            if c.kind in ("num", "cat", "hour", "time"):
                 field.append(f)
                 has_dense = c.kind != "cat" or c.dense != "none"
                 dslot.append(d if has_dense else -1)
-                # hour: hour of day and weekday; num: the value and its bin (learner only)
-                f += 2 if c.kind in ("hour", "num") else 1
-                d += (2 if c.kind == "hour" else 1) if has_dense else 0
+                # hour, time: hour of day and weekday; num: the value and its bin (learner)
+                f += 1 if c.kind == "cat" else 2
+                d += (2 if c.kind in ("hour", "time") else 1) if has_dense else 0
             else:
                 field.append(-1)
                 dslot.append(-1)
@@ -188,14 +188,16 @@ class Encoder:
         new = (self.unparsed > 0) & ~self._warned
         for j in np.flatnonzero(new):
             name = self.schema.columns[j].name
-            warnings.warn(f"column {name!r}: values that are not numbers are read as missing "
+            what = "times" if self.schema.columns[j].kind == "time" else "numbers"
+            warnings.warn(f"column {name!r}: values that are not {what} are read as missing "
                           f"(counted in the report's unparsed_numbers; --types {name}=cat reads "
                           "the column as categories)", stacklevel=3)
         self._warned |= new
 
     def unparsed_numbers(self) -> dict[str, int]:
-        """``{column: count}`` of the numeric cells read as missing because they were not
-        numbers (lenient columns only; columns without any are left out)."""
+        """``{column: count}`` of the numeric (or time) cells read as missing because they
+        were not numbers (times): lenient and time columns only; those without any are left
+        out."""
         return {self.schema.columns[j].name: int(self.unparsed[j])
                 for j in np.flatnonzero(self.unparsed)}
 

@@ -19,6 +19,11 @@ column order. Per column kind:
   seen so far: a share, so that its meaning does not drift as the stream grows) or ``"none"``.
 - ``hour``: Avazu YYMMDDHH: learner fields and dense features ``hour_of_day`` and ``weekday``
   (Monday = 0); the row's ``time`` is YYMMDDHH as an integer.
+- ``time``: a generic log's timestamp (ISO 8601 date and time, as written, or Unix seconds or
+  milliseconds, UTC): learner fields and dense features ``<name>_hour_of_day`` and
+  ``<name>_weekday``, never the time itself (an id of each moment for the learner, and trees
+  that split on it meet only times beyond their splits in the future); the row's ``time`` is
+  YYYYMMDDHH (of the first time column). A cell that is not a time is missing there, counted.
 - ``label``: 0/1 click; ``skip``: ignored (ids).
 
 A generic CSV's kinds are inferred from a sample of up to ``DEFAULT_SAMPLE_ROWS`` rows spread
@@ -39,7 +44,7 @@ import numpy as np
 from streamfusion import _parse
 
 # column kinds, the same integers as parse_core.h
-KINDS = {"skip": 0, "label": 1, "num": 2, "cat": 3, "hour": 4}
+KINDS = {"skip": 0, "label": 1, "num": 2, "cat": 3, "hour": 4, "time": 5}
 DENSE_MODES = {"none": 0, "int": 1, "count": 2}
 
 AVAZU_COLUMNS = (
@@ -77,6 +82,12 @@ ID_MIN_VALUE = 10_000
 ID_MAX_SKEW = 1.5
 # names that say "id": `*id` (user_id, userId, adgroupid) or containing `hash`
 ID_NAME = re.compile(r"(?i).*id|.*hash.*")
+# integers that are Unix times (seconds or milliseconds, _parse.parse_time) are a time only in
+# a column whose name says so (time_stamp, event_time, date, created_at, ts): elsewhere 10-digit
+# integers are as likely ids. ISO 8601 times are a time under any name.
+TIME_NAME = re.compile(r"(?i).*(time|date|stamp).*|ts|.*_ts|.*_at")
+# the kinds --types may give a column
+TYPES = ("num", "cat", "time", "skip")
 # a generic CSV read without a label column named: the one column with one of these names
 # (any case) whose sampled values are all 0 or 1 is the label
 LABEL_NAMES = ("label", "click", "clicked", "clk", "is_click", "is_clicked", "target", "y")
@@ -177,6 +188,9 @@ class Schema:
             if c.kind == "hour":
                 fields += ["hour_of_day", "weekday"]
                 dense += ["hour_of_day", "weekday"]
+            elif c.kind == "time":
+                fields += [f"{c.name}_hour_of_day", f"{c.name}_weekday"]
+                dense += [f"{c.name}_hour_of_day", f"{c.name}_weekday"]
             elif c.kind == "num":
                 fields += [c.name, f"{c.name}#bin"]
                 dense.append(c.name)
@@ -234,7 +248,7 @@ class Schema:
 
     @property
     def has_time(self) -> bool:
-        return any(c.kind == "hour" for c in self.columns)
+        return any(c.kind in ("hour", "time") for c in self.columns)
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (for checkpoints)."""
@@ -265,7 +279,7 @@ class Schema:
         )
 
     def with_types(self, types: Mapping[str, str] | None) -> Schema:
-        """Override column kinds: ``{"col": "num" | "cat" | "skip"}``.
+        """Override column kinds: ``{"col": "num" | "cat" | "time" | "skip"}``.
 
         A column made numeric is lenient: the user chose the kind, so its words are counted
         missing values, not malformed rows.
@@ -279,8 +293,8 @@ class Schema:
                 raise ValueError(f"types: no column {name!r} in the {self.name} schema")
             if known[name].kind == "label":
                 raise ValueError(f"types: {name!r} is the label column")
-            if types[name] not in ("num", "cat", "skip"):
-                raise ValueError(f"types[{name!r}] must be 'num', 'cat' or 'skip'")
+            if types[name] not in TYPES:
+                raise ValueError(f"types[{name!r}] must be 'num', 'cat', 'time' or 'skip'")
         for c in self.columns:
             t = types.get(c.name)
             if t is None or (t == c.kind and t != "num"):
@@ -414,10 +428,26 @@ class ColumnProfile:
         return self.low >= ID_MIN_VALUE or 0 < self.mean <= ID_MAX_SKEW * self.median
 
 
-def infer_column(name: str, profile: ColumnProfile) -> Column:
-    """The kind of one feature column of a generic CSV (see :func:`infer_csv_schema`)."""
+def is_time_column(name: str, cells: Sequence[str]) -> bool:
+    """Whether a CSV column's sampled cells are timestamps (``_parse.parse_time``): all but at
+    most MAX_WORD_SHARE of those that hold something, and, for Unix times, a name that says
+    time (TIME_NAME). Only a column whose first such cell is a time is read further."""
+    distinct = Counter(c for c in cells if c.strip().lower() not in MISSING_WORDS)
+    if not distinct or _parse.parse_time(next(iter(distinct)).encode()) is None:
+        return False
+    bad = sum(n for c, n in distinct.items() if _parse.parse_time(c.encode()) is None)
+    if bad > MAX_WORD_SHARE * sum(distinct.values()):
+        return False
+    return any("-" in c for c in distinct) or TIME_NAME.fullmatch(name) is not None
+
+
+def infer_column(name: str, profile: ColumnProfile, time: bool = False) -> Column:
+    """The kind of one feature column of a generic CSV (see :func:`infer_csv_schema`);
+    ``time``: its cells are timestamps (:func:`is_time_column`)."""
     if name.lower() == "id":
         return Column(name, "skip")
+    if time:
+        return Column(name, "time")
     if not profile.numeric:
         return Column(name, "cat", "count")
     if profile.integer and profile.distinct < NUMERIC_MIN_DISTINCT:  # codes
@@ -439,6 +469,8 @@ def infer_csv_schema(names: list[str], rows: Iterable[Sequence[str]], label: str
     Per column (empty cells and MISSING_WORDS placeholders are missing values):
 
     - named ``id``: skipped; the label column: the label;
+    - timestamps (:func:`is_time_column`: ISO 8601 under any name, Unix times under a name
+      that says time): ``time``, the hour of day and weekday;
     - numbers with few distinct values (< NUMERIC_MIN_DISTINCT): categorical codes (trees get
       the integer when all are integers, else the count);
     - integers in a column whose name says id (``*id``, ``*hash*``): categorical, counts for
@@ -457,7 +489,7 @@ def infer_csv_schema(names: list[str], rows: Iterable[Sequence[str]], label: str
     good = [r for r in rows if len(r) == len(names)]
     columns = list(zip(*good, strict=True)) if good else [() for _ in names]
     cols = [Column(name, "label") if name == label
-            else infer_column(name, ColumnProfile.of(cells))
+            else infer_column(name, ColumnProfile.of(cells), is_time_column(name, cells))
             for name, cells in zip(names, columns, strict=True)]
     return Schema("csv", tuple(cols), delimiter, True).with_types(types)
 

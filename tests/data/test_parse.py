@@ -279,8 +279,11 @@ def test_csv_type_inference_and_overrides(tmp_path):
     assert kinds["price"][0] == "num"
     assert kinds["level"] == ("cat", "int")  # numbers, but few distinct values
     assert kinds["city"] == ("cat", "count")
-    assert src.schema.field_names == ("price", "price#bin", "level", "city", "when")
-    assert src.schema.dense_names == ("price", "level", "city", "when")
+    assert kinds["when"] == ("time", "none")  # a date: its weekday (tests/data/test_times.py)
+    assert src.schema.field_names == ("price", "price#bin", "level", "city",
+                                      "when_hour_of_day", "when_weekday")
+    assert src.schema.dense_names == ("price", "level", "city", "when_hour_of_day",
+                                      "when_weekday")
     b = read_all(p, label="clk")
     f_price, d_level = 0, 1
     assert b.values[3, f_price] == pytest.approx(slog(4.75))
