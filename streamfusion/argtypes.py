@@ -58,6 +58,16 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def delimiter(text: str) -> str:
+    """One character, or ``tab`` (also ``\\t`` as typed in a shell)."""
+    if text.lower() in ("tab", "\\t"):
+        return "\t"
+    if len(text.encode()) != 1 or text in ('"', "\n", "\r"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one character (or tab); a CSV's "
+                                         "separator is one byte, not a quote or a newline")
+    return text
+
+
 def column_types(text: str) -> dict[str, str]:
     """``COL=num|cat|time|skip`` pairs, comma separated, e.g. ``zip=cat,score=num``."""
     out = {}

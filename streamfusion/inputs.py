@@ -16,18 +16,21 @@ from streamfusion import argtypes as at
 from streamfusion.data.schema import (
     DEFAULT_MAX_FEATURES,
     DEFAULT_SAMPLE_ROWS,
+    DELIMITERS,
     DENSE_AUTO_MAX,
     FORMATS,
     LABEL_NAMES,
+    SNIFF_LINES,
 )
 
 # the flags' destinations, which are open_source's keyword names too
-SOURCE_OPTIONS = ("format", "label", "types", "on_error", "max_features", "dense_features")
+SOURCE_OPTIONS = ("format", "label", "delimiter", "types", "on_error", "max_features",
+                  "dense_features")
 
 
 def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Attach ``--format``, ``--label``, ``--types``, ``--on-error``, ``--max-features`` and
-    ``--dense-features`` to a parser or an argument group."""
+    """Attach ``--format``, ``--label``, ``--delimiter``, ``--types``, ``--on-error``,
+    ``--max-features`` and ``--dense-features`` to a parser or an argument group."""
     group.add_argument(
         "--format", default="auto", choices=FORMATS,
         help="input format (default: auto, Avazu, Criteo, libsvm = libfm 'label idx:val' or "
@@ -36,6 +39,11 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     group.add_argument(
         "--label", help="label column of a generic CSV (default: the one 0/1 column named "
         f"{', '.join(LABEL_NAMES)}, any case)")
+    group.add_argument(
+        "--delimiter", type=at.delimiter, default=None, metavar="CHAR",
+        help="separator of a generic CSV: one character, or tab (default: the first of "
+        f"{' '.join(repr(d) for d in DELIMITERS)} that splits the header and the first "
+        f"{SNIFF_LINES} lines alike)")
     group.add_argument(
         "--types", type=at.column_types, metavar="COL=KIND,...",
         help="column kinds (num, cat, time or skip) overriding the inferred ones, e.g. "

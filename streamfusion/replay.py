@@ -41,7 +41,7 @@ from streamfusion.evaluate import (
 )
 from streamfusion.features import Batch
 from streamfusion.fusion import CONFIG_BEFORE
-from streamfusion.inputs import add_input_arguments
+from streamfusion.inputs import add_input_arguments, source_options
 from streamfusion.model_file import save_model
 from streamfusion.online import (
     OnlineLoop,
@@ -217,12 +217,8 @@ class Replay:
         if self.state is not None:
             self._check_belongs(self.state)  # before its schema reads the file
         config = config_from_args(args)
-        self.source = open_source(self.path, format=args.format, label=args.label,
-                                  types=args.types,
-                                  bits=config.bits, seed=config.seed, on_error=args.on_error,
-                                  max_features=args.max_features,
-                                  dense_features=args.dense_features,
-                                  encoder=self._checkpoint_encoder())
+        self.source = open_source(self.path, bits=config.bits, seed=config.seed,
+                                  encoder=self._checkpoint_encoder(), **source_options(args))
         schema = self.source.schema
         if schema.is_svm and not schema.dense_features and "trees" in config.stage_kinds():
             warnings.warn(f"{schema.name} input with --dense-features 0 gives the trees no "

@@ -66,3 +66,14 @@ def test_adam_batch_flag():
     assert replay_config("--adam-batch", "0").adam_batch == 0
     with pytest.raises(SystemExit):
         replay_config("--adam-batch", "-1")
+
+
+def test_delimiter_flag():
+    from streamfusion.replay import _run_parser
+
+    def delimiter(*args):
+        return _run_parser().parse_args(list(args)).delimiter
+
+    assert delimiter() is None  # found from the file
+    assert delimiter("--delimiter", "tab") == delimiter("--delimiter", "\\t") == "\t"
+    assert delimiter("--delimiter", ";") == ";"

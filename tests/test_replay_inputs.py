@@ -51,7 +51,8 @@ def _refuse(name):
     ("--lr", "-1"), ("--fade", "-1"), ("--window", "0"), ("--refit-every", "0"),
     ("--hidden", "abc"), ("--hidden", "32,0"), ("--max-features", "0"), ("--bits", "0"),
     ("--bits", "40"), ("--threads", "0"), ("--seed", "-1"), ("--dense-features", "-1"),
-    ("--types", "n=cat,n=num"), ("--types", "n=text"),
+    ("--types", "n=cat,n=num"), ("--types", "n=text"), ("--delimiter", ";;"),
+    ("--delimiter", '"'),
 ])
 def test_bad_flag_values_are_refused_before_any_work(stream, flag, value, capsys):
     with pytest.raises(SystemExit) as exc:

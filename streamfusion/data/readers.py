@@ -505,7 +505,7 @@ class FileSource:
 def open_source(path: str | os.PathLike, format: str = "auto", label: str | None = None,
                 types: Mapping[str, str] | None = None, bits: int = 20, seed: int = 0,
                 on_error: str = "fail", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                count_bits: int = DEFAULT_COUNT_BITS, delimiter: str = ",",
+                count_bits: int = DEFAULT_COUNT_BITS, delimiter: str | None = None,
                 max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
                 sample_rows: int = DEFAULT_SAMPLE_ROWS,
                 encoder: Encoder | None = None) -> FileSource:
@@ -517,13 +517,15 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
         Plain or gzip-compressed (recognised by its magic bytes) text file.
     format : str
         ``"auto"`` (Avazu, Criteo, libsvm/libfm or libffm from the first lines), ``"avazu"``,
-        ``"criteo"``, ``"csv"`` (needs ``label``), ``"libsvm"``, ``"libfm"`` (libFM's
+        ``"criteo"``, ``"csv"``, ``"libsvm"``, ``"libfm"`` (libFM's
         ``label idx:val``, the libsvm syntax) or ``"libffm"`` (``label field:idx:val``).
     label, types, delimiter, sample_rows
-        CSV: the label column, kind overrides ``{"col": "num" | "cat" | "skip"}``, the
-        separator and how many rows the type inference reads (see
-        :func:`~streamfusion.data.schema.infer_csv_schema`). ``types`` also applies to the
-        Avazu / Criteo schemas.
+        CSV: the label column (None: found by its name,
+        :func:`~streamfusion.data.schema.guess_label`), kind overrides ``{"col": "num" |
+        "cat" | "time" | "skip"}``, the separator (None: found from the first lines,
+        :func:`~streamfusion.data.schema.sniff_delimiter`) and how many rows the type
+        inference reads (see :func:`~streamfusion.data.schema.infer_csv_schema`). ``types``
+        also applies to the Avazu / Criteo schemas.
     bits, seed, count_bits
         Hashing config of a new :class:`Encoder` (ignored when ``encoder`` is given).
     on_error : str

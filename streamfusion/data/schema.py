@@ -91,6 +91,10 @@ TYPES = ("num", "cat", "time", "skip")
 # a generic CSV read without a label column named: the one column with one of these names
 # (any case) whose sampled values are all 0 or 1 is the label
 LABEL_NAMES = ("label", "click", "clicked", "clk", "is_click", "is_clicked", "target", "y")
+# a CSV's separators, tried in this order: the first that splits the header into 2+ cells and
+# each of the first SNIFF_LINES lines into as many is the file's
+DELIMITERS = (",", "\t", ";", "|")
+SNIFF_LINES = 50
 # rows read for type inference: enough for rare words and id cardinality to show, for about
 # 0.2 s of Python on a 15-column log
 DEFAULT_SAMPLE_ROWS = 20_000
@@ -570,7 +574,7 @@ _FFM_ID = re.compile(rb"(?:^|(?<=[ \t]))\d+:(\d{1,18}):[^ \t:]*(?=[ \t]|$)", re.
 
 
 def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str | None = None,
-                  types: Mapping[str, str] | None = None, delimiter: str = ",",
+                  types: Mapping[str, str] | None = None, delimiter: str | None = None,
                   max_features: int = DEFAULT_MAX_FEATURES, dense_features: int | None = None,
                   sample_rows: int = DEFAULT_SAMPLE_ROWS,
                   read_rest: Callable[[], Sequence[bytes]] = list) -> Schema:
@@ -585,11 +589,16 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     (:func:`guess_label`); any other file needs ``format="csv"`` and a label. A sample of up to
     ``sample_rows`` lines (:func:`type_sample`) types a CSV's columns and, with
     ``dense_features=None``, chooses a libsvm-like file's tree columns (:func:`svm_dense_ids`).
+    A CSV's ``delimiter`` is, by default (None), the one of DELIMITERS that splits the header
+    and the first lines alike (:func:`sniff_delimiter`).
     """
     lines = _split_lines(head, complete, sample_rows + 1)
     if not lines:
         raise ValueError("no complete line in the first bytes")
     first = lines[0].decode("utf-8", "replace")
+    if delimiter is None:
+        delimiter = sniff_delimiter([ln.decode("utf-8", "replace")
+                                     for ln in lines[:SNIFF_LINES]])
     fmt = format
     if fmt == "auto":
         fmt = _detect(first, lines, label, delimiter)
@@ -650,6 +659,24 @@ def _detect(first: str, lines: Sequence[bytes], label: str | None, delimiter: st
     raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm, libffm, nor "
                      f"a CSV with a 0/1 column named {'/'.join(LABEL_NAMES)}): give --format "
                      "csv --label COLUMN, or another --format")
+
+
+def sniff_delimiter(lines: Sequence[str]) -> str:
+    """The separator of a delimited file from its first ``lines`` (the header first): the
+    first of DELIMITERS that splits every line into the same 2+ cells; ``","`` when none does.
+
+    Examples
+    --------
+    >>> sniff_delimiter(["clk;price;note", "1;3,5;a", "0;2,25;b,c"])  # decimal commas
+    ';'
+    >>> sniff_delimiter(["clk\\tad", "1\\tx"]), sniff_delimiter(["one", "1"])
+    ('\\t', ',')
+    """
+    for d in DELIMITERS:
+        width = {len(cells) for cells in split_sample(lines, d)}
+        if len(width) == 1 and width.pop() >= 2:
+            return d
+    return ","
 
 
 def guess_label(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str | None:

@@ -320,6 +320,22 @@ def test_csv_label_column_found_by_name(tmp_path, fmt):
         assert log_schema(p, label="price", format="csv").label == "price"
 
 
+@pytest.mark.parametrize("sep", ["\t", ";", "|"])
+def test_csv_separator_found_from_the_first_lines(tmp_path, sep):
+    rows = ["clk,site,price,user_id", *(f"{i % 2},s{i % 7},{i * 0.5},{i % 40}"
+                                         for i in range(300))]
+    comma = write(tmp_path, "c.csv", "\n".join(rows) + "\n")
+    other = write(tmp_path, "o.csv", "\n".join(r.replace(",", sep) for r in rows) + "\n")
+    a, b = read_all(comma, label="clk"), read_all(other, label="clk")
+    assert log_schema(other, label="clk").delimiter == sep
+    for name in ("indices", "values", "dense", "y"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    # named: no sniffing; a wrong one leaves one column, not the label
+    assert log_schema(other, label="clk", delimiter=sep).delimiter == sep
+    with pytest.raises(ParseError, match="label column 'clk' not in the header"):
+        log_schema(other, label="clk", delimiter=",")
+
+
 @pytest.mark.parametrize("text", [
     "label,target,x\n0,1,5\n1,0,6\n",  # two candidates
     "target,x\n0,5\n2,6\n",  # a value other than 0/1
