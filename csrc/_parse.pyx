@@ -5,8 +5,8 @@ Python (streamfusion/data/encoder.py) owns every array: the outputs of a Batch, 
 table, the compiled schema and a small int64 state array through which the pass reports
 where it stopped, the line number, out-of-order counts and the first malformed row.
 Each inline C helper has a Python-visible twin for tests: ``hash_value``, ``field_salt``,
-``parse_number``, ``utf8_valid``, ``parse_hour``, ``parse_time``, ``dense_slot``,
-``format_g9``.
+``parse_number``, ``parse_label``, ``utf8_valid``, ``parse_hour``, ``parse_time``,
+``dense_slot``, ``format_g9``.
 
 ``json_events`` (C in json_events.h) turns a Kafka batch of JSON events into lines for the
 tokenizer; ``json_events([value], ...)`` is its one-message twin.
@@ -44,6 +44,7 @@ cdef extern from "parse_core.h" nogil:
     uint64_t sf_salt(uint64_t seed, int64_t field)
     int32_t sf_row(uint64_t h, int bits)
     int sf_parse_num(const unsigned char *p, const unsigned char *e, double *out)
+    int sf_parse_label(const unsigned char *p, const unsigned char *e, double *out)
     int sf_utf8_valid(const unsigned char *p, const unsigned char *e)
     int sf_parse_hour(const unsigned char *p, const unsigned char *e, int64_t *t, int *hod,
                       int *wd)
@@ -138,6 +139,15 @@ def number_bin(double x) -> int:
     """Twin of the learner's bin of a number (hashed as 4 little-endian bytes with the salt of
     the field after the number's value field; a missing number's bin is -2**31)."""
     return sf_bin(x)
+
+
+def parse_label(const unsigned char[::1] text):
+    """A CSV label as 0.0 or 1.0 (0, 1, true or false, any case), or None."""
+    cdef double out = 0
+    cdef const unsigned char *p = _ptr(text)
+    if sf_parse_label(p, p + text.shape[0], &out):
+        return out
+    return None
 
 
 def utf8_valid(const unsigned char[::1] text) -> bool:

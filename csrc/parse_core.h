@@ -133,6 +133,21 @@ static inline int sf_parse_num(const unsigned char *p, const unsigned char *e, d
     return 1;
 }
 
+/* A CSV label: 0 or 1 as a number, or true / false in any case (as pandas writes a bool). */
+static inline int sf_parse_label(const unsigned char *p, const unsigned char *e, double *out)
+{
+    static const char *const words[2] = {"false", "true"};
+    int v, i, n;
+    if (sf_parse_num(p, e, out)) return *out == 0.0 || *out == 1.0;
+    for (v = 0; v < 2; v++) {
+        n = (int)strlen(words[v]);
+        if (e - p != n) continue;
+        for (i = 0; i < n && (p[i] | 0x20) == words[v][i]; i++) {} /* ASCII lower case */
+        if (i == n) { *out = v; return 1; }
+    }
+    return 0;
+}
+
 /* Learner value of a number: symmetric log1p keeps counts like Criteo's I5 (up to ~1e6) in a
  * range where FM products stay tame, and is monotone so order survives. */
 static inline float sf_scale(double x)
@@ -387,7 +402,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
             } else if (k == SF_LABEL) {
                 if (fs[c] == fe[c]) {
                     if (!s->label_missing_ok) { err = SF_E_LABEL; errcol = c; }
-                } else if (!sf_parse_num(fs[c], fe[c], &label) || (label != 0.0 && label != 1.0)) {
+                } else if (!sf_parse_label(fs[c], fe[c], &label)) {
                     err = SF_E_LABEL; errcol = c;
                 }
             } else if (k == SF_HOUR) {

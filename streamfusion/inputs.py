@@ -37,8 +37,8 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
         "libffm 'label field:idx:val' from the first lines, or a csv whose label column is "
         "named as labels are; other files: csv with --label)")
     group.add_argument(
-        "--label", help="label column of a generic CSV (default: the one 0/1 column named "
-        f"{', '.join(LABEL_NAMES)}, any case)")
+        "--label", help="label column of a generic CSV (default: the one column of 0/1 or "
+        f"true/false values named {', '.join(LABEL_NAMES)}, any case)")
     group.add_argument(
         "--delimiter", type=at.delimiter, default=None, metavar="CHAR",
         help="separator of a generic CSV: one character, or tab (default: the first of "

@@ -299,7 +299,7 @@ QUICK = ["--quick", "--epochs", "1", "--table", "2", "--models", "GBDT,LR", "--b
 
 @pytest.mark.parametrize("bad,reason", [
     ("1,s3,40", "line 301: wrong column count (got 3, want 4)"),
-    ("2,s3,40,1", "line 301: bad label (must be 0 or 1) in column 'clk'"),
+    ("2,s3,40,1", "line 301: bad label (must be 0, 1, true or false) in column 'clk'"),
 ])
 def test_cli_a_bad_row_is_one_line_not_a_traceback(tmp_path, bad, reason):
     path = tmp_path / "log.csv"

@@ -20,7 +20,7 @@ from streamfusion.features import Batch
 REASONS = {
     1: "wrong column count",
     2: "not a finite number",
-    3: "bad label (must be 0 or 1)",
+    3: "bad label (must be 0, 1, true or false)",
     4: "bad hour (want YYMMDDHH)",
     5: "non-UTF-8 bytes",
     6: "more features than the row slots",

@@ -553,8 +553,8 @@ def open_source(path: str | os.PathLike, format: str = "auto", label: str | None
         except ValueError as exc:
             raise ParseError(path, 1, str(exc)) from None
         if label is None and schema.name == "csv":
-            warnings.warn(f"{path}: the label column is {schema.label!r} (by its name and 0/1 "
-                          "values; --label names another)", stacklevel=2)
+            warnings.warn(f"{path}: the label column is {schema.label!r} (by its name and its 0/1 "
+                          "or true/false values; --label names another)", stacklevel=2)
         encoder = Encoder(schema, bits=bits, seed=seed, count_bits=count_bits)
     if encoder.schema.header:
         _check_header(path, head, encoder.schema)

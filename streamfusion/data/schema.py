@@ -24,7 +24,8 @@ column order. Per column kind:
   ``<name>_weekday``, never the time itself (an id of each moment for the learner, and trees
   that split on it meet only times beyond their splits in the future); the row's ``time`` is
   YYYYMMDDHH (of the first time column). A cell that is not a time is missing there, counted.
-- ``label``: 0/1 click; ``skip``: ignored (ids).
+- ``label``: the click, 0 or 1 (a generic CSV's also true or false, any case); ``skip``:
+  ignored (ids).
 
 A generic CSV's kinds are inferred from a sample of up to ``DEFAULT_SAMPLE_ROWS`` rows spread
 over the file (:func:`type_sample`, :func:`infer_csv_schema`); ``types`` overrides them.
@@ -89,7 +90,7 @@ TIME_NAME = re.compile(r"(?i).*(time|date|stamp).*|ts|.*_ts|.*_at")
 # the kinds --types may give a column
 TYPES = ("num", "cat", "time", "skip")
 # a generic CSV read without a label column named: the one column with one of these names
-# (any case) whose sampled values are all 0 or 1 is the label
+# (any case) whose sampled values are all labels (0, 1, true, false) is the label
 LABEL_NAMES = ("label", "click", "clicked", "clk", "is_click", "is_clicked", "target", "y")
 # a CSV's separators, tried in this order: the first that splits the header into 2+ cells and
 # each of the first SNIFF_LINES lines into as many is the file's
@@ -626,7 +627,7 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
         label = label or guess_label(names, rows)
         if label is None:
             raise ValueError("format='csv' needs label=COLUMN (no column is named "
-                             f"{'/'.join(LABEL_NAMES)} with 0/1 values)")
+                             f"{'/'.join(LABEL_NAMES)} with 0/1 or true/false values)")
         return infer_csv_schema(names, rows, label, types, delimiter)
     else:
         raise ValueError(f"unknown format {format!r}: {', '.join(FORMATS)}")
@@ -657,7 +658,8 @@ def _detect(first: str, lines: Sequence[bytes], label: str | None, delimiter: st
             [ln.decode("utf-8", "replace") for ln in lines[1:]], delimiter)) is not None:
         return "csv"
     raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm, libffm, nor "
-                     f"a CSV with a 0/1 column named {'/'.join(LABEL_NAMES)}): give --format "
+                     f"a CSV with a 0/1 or true/false column named {'/'.join(LABEL_NAMES)}): give "
+                     "--format "
                      "csv --label COLUMN, or another --format")
 
 
@@ -681,8 +683,8 @@ def sniff_delimiter(lines: Sequence[str]) -> str:
 
 def guess_label(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str | None:
     """The label column of a CSV read without one named: the only column called as labels
-    are (:data:`LABEL_NAMES`, any case) whose sampled cells are all 0 or 1 (or empty); else
-    None.
+    are (:data:`LABEL_NAMES`, any case) whose sampled cells are all labels (0, 1, true or
+    false) or empty; else None.
 
     Examples
     --------
@@ -693,10 +695,9 @@ def guess_label(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str | No
     """
     good = [r for r in rows if len(r) == len(names)]  # as infer_csv_schema reads them
 
-    def labels(j: int) -> bool:  # empty cells aside (malformed rows later), all 0 or 1
+    def labels(j: int) -> bool:  # empty cells aside (malformed rows later), all labels
         cells = [c for r in good if (c := r[j].strip())]
-        return bool(cells) and all(_parse.parse_number(c.encode()) in (0.0, 1.0)
-                                   for c in cells)
+        return bool(cells) and all(_parse.parse_label(c.encode()) is not None for c in cells)
 
     found = [j for j, name in enumerate(names)
              if name.strip().lower() in LABEL_NAMES and labels(j)]

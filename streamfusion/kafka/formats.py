@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streamfusion import _parse
 from streamfusion.data.readers import log_schema
 from streamfusion.data.schema import Schema
 
@@ -81,6 +82,8 @@ def _events(path: Path, schema: Schema, rows: int | None, skip: bool
             event: dict = {name: row[name] for name in fields}
             event["id"] = row[ident] if ident is not None else line_no
             if lab is not None and row.get(lab, "") != "":
-                event["click"] = int(float(row[lab]) > 0)  # libsvm's -1 / +1 too
+                click = _parse.parse_label(row[lab].encode())  # 0, 1, true, false
+                event["click"] = int(click if click is not None
+                                     else float(row[lab]) > 0)  # libsvm's -1 / +1
             emitted += 1
             yield str(event["id"]), event

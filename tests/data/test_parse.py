@@ -320,6 +320,20 @@ def test_csv_label_column_found_by_name(tmp_path, fmt):
         assert log_schema(p, label="price", format="csv").label == "price"
 
 
+@pytest.mark.parametrize("text,value", [(b"0", 0.0), (b"1", 1.0), (b"1.0", 1.0), (b"true", 1.0),
+                                        (b"False", 0.0), (b"TRUE", 1.0), (b"2", None),
+                                        (b"-1", None), (b"yes", None), (b"tru", None),
+                                        (b"truee", None), (b"", None), (b" 1", None)])
+def test_parse_label(text, value):
+    assert _parse.parse_label(text) == value
+
+
+def test_csv_labels_may_be_true_and_false(tmp_path):
+    p = write(tmp_path, "x.csv", "ad,Clicked\na,True\nb,false\nc,1\n")
+    with pytest.warns(UserWarning, match="the label column is 'Clicked'"):
+        assert read_all(p).y.tolist() == [1, 0, 1]
+
+
 @pytest.mark.parametrize("sep", ["\t", ";", "|"])
 def test_csv_separator_found_from_the_first_lines(tmp_path, sep):
     rows = ["clk,site,price,user_id", *(f"{i % 2},s{i % 7},{i * 0.5},{i % 40}"

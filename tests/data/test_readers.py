@@ -94,7 +94,8 @@ def write_with_bad(tmp_path, bad: bytes, name="bad.csv"):
 
 @pytest.mark.parametrize("reason,bad", [
     (r"wrong column count \(got 23, want 24\)", BAD_ROWS["wrong column count"].encode()),
-    (r"bad label \(must be 0 or 1\) in column 'click'", BAD_ROWS["bad label"].encode()),
+    (r"bad label \(must be 0, 1, true or false\) in column 'click'",
+     BAD_ROWS["bad label"].encode()),
     (r"bad hour \(want YYMMDDHH\) in column 'hour'", BAD_ROWS["bad hour"].encode()),
     ("non-UTF-8 bytes", avazu_line(5).encode().replace(b"1005", b"10\xff5")),
 ])

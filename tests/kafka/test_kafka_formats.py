@@ -52,6 +52,16 @@ def test_generic_csv_label_types_and_rows_limit(tmp_path) -> None:
                             ("b", {"user": "u2", "id": "b", "click": 0})]
 
 
+def test_generic_csv_found_by_its_label_of_true_and_false(tmp_path) -> None:
+    path = tmp_path / "g.tsv"
+    path.write_text("user\tis_click\nu1\tTrue\nu2\tfalse\n")
+    with pytest.warns(UserWarning, match="the label column is 'is_click'"):
+        schema, events = read_events(path)
+    assert schema.delimiter == "\t"
+    assert list(events) == [("2", {"user": "u1", "id": 2, "click": 1}),  # line numbers
+                            ("3", {"user": "u2", "id": 3, "click": 0})]
+
+
 def test_libsvm_events_carry_their_tokens(tmp_path) -> None:
     path = tmp_path / "s.libfm"
     path.write_text("1 3:1 7:0.5\n-1 2:1\n")
