@@ -193,26 +193,37 @@ static int sf_utf8_valid(const unsigned char *p, const unsigned char *e)
     return 1;
 }
 
+/* Whether y-m-d is a date of the Gregorian calendar (years 1970-2099 here). */
+static inline int sf_date_ok(int y, int m, int d)
+{
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1970 || y > 2099 || m < 1 || m > 12 || d < 1 || d > mdays[m - 1]) return 0;
+    return !(m == 2 && d == 29 && (y % 4 != 0 || (y % 100 == 0 && y % 400 != 0)));
+}
+
+/* Day of the week of a valid date, Monday = 0 as Python (Sakamoto's method). */
+static inline int sf_weekday(int y, int m, int d)
+{
+    static const int sak[12] = {0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4};
+    if (m < 3) y -= 1;
+    return ((y + y / 4 - y / 100 + y / 400 + sak[m - 1] + d) % 7 + 6) % 7;
+}
+
 /* Avazu hour YYMMDDHH (20YY) -> time key, hour of day, weekday (Monday = 0, as Python). */
 static inline int sf_parse_hour(const unsigned char *p, const unsigned char *e,
                                 int64_t *t, int *hod, int *wd)
 {
-    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    static const int sak[12] = {0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4};
-    int i, yy, mm, dd, hh, y;
+    int i, yy, mm, dd, hh;
     if (e - p != 8) return 0;
     for (i = 0; i < 8; i++) if (!SF_ISDIGIT(p[i])) return 0;
     yy = (p[0] - '0') * 10 + (p[1] - '0');
     mm = (p[2] - '0') * 10 + (p[3] - '0');
     dd = (p[4] - '0') * 10 + (p[5] - '0');
     hh = (p[6] - '0') * 10 + (p[7] - '0');
-    if (mm < 1 || mm > 12 || dd < 1 || dd > mdays[mm - 1] || hh > 23) return 0;
-    y = 2000 + yy;
-    if (mm == 2 && dd == 29 && (y % 4 != 0)) return 0; /* 2000..2099: every 4th is leap */
+    if (!sf_date_ok(2000 + yy, mm, dd) || hh > 23) return 0;
     *t = (int64_t)yy * 1000000 + mm * 10000 + dd * 100 + hh;
     *hod = hh;
-    if (mm < 3) y -= 1;
-    *wd = ((y + y / 4 - y / 100 + y / 400 + sak[mm - 1] + dd) % 7 + 6) % 7; /* Sakamoto */
+    *wd = sf_weekday(2000 + yy, mm, dd);
     return 1;
 }
 
@@ -231,20 +242,18 @@ static inline int sf_digits(const unsigned char **pp, const unsigned char *e, in
     return 1;
 }
 
-/* A timestamp of a generic log -> time key YYYYMMDDHH, hour of day, weekday (Monday = 0), for
- * years 1970-2099:
+/* A timestamp of a generic log -> time key YYYYMMDDHH, hour of day, weekday (Monday = 0), up
+ * to 2099:
  * - ISO 8601 `YYYY-MM-DD`, then optionally `T` or a space and `HH[:MM[:SS[.frac]]]`, then
  *   optionally `Z` or an offset `+HH[[:]MM]` / `-HH[[:]MM]`: read as written, the clock time
- *   of its own zone (when a user clicks is what hour of day means);
+ *   of its own zone (when a user clicks is what hour of day means), from 1970;
  * - Unix time in seconds (9-10 digits) or milliseconds (12-13 digits), with an optional
- *   fraction: UTC. */
+ *   fraction: UTC, from 1973-03-03 (9 digits). */
 static inline int sf_parse_time(const unsigned char *p, const unsigned char *e,
                                 int64_t *t, int *hod, int *wd)
 {
-    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    static const int sak[12] = {0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4};
     const unsigned char *q = p;
-    int y, mo, d, h = 0, mi, sec, yy;
+    int y, mo, d, h = 0, mi, sec;
     while (q < e && SF_ISDIGIT(*q)) q++;
     if (q - p == 4 && q < e && *q == '-') { /* ISO 8601 */
         q = p;
@@ -271,15 +280,16 @@ static inline int sf_parse_time(const unsigned char *p, const unsigned char *e,
                 int oh, om;
                 q++;
                 if (!sf_digits(&q, e, 2, &oh) || oh > 23) return 0;
-                if (q < e && *q == ':') q++;
-                if (q < e && (!sf_digits(&q, e, 2, &om) || om > 59)) return 0;
+                if (q < e && *q == ':') {
+                    q++;
+                    if (!sf_digits(&q, e, 2, &om) || om > 59) return 0; /* +HH:MM */
+                } else if (q < e && (!sf_digits(&q, e, 2, &om) || om > 59)) {
+                    return 0; /* +HHMM */
+                }
             }
         }
-        if (q != e || y < 1970 || y > 2099 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1])
-            return 0;
-        if (mo == 2 && d == 29 && (y % 4 != 0 || (y % 100 == 0 && y % 400 != 0))) return 0;
-        yy = mo < 3 ? y - 1 : y;
-        *wd = ((yy + yy / 4 - yy / 100 + yy / 400 + sak[mo - 1] + d) % 7 + 6) % 7; /* Sakamoto */
+        if (q != e || !sf_date_ok(y, mo, d)) return 0;
+        *wd = sf_weekday(y, mo, d);
     } else { /* Unix time */
         int64_t secs = 0, days, z, era, doe, yoe, doy, mp;
         const unsigned char *r;
@@ -295,7 +305,6 @@ static inline int sf_parse_time(const unsigned char *p, const unsigned char *e,
         if (n >= 12) secs /= 1000;
         days = secs / 86400;
         h = (int)(secs % 86400 / 3600);
-        *wd = (int)((days + 3) % 7); /* 1970-01-01 was a Thursday */
         /* the civil date of a day count (H. Hinnant's days_from_civil, inverted) */
         z = days + 719468;
         era = z / 146097;
@@ -307,6 +316,7 @@ static inline int sf_parse_time(const unsigned char *p, const unsigned char *e,
         mo = (int)(mp < 10 ? mp + 3 : mp - 9);
         y = (int)(yoe + era * 400 + (mo <= 2));
         if (y > 2099) return 0;
+        *wd = (int)((days + 3) % 7); /* 1970-01-01 was a Thursday */
     }
     *t = (int64_t)y * 1000000 + mo * 10000 + d * 100 + h;
     *hod = h;
@@ -356,7 +366,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
         const unsigned char *q, *f0;
         unsigned char hi = 0, delim = s->delim;
         const int quoting = delim == ',';
-        int nc = 0, c, err = SF_OK, errcol = 0, hod = 0, wd = 0;
+        int nc = 0, c, err = SF_OK, errcol = 0, hod = 0, wd = 0, timed = 0;
         int64_t t = -1;
         double label = NAN;
         line++;
@@ -473,7 +483,7 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                 } else if (k == SF_TIME) {
                     /* as HOUR's fields; a cell that is not a time is missing there (the
                      * empty token, NaN for the trees) and counted when not empty. The first
-                     * readable time column is the row's time. */
+                     * time column is the row's time. */
                     int64_t tc = -1;
                     int th = 0, tw = 0;
                     const int ok = sf_parse_time(fs[c], fe[c], &tc, &th, &tw);
@@ -489,7 +499,8 @@ static int64_t sf_parse_delim(const sf_spec *s, const unsigned char *buf, int64_
                         rd[d] = ok ? (float)th : NAN;
                         rd[d + 1] = ok ? (float)tw : NAN;
                     }
-                    if (ok && t < 0) t = tc;
+                    if (!timed) t = tc; /* the first time column's, -1 when missing */
+                    timed = 1;
                 }
             }
             y[rows] = (float)label;

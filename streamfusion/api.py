@@ -172,7 +172,7 @@ class ResFusion:
                 raise ValueError(f"X has a column named {self.label!r}, the label's name: "
                                  "pass label=... to name the label otherwise")
             head = self._csv(table, y, header=True)
-            self.schema = detect_schema(head, True, "csv", self.label, self.types)
+            self.schema = detect_schema(head, True, "csv", self.label, self.types, ",")
         self._encoder = Encoder(self.schema, bits=self.config.bits, seed=self.config.seed)
         self._model = OnlineModel(self.config, len(self.schema.field_names),
                                   slotted=self.schema.is_svm)

@@ -29,7 +29,8 @@ class Batch:
     line : int64 array [n]
         Position of the event in its source (1-based line number for files).
     time : int64 array [n]
-        Event time as an ordering key (Avazu: YYMMDDHH; -1 when the format has none).
+        Event time as an ordering key (Avazu: YYMMDDHH, a CSV's time column: YYYYMMDDHH; -1
+        when the format has none or the cell is missing).
     ids : list or None
         Event ids as given by the source (Kafka), else None.
     """

@@ -42,15 +42,16 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
     group.add_argument(
         "--delimiter", type=at.delimiter, default=None, metavar="CHAR",
         help="separator of a generic CSV: one character, or tab (default: the first of "
-        f"{' '.join(repr(d) for d in DELIMITERS)} that splits the header and the first "
-        f"{SNIFF_LINES} lines alike)")
+        f"{' '.join(repr(d) for d in DELIMITERS)} that splits the header and nearly all "
+        f"of the {SNIFF_LINES} lines after it alike)")
     group.add_argument(
         "--types", type=at.column_types, metavar="COL=KIND,...",
         help="column kinds (num, cat, time or skip) overriding the inferred ones, e.g. "
         f"zip=cat,score=num. A CSV's kinds are inferred from a sample of "
         f"{DEFAULT_SAMPLE_ROWS:,} rows, the first half and the rest spread over the file: "
-        "timestamps (ISO 8601, or Unix seconds or milliseconds in a column named *time*, "
-        "*date*, *stamp*, ts, *_ts or *_at) give their hour of day and weekday; integer "
+        "timestamps (ISO 8601 date and time, or Unix seconds or milliseconds in a column whose "
+        "name has the word time, timestamp, stamp, date, datetime, ts or at and is not an "
+        "id's) give their hour of day and weekday; integer "
         "columns named *id or *hash*, or whose values look like ids (many distinct, 5+ digits "
         "or evenly spread), are categorical; a numeric column's rare words (unknown, ?) are "
         "missing values, counted in the report's unparsed_numbers")

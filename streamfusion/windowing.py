@@ -111,7 +111,8 @@ def _day_of(line: bytes, schema: Schema) -> int | None:
 
 
 def spans_days(path: Path, schema: Schema, head: bytes, gz: bool) -> bool:
-    """Whether a log with an hour column holds more than one day (first rows and last row)."""
+    """Whether a log with an hour or time column holds more than one day (first rows and last
+    row)."""
     lines = [ln for ln in head.split(b"\n")[:-1] if ln.strip()]  # the last piece may be cut
     if schema.has_header:
         lines = lines[1:]

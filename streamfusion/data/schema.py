@@ -83,19 +83,22 @@ ID_MIN_VALUE = 10_000
 ID_MAX_SKEW = 1.5
 # names that say "id": `*id` (user_id, userId, adgroupid) or containing `hash`
 ID_NAME = re.compile(r"(?i).*id|.*hash.*")
-# integers that are Unix times (seconds or milliseconds, _parse.parse_time) are a time only in
-# a column whose name says so (time_stamp, event_time, date, created_at, ts): elsewhere 10-digit
-# integers are as likely ids. ISO 8601 times are a time under any name.
-TIME_NAME = re.compile(r"(?i).*(time|date|stamp).*|ts|.*_ts|.*_at")
+# Unix times (seconds or milliseconds, _parse.parse_time) are a time only in a column whose
+# name has a word that says so (time_stamp, eventTime, date, created_at, ts) and does not say
+# id (update_date_id): elsewhere integers of 9-13 digits are as likely ids. ISO 8601 times are
+# a time under any name; a date alone (birth_date) stays a category, its hour always 0.
+TIME_WORDS = frozenset({"time", "timestamp", "stamp", "date", "datetime", "ts", "at"})
 # the kinds --types may give a column
 TYPES = ("num", "cat", "time", "skip")
 # a generic CSV read without a label column named: the one column with one of these names
 # (any case) whose sampled values are all labels (0, 1, true, false) is the label
 LABEL_NAMES = ("label", "click", "clicked", "clk", "is_click", "is_clicked", "target", "y")
 # a CSV's separators, tried in this order: the first that splits the header into 2+ cells and
-# each of the first SNIFF_LINES lines into as many is the file's
+# nearly all (SNIFF_SHARE) of the SNIFF_LINES lines after it into as many is the file's (a
+# malformed row among them is reported later, with its line number)
 DELIMITERS = (",", "\t", ";", "|")
 SNIFF_LINES = 50
+SNIFF_SHARE = 0.9
 # rows read for type inference: enough for rare words and id cardinality to show, for about
 # 0.2 s of Python on a 15-column log
 DEFAULT_SAMPLE_ROWS = 20_000
@@ -435,15 +438,42 @@ class ColumnProfile:
 
 def is_time_column(name: str, cells: Sequence[str]) -> bool:
     """Whether a CSV column's sampled cells are timestamps (``_parse.parse_time``): all but at
-    most MAX_WORD_SHARE of those that hold something, and, for Unix times, a name that says
-    time (TIME_NAME). Only a column whose first such cell is a time is read further."""
+    most MAX_WORD_SHARE of those that hold something, and either ISO 8601 with a time of day,
+    or Unix times in a column named as times are (TIME_WORDS, not ID_NAME) whose values are
+    not all compact dates (YYYYMMDDHH[MM] also reads as Unix seconds or milliseconds). Only a
+    column whose first such cell is a time is read further.
+
+    Examples
+    --------
+    >>> is_time_column("when", ["2024-03-01 10:00", "?"]), is_time_column("day", ["2024-03-01"])
+    (True, False)
+    >>> [is_time_column(n, ["1709290800"]) for n in ("eventTime", "user", "update_date_id")]
+    [True, False, False]
+    >>> is_time_column("date_hour", ["2024030110", "2024030111"])  # YYYYMMDDHH
+    False
+    """
     distinct = Counter(c for c in cells if c.strip().lower() not in MISSING_WORDS)
     if not distinct or _parse.parse_time(next(iter(distinct)).encode()) is None:
         return False
-    bad = sum(n for c, n in distinct.items() if _parse.parse_time(c.encode()) is None)
-    if bad > MAX_WORD_SHARE * sum(distinct.values()):
+    times = [c for c in distinct if _parse.parse_time(c.encode()) is not None]
+    if sum(distinct.values()) - sum(distinct[c] for c in times) > (
+            MAX_WORD_SHARE * sum(distinct.values())):
         return False
-    return any("-" in c for c in distinct) or TIME_NAME.fullmatch(name) is not None
+    iso = ["-" in c for c in times]
+    if all(iso):
+        return any(len(c) > len("YYYY-MM-DD") for c in times)
+    words = {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)}
+    return (not any(iso) and bool(words & TIME_WORDS) and not ID_NAME.fullmatch(name)
+            and not all(_compact_date(c) for c in times))
+
+
+def _compact_date(cell: str) -> bool:
+    """``YYYYMMDDHH`` or ``YYYYMMDDHHMM`` (years 1970-2099), as far as digits can tell."""
+    if len(cell) not in (10, 12) or not cell.isdigit():
+        return False
+    y, m, d, h = int(cell[:4]), int(cell[4:6]), int(cell[6:8]), int(cell[8:10])
+    return (1970 <= y <= 2099 and 1 <= m <= 12 and 1 <= d <= 31 and h <= 23
+            and (len(cell) == 10 or int(cell[10:]) <= 59))
 
 
 def infer_column(name: str, profile: ColumnProfile, time: bool = False) -> Column:
@@ -474,8 +504,8 @@ def infer_csv_schema(names: list[str], rows: Iterable[Sequence[str]], label: str
     Per column (empty cells and MISSING_WORDS placeholders are missing values):
 
     - named ``id``: skipped; the label column: the label;
-    - timestamps (:func:`is_time_column`: ISO 8601 under any name, Unix times under a name
-      that says time): ``time``, the hour of day and weekday;
+    - timestamps (:func:`is_time_column`: ISO 8601 date and time under any name, Unix times
+      under a name that says time): ``time``, the hour of day and weekday;
     - numbers with few distinct values (< NUMERIC_MIN_DISTINCT): categorical codes (trees get
       the integer when all are integers, else the count);
     - integers in a column whose name says id (``*id``, ``*hash*``): categorical, counts for
@@ -599,7 +629,7 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
     first = lines[0].decode("utf-8", "replace")
     if delimiter is None:
         delimiter = sniff_delimiter([ln.decode("utf-8", "replace")
-                                     for ln in lines[:SNIFF_LINES]])
+                                     for ln in lines[:SNIFF_LINES + 1]])
     fmt = format
     if fmt == "auto":
         fmt = _detect(first, lines, label, delimiter)
@@ -626,8 +656,9 @@ def detect_schema(head: bytes, complete: bool, format: str = "auto", label: str 
         rows = split_sample(text.split("\n") if text else [], delimiter)
         label = label or guess_label(names, rows)
         if label is None:
-            raise ValueError("format='csv' needs label=COLUMN (no column is named "
-                             f"{'/'.join(LABEL_NAMES)} with 0/1 or true/false values)")
+            raise ValueError("format='csv' needs label=COLUMN: no one column named "
+                             f"{'/'.join(LABEL_NAMES)} holds only 0/1 or true/false values "
+                             f"in a sample of {len(rows):,} rows")
         return infer_csv_schema(names, rows, label, types, delimiter)
     else:
         raise ValueError(f"unknown format {format!r}: {', '.join(FORMATS)}")
@@ -665,7 +696,8 @@ def _detect(first: str, lines: Sequence[bytes], label: str | None, delimiter: st
 
 def sniff_delimiter(lines: Sequence[str]) -> str:
     """The separator of a delimited file from its first ``lines`` (the header first): the
-    first of DELIMITERS that splits every line into the same 2+ cells; ``","`` when none does.
+    first of DELIMITERS that splits the header into 2+ cells and at least SNIFF_SHARE of the
+    other lines into as many; ``","`` when none does.
 
     Examples
     --------
@@ -675,8 +707,8 @@ def sniff_delimiter(lines: Sequence[str]) -> str:
     ('\\t', ',')
     """
     for d in DELIMITERS:
-        width = {len(cells) for cells in split_sample(lines, d)}
-        if len(width) == 1 and width.pop() >= 2:
+        header, *rows = (len(cells) for cells in split_sample(lines, d))
+        if header >= 2 and sum(n == header for n in rows) >= SNIFF_SHARE * len(rows):
             return d
     return ","
 
@@ -696,7 +728,7 @@ def guess_label(names: Sequence[str], rows: Sequence[Sequence[str]]) -> str | No
     good = [r for r in rows if len(r) == len(names)]  # as infer_csv_schema reads them
 
     def labels(j: int) -> bool:  # empty cells aside (malformed rows later), all labels
-        cells = [c for r in good if (c := r[j].strip())]
+        cells = [r[j] for r in good if r[j]]  # as the C reader sees them, spaces and all
         return bool(cells) and all(_parse.parse_label(c.encode()) is not None for c in cells)
 
     found = [j for j, name in enumerate(names)

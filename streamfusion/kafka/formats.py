@@ -60,7 +60,9 @@ def _events(path: Path, schema: Schema, rows: int | None, skip: bool
         if schema.is_svm:
             cells_of = (ln.rstrip("\r\n").split(None, 1) for ln in lines)
         else:
-            cells_of = csv.reader(lines, delimiter=schema.delimiter)
+            # as the C reader splits them: quoted cells in comma-separated files only
+            cells_of = csv.reader(lines, delimiter=schema.delimiter, quoting=csv.QUOTE_MINIMAL
+                                  if schema.delimiter == "," else csv.QUOTE_NONE)
         names = [c.name for c in schema.columns]
         lab, ident = schema.label, schema.id_column
         emitted = 0
@@ -82,8 +84,21 @@ def _events(path: Path, schema: Schema, rows: int | None, skip: bool
             event: dict = {name: row[name] for name in fields}
             event["id"] = row[ident] if ident is not None else line_no
             if lab is not None and row.get(lab, "") != "":
-                click = _parse.parse_label(row[lab].encode())  # 0, 1, true, false
-                event["click"] = int(click if click is not None
-                                     else float(row[lab]) > 0)  # libsvm's -1 / +1
+                click = _label(row[lab], schema.is_svm)
+                if click is None:
+                    if skip:
+                        continue
+                    raise ValueError(f"{path}:{line_no}: bad label {row[lab]!r}")
+                event["click"] = click
             emitted += 1
             yield str(event["id"]), event
+
+
+def _label(text: str, svm: bool) -> int | None:
+    """A row's click as replay reads it (None when it is not one): 0, 1, true or false (any
+    case); a libsvm-like file's 0, 1 or -1 (= 0)."""
+    if svm:
+        number = _parse.parse_number(text.encode())
+        return int(number > 0) if number in (-1.0, 0.0, 1.0) else None
+    click = _parse.parse_label(text.encode())
+    return None if click is None else int(click)

@@ -279,11 +279,9 @@ def test_csv_type_inference_and_overrides(tmp_path):
     assert kinds["price"][0] == "num"
     assert kinds["level"] == ("cat", "int")  # numbers, but few distinct values
     assert kinds["city"] == ("cat", "count")
-    assert kinds["when"] == ("time", "none")  # a date: its weekday (tests/data/test_times.py)
-    assert src.schema.field_names == ("price", "price#bin", "level", "city",
-                                      "when_hour_of_day", "when_weekday")
-    assert src.schema.dense_names == ("price", "level", "city", "when_hour_of_day",
-                                      "when_weekday")
+    assert kinds["when"] == ("cat", "count")  # a date alone (tests/data/test_times.py)
+    assert src.schema.field_names == ("price", "price#bin", "level", "city", "when")
+    assert src.schema.dense_names == ("price", "level", "city", "when")
     b = read_all(p, label="clk")
     f_price, d_level = 0, 1
     assert b.values[3, f_price] == pytest.approx(slog(4.75))
@@ -344,6 +342,12 @@ def test_csv_separator_found_from_the_first_lines(tmp_path, sep):
     assert log_schema(other, label="clk").delimiter == sep
     for name in ("indices", "values", "dense", "y"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    # a malformed row among the first lines: still found, the row an error of its own
+    rows.insert(7, rows[7] + ",extra")
+    ragged = write(tmp_path, "r.csv", "\n".join(r.replace(",", sep) for r in rows) + "\n")
+    with open_source(ragged, label="clk", on_error="skip") as src:
+        assert src.schema.delimiter == sep and len(src.next_batch(1000)) == 300
+        assert src.skipped_rows == 1
     # named: no sniffing; a wrong one leaves one column, not the label
     assert log_schema(other, label="clk", delimiter=sep).delimiter == sep
     with pytest.raises(ParseError, match="label column 'clk' not in the header"):
@@ -355,6 +359,7 @@ def test_csv_separator_found_from_the_first_lines(tmp_path, sep):
     "target,x\n0,5\n2,6\n",  # a value other than 0/1
     "outcome,x\n0,5\n1,6\n",  # not a label's name
     "click,x\n",  # no rows to look at
+    "click,x\n 1,5\n0,6\n",  # " 1" is not a label to the reader
 ])
 def test_csv_label_not_guessed(tmp_path, text):
     with pytest.raises(ParseError, match="cannot detect the format"):

@@ -19,7 +19,7 @@ from streamfusion.cli import main
 from streamfusion.data import Encoder, read_all
 from streamfusion.data.generate import generate
 from streamfusion.data.readers import log_schema
-from streamfusion.data.schema import Column, Schema
+from streamfusion.data.schema import Column, Schema, is_time_column
 
 UTC = datetime.timezone.utc
 MOMENTS = st.datetimes(datetime.datetime(1974, 1, 1), datetime.datetime(2099, 12, 31, 23, 59))
@@ -51,7 +51,8 @@ def test_a_date_alone_is_hour_zero():
 
 
 @pytest.mark.parametrize("text", [
-    b"", b"2017-5-06", b"2017-02-29", b"1900-02-28", b"2100-01-01", b"1969-12-31",
+    b"", b"2017-5-06", b"2017-05-06T13:22+05:", b"2017-05-06T13:22+05:3",
+    b"2017-05-06T13:22+053", b"2017-02-29", b"1900-02-28", b"2100-01-01", b"1969-12-31",
     b"2017-05-06 24:00", b"2017-05-06T13:60", b"2017-05-06x", b"2017-05-06T13:22:01.",
     b"2017-05-06T13:22:01+", b"2017-05-06T13:22:01+25:00", b"2017-05-06 ", b"12345678",
     b"12345678901", b"4102444800", b"1494076921x", b"-1494076921", b"1494076921.",
@@ -97,6 +98,25 @@ def test_time_columns_are_inferred_by_form_and_name(tmp_path, rng):
     assert [c.kind for c in over.columns[1:4]] == ["cat", "time", "time"]
 
 
+@pytest.mark.parametrize("name,cells,time", [
+    ("item_id", ["123456789012"] * 99 + ["-1"], False),  # ids of Unix times' length, a sentinel
+    ("adgroup", [str(10**9 + i) for i in range(199)] + ["-1"], False),
+    ("update_date_id", ["1709290800", "1709290900"], False),  # an id's name
+    ("candidate_id", ["1709290800"], False),
+    ("runtime", ["1709290800"], False),  # one word, not "time"
+    ("eventTime", ["1709290800", "1709290900"], True),
+    ("TIMESTAMP", ["1709290800123"], True),
+    ("created_at", ["1709290800", "NA"], True),
+    ("date_hour", ["2024030110", "2024030111"], False),  # YYYYMMDDHH, not Unix seconds
+    ("date_min", ["202403011030"], False),
+    ("signup_date", ["2024-03-01", "2024-03-02"], False),  # a date alone: a category
+    ("seen", ["2024-03-01T10:00", "2024-03-01", "?"], True),
+    ("mixed", ["2024-03-01T10:00", "1709290800"], False),
+])
+def test_what_is_inferred_as_a_time(name, cells, time):
+    assert is_time_column(name, cells) is time
+
+
 def test_times_give_hour_of_day_and_weekday_and_the_row_time(tmp_path, rng):
     header, rows = times_log(rng)
     path = write(tmp_path, header, rows)
@@ -134,10 +154,12 @@ def test_a_cell_that_is_not_a_time_is_missing_and_counted(tmp_path):
 
 def test_a_replay_of_several_days_is_windowed_by_day(tmp_path, rng):
     header, rows = times_log(rng, rows=4000, days=4)
-    for r in rows[1500:1510]:
-        r[1] = "n/a"  # the next time column gives the row's time
-    for r in rows[1500:1505]:
-        r[2] = "n/a"  # no time: the row stays in the window of the one before
+    # the first time column is the rows' time: missing, a row stays in the window of the one
+    # before, whatever the other time column says (rows 2000-2009 open the third day)
+    for i in (1, *range(2000, 2010)):  # row 1: a first batch of its own, no time in it
+        rows[i][1] = "n/a"
+    for r in rows[2000:2005]:
+        r[2] = "n/a"
     path = write(tmp_path, ["clk", *header[1:3], *header[4:]],
                  [[r[0], *r[1:3], *r[4:]] for r in rows])
     report = tmp_path / "r.json"
@@ -148,8 +170,8 @@ def test_a_replay_of_several_days_is_windowed_by_day(tmp_path, rng):
     assert code == 0 and r["column_kinds"]["when"] == "time"
     assert r["windowing"]["by"] == "day"
     assert [w["key"] for w in r["windows"]] == [20240301, 20240302, 20240303, 20240304]
-    assert [w["rows"] for w in r["windows"]] == [1000] * 4
-    assert r["unparsed_numbers"] == {"when": 10, "event_ts": 5}
+    assert [w["rows"] for w in r["windows"]] == [1000, 1010, 990, 1000]
+    assert r["unparsed_numbers"] == {"when": 11, "event_ts": 5}
 
 
 def test_an_avazu_log_as_a_generic_csv_with_unix_times(tmp_path):
@@ -167,7 +189,7 @@ def test_an_avazu_log_as_a_generic_csv_with_unix_times(tmp_path):
     names[at] = "time_stamp"
     path = write(tmp_path, names, rows)
     a, b = read_all(avazu), read_all(path, label="click")
-    assert (a.time % 1_000_000 == b.time % 1_000_000).all()  # YYMMDDHH within YYYYMMDDHH
+    assert (b.time % 100_000_000 == a.time).all()  # YYYYMMDDHH, YYMMDDHH
     av, csv_ = log_schema(avazu), log_schema(path, label="click")
     for name in ("hour_of_day", "weekday"):
         assert (a.dense[:, av.dense_names.index(name)]

@@ -62,6 +62,16 @@ def test_generic_csv_found_by_its_label_of_true_and_false(tmp_path) -> None:
                             ("3", {"user": "u2", "id": 3, "click": 0})]
 
 
+def test_cells_split_as_replay_splits_them(tmp_path) -> None:
+    # quotes are plain characters in a tab-separated log; a bad label is a bad row
+    path = tmp_path / "q.tsv"
+    path.write_text('user\tclk\n"u1\t1\nu2\t2\nu3\t0\n')
+    with pytest.raises(ValueError, match=r"q.tsv:3: bad label '2'"):
+        list(read_events(path, label="clk")[1])
+    assert [e["user"] for _, e in read_events(path, label="clk", on_error="skip")[1]] == [
+        '"u1', "u3"]
+
+
 def test_libsvm_events_carry_their_tokens(tmp_path) -> None:
     path = tmp_path / "s.libfm"
     path.write_text("1 3:1 7:0.5\n-1 2:1\n")
