@@ -126,13 +126,26 @@ def hash_value(int64_t field_index, const unsigned char[::1] value, int bits,
     return sf_row(sf_murmur64(_ptr(value), value.shape[0], sf_salt(seed, field_index)), bits)
 
 
-def parse_number(const unsigned char[::1] text):
-    """The C number parser: a float, or None when ``text`` is not a number it accepts."""
+ctypedef int (*number_parser)(const unsigned char *, const unsigned char *, double *)
+ctypedef int (*time_parser)(const unsigned char *, const unsigned char *, int64_t *, int *, int *)
+
+
+cdef object _number_with(number_parser parse, const unsigned char[::1] text):
     cdef double out = 0
     cdef const unsigned char *p = _ptr(text)
-    if sf_parse_num(p, p + text.shape[0], &out):
-        return out
-    return None
+    return out if parse(p, p + text.shape[0], &out) else None
+
+
+cdef object _time_with(time_parser parse, const unsigned char[::1] text):
+    cdef int64_t t = 0
+    cdef int hod = 0, wd = 0
+    cdef const unsigned char *p = _ptr(text)
+    return (t, hod, wd) if parse(p, p + text.shape[0], &t, &hod, &wd) else None
+
+
+def parse_number(const unsigned char[::1] text):
+    """The C number parser: a float, or None when ``text`` is not a number it accepts."""
+    return _number_with(sf_parse_num, text)
 
 
 def number_bin(double x) -> int:
@@ -143,11 +156,7 @@ def number_bin(double x) -> int:
 
 def parse_label(const unsigned char[::1] text):
     """A CSV label as 0.0 or 1.0 (0, 1, true or false, any case), or None."""
-    cdef double out = 0
-    cdef const unsigned char *p = _ptr(text)
-    if sf_parse_label(p, p + text.shape[0], &out):
-        return out
-    return None
+    return _number_with(sf_parse_label, text)
 
 
 def utf8_valid(const unsigned char[::1] text) -> bool:
@@ -158,23 +167,13 @@ def utf8_valid(const unsigned char[::1] text) -> bool:
 
 def parse_hour(const unsigned char[::1] text):
     """``(time, hour_of_day, weekday)`` of an Avazu YYMMDDHH value, or None when invalid."""
-    cdef int64_t t = 0
-    cdef int hod = 0, wd = 0
-    cdef const unsigned char *p = _ptr(text)
-    if sf_parse_hour(p, p + text.shape[0], &t, &hod, &wd):
-        return t, hod, wd
-    return None
+    return _time_with(sf_parse_hour, text)
 
 
 def parse_time(const unsigned char[::1] text):
     """``(time, hour_of_day, weekday)`` of a timestamp (ISO 8601 date and time, or Unix
     seconds or milliseconds; time = YYYYMMDDHH), or None when it is not one."""
-    cdef int64_t t = 0
-    cdef int hod = 0, wd = 0
-    cdef const unsigned char *p = _ptr(text)
-    if sf_parse_time(p, p + text.shape[0], &t, &hod, &wd):
-        return t, hod, wd
-    return None
+    return _time_with(sf_parse_time, text)
 
 
 def dense_slot(int64_t idx, const int64_t[::1] ids, int64_t width) -> int:

@@ -358,15 +358,15 @@ class Replay:
         unreadable (-1) stays in the window of the event before it."""
         if not (self.windowing.by_day and len(batch)):
             return None
-        day = batch.time // 100
-        if (batch.time < 0).any():
-            last = self.progressive.spill.read(len(self.progressive) - 1, len(
-                self.progressive))["key"] if len(self.progressive) else []
-            known = np.flatnonzero(batch.time >= 0)
-            first = last[0] if len(last) else day[known[0]] if known.size else 0
-            before = np.maximum.accumulate(np.where(batch.time >= 0,
-                                                    np.arange(len(batch)), -1))
-            day = np.where(before >= 0, day[np.maximum(before, 0)], first)
+        day, known = batch.time // 100, batch.time >= 0
+        if not known.all():
+            # events before the batch's first time: the last recorded window's day (else
+            # the batch's first, else 0); the others: the day of the last event with a time
+            n = len(self.progressive)
+            start = (self.progressive.spill.read(n - 1, n)["key"][0] if n
+                     else day[known][0] if known.any() else 0)
+            last = np.maximum.accumulate(np.where(known, np.arange(len(batch)), -1))
+            day = np.where(last >= 0, day[np.maximum(last, 0)], start)
         return day.astype(np.int32)
 
     def save_checkpoint(self, elapsed: float) -> None:

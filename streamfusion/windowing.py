@@ -1,10 +1,10 @@
 """How a replay cuts its progressive metrics into windows: by day, or by a number of events.
 
 A log with an hour column (Avazu) or a time column (a generic CSV's timestamps) is windowed
-by day when it spans more than one day. Any
-other log, and a log of a single day, is cut into runs of ``--window-rows`` events; by
-default that length comes from the file's length, so a 9k-row sample gives a curve of a few
-dozen points and a 40M-row log one of a few dozen windows too, never a single dot.
+by day when it spans more than one day. Any other log, and a log of a single day, is cut into
+runs of ``--window-rows`` events; by default that length comes from the file's length, so a
+9k-row sample gives a curve of a few dozen points and a 40M-row log one of a few dozen windows
+too, never a single dot.
 """
 
 from __future__ import annotations

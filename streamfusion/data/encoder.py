@@ -195,9 +195,8 @@ class Encoder:
         self._warned |= new
 
     def unparsed_numbers(self) -> dict[str, int]:
-        """``{column: count}`` of the numeric (or time) cells read as missing because they
-        were not numbers (times): lenient and time columns only; those without any are left
-        out."""
+        """``{column: count}`` of the cells of lenient numeric and of time columns read as
+        missing because they were not a number (a time); columns without any are left out."""
         return {self.schema.columns[j].name: int(self.unparsed[j])
                 for j in np.flatnonzero(self.unparsed)}
 

@@ -689,9 +689,9 @@ def _detect(first: str, lines: Sequence[bytes], label: str | None, delimiter: st
             [ln.decode("utf-8", "replace") for ln in lines[1:]], delimiter)) is not None:
         return "csv"
     raise ValueError("cannot detect the format (not Avazu, Criteo, libsvm/libfm, libffm, nor "
-                     f"a CSV with a 0/1 or true/false column named {'/'.join(LABEL_NAMES)}): give "
-                     "--format "
-                     "csv --label COLUMN, or another --format")
+                     "a CSV with a 0/1 or true/false column named "
+                     f"{'/'.join(LABEL_NAMES)}): give --format csv --label COLUMN, or another "
+                     "--format")
 
 
 def sniff_delimiter(lines: Sequence[str]) -> str:
