@@ -126,8 +126,10 @@ def hash_value(int64_t field_index, const unsigned char[::1] value, int bits,
     return sf_row(sf_murmur64(_ptr(value), value.shape[0], sf_salt(seed, field_index)), bits)
 
 
-ctypedef int (*number_parser)(const unsigned char *, const unsigned char *, double *)
-ctypedef int (*time_parser)(const unsigned char *, const unsigned char *, int64_t *, int *, int *)
+ctypedef int (*number_parser)(const unsigned char *, const unsigned char *,
+                              double *) noexcept nogil
+ctypedef int (*time_parser)(const unsigned char *, const unsigned char *, int64_t *, int *,
+                            int *) noexcept nogil
 
 
 cdef object _number_with(number_parser parse, const unsigned char[::1] text):

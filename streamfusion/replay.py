@@ -361,10 +361,10 @@ class Replay:
         day, known = batch.time // 100, batch.time >= 0
         if not known.all():
             # events before the batch's first time: the last recorded window's day (else
-            # the batch's first, else 0); the others: the day of the last event with a time
+            # the log's first); the others: the day of the last event with a time
             n = len(self.progressive)
             start = (self.progressive.spill.read(n - 1, n)["key"][0] if n
-                     else day[known][0] if known.any() else 0)
+                     else self.windowing.first_day)
             last = np.maximum.accumulate(np.where(known, np.arange(len(batch)), -1))
             day = np.where(last >= 0, day[np.maximum(last, 0)], start)
         return day.astype(np.int32)

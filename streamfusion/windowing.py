@@ -30,10 +30,13 @@ NICE_STEPS = (1, 2, 2.5, 5)  # window lengths a reader can take in at a glance: 
 
 @dataclass(frozen=True)
 class Windowing:
-    """A replay's windows: ``by_day``, else runs of ``events`` progressive events."""
+    """A replay's windows: ``by_day``, else runs of ``events`` progressive events;
+    ``first_day``: the day of the first line with a time in the log's head, the window of
+    events before any time was read."""
 
     by_day: bool
     events: int
+    first_day: int = 0
 
     def describe(self, events: int | None = None) -> dict[str, Any]:
         """The report's ``windowing`` entry (``events``: the length a resumed run keeps)."""
@@ -110,13 +113,18 @@ def _day_of(line: bytes, schema: Schema) -> int | None:
     return None if time is None else time[0] // 100
 
 
-def spans_days(path: Path, schema: Schema, head: bytes, gz: bool) -> bool:
-    """Whether a log with an hour or time column holds more than one day (first rows and last
-    row)."""
+def _head_days(head: bytes, schema: Schema) -> list[int]:
+    """The days of the head's whole lines with a readable time, in order."""
     lines = [ln for ln in head.split(b"\n")[:-1] if ln.strip()]  # the last piece may be cut
     if schema.has_header:
         lines = lines[1:]
-    days = {d for d in (_day_of(ln, schema) for ln in lines) if d is not None}
+    return [d for d in (_day_of(ln, schema) for ln in lines) if d is not None]
+
+
+def spans_days(path: Path, schema: Schema, head: bytes, gz: bool) -> bool:
+    """Whether a log with an hour or time column holds more than one day (first rows and last
+    row)."""
+    days = set(_head_days(head, schema))
     if len(days) > 1:
         return True
     last = _last_line(path, gz)
@@ -137,11 +145,12 @@ def choose(path: str | os.PathLike, schema: Schema, window_rows: int | None = No
     gz = _is_gzip(path)
     head, size = _head(path, gz)
     by_day = schema.has_time and spans_days(path, schema, head, gz)
+    first_day = next(iter(_head_days(head, schema)), 0) if by_day else 0
     if window_rows is not None:
-        return Windowing(by_day, int(window_rows))
+        return Windowing(by_day, int(window_rows), first_day)
     lines = max(1, head.count(b"\n"))
     events = max(0.0, size * lines / max(1, len(head)) - int(schema.has_header))
     if rows is not None:
         events = min(events, rows)
     per_window = events * (1.0 - holdout) / TARGET_WINDOWS
-    return Windowing(by_day, max(MIN_WINDOW_EVENTS, nice_floor(per_window)))
+    return Windowing(by_day, max(MIN_WINDOW_EVENTS, nice_floor(per_window)), first_day)

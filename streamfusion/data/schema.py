@@ -84,8 +84,9 @@ ID_MAX_SKEW = 1.5
 # names that say "id": `*id` (user_id, userId, adgroupid) or containing `hash`
 ID_NAME = re.compile(r"(?i).*id|.*hash.*")
 # Unix times (seconds or milliseconds, _parse.parse_time) are a time only in a column whose
-# name has a word that says so (time_stamp, eventTime, date, created_at, ts) and does not say
-# id (update_date_id): elsewhere integers of 9-13 digits are as likely ids. ISO 8601 times are
+# name has a word that says so (time_stamp, eventTime, date, created_at, ts; a word ending in
+# time: clicktime) and does not say id (update_date_id): elsewhere integers of 9-13 digits
+# are as likely ids. ISO 8601 times are
 # a time under any name; a date alone (birth_date) stays a category, its hour always 0.
 TIME_WORDS = frozenset({"time", "timestamp", "stamp", "date", "datetime", "ts", "at"})
 # the kinds --types may give a column
@@ -463,7 +464,8 @@ def is_time_column(name: str, cells: Sequence[str]) -> bool:
     if all(iso):
         return any(len(c) > len("YYYY-MM-DD") for c in times)
     words = {w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)}
-    return (not any(iso) and bool(words & TIME_WORDS) and not ID_NAME.fullmatch(name)
+    timely = bool(words & TIME_WORDS) or any(w.endswith(("time", "timestamp")) for w in words)
+    return (not any(iso) and timely and not ID_NAME.fullmatch(name)
             and not all(_compact_date(c) for c in times))
 
 

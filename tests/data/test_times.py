@@ -103,7 +103,9 @@ def test_time_columns_are_inferred_by_form_and_name(tmp_path, rng):
     ("adgroup", [str(10**9 + i) for i in range(199)] + ["-1"], False),
     ("update_date_id", ["1709290800", "1709290900"], False),  # an id's name
     ("candidate_id", ["1709290800"], False),
-    ("runtime", ["1709290800"], False),  # one word, not "time"
+    ("event_time", ["1709290800"] * 99 + ["-1"], True),  # a sentinel: still Unix times
+    ("candidate", ["1709290800"], False),  # not a time's word
+    ("clicktime", ["1709290800"], True),  # a word ending in time
     ("eventTime", ["1709290800", "1709290900"], True),
     ("TIMESTAMP", ["1709290800123"], True),
     ("created_at", ["1709290800", "NA"], True),
@@ -156,7 +158,7 @@ def test_a_replay_of_several_days_is_windowed_by_day(tmp_path, rng):
     header, rows = times_log(rng, rows=4000, days=4)
     # the first time column is the rows' time: missing, a row stays in the window of the one
     # before, whatever the other time column says (rows 2000-2009 open the third day)
-    for i in (1, *range(2000, 2010)):  # row 1: a first batch of its own, no time in it
+    for i in (0, 1, *range(2000, 2010)):  # rows 0, 1: first batches of one event, no time
         rows[i][1] = "n/a"
     for r in rows[2000:2005]:
         r[2] = "n/a"
@@ -171,7 +173,7 @@ def test_a_replay_of_several_days_is_windowed_by_day(tmp_path, rng):
     assert r["windowing"]["by"] == "day"
     assert [w["key"] for w in r["windows"]] == [20240301, 20240302, 20240303, 20240304]
     assert [w["rows"] for w in r["windows"]] == [1000, 1010, 990, 1000]
-    assert r["unparsed_numbers"] == {"when": 11, "event_ts": 5}
+    assert r["unparsed_numbers"] == {"when": 12, "event_ts": 5}
 
 
 def test_an_avazu_log_as_a_generic_csv_with_unix_times(tmp_path):
