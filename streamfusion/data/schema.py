@@ -86,8 +86,8 @@ ID_NAME = re.compile(r"(?i).*id|.*hash.*")
 # Unix times (seconds or milliseconds, _parse.parse_time) are a time only in a column whose
 # name has a word that says so (time_stamp, eventTime, date, created_at, ts; a word ending in
 # time: clicktime) and does not say id (update_date_id): elsewhere integers of 9-13 digits
-# are as likely ids. ISO 8601 times are
-# a time under any name; a date alone (birth_date) stays a category, its hour always 0.
+# are as likely ids. ISO 8601 times are a time under any name; a date alone (birth_date)
+# stays a category, its hour always 0.
 TIME_WORDS = frozenset({"time", "timestamp", "stamp", "date", "datetime", "ts", "at"})
 # the kinds --types may give a column
 TYPES = ("num", "cat", "time", "skip")
