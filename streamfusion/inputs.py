@@ -21,6 +21,7 @@ from streamfusion.data.schema import (
     FORMATS,
     LABEL_NAMES,
     SNIFF_LINES,
+    TIME_WORDS,
 )
 
 # the flags' destinations, which are open_source's keyword names too
@@ -50,8 +51,8 @@ def add_input_arguments(group: argparse.ArgumentParser | argparse._ArgumentGroup
         f"zip=cat,score=num. A CSV's kinds are inferred from a sample of "
         f"{DEFAULT_SAMPLE_ROWS:,} rows, the first half and the rest spread over the file: "
         "timestamps (ISO 8601 date and time, or Unix seconds or milliseconds in a column whose "
-        "name has the word time, timestamp, stamp, date, datetime, ts or at, or a word "
-        "ending in time, and is not an id's) give their hour of day and weekday; integer "
+        f"name has one of the words {', '.join(sorted(TIME_WORDS))}, or a word ending in "
+        "time, and is not an id's) give their hour of day and weekday; integer "
         "columns named *id or *hash*, or whose values look like ids (many distinct, 5+ digits "
         "or evenly spread), are categorical; a numeric column's rare words (unknown, ?) are "
         "missing values, counted in the report's unparsed_numbers")

@@ -121,10 +121,10 @@ def _head_days(head: bytes, schema: Schema) -> list[int]:
     return [d for d in (_day_of(ln, schema) for ln in lines) if d is not None]
 
 
-def spans_days(path: Path, schema: Schema, head: bytes, gz: bool) -> bool:
-    """Whether a log with an hour or time column holds more than one day (first rows and last
-    row)."""
-    days = set(_head_days(head, schema))
+def spans_days(path: Path, schema: Schema, head_days: list[int], gz: bool) -> bool:
+    """Whether a log with an hour or time column holds more than one day (``head_days``, the
+    days of its first rows, and its last row)."""
+    days = set(head_days)
     if len(days) > 1:
         return True
     last = _last_line(path, gz)
@@ -144,8 +144,9 @@ def choose(path: str | os.PathLike, schema: Schema, window_rows: int | None = No
     path = Path(path)
     gz = _is_gzip(path)
     head, size = _head(path, gz)
-    by_day = schema.has_time and spans_days(path, schema, head, gz)
-    first_day = next(iter(_head_days(head, schema)), 0) if by_day else 0
+    days = _head_days(head, schema) if schema.has_time else []
+    by_day = schema.has_time and spans_days(path, schema, days, gz)
+    first_day = days[0] if by_day and days else 0
     if window_rows is not None:
         return Windowing(by_day, int(window_rows), first_day)
     lines = max(1, head.count(b"\n"))

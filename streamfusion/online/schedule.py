@@ -12,13 +12,12 @@ from streamfusion.online.source import Source
 # batch holds about 1/BATCH_GROWTH of the events seen before it, between MIN_BATCH and the
 # largest size, in powers of two. Early events take many small steps (a 10k-event log learns
 # from hundreds of updates, not ten) and at scale batches are full size (1,024 from 262,144
-# events on), so learning fast early costs no throughput. Batches of 16 rather than
-# 32 until 8k events, with the learner's Adam steps scaled to the batch (ModelConfig.
-# adam_batch), mean of seeds 0-2, progressive AUC 32 -> 16: the Avazu / Criteo samples 0.6845
-# -> 0.6868 / 0.7294 -> 0.7311, Adult 0.9167 -> 0.9170 (chrono runs), four small public tables
-# (1k-48k rows) +0.0003 to +0.0093; generated 1M Avazu and Criteo unchanged (random-holdout
-# runs: 0.7340 -> 0.7341, 0.7016 -> 0.7015). Batches of 8: the Avazu sample 0.6860, Adult
-# 0.9167.
+# events on), so learning fast early costs no throughput. Batches of 16 rather than 32 until
+# 8k events, with the learner's Adam steps scaled to the batch (ModelConfig.adam_batch), mean
+# of seeds 0-2, progressive AUC 32 -> 16: the Avazu / Criteo samples 0.6845 -> 0.6868 / 0.7294
+# -> 0.7311, Adult 0.9167 -> 0.9170 (chrono runs), four small public tables (1k-48k rows)
+# +0.0003 to +0.0093; generated 1M Avazu and Criteo unchanged (random-holdout runs: 0.7340 ->
+# 0.7341, 0.7016 -> 0.7015). Batches of 8: the Avazu sample 0.6860, Adult 0.9167.
 FIRST_BATCH = 1
 MIN_BATCH = 16
 BATCH_GROWTH = 512
